@@ -1,0 +1,64 @@
+"""`python -m launch [--num_gpus N] [--num_nodes N] [--hostfile F] [--dry-run] CONFIG.yaml [key=value ...]`
+
+Checks the config and prepares the data in one process (so bad input fails before any rank starts), then
+runs the `deepspeed` launcher on `python -m pretrain`. Without GPUs, `--num_gpus N` starts N CPU ranks
+over gloo. Multi-node: give a hostfile (`host slots=N` lines); the launcher's backends (pdsh, openmpi,
+slurm, ...) are chosen with `--launcher`. See README for a 2-node example.
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+import subprocess
+import sys
+
+from launch.command import PASSTHROUGH, deepspeed_command, has_gpus, launch_env
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m launch", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--num_gpus", type=int, help="ranks on this node (GPUs, or CPU ranks without GPUs)")
+    p.add_argument("--num_nodes", type=int, help="nodes to use from the hostfile")
+    p.add_argument("--hostfile", help="hostfile with `host slots=N` lines (multi-node)")
+    p.add_argument("--include", help="DeepSpeed resource filter, e.g. 'worker-0@worker-1:0,2'")
+    p.add_argument("--exclude", help="DeepSpeed resource filter of hosts/slots to leave out")
+    p.add_argument("--master_addr", help="rendezvous address (multi-node)")
+    p.add_argument("--master_port", type=int, help="rendezvous port")
+    p.add_argument("--launcher", help="multi-node backend: pdsh (default), openmpi, mpich, slurm, ...")
+    p.add_argument("--launcher_args", help="extra arguments for the multi-node backend")
+    p.add_argument("--node_rank", type=int, help="this node's rank with --no_ssh (torchrun-like start)")
+    p.add_argument("--no_ssh", action="store_true", help="start each node by hand (with --node_rank)")
+    p.add_argument("--no_ssh_check", action="store_true", help="skip the launcher's passwordless-ssh check")
+    p.add_argument("--dry-run", action="store_true", help="print the command and exit")
+    p.add_argument("--skip-check", action="store_true", help="do not validate/prepare before launching")
+    p.add_argument("config", nargs="?", help="run config YAML")
+    p.add_argument("overrides", nargs="*", help="key=value overrides")
+    args = p.parse_args(argv)
+    if (args.include or args.exclude) and (args.num_gpus or args.num_nodes):
+        p.error("--include/--exclude cannot be combined with --num_gpus/--num_nodes (a DeepSpeed rule)")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    gpus = has_gpus()
+    options = {name: getattr(args, name) for name in PASSTHROUGH}
+    if not gpus and not args.hostfile and not args.num_gpus:
+        options["num_gpus"] = 1
+    cmd = deepspeed_command(options, args.config, args.overrides)
+    env = launch_env(options.get("num_gpus") or 1, gpus)
+    if args.dry_run:
+        prefix = "" if gpus else f"DS_ACCELERATOR={env['DS_ACCELERATOR']} OMP_NUM_THREADS={env['OMP_NUM_THREADS']} "
+        print(prefix + shlex.join(cmd))
+        return 0
+    if not args.skip_check:
+        check = [sys.executable, "-m", "pretrain", "--check"] + ([args.config] if args.config else []) + args.overrides
+        rc = subprocess.call(check, env=env)
+        if rc != 0:
+            return rc
+    return subprocess.call(cmd, env=env)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

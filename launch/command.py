@@ -1,0 +1,45 @@
+"""Build the `deepspeed` launcher command for `python -m pretrain` (this package never imports pretrain)."""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+
+# Launcher options passed through verbatim (name -> takes a value).
+PASSTHROUGH = {
+    "num_gpus": True, "num_nodes": True, "hostfile": True, "include": True, "exclude": True,
+    "master_addr": True, "master_port": True, "launcher": True, "node_rank": True, "no_ssh": False,
+    "no_ssh_check": False, "launcher_args": True,
+}
+
+
+def has_gpus() -> bool:
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.device_count() > 0
+
+
+def deepspeed_command(options: dict[str, object], config: str | None, overrides: list[str]) -> list[str]:
+    """`deepspeed [launcher options] --module pretrain CONFIG key=value ...` as an argv list."""
+    exe = shutil.which("deepspeed") or os.path.join(os.path.dirname(sys.executable), "deepspeed")
+    cmd = [exe]
+    for name, takes_value in PASSTHROUGH.items():
+        value = options.get(name)
+        if value is None or value is False:
+            continue
+        cmd.append(f"--{name}")
+        if takes_value:
+            cmd.append(str(value))
+    cmd += ["--module", "pretrain"]
+    if config:
+        cmd.append(config)
+    return cmd + list(overrides)
+
+
+def launch_env(num_ranks_here: int, gpus: bool) -> dict[str, str]:
+    """Environment for the ranks: CPU ranks use DeepSpeed's CPU accelerator (gloo) and share the cores."""
+    env = dict(os.environ)
+    if not gpus:
+        env.setdefault("DS_ACCELERATOR", "cpu")
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(1, num_ranks_here))))
+    return env

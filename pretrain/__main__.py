@@ -1,0 +1,69 @@
+"""`python -m pretrain CONFIG.yaml [key=value ...]`: what every rank runs (the launcher starts it).
+
+`--check` validates the config and builds the tokenizer and data caches in this one process, then exits:
+the launcher runs it first so bad input is refused before any rank starts.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from pretrain.config import ConfigError, load_config, to_yaml
+from pretrain.data import DataError
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m pretrain", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config", nargs="?", help="run config YAML (defaults when omitted)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.steps=100 deepspeed.zero_stage=3")
+    p.add_argument("--check", action="store_true", help="validate the config and prepare the data, then exit")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # passed by the launcher
+    args = p.parse_args(argv)
+    if args.config and "=" in args.config:  # only overrides were given
+        args.overrides.insert(0, args.config)
+        args.config = None
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+        if args.print_config:
+            print(to_yaml(cfg))
+            return 0
+        if args.check:
+            from pretrain.data import prepare_data
+
+            data = prepare_data(cfg.data, cfg.model.vocab_size, seed=cfg.run.seed)
+            print(f"config ok; data: {data.stats}")
+            return 0
+        return train(cfg)
+    except (ConfigError, DataError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def train(cfg) -> int:
+    from pretrain import dist
+    from pretrain.trainer import Trainer, init_distributed
+
+    init_distributed()
+    logging.basicConfig(level=logging.INFO if dist.is_main() else logging.WARNING,
+                        format="[growlm %(asctime)s] %(message)s", datefmt="%H:%M:%S")
+    from deepspeed.utils import logger as ds_logger
+
+    ds_logger.setLevel(logging.WARNING)
+    Trainer(cfg).fit()
+    dist.barrier()
+    import torch.distributed
+
+    torch.distributed.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""The hook API: monitors and periodic jobs plug in here without editing the training loop.
+
+Hooks run on every rank (under ZeRO-3 every rank must run the same forward passes); a callback that only
+writes files does so on rank 0 (`trainer.is_main`). `on_step_end` may add keys to `record`, which is logged
+to metrics.jsonl / TensorBoard whenever any key beyond step and tokens is present.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from pretrain import dist
+
+if TYPE_CHECKING:
+    from pretrain.trainer import Trainer
+
+
+class Callback:
+    """Base class: override the hooks you need."""
+
+    def on_train_start(self, trainer: "Trainer") -> None: ...
+
+    def on_step_end(self, trainer: "Trainer", record: dict[str, Any]) -> None: ...
+
+    def on_checkpoint_saved(self, trainer: "Trainer", path: Path) -> None: ...
+
+    def on_train_end(self, trainer: "Trainer", record: dict[str, Any]) -> None: ...
+
+
+def due(step: int, every: int, last_step: int) -> bool:
+    """A periodic job runs every `every` steps and once at the very end (every == 0: never)."""
+    return every > 0 and (step % every == 0 or step == last_step)
+
+
+class Validation(Callback):
+    """Held-out loss on a fixed set of validation windows, the same at every evaluation."""
+
+    def __init__(self, every: int, batches: int):
+        self.every, self.batches = every, batches
+
+    def on_step_end(self, trainer: "Trainer", record: dict[str, Any]) -> None:
+        if due(trainer.step, self.every, trainer.cfg.train.steps):
+            record["val/loss"] = self.evaluate(trainer)
+
+    def evaluate(self, trainer: "Trainer") -> float:
+        windows = trainer.data.val
+        micro, world, r = trainer.cfg.train.micro_batch_size, dist.world_size(), dist.rank()
+        losses = []
+        trainer.engine.eval()
+        with torch.no_grad():
+            for b in range(self.batches):
+                start = (b * world + r) * micro
+                idx = torch.arange(start, start + micro) % len(windows)
+                losses.append(trainer.lm_loss(trainer.batch(idx.numpy(), windows)))
+        trainer.engine.train()
+        return dist.all_reduce_mean(torch.stack(losses).mean()).item()

@@ -1,0 +1,221 @@
+"""Checkpoints: DeepSpeed state + our client state, a manifest written last, `latest` updated atomically.
+
+Layout of `<run>/checkpoints/`:
+    step_<N>/            DeepSpeed files (every rank writes its shard) + rng/rank_<r>.pt + config.yaml +
+                         tokenizer.model + manifest.json (written last: a step dir without it is partial)
+    latest               the tag of the newest complete checkpoint, replaced atomically after the manifest
+A crash at any point leaves `latest` naming a complete checkpoint; older checkpoints are never touched
+before a newer one is complete. Also here (shared with `growth` and `scripts`, never the reverse): reading a
+checkpoint's consolidated fp32 weights, and the portable weights folder (`model.pt` + `model_config.json`)
+that growth writes and `train.init_from` reads.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import random
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from model.config import ModelConfig
+from pretrain import dist
+from pretrain.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+LATEST = "latest"
+WEIGHTS = "model.pt"
+WEIGHTS_CONFIG = "model_config.json"
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing, partial or inconsistent; the message names the file."""
+
+
+def tag_for(step: int) -> str:
+    return f"step_{step}"
+
+
+def save(engine, root: Path, step: int, client_state: dict[str, Any], extra_files: dict[str, Path], keep: int) -> Path:
+    """Save a checkpoint collectively (every rank must call this), then publish it as `latest`."""
+    tag = tag_for(step)
+    ckpt = root / tag
+    if dist.is_main():
+        _clear_previous(ckpt)
+    dist.barrier()
+    engine.save_checkpoint(str(root), tag=tag, client_state=client_state, save_latest=False)
+    _save_rng(ckpt / "rng" / f"rank_{dist.rank()}.pt")
+    dist.barrier()
+    if dist.is_main():
+        for name, src in extra_files.items():
+            atomic_write_bytes(ckpt / name, Path(src).read_bytes())
+        _write_manifest(ckpt, step)
+        atomic_write_text(root / LATEST, tag + "\n")
+        prune(root, keep)
+    dist.barrier()
+    return ckpt
+
+
+def _clear_previous(ckpt: Path) -> None:
+    """A partial dir from a crash is removed; a complete one (after a rollback) is moved aside, not overwritten."""
+    if not ckpt.exists():
+        return
+    if (ckpt / MANIFEST).exists():
+        aside = ckpt.with_name(f"{ckpt.name}.replaced-{int(time.time())}")
+        log.warning("checkpoint %s exists; moving it to %s before saving again", ckpt, aside)
+        ckpt.rename(aside)
+    else:
+        log.warning("removing partial checkpoint %s (no %s)", ckpt, MANIFEST)
+        shutil.rmtree(ckpt)
+
+
+def _write_manifest(ckpt: Path, step: int) -> None:
+    files = {
+        str(p.relative_to(ckpt)): p.stat().st_size
+        for p in sorted(ckpt.rglob("*"))
+        if p.is_file() and p.name != MANIFEST
+    }
+    atomic_write_json(ckpt / MANIFEST, {"step": step, "files": files, "time": time.time()})
+
+
+def verify(ckpt: Path) -> dict[str, Any]:
+    """The manifest of a complete checkpoint; raises naming the first missing or truncated file."""
+    manifest_path = ckpt / MANIFEST
+    if not manifest_path.is_file():
+        raise CheckpointError(f"{ckpt} is not a complete checkpoint: {MANIFEST} is missing (interrupted save?)")
+    manifest = json.loads(manifest_path.read_text())
+    for rel, size in manifest["files"].items():
+        path = ckpt / rel
+        if not path.is_file():
+            raise CheckpointError(f"checkpoint file {path} listed in the manifest is missing")
+        if path.stat().st_size != size:
+            raise CheckpointError(f"checkpoint file {path} has {path.stat().st_size} bytes, manifest says {size}")
+    return manifest
+
+
+def complete_checkpoints(root: Path) -> list[tuple[int, Path]]:
+    """(step, dir) of every complete checkpoint under root, oldest first."""
+    found = []
+    for d in root.glob("step_*") if root.is_dir() else []:
+        m = _STEP_DIR.match(d.name)
+        if m and (d / MANIFEST).is_file():
+            found.append((int(m.group(1)), d))
+    return sorted(found)
+
+
+def latest(root: Path) -> Path | None:
+    """The checkpoint `latest` names, or None when there is none yet."""
+    pointer = root / LATEST
+    if not pointer.is_file():
+        return None
+    ckpt = root / pointer.read_text().strip()
+    verify(ckpt)
+    return ckpt
+
+
+def prune(root: Path, keep: int) -> None:
+    """Delete all but the newest `keep` complete checkpoints (never the one `latest` names)."""
+    pointer = (root / LATEST).read_text().strip() if (root / LATEST).is_file() else None
+    for _, d in complete_checkpoints(root)[:-keep]:
+        if d.name != pointer:
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def load(engine, ckpt: Path) -> dict[str, Any]:
+    """Load a complete checkpoint into the engine (collective); returns the client state."""
+    verify(ckpt)
+    path, client_state = engine.load_checkpoint(
+        str(ckpt.parent), tag=ckpt.name, load_optimizer_states=True, load_lr_scheduler_states=True
+    )
+    if path is None:
+        raise CheckpointError(f"DeepSpeed could not load {ckpt}")
+    rng_file = ckpt / "rng" / f"rank_{dist.rank()}.pt"
+    if rng_file.is_file():
+        _load_rng(rng_file)
+    return client_state
+
+
+def _save_rng(path: Path) -> None:
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def _load_rng(path: Path) -> None:
+    state = torch.load(path, weights_only=False)
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if state["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def consolidated_state_dict(ckpt: Path) -> dict[str, torch.Tensor]:
+    """Full fp32 weights of a training checkpoint (any ZeRO stage), on CPU, on one process."""
+    verify(ckpt)
+    if any(ckpt.glob("*zero_pp_rank_*_optim_states.pt")):
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        sd = get_fp32_state_dict_from_zero_checkpoint(str(ckpt.parent), tag=ckpt.name)
+    else:  # ZeRO-0: the module state is stored whole
+        sd = torch.load(ckpt / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)["module"]
+    return {k: v.float() for k, v in sd.items()}
+
+
+def model_config_of(ckpt: Path) -> ModelConfig:
+    """The model shape a checkpoint or weights folder was saved with."""
+    if (ckpt / WEIGHTS_CONFIG).is_file():
+        return ModelConfig(**json.loads((ckpt / WEIGHTS_CONFIG).read_text()))
+    from omegaconf import OmegaConf
+
+    if not (ckpt / "config.yaml").is_file():
+        raise CheckpointError(f"{ckpt} has neither {WEIGHTS_CONFIG} nor config.yaml: cannot tell the model shape")
+    return ModelConfig(**OmegaConf.to_container(OmegaConf.load(ckpt / "config.yaml").model))
+
+
+def load_weights(path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """(config, fp32 state dict) from a weights folder (growth output) or a training checkpoint."""
+    path = Path(path)
+    if (path / WEIGHTS).is_file():
+        return model_config_of(path), torch.load(path / WEIGHTS, map_location="cpu", weights_only=True)
+    if (path / LATEST).is_file():  # a checkpoints/ root
+        path = latest(path)
+    if not (path / MANIFEST).is_file():
+        raise CheckpointError(
+            f"{path} is neither a weights folder ({WEIGHTS} + {WEIGHTS_CONFIG}) nor a complete checkpoint "
+            f"({MANIFEST})"
+        )
+    return model_config_of(path), consolidated_state_dict(path)
+
+
+def save_weights(out: Path, cfg: ModelConfig, state_dict: dict[str, torch.Tensor], record: dict | None = None) -> None:
+    """Write a portable weights folder atomically (temp dir + rename); refuses to overwrite one."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise CheckpointError(f"{out} exists and is not empty; choose a new output folder")
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    torch.save({k: v.detach().cpu().contiguous() for k, v in state_dict.items()}, tmp / WEIGHTS)
+    (tmp / WEIGHTS_CONFIG).write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+    if record is not None:
+        (tmp / "record.json").write_text(json.dumps(record, indent=2, default=str))
+    if out.exists():
+        out.rmdir()
+    tmp.rename(out)

@@ -1,0 +1,249 @@
+"""The run configuration: omegaconf structured dataclasses, YAML + dotlist overrides, clear errors.
+
+A config file is YAML with the sections below; `model:` may also be a preset name (`tiny`, `125m`, ... from
+`configs/model/`) or a path to a model YAML, relative to the config file. Unknown keys, wrong types and
+impossible shapes are refused with a message naming the key and the valid choices.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from model.config import ModelConfig, ModelConfigError
+from pretrain.data.config import DataConfig
+from pretrain.data.errors import DataError
+
+MODEL_PRESETS = Path(__file__).resolve().parent.parent / "configs" / "model"
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; raised before any rank starts or any work is done."""
+
+
+@dataclass
+class RunConfig:
+    name: str = "tiny"
+    """Run name; the run directory is `<out_dir>/<name>`."""
+    out_dir: str = "runs"
+    """Parent folder of run directories."""
+    seed: int = 0
+    """Seed of the model init and the data order (every rank uses the same)."""
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 200
+    """Number of optimizer steps."""
+    micro_batch_size: int = 8
+    """Sequences per rank per forward/backward."""
+    grad_accum: int = 1
+    """Micro-batches accumulated per optimizer step; global batch = micro_batch_size * grad_accum * world."""
+    lr: float = 3e-3
+    """Peak learning rate."""
+    min_lr_ratio: float = 0.1
+    """Final learning rate as a fraction of the peak."""
+    warmup_steps: int = 20
+    """Linear warmup from lr/warmup_steps to lr."""
+    schedule: str = "cosine"
+    """Decay after warmup: cosine | linear | constant."""
+    weight_decay: float = 0.1
+    """Decoupled (AdamW) weight decay on matrices; norms and biases are never decayed."""
+    beta1: float = 0.9
+    """AdamW beta1."""
+    beta2: float = 0.95
+    """AdamW beta2."""
+    eps: float = 1e-8
+    """AdamW epsilon."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this (0 disables)."""
+    precision: str = "bf16"
+    """bf16 (DeepSpeed bf16 with fp32 masters and fp32 gradient accumulation) | fp32."""
+    activation_checkpointing: bool = False
+    """Recompute each block in backward (DeepSpeed activation checkpointing) to save activation memory."""
+    resume: str = "auto"
+    """auto: continue from `checkpoints/latest` when present | never | a checkpoint directory."""
+    init_from: Optional[str] = None
+    """Start from the weights of this checkpoint directory (e.g. a grown model), with a fresh optimizer."""
+
+
+@dataclass
+class EvalConfig:
+    every: int = 50
+    """Validation loss every this many steps (0 disables); also at the end."""
+    batches: int = 8
+    """Validation micro-batches per rank per evaluation (fixed, so curves are comparable)."""
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 100
+    """Save every this many steps (0: only at the end)."""
+    keep: int = 3
+    """Keep the newest K complete checkpoints; older ones are deleted after a successful save."""
+
+
+@dataclass
+class LogConfig:
+    every: int = 10
+    """Write metrics every this many steps."""
+    tensorboard: bool = True
+    """Also write TensorBoard events to `<run>/tb`."""
+    progress: str = "auto"
+    """auto (a bar on a terminal, plain lines otherwise) | bar | plain | none."""
+    peak_tflops: Optional[float] = None
+    """Peak FLOP/s per device (in TFLOP/s) for MFU; auto-detected for A100/H100/H200, absent on CPU."""
+
+
+@dataclass
+class DeepSpeedSection:
+    zero_stage: int = 1
+    """ZeRO stage 0-3 (0 with bf16 takes a slow unfused path; prefer 1)."""
+    config: Dict[str, Any] = field(default_factory=dict)
+    """A raw DeepSpeed config dict merged last into the generated one, for anything not modelled here."""
+
+
+@dataclass
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    deepspeed: DeepSpeedSection = field(default_factory=DeepSpeedSection)
+    regularizers: List[Dict[str, Any]] = field(default_factory=list)
+    """Active regularizers, each `{name, weight, start_step, warmup_steps, ...params}` (see regularizers/)."""
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.run.out_dir) / self.run.name
+
+
+CHOICES = {
+    "train.schedule": ("cosine", "linear", "constant"),
+    "train.precision": ("bf16", "fp32"),
+    "log.progress": ("auto", "bar", "plain", "none"),
+    "deepspeed.zero_stage": (0, 1, 2, 3),
+}
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
+    """YAML file (or defaults when None) + `key=value` overrides -> a validated Config."""
+    schema = OmegaConf.structured(Config)
+    layers: list[DictConfig] = []
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist")
+        raw = OmegaConf.load(path)
+        if not isinstance(raw, DictConfig):
+            raise ConfigError(f"config file {path} must be a YAML mapping of sections {_fields(Config)}")
+        layers.append(_resolve_model_preset(raw, path.parent))
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value (e.g. train.steps=100)")
+    dotlist = OmegaConf.from_dotlist(list(overrides))
+    layers.append(_resolve_model_preset(dotlist, Path.cwd()))
+    try:
+        merged = OmegaConf.merge(schema, *layers)
+        cfg: Config = OmegaConf.to_object(merged)
+    except (ConfigKeyError, ValidationError) as err:
+        raise ConfigError(_explain(err)) from None
+    except (ModelConfigError, DataError) as err:
+        raise ConfigError(str(err)) from None
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"invalid config: {err}") from None
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks that a single dataclass cannot see."""
+    for key, valid in CHOICES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value not in valid:
+            raise ConfigError(f"{key}={value!r} is not valid; choose one of {list(valid)}")
+    positive = ["train.steps", "train.micro_batch_size", "train.grad_accum", "log.every", "checkpoint.keep"]
+    non_negative = ["train.warmup_steps", "eval.every", "eval.batches", "checkpoint.every", "train.grad_clip",
+                    "train.weight_decay"]
+    for key in positive + non_negative:
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value < 0 or (key in positive and value == 0):
+            raise ConfigError(f"{key}={value} must be {'> 0' if key in positive else '>= 0'}")
+    if not 0.0 <= cfg.train.min_lr_ratio <= 1.0:
+        raise ConfigError(f"train.min_lr_ratio={cfg.train.min_lr_ratio} must be in [0, 1]")
+    if cfg.train.lr <= 0:
+        raise ConfigError(f"train.lr={cfg.train.lr} must be > 0")
+    if cfg.data.seq_len > cfg.model.max_seq_len:
+        raise ConfigError(
+            f"data.seq_len={cfg.data.seq_len} exceeds model.max_seq_len={cfg.model.max_seq_len}; "
+            "lower data.seq_len or raise model.max_seq_len"
+        )
+    ds_batch_keys = {"train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps"}
+    clash = ds_batch_keys & set(cfg.deepspeed.config)
+    if clash:
+        raise ConfigError(
+            f"deepspeed.config sets {sorted(clash)}; set train.micro_batch_size / train.grad_accum instead "
+            "so the trainer and DeepSpeed agree on the batch"
+        )
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    """Write the fully resolved config as YAML (atomically)."""
+    from pretrain.io import atomic_write_text
+
+    atomic_write_text(path, OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+
+
+def to_yaml(cfg: Config) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def _resolve_model_preset(layer: DictConfig, base_dir: Path) -> DictConfig:
+    """`model: NAME` or `model: path.yaml` -> the preset's fields under `model:`."""
+    value = layer.get("model") if "model" in layer else None
+    if not isinstance(value, str):
+        return layer
+    candidates = [base_dir / value, MODEL_PRESETS / f"{value}.yaml", MODEL_PRESETS / value]
+    found = next((c for c in candidates if c.is_file()), None)
+    if found is None:
+        presets = sorted(p.stem for p in MODEL_PRESETS.glob("*.yaml"))
+        raise ConfigError(f"model={value!r} is neither a model YAML file nor a preset; presets: {presets}")
+    layer = layer.copy()
+    layer.model = OmegaConf.load(found)
+    return layer
+
+
+def _explain(err: ConfigKeyError | ValidationError) -> str:
+    key = err.full_key or getattr(err, "key", None) or "?"
+    if isinstance(err, ConfigKeyError) and "not in" in str(err):
+        parent = key.rsplit(".", 1)[0] if "." in key else ""
+        valid = _fields_at(parent)
+        where = f"section {parent!r}" if parent else "the top level"
+        return f"unknown config key {key!r}; valid keys in {where}: {valid}"
+    msg = str(err).splitlines()[0]
+    return f"config key {key!r}: {msg}"
+
+
+def _fields(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def _fields_at(dotted: str) -> list[str]:
+    """Field names of the dataclass section at a dotted path (the top level when empty)."""
+    cls: type = Config
+    for part in filter(None, dotted.split(".")):
+        hint = typing.get_type_hints(cls).get(part)
+        if not dataclasses.is_dataclass(hint):
+            break
+        cls = hint
+    return _fields(cls)

@@ -1,0 +1,50 @@
+"""The few distributed facts the trainer needs, valid with or without an initialized process group."""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def on_gpu() -> bool:
+    return torch.cuda.is_available() and os.environ.get("DS_ACCELERATOR", "cuda") != "cpu"
+
+
+def device() -> torch.device:
+    if on_gpu():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
+    """Mean over ranks of a float tensor (a copy; the input is untouched)."""
+    out = values.detach().clone().float()
+    if dist.is_initialized():
+        dist.all_reduce(out)
+        out /= dist.get_world_size()
+    return out
+
+
+def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
+    out = values.detach().clone()
+    if dist.is_initialized():
+        dist.all_reduce(out)
+    return out

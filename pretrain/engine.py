@@ -1,0 +1,57 @@
+"""The DeepSpeed engine from our config: generated DeepSpeed config + optimizer + schedule."""
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import deepspeed
+from torch import nn
+
+from pretrain.config import Config
+from pretrain.optim import build_optimizer, build_scheduler
+
+
+def deepspeed_config(cfg: Config) -> dict[str, Any]:
+    """The DeepSpeed config we generate; `deepspeed.config` from the run config is merged last."""
+    bf16 = cfg.train.precision == "bf16"
+    generated: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": cfg.train.micro_batch_size,
+        "gradient_accumulation_steps": cfg.train.grad_accum,
+        "gradient_clipping": cfg.train.grad_clip,
+        "zero_optimization": {"stage": cfg.deepspeed.zero_stage},
+        "bf16": {"enabled": bf16},
+        "steps_per_print": 10**9,  # we log; keep DeepSpeed's own prints quiet
+        "wall_clock_breakdown": False,
+    }
+    if bf16:
+        # Accumulate micro-batch gradients in fp32: bf16 sums lose low bits over many micro-batches.
+        generated["data_types"] = {"grad_accum_dtype": "fp32"}
+    return deep_merge(generated, cfg.deepspeed.config)
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Recursive dict merge; values of `override` win."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def enable_activation_checkpointing(model: nn.Module) -> None:
+    """Recompute each block in backward with DeepSpeed's checkpointing (works under every ZeRO stage)."""
+    model.checkpoint_fn = deepspeed.checkpointing.checkpoint
+
+
+def build_engine(model: nn.Module, cfg: Config):
+    """deepspeed.initialize with a client AdamW (decoupled decay, no decay on norms) and our LambdaLR."""
+    if cfg.train.activation_checkpointing:
+        enable_activation_checkpointing(model)
+    optimizer = build_optimizer(model, cfg.train)
+    scheduler = build_scheduler(optimizer, cfg.train)
+    engine, optimizer, _, scheduler = deepspeed.initialize(
+        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=deepspeed_config(cfg)
+    )
+    return engine, optimizer, scheduler

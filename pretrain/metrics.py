@@ -1,0 +1,105 @@
+"""Where metrics go on rank 0: metrics.jsonl (the contract), TensorBoard, and a progress bar or plain lines."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger("growlm")
+
+# Dense bf16 peak FLOP/s per device, from the vendors' data sheets (SXM parts).
+PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0}
+
+
+def detect_peak_tflops() -> float | None:
+    """Per-device bf16 peak for the GPUs we know; None on CPU or unknown devices (MFU is then omitted)."""
+    if not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name()
+    return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
+
+
+def memory_gb() -> float:
+    """Peak accelerator memory allocated, or this process's peak RSS on CPU."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+def truncate_after(path: Path, step: int) -> None:
+    """Drop records past `step` (left by a run that crashed after its last checkpoint) before resuming."""
+    if not path.is_file():
+        return
+    from pretrain.io import atomic_write_text
+
+    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= step]
+    atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+
+class MetricsLogger:
+    """Rank-0 sink for one run's metrics. Other ranks get a logger whose calls do nothing."""
+
+    def __init__(self, run_dir: Path, total_steps: int, start_step: int, enabled: bool,
+                 tensorboard: bool = True, progress: str = "auto"):
+        self.enabled = enabled
+        self.total_steps = total_steps
+        self._jsonl = None
+        self._tb = None
+        self._bar = None
+        self._start = time.time()
+        self._start_step = start_step
+        if not enabled:
+            return
+        self._jsonl = open(run_dir / "metrics.jsonl", "a", buffering=1)
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(str(run_dir / "tb"), purge_step=start_step + 1)
+        mode = ("bar" if sys.stderr.isatty() else "plain") if progress == "auto" else progress
+        if mode == "bar":
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total_steps, initial=start_step, desc="train", dynamic_ncols=True)
+        self._plain = mode == "plain"
+
+    def log(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        record = {k: _plain(v) for k, v in record.items()}
+        self._jsonl.write(json.dumps(record) + "\n")
+        step = record["step"]
+        if self._tb is not None:
+            for k, v in record.items():
+                if k != "step" and isinstance(v, (int, float)) and math.isfinite(v):
+                    self._tb.add_scalar(k, v, step)
+        summary = {k: record[k] for k in ("loss", "val/loss", "lr", "tokens_per_s", "mfu") if k in record}
+        if self._bar is not None:
+            self._bar.update(step - self._bar.n)
+            self._bar.set_postfix({k: f"{v:.4g}" for k, v in summary.items()}, refresh=False)
+        elif self._plain:
+            elapsed = time.time() - self._start
+            done = max(1, step - self._start_step)
+            eta = elapsed / done * (self.total_steps - step)
+            fields = " ".join(f"{k}={v:.4g}" for k, v in summary.items())
+            log.info("step %d/%d %s eta=%.0fs", step, self.total_steps, fields, eta)
+
+    def close(self) -> None:
+        if self._jsonl:
+            self._jsonl.close()
+        if self._tb:
+            self._tb.close()
+        if self._bar:
+            self._bar.close()
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.item()
+    return value

@@ -1,0 +1,223 @@
+"""The training loop: data -> model -> loss (+ regularizers) -> DeepSpeed step -> metrics, checkpoints, hooks.
+
+Read it top to bottom: `Trainer.__init__` builds everything (data, model, engine, resume), `fit` runs the
+loop. Everything else (validation, monitors, jobs) is a Callback.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import regularizers as regs
+from model import Llama
+from pretrain import checkpoint, dist
+from pretrain.callbacks import Callback, Validation, due
+from pretrain.config import Config, ConfigError, save_config
+from pretrain.data import PackedData, StepSampler, get_batch, prepare_data
+from pretrain.engine import build_engine
+from pretrain.io import atomic_write_bytes
+from pretrain.metrics import MetricsLogger, detect_peak_tflops, memory_gb, truncate_after
+
+log = logging.getLogger("growlm")
+
+
+def init_distributed() -> None:
+    """Join the launcher's process group (gloo on CPU, nccl on GPU); a bare `python -m pretrain` is rank 0 of 1."""
+    import deepspeed
+
+    if "RANK" not in os.environ:
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    if not torch.distributed.is_initialized():
+        deepspeed.init_distributed(dist_backend="nccl" if dist.on_gpu() else "gloo")
+    if dist.on_gpu():
+        torch.cuda.set_device(dist.device())
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def load_data(cfg: Config) -> PackedData:
+    """Rank 0 builds the tokenizer and caches first; the others then hit the cache."""
+    if dist.is_main():
+        data = prepare_data(cfg.data, cfg.model.vocab_size, seed=cfg.run.seed)
+    dist.barrier()
+    if not dist.is_main():
+        data = prepare_data(cfg.data, cfg.model.vocab_size, seed=cfg.run.seed)
+    return data
+
+
+class Trainer:
+    def __init__(self, cfg: Config, callbacks: Sequence[Callback] = ()):
+        self.cfg = cfg
+        self.run_dir = cfg.run_dir
+        self.ckpt_root = self.run_dir / "checkpoints"
+        self.device = dist.device()
+        self.is_main = dist.is_main()
+        self.world = dist.world_size()
+
+        self.data = load_data(cfg)
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.run_dir / "config.yaml")
+            atomic_write_bytes(self.run_dir / "tokenizer.model", Path(self.data.tokenizer_path).read_bytes())
+
+        torch.manual_seed(cfg.run.seed)
+        np.random.seed(cfg.run.seed)
+        model = Llama(cfg.model)
+        if cfg.train.init_from:
+            self._init_weights(model, Path(cfg.train.init_from))
+        self.regularizers = regs.build_regularizers(cfg.regularizers)
+        self.need_hidden = any(r.needs_hidden_states for r in self.regularizers)
+        self.engine, self.optimizer, self.scheduler = build_engine(model, cfg)
+
+        t = cfg.train
+        self.sampler = StepSampler(len(self.data.train), t.micro_batch_size, t.grad_accum, self.world,
+                                   dist.rank(), cfg.run.seed)
+        self.global_batch = t.micro_batch_size * t.grad_accum * self.world
+        self.tokens_per_step = self.global_batch * cfg.data.seq_len
+        self.step = 0
+        self.tokens = 0
+        self._resume()
+
+        self.callbacks: list[Callback] = []
+        if cfg.eval.every > 0:
+            self.callbacks.append(Validation(cfg.eval.every, cfg.eval.batches))
+        self.callbacks.extend(callbacks)
+        self.flops_per_token = cfg.model.flops_per_token(cfg.data.seq_len)
+        self.peak_tflops = cfg.log.peak_tflops or detect_peak_tflops()
+        self.logger = MetricsLogger(self.run_dir, t.steps, self.step, self.is_main, cfg.log.tensorboard,
+                                    cfg.log.progress)
+
+    # ---- setup helpers -------------------------------------------------------------------------------
+    def _init_weights(self, model: Llama, source: Path) -> None:
+        src_cfg, state = checkpoint.load_weights(source)
+        if src_cfg != self.cfg.model:
+            raise ConfigError(
+                f"train.init_from={source} holds a model of shape {src_cfg}, but model is {self.cfg.model}"
+            )
+        model.load_state_dict(state, strict=True)
+        log.info("initialized weights from %s", source)
+
+    def _resume(self) -> None:
+        mode = self.cfg.train.resume
+        if mode == "never":
+            return
+        ckpt = checkpoint.latest(self.ckpt_root) if mode == "auto" else Path(mode)
+        if ckpt is None:
+            return
+        client = checkpoint.load(self.engine, ckpt)
+        self.step, self.tokens = client["step"], client["tokens"]
+        self.sampler.load_state_dict(client["sampler"])
+        if self.is_main:
+            truncate_after(self.run_dir / "metrics.jsonl", self.step)
+        log.info("resumed from %s at step %d", ckpt, self.step)
+
+    # ---- one batch -----------------------------------------------------------------------------------
+    def batch(self, indices: np.ndarray, windows: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(inputs, targets) for these window indices, on this rank's device."""
+        tokens = get_batch(self.data.train if windows is None else windows, indices)
+        tokens = tokens.to(self.device, non_blocking=True)
+        return tokens[:, :-1], tokens[:, 1:]
+
+    def lm_loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        inputs, targets = batch
+        logits = self.engine(inputs).logits
+        return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+
+    def loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """lm_loss + sum of regularizers; hidden states are requested only when a regularizer needs them."""
+        inputs, targets = batch
+        out = self.engine(inputs, return_hidden_states=self.need_hidden)
+        lm_loss = F.cross_entropy(out.logits.float().flatten(0, 1), targets.flatten())
+        total = lm_loss
+        metrics = {"lm_loss": lm_loss.detach()}
+        if self.regularizers:
+            inputs_ = regs.LossInputs(tokens=inputs, targets=targets, mask=None, logits=out.logits,
+                                      hidden_states=out.hidden_states, final_normed=out.final_normed,
+                                      step=self.step)
+            for reg in self.regularizers:
+                term, reg_metrics = reg(inputs_)
+                total = total + term
+                metrics[f"reg/{reg.name}"] = term.detach()
+                metrics.update({f"reg/{reg.name}/{k}": torch.as_tensor(v) for k, v in reg_metrics.items()})
+        metrics["loss"] = total.detach()
+        return total, metrics
+
+    # ---- the loop ------------------------------------------------------------------------------------
+    def fit(self) -> None:
+        cfg = self.cfg
+        for cb in self.callbacks:
+            cb.on_train_start(self)
+        window_time, window_tokens = 0.0, 0
+        record: dict[str, Any] = {}
+        while self.step < cfg.train.steps:
+            t0 = time.perf_counter()
+            sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=self.device))
+            micro_batches = self.sampler.next_step()
+            for indices in micro_batches:
+                total, metrics = self.loss(self.batch(indices))
+                self.engine.backward(total)
+                self.engine.step()
+                for k, v in metrics.items():
+                    sums[k] += v.float()
+            self.step += 1
+            self.tokens += self.tokens_per_step
+            window_time += time.perf_counter() - t0
+            window_tokens += self.tokens_per_step
+
+            record = {"step": self.step, "tokens": self.tokens}
+            if due(self.step, cfg.log.every, cfg.train.steps):
+                record.update(self._train_metrics(sums, len(micro_batches), window_time, window_tokens))
+                window_time, window_tokens = 0.0, 0
+            for cb in self.callbacks:
+                cb.on_step_end(self, record)
+            if len(record) > 2:
+                self.logger.log(record)
+            if due(self.step, cfg.checkpoint.every, cfg.train.steps) or self.step == cfg.train.steps:
+                self.save()
+        for cb in self.callbacks:
+            cb.on_train_end(self, record)
+        self.logger.close()
+
+    def _train_metrics(self, sums: dict[str, torch.Tensor], n_micro: int, seconds: float, tokens: int) -> dict:
+        keys = sorted(sums)
+        means = dist.all_reduce_mean(torch.stack([sums[k] for k in keys]) / n_micro)
+        out: dict[str, Any] = dict(zip(keys, means.tolist()))
+        grad_norm = self.engine.get_global_grad_norm()
+        out["grad_norm"] = float(grad_norm) if grad_norm is not None else float("nan")
+        out["lr"] = self.scheduler.get_last_lr()[0]
+        out["tokens_per_s"] = tokens / seconds
+        out["step_time"] = seconds * self.tokens_per_step / tokens
+        out["tflops"] = out["tokens_per_s"] * self.flops_per_token / self.world / 1e12
+        if self.peak_tflops:
+            out["mfu"] = out["tflops"] / self.peak_tflops
+        out["mem_gb"] = memory_gb()
+        return out
+
+    def save(self) -> Path:
+        client = {
+            "step": self.step,
+            "tokens": self.tokens,
+            "sampler": self.sampler.state_dict(),
+            "world_size": self.world,
+            "zero_stage": self.cfg.deepspeed.zero_stage,
+        }
+        extra = {"config.yaml": self.run_dir / "config.yaml", "tokenizer.model": self.run_dir / "tokenizer.model"}
+        path = checkpoint.save(self.engine, self.ckpt_root, self.step, client, extra, self.cfg.checkpoint.keep)
+        for cb in self.callbacks:
+            cb.on_checkpoint_saved(self, path)
+        return path

@@ -1,0 +1,43 @@
+"""The launcher builds the right deepspeed command and refuses bad input before any rank starts."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def run_launch(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "launch", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_dry_run_prints_deepspeed_command():
+    out = run_launch("--num_gpus", "2", "--master_port", "29999", "--dry-run", "configs/tiny.yaml", "train.steps=5")
+    assert out.returncode == 0, out.stderr
+    cmd = out.stdout.strip()
+    assert "deepspeed --num_gpus 2 --master_port 29999 --module pretrain configs/tiny.yaml train.steps=5" in cmd
+    assert "DS_ACCELERATOR=cpu" in cmd  # no GPU here: CPU ranks over gloo
+
+
+def test_multinode_options_pass_through(tmp_path):
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text("node0 slots=1\nnode1 slots=1\n")
+    out = run_launch("--hostfile", str(hostfile), "--num_nodes", "2", "--no_ssh", "--node_rank", "1",
+                     "--master_addr", "10.0.0.1", "--dry-run", "configs/tiny.yaml")
+    assert out.returncode == 0, out.stderr
+    for part in (f"--hostfile {hostfile}", "--num_nodes 2", "--node_rank 1", "--no_ssh", "--master_addr 10.0.0.1"):
+        assert part in out.stdout
+
+
+def test_bad_config_refused_before_ranks_start(tmp_path):
+    out = run_launch("--num_gpus", "2", "configs/tiny.yaml", "train.stpes=3", f"run.out_dir={tmp_path}")
+    assert out.returncode == 2
+    assert "train.stpes" in out.stderr and "steps" in out.stderr
+    assert "deepspeed" not in out.stdout.lower() and "Launching" not in out.stderr  # no launcher was run
+    assert not any(tmp_path.iterdir())
+
+
+def test_include_with_num_gpus_is_refused():
+    out = run_launch("--num_gpus", "2", "--include", "localhost:0", "--dry-run", "configs/tiny.yaml")
+    assert out.returncode != 0 and "--include" in out.stderr

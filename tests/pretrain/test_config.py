@@ -1,0 +1,78 @@
+"""Config loading, validation and the pieces of the engine that are pure functions."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from model import Llama, ModelConfig
+from pretrain.config import ConfigError, TrainConfig, load_config
+from pretrain.engine import deep_merge, deepspeed_config
+from pretrain.optim import lr_factor, param_groups
+
+TINY = "configs/tiny.yaml"
+
+
+@pytest.mark.parametrize("override, names", [
+    (["train.stpes=5"], ["train.stpes", "steps", "micro_batch_size"]),
+    (["trian.steps=5"], ["trian", "train", "model"]),
+    (["train.steps=many"], ["train.steps", "many"]),
+    (["model.n_heads=3"], ["n_heads"]),
+    (["model.n_kv_heads=3"], ["n_kv_heads"]),
+    (["data.seq_len=4096"], ["data.seq_len", "model.max_seq_len"]),
+    (["train.precision=fp8"], ["train.precision", "bf16", "fp32"]),
+    (["deepspeed.zero_stage=4"], ["deepspeed.zero_stage", "[0, 1, 2, 3]"]),
+    (["deepspeed.config.train_batch_size=64"], ["train_batch_size", "train.micro_batch_size"]),
+    (["model=huge"], ["huge", "tiny"]),
+    (["train.steps"], ["key=value"]),
+])
+def test_bad_config_names_the_key(override, names):
+    with pytest.raises(ConfigError) as err:
+        load_config(TINY, override)
+    for name in names:
+        assert name in str(err.value), (name, str(err.value))
+
+
+def test_overrides_and_presets(tmp_path):
+    cfg = load_config(TINY, ["train.steps=7", "model.n_layers=3", "deepspeed.config.zero_optimization.overlap_comm=true"])
+    assert cfg.train.steps == 7 and cfg.model.n_layers == 3
+    assert cfg.model.dim == 128  # the rest of the tiny preset survives
+    ds = deepspeed_config(cfg)
+    assert ds["zero_optimization"] == {"stage": 1, "overlap_comm": True}  # raw dict merged last, deeply
+    assert ds["train_micro_batch_size_per_gpu"] == cfg.train.micro_batch_size
+    path = tmp_path / "c.yaml"
+    path.write_text("model: 125m\ntrain: {steps: 3}\n")
+    assert load_config(path).model.n_layers == 12
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_deep_merge_keeps_base_untouched():
+    base = {"a": {"b": 1, "c": 2}, "d": 3}
+    out = deep_merge(base, {"a": {"b": 9}, "e": 4})
+    assert out == {"a": {"b": 9, "c": 2}, "d": 3, "e": 4}
+    assert base == {"a": {"b": 1, "c": 2}, "d": 3}
+
+
+def test_lr_schedule_shape():
+    cfg = TrainConfig(steps=110, warmup_steps=10, lr=1.0, min_lr_ratio=0.1, schedule="cosine")
+    assert lr_factor(0, cfg) == pytest.approx(0.1)
+    assert lr_factor(9, cfg) == pytest.approx(1.0)
+    assert lr_factor(60, cfg) == pytest.approx(0.1 + 0.9 * 0.5)  # half way through the decay: cos(pi/2) = 0
+    assert lr_factor(110, cfg) == pytest.approx(0.1)
+    lin = TrainConfig(steps=110, warmup_steps=10, min_lr_ratio=0.0, schedule="linear")
+    assert lr_factor(35, lin) == pytest.approx(0.75)
+    factors = [lr_factor(s, cfg) for s in range(10, 111)]
+    assert all(a >= b for a, b in zip(factors, factors[1:])) and not any(math.isnan(f) for f in factors)
+
+
+def test_no_weight_decay_on_norms():
+    model = Llama(ModelConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=64, vocab_size=64,
+                              max_seq_len=16, tie_embeddings=True))
+    decay, no_decay = param_groups(model, 0.1)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert all(names[id(p)].endswith("norm.weight") for p in no_decay["params"])
+    assert len(no_decay["params"]) == 2 * 2 + 1
+    assert sum(p.numel() for g in (decay, no_decay) for p in g["params"]) == sum(p.numel() for p in model.parameters())
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
