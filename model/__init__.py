@@ -1,5 +1,19 @@
 """The Llama-style decoder, its config, and conversion to/from Hugging Face transformers."""
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
 from model.config import ModelConfig, ModelConfigError
 from model.llama import Llama, LlamaOutput
 
-__all__ = ["ModelConfig", "ModelConfigError", "Llama", "LlamaOutput"]
+# Importing transformers costs seconds; every training rank imports `model`, few use HF conversion.
+_LAZY_HF = ("from_hf_config", "from_hf_state_dict", "load_hf_folder", "save_hf_folder", "to_hf_config", "to_hf_state_dict")
+
+__all__ = ["ModelConfig", "ModelConfigError", "Llama", "LlamaOutput", *_LAZY_HF]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY_HF:
+        return getattr(import_module("model.hf"), name)
+    raise AttributeError(f"module 'model' has no attribute {name!r}")

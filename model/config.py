@@ -42,7 +42,7 @@ class ModelConfig:
         positive = ("dim", "n_layers", "n_heads", "n_kv_heads", "ffn_dim", "vocab_size", "max_seq_len")
         for name in positive:
             value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ModelConfigError(f"model.{name} must be a positive integer, got {value!r}")
         if self.dim % self.n_heads:
             raise ModelConfigError(
@@ -59,8 +59,10 @@ class ModelConfig:
                 f"head_dim = model.dim / model.n_heads = {self.head_dim} must be even for rotary embeddings"
             )
         for name in ("rope_theta", "norm_eps", "init_std"):
-            if getattr(self, name) <= 0:
-                raise ModelConfigError(f"model.{name} must be > 0, got {getattr(self, name)!r}")
+            value = getattr(self, name)
+            # YAML 1.1 reads `1e-5` (no dot) as a string; say so instead of failing on `str <= int`.
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise ModelConfigError(f"model.{name} must be a number > 0, got {value!r}")
 
     @property
     def head_dim(self) -> int:
@@ -78,17 +80,17 @@ class ModelConfig:
         return total + embed if include_embedding else total
 
     def flops_per_token(self, seq_len: int) -> float:
-        """Training FLOPs per token: 6 N + 6 L T d (PaLM appendix B / nanoGPT).
+        """Training FLOPs per token: 6 N + 12 L T d (PaLM appendix B / nanoGPT).
 
         6N counts forward (2N) and backward (4N) matmul FLOPs of every non-embedding weight (the LM head is
-        a matmul, so it is counted; the embedding lookup is not). The attention term 6 * L * T * d covers the
+        a matmul, so it is counted; the embedding lookup is not). The attention term 12 * L * T * d covers the
         QK^T and AV matmuls (2 * 2 * T * d per token per layer forward, x3 for fwd+bwd), counted without the
         causal half-saving, as PaLM and torchtitan do, so MFU figures are comparable with theirs.
         """
         n = self.num_params(include_embedding=False)
         if self.tie_embeddings:  # the tied matrix is still used as the LM-head matmul
             n += self.vocab_size * self.dim
-        return 6.0 * n + 6.0 * self.n_layers * seq_len * self.dim
+        return 6.0 * n + 12.0 * self.n_layers * seq_len * self.dim
 
 
 def _divisors(n: int) -> list[int]:

@@ -18,6 +18,7 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationE
 from model.config import ModelConfig, ModelConfigError
 from pretrain.data.config import DataConfig
 from pretrain.data.errors import DataError
+from pretrain.monitors import MonitorsConfig
 
 MODEL_PRESETS = Path(__file__).resolve().parent.parent / "configs" / "model"
 
@@ -118,8 +119,11 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
     deepspeed: DeepSpeedSection = field(default_factory=DeepSpeedSection)
+    monitors: MonitorsConfig = field(default_factory=MonitorsConfig)
     regularizers: List[Dict[str, Any]] = field(default_factory=list)
     """Active regularizers, each `{name, weight, start_step, warmup_steps, ...params}` (see regularizers/)."""
+    imports: List[str] = field(default_factory=list)
+    """Python modules imported on every rank before anything is built: register your own regularizers here."""
 
     @property
     def run_dir(self) -> Path:
@@ -131,6 +135,8 @@ CHOICES = {
     "train.precision": ("bf16", "fp32"),
     "log.progress": ("auto", "bar", "plain", "none"),
     "deepspeed.zero_stage": (0, 1, 2, 3),
+    "monitors.jump.form": ("cosine", "angular"),
+    "monitors.jump.final_norm": ("include", "exclude"),
 }
 
 
@@ -167,16 +173,14 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
 def validate(cfg: Config) -> None:
     """Cross-field checks that a single dataclass cannot see."""
     for key, valid in CHOICES.items():
-        section, name = key.split(".")
-        value = getattr(getattr(cfg, section), name)
+        value = _get(cfg, key)
         if value not in valid:
             raise ConfigError(f"{key}={value!r} is not valid; choose one of {list(valid)}")
     positive = ["train.steps", "train.micro_batch_size", "train.grad_accum", "log.every", "checkpoint.keep"]
     non_negative = ["train.warmup_steps", "eval.every", "eval.batches", "checkpoint.every", "train.grad_clip",
                     "train.weight_decay"]
     for key in positive + non_negative:
-        section, name = key.split(".")
-        value = getattr(getattr(cfg, section), name)
+        value = _get(cfg, key)
         if value < 0 or (key in positive and value == 0):
             raise ConfigError(f"{key}={value} must be {'> 0' if key in positive else '>= 0'}")
     if not 0.0 <= cfg.train.min_lr_ratio <= 1.0:
@@ -188,6 +192,7 @@ def validate(cfg: Config) -> None:
             f"data.seq_len={cfg.data.seq_len} exceeds model.max_seq_len={cfg.model.max_seq_len}; "
             "lower data.seq_len or raise model.max_seq_len"
         )
+    _check_regularizers(cfg)
     ds_batch_keys = {"train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps"}
     clash = ds_batch_keys & set(cfg.deepspeed.config)
     if clash:
@@ -195,6 +200,30 @@ def validate(cfg: Config) -> None:
             f"deepspeed.config sets {sorted(clash)}; set train.micro_batch_size / train.grad_accum instead "
             "so the trainer and DeepSpeed agree on the batch"
         )
+
+
+def _check_regularizers(cfg: Config) -> None:
+    """Build the regularizers once so a bad name or parameter is refused before any rank starts."""
+    import importlib
+
+    import regularizers
+
+    for module in cfg.imports:
+        try:
+            importlib.import_module(module)
+        except ImportError as err:
+            raise ConfigError(f"imports: cannot import {module!r}: {err}") from None
+    try:
+        regularizers.build_regularizers(cfg.regularizers)
+    except regularizers.RegularizerConfigError as err:
+        raise ConfigError(str(err)) from None
+
+
+def _get(cfg: Config, dotted: str) -> Any:
+    value: Any = cfg
+    for part in dotted.split("."):
+        value = getattr(value, part)
+    return value
 
 
 def save_config(cfg: Config, path: Path) -> None:

@@ -5,6 +5,7 @@ loop. Everything else (validation, monitors, jobs) is a Callback.
 """
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import time
@@ -24,6 +25,7 @@ from pretrain.config import Config, ConfigError, save_config
 from pretrain.data import PackedData, StepSampler, get_batch, prepare_data
 from pretrain.engine import build_engine
 from pretrain.io import atomic_write_bytes
+from pretrain.monitors import build_monitors
 from pretrain.metrics import MetricsLogger, detect_peak_tflops, memory_gb, truncate_after
 
 log = logging.getLogger("growlm")
@@ -80,6 +82,8 @@ class Trainer:
         model = Llama(cfg.model)
         if cfg.train.init_from:
             self._init_weights(model, Path(cfg.train.init_from))
+        for module in cfg.imports:
+            importlib.import_module(module)
         self.regularizers = regs.build_regularizers(cfg.regularizers)
         self.need_hidden = any(r.needs_hidden_states for r in self.regularizers)
         self.engine, self.optimizer, self.scheduler = build_engine(model, cfg)
@@ -96,6 +100,7 @@ class Trainer:
         self.callbacks: list[Callback] = []
         if cfg.eval.every > 0:
             self.callbacks.append(Validation(cfg.eval.every, cfg.eval.batches))
+        self.callbacks.extend(build_monitors(cfg.monitors))
         self.callbacks.extend(callbacks)
         self.flops_per_token = cfg.model.flops_per_token(cfg.data.seq_len)
         self.peak_tflops = cfg.log.peak_tflops or detect_peak_tflops()
@@ -166,6 +171,7 @@ class Trainer:
         record: dict[str, Any] = {}
         while self.step < cfg.train.steps:
             t0 = time.perf_counter()
+            lr = self.scheduler.get_last_lr()[0]  # the lr this step uses (the scheduler moves on inside step)
             sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=self.device))
             micro_batches = self.sampler.next_step()
             for indices in micro_batches:
@@ -182,6 +188,7 @@ class Trainer:
             record = {"step": self.step, "tokens": self.tokens}
             if due(self.step, cfg.log.every, cfg.train.steps):
                 record.update(self._train_metrics(sums, len(micro_batches), window_time, window_tokens))
+                record["lr"] = lr
                 window_time, window_tokens = 0.0, 0
             for cb in self.callbacks:
                 cb.on_step_end(self, record)
@@ -199,7 +206,6 @@ class Trainer:
         out: dict[str, Any] = dict(zip(keys, means.tolist()))
         grad_norm = self.engine.get_global_grad_norm()
         out["grad_norm"] = float(grad_norm) if grad_norm is not None else float("nan")
-        out["lr"] = self.scheduler.get_last_lr()[0]
         out["tokens_per_s"] = tokens / seconds
         out["step_time"] = seconds * self.tokens_per_step / tokens
         out["tflops"] = out["tokens_per_s"] * self.flops_per_token / self.world / 1e12

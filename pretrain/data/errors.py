@@ -1,0 +1,5 @@
+"""The one error type of the data pipeline, so callers can catch bad data input apart from bugs."""
+
+
+class DataError(ValueError):
+    """Bad data input or config; the message names the key, file or field and what would be valid."""
