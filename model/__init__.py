@@ -8,7 +8,15 @@ from model.config import ModelConfig, ModelConfigError
 from model.llama import Llama, LlamaOutput
 
 # Importing transformers costs seconds; every training rank imports `model`, few use HF conversion.
-_LAZY_HF = ("from_hf_config", "from_hf_state_dict", "load_hf_folder", "save_hf_folder", "to_hf_config", "to_hf_state_dict")
+_LAZY_HF = (
+    "from_hf_config",
+    "from_hf_state_dict",
+    "hf_tokenizer_config",
+    "load_hf_folder",
+    "save_hf_folder",
+    "to_hf_config",
+    "to_hf_state_dict",
+)
 
 __all__ = ["ModelConfig", "ModelConfigError", "Llama", "LlamaOutput", *_LAZY_HF]
 

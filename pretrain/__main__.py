@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.check:
             from pretrain.data import prepare_data
 
-            data = prepare_data(cfg.data, cfg.model.vocab_size, seed=cfg.run.seed)
+            data = prepare_data(cfg.data, cfg.model.vocab_size)
             print(f"config ok; data: {data.stats}")
             return 0
         return train(cfg)

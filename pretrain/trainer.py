@@ -55,10 +55,10 @@ def _free_port() -> int:
 def load_data(cfg: Config) -> PackedData:
     """Rank 0 builds the tokenizer and caches first; the others then hit the cache."""
     if dist.is_main():
-        data = prepare_data(cfg.data, cfg.model.vocab_size, seed=cfg.run.seed)
+        data = prepare_data(cfg.data, cfg.model.vocab_size)
     dist.barrier()
     if not dist.is_main():
-        data = prepare_data(cfg.data, cfg.model.vocab_size, seed=cfg.run.seed)
+        data = prepare_data(cfg.data, cfg.model.vocab_size)
     return data
 
 
@@ -163,6 +163,20 @@ class Trainer:
         return total, metrics
 
     # ---- the loop ------------------------------------------------------------------------------------
+    def train_step(self) -> tuple[dict[str, torch.Tensor], int]:
+        """One optimizer step over this rank's micro-batches: (summed per-micro-batch metrics, micro-batches)."""
+        sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=self.device))
+        micro_batches = self.sampler.next_step()
+        for indices in micro_batches:
+            total, metrics = self.loss(self.batch(indices))
+            self.engine.backward(total)
+            self.engine.step()
+            for k, v in metrics.items():
+                sums[k] += v.float()
+        self.step += 1
+        self.tokens += self.tokens_per_step
+        return sums, len(micro_batches)
+
     def fit(self) -> None:
         cfg = self.cfg
         for cb in self.callbacks:
@@ -172,23 +186,13 @@ class Trainer:
         while self.step < cfg.train.steps:
             t0 = time.perf_counter()
             lr = self.scheduler.get_last_lr()[0]  # the lr this step uses (the scheduler moves on inside step)
-            sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=self.device))
-            micro_batches = self.sampler.next_step()
-            for indices in micro_batches:
-                total, metrics = self.loss(self.batch(indices))
-                self.engine.backward(total)
-                self.engine.step()
-                for k, v in metrics.items():
-                    sums[k] += v.float()
-            self.step += 1
-            self.tokens += self.tokens_per_step
+            sums, n_micro = self.train_step()
             window_time += time.perf_counter() - t0
             window_tokens += self.tokens_per_step
 
             record = {"step": self.step, "tokens": self.tokens}
             if due(self.step, cfg.log.every, cfg.train.steps):
-                record.update(self._train_metrics(sums, len(micro_batches), window_time, window_tokens))
-                record["lr"] = lr
+                record.update(self._train_metrics(sums, n_micro, window_time, window_tokens), lr=lr)
                 window_time, window_tokens = 0.0, 0
             for cb in self.callbacks:
                 cb.on_step_end(self, record)

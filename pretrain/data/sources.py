@@ -49,7 +49,7 @@ def resolve_source(cfg: DataConfig) -> Source:
     for part in (p.strip() for p in cfg.source.split(",")):
         if not part:
             continue
-        if glob.has_magic(part):
+        if any(c in part for c in "*?["):
             matches = sorted(glob.glob(part, recursive=True))
             if not matches:
                 raise DataError(f"data.source: glob {part!r} matches no files")

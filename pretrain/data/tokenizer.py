@@ -7,9 +7,10 @@ windows therefore read `doc EOS doc EOS ...`, and EOS is the only document bound
 Training settings keep code intact and the result reproducible: identity normalization, no extra-whitespace
 removal and no dummy prefix (indentation and line starts survive a round trip), whitespace-only pieces
 (runs of indentation become single tokens), byte fallback (no text is ever unknown), split digits, and
-training sentences that keep their newlines (pieces such as "):\\n" cut the embedded corpus's token count ~7%).
-Sentencepiece's result depends on its thread count, so it is pinned: the same corpus gives the same
-tokenizer file on every machine.
+training sentences that keep their newlines (pieces such as "):\\n"; on the embedded corpus 6.5% fewer tokens
+than training on single lines, where every newline becomes the byte piece <0x0A>). Sentencepiece's result
+depends on its thread count (measured: 1, 2 and 16 threads give three different models, each reproducible),
+so it is pinned: the same corpus gives the same tokenizer file on every machine.
 """
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from conftest import ROOT
+from launching import ROOT
 
 
 def run_launch(*args: str) -> subprocess.CompletedProcess:

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import launch, losses, metrics
+from launching import launch, losses, metrics
 from pretrain import checkpoint
 
 pytestmark = pytest.mark.distributed
@@ -94,7 +94,7 @@ def test_export_from_zero3_matches_live_validation_loss(zero_runs, tmp_path):
     hf = LlamaForCausalLM.from_pretrained(tmp_path / "hf").eval()
 
     run_cfg = load_config(run / "config.yaml")
-    val = prepare_data(run_cfg.data, run_cfg.model.vocab_size, seed=run_cfg.run.seed).val
+    val = prepare_data(run_cfg.data, run_cfg.model.vocab_size).val
     micro, world = run_cfg.train.micro_batch_size, 2
     batch_losses = []
     with torch.no_grad():

@@ -1,0 +1,66 @@
+"""Growth operators by name: one decorator registers an operator, one lookup builds it from config.
+
+Every operator is a pure function `(cfg, state, target, *, opt_state=None, **params) -> GrowthResult`.
+The decorator validates what all operators share (target vs source, state and optimizer-state shapes) so an
+operator's body holds only its own mapping.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any, Callable, Literal
+
+from growth.operators.base import GrowthError, GrowthResult, OptState, StateDict
+from growth.operators.checks import check_opt_state, check_state, check_target
+from model import ModelConfig
+
+Kind = Literal["depth", "width"]
+
+GrowthOperator = Callable[..., GrowthResult]
+
+
+@dataclass(frozen=True)
+class _Entry:
+    fn: GrowthOperator
+    kind: Kind
+
+
+_REGISTRY: dict[str, _Entry] = {}
+
+
+def register_operator(name: str, kind: Kind) -> Callable[[GrowthOperator], GrowthOperator]:
+    """Register `fn` under `name`; the wrapper checks the inputs and stamps the record with name and kind."""
+    if kind not in ("depth", "width"):
+        raise GrowthError(f"operator kind must be 'depth' or 'width', got {kind!r}")
+
+    def decorate(fn: GrowthOperator) -> GrowthOperator:
+        if name in _REGISTRY:
+            raise GrowthError(f"growth operator {name!r} is already registered")
+
+        @functools.wraps(fn)
+        def checked(cfg: ModelConfig, state: StateDict, target: ModelConfig, *,
+                    opt_state: OptState | None = None, **params: Any) -> GrowthResult:
+            check_target(cfg, target, kind, name)
+            check_state(cfg, state, "state")
+            if opt_state is not None:
+                check_opt_state(state, opt_state, "opt_state")
+            result = fn(cfg, state, target, opt_state=opt_state, **params)
+            result.record = {"operator": name, "kind": kind, **result.record}
+            return result
+
+        _REGISTRY[name] = _Entry(checked, kind)
+        return checked
+
+    return decorate
+
+
+def get_operator(name: str) -> GrowthOperator:
+    """The registered operator `name` (with input checks applied)."""
+    if name not in _REGISTRY:
+        raise GrowthError(f"unknown growth operator {name!r}; registered: {', '.join(available_operators())}")
+    return _REGISTRY[name].fn
+
+
+def available_operators(kind: Kind | None = None) -> list[str]:
+    """Registered operator names, sorted; only those of `kind` when given (e.g. a LAG pool of depth operators)."""
+    return sorted(n for n, e in _REGISTRY.items() if kind is None or e.kind == kind)

@@ -1,0 +1,95 @@
+"""Width operators: Net2Net and self fusion preserve the function exactly; fusing two models approximates."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+from growth_testlib import NET2NET, TINY, TOL, fused, load, logits, max_diff, random_model, state_of, tiny, tokens  # noqa: F401 (fixture)
+
+import growth
+
+
+@pytest.mark.parametrize("tied", [False, True])
+@pytest.mark.parametrize("case", NET2NET)
+def test_net2net_preserves_the_function(case, tied, tokens):
+    source_kw, target_kw = NET2NET[case]
+    source = tiny(tie_embeddings=tied, **source_kw)
+    small = random_model(source)
+    result = growth.grow(source, state_of(small), "net2net", tiny(tie_embeddings=tied, **source_kw | target_kw))
+    assert result.record["function_preserving"] is True
+    assert max_diff(small, load(result), tokens) < TOL
+
+
+def test_net2net_copies_each_query_head_with_its_own_kv_group():
+    result = growth.grow(TINY, state_of(random_model(TINY)), "net2net", tiny(dim=64, n_heads=8, n_kv_heads=4))
+    q, kv = result.record["units"]["q_heads"], result.record["units"]["kv_heads"]
+    src_rep, new_rep = TINY.n_heads // TINY.n_kv_heads, result.config.n_heads // result.config.n_kv_heads
+    assert sorted(q) == sorted(list(range(TINY.n_heads)) * 2)  # every source head exactly twice
+    assert all(kv[i // new_rep] == q[i] // src_rep for i in range(len(q)))
+
+
+@pytest.mark.parametrize("target, match", [
+    (tiny(dim=48, n_heads=6), r"integer factor.*source 32, target 48"),
+    (tiny(dim=64, n_heads=8, n_kv_heads=8), r"n_kv_heads=8 must be .* valid: \[2, 4\]"),
+])
+def test_net2net_refuses_what_it_cannot_preserve(target, match):
+    with pytest.raises(growth.GrowthError, match=match):
+        growth.grow(TINY, state_of(random_model(TINY)), "net2net", target)
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_self_fusion_preserves_the_function(tied, tokens):
+    source = tiny(tie_embeddings=tied)
+    small = random_model(source)
+    result = growth.grow(source, state_of(small), "fusion", fused(source))
+    assert result.record["function_preserving"] is True
+    assert max_diff(small, load(result), tokens) < TOL
+
+
+def test_fusion_is_block_diagonal_and_exact_when_both_streams_agree(tokens):
+    """B = A with its FFN units permuted: different tensors, same residual streams, so RMSNorm mixes nothing and
+    the fused model must reproduce A exactly -- which holds only if each half computes its own model."""
+    a = random_model(TINY)
+    state_a = state_of(a)
+    state_b = dict(state_a)
+    perm = torch.randperm(TINY.ffn_dim, generator=torch.Generator().manual_seed(5))
+    for i in range(TINY.n_layers):
+        for w in ("w1", "w3"):
+            state_b[f"layers.{i}.feed_forward.{w}.weight"] = state_a[f"layers.{i}.feed_forward.{w}.weight"][perm]
+        state_b[f"layers.{i}.feed_forward.w2.weight"] = state_a[f"layers.{i}.feed_forward.w2.weight"][:, perm]
+    result = growth.grow(TINY, state_a, "fusion", fused(TINY), other_state=state_b)
+    wq = result.state_dict["layers.0.attention.wq.weight"]
+    assert not wq[:32, 32:].any() and not wq[32:, :32].any()
+    assert max_diff(a, load(result), tokens) < TOL
+
+
+def test_fusing_two_different_models_approximates_their_average(tokens):
+    a, b = random_model(TINY, seed=0), random_model(TINY, seed=1)
+    result = growth.grow(TINY, state_of(a), "fusion", fused(TINY), other_state=state_of(b))
+    assert result.record["function_preserving"] == "approximate"
+    average = (logits(a, tokens) + logits(b, tokens)) / 2
+    error = (logits(load(result), tokens) - average).abs()
+    print(f"fusion of two different models: max |logit - average| = {error.max():.4f}, mean {error.mean():.4f}, "
+          f"logit scale {average.abs().mean():.4f}")
+    # Not exact (RMSNorm over the concatenated stream mixes the two models' RMS), but a bounded perturbation.
+    assert TOL < error.max().item() < average.abs().max().item()
+
+
+@pytest.mark.parametrize("target, other, match", [
+    (tiny(dim=64, n_heads=8, n_kv_heads=4, ffn_dim=80), None, r"fusion builds model.ffn_dim=96 .* has 80"),
+    (fused(TINY), tiny(ffn_dim=40), r"other_state\['layers.0.feed_forward.w1.weight'\] has shape \(40, 32\)"),
+])
+def test_bad_fusion_requests_name_the_field(target, other, match):
+    other_state = state_of(random_model(other)) if other is not None else None
+    with pytest.raises(growth.GrowthError, match=match):
+        growth.grow(TINY, state_of(random_model(TINY)), "fusion", target, other_state=other_state)
+
+
+@pytest.mark.parametrize("width_op", ["net2net", "fusion"])
+def test_width_then_depth_chains_and_preserves(width_op, tokens):
+    small = random_model(TINY)
+    wide = growth.grow(TINY, state_of(small), width_op, fused(TINY))
+    deep = growth.grow(wide.config, wide.state_dict, "zero_block", replace(wide.config, n_layers=3))
+    assert deep.config.dim == 64 and deep.config.n_layers == 3
+    assert max_diff(small, load(deep), tokens) < TOL

@@ -1,0 +1,49 @@
+"""Launching real 2-rank runs through `python -m launch` from tests, and reading what they wrote."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# A tiny fp32 run: 2 ranks, fixed data, small enough that a launch costs little beyond start-up.
+TINY_RUN = [
+    "model.dim=64", "model.n_layers=2", "model.n_heads=4", "model.n_kv_heads=2", "model.ffn_dim=160",
+    "model.vocab_size=512", "model.max_seq_len=64", "data.seq_len=32", "data.embedded_max_bytes=300000",
+    "data.tokenizer_sample_bytes=300000", "train.micro_batch_size=4", "train.precision=fp32",
+    "train.warmup_steps=2", "train.lr=3e-3", "log.every=1", "log.tensorboard=false", "log.progress=plain",
+    "eval.batches=2",
+]
+
+
+def launch(run_dir: Path, overrides: list[str], ranks: int = 2, config: str = "configs/tiny.yaml",
+           check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run `python -m launch --num_gpus RANKS CONFIG ...` into run_dir (its parent is out_dir)."""
+    env = dict(os.environ, DS_ACCELERATOR="cpu", PYTHONPATH=str(ROOT))
+    env.setdefault("GROWLM_CACHE", str(ROOT / ".cache" / "growlm"))
+    cmd = [sys.executable, "-m", "launch", "--num_gpus", str(ranks), "--master_port", str(_free_port()), config,
+           f"run.out_dir={run_dir.parent}", f"run.name={run_dir.name}",
+           f"data.cache_dir={env['GROWLM_CACHE']}", *TINY_RUN, *overrides]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"launch failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in metrics(run_dir) if "loss" in r}
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
