@@ -12,7 +12,7 @@ import shlex
 import subprocess
 import sys
 
-from launch.command import PASSTHROUGH, deepspeed_command, has_gpus, launch_env
+from launch.command import PASSTHROUGH, deepspeed_command, free_port, has_gpus, launch_env
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -46,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     options = {name: getattr(args, name) for name in PASSTHROUGH}
     if not gpus and not args.hostfile and not args.num_gpus:
         options["num_gpus"] = 1
+    if not args.master_port and not args.hostfile:  # single node: never collide with another job's 29500
+        options["master_port"] = free_port()
     cmd = deepspeed_command(options, args.config, args.overrides)
     env = launch_env(options.get("num_gpus") or 1, gpus)
     if args.dry_run:

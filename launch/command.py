@@ -19,6 +19,15 @@ def has_gpus() -> bool:
     return torch.cuda.is_available() and torch.cuda.device_count() > 0
 
 
+def free_port() -> int:
+    """A TCP port free on this host right now (the OS picks it)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def deepspeed_command(options: dict[str, object], config: str | None, overrides: list[str]) -> list[str]:
     """`deepspeed [launcher options] --module pretrain CONFIG key=value ...` as an argv list."""
     exe = shutil.which("deepspeed") or os.path.join(os.path.dirname(sys.executable), "deepspeed")

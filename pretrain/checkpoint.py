@@ -169,13 +169,40 @@ def _load_rng(path: Path) -> None:
 def consolidated_state_dict(ckpt: Path) -> dict[str, torch.Tensor]:
     """Full fp32 weights of a training checkpoint (any ZeRO stage), on CPU, on one process."""
     verify(ckpt)
-    if any(ckpt.glob("*zero_pp_rank_*_optim_states.pt")):
+    if any(ckpt.glob("bf16_zero_pp_rank_*_optim_states.pt")):
+        sd = _consolidate_bf16_optimizer(ckpt)
+    elif any(ckpt.glob("*zero_pp_rank_*_optim_states.pt")):
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
         sd = get_fp32_state_dict_from_zero_checkpoint(str(ckpt.parent), tag=ckpt.name)
     else:  # ZeRO-0: the module state is stored whole
         sd = torch.load(ckpt / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)["module"]
     return {k: v.float() for k, v in sd.items()}
+
+
+def _consolidate_bf16_optimizer(ckpt: Path) -> dict[str, torch.Tensor]:
+    """fp32 masters from DeepSpeed's BF16_Optimizer files (bf16 + ZeRO-1 with fp32 gradient accumulation),
+    which zero_to_fp32 does not read: each rank holds one equal slice of every flat parameter group, laid out
+    in the order of the model file's `param_shapes`."""
+    model_states = torch.load(ckpt / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
+    files = sorted(ckpt.glob("bf16_zero_pp_rank_*_optim_states.pt"), key=lambda p: int(p.name.split("_")[4]))
+    partitions = [torch.load(f, map_location="cpu", weights_only=False)["optimizer_state_dict"]
+                  ["single_partition_of_fp32_groups"] for f in files]
+    sd: dict[str, torch.Tensor] = {}
+    for i, shapes in enumerate(model_states["param_shapes"]):
+        flat = torch.cat([rank_groups[i] for rank_groups in partitions])
+        offset = 0
+        for name, shape in shapes.items():
+            numel = int(torch.Size(shape).numel())
+            sd[name] = flat[offset:offset + numel].view(shape).clone()
+            offset += numel
+    shared = model_states.get("shared_params") or {}
+    for name, weight in model_states["module"].items():
+        if name not in sd and name not in shared:  # frozen: no master exists, the module copy is the value
+            sd[name] = weight.float()
+    for name, source in shared.items():
+        sd[name] = sd[source]
+    return sd
 
 
 def model_config_of(ckpt: Path) -> ModelConfig:

@@ -38,6 +38,16 @@ class RunConfig:
 
 
 @dataclass
+class TrainableConfig:
+    mode: str = "all"
+    """all: every parameter trains | norms_only: from `after_step` on only RMSNorm gains and `groups` train."""
+    after_step: int = 0
+    """t0: the step after which the subset alone trains (0: from the start)."""
+    groups: List[str] = field(default_factory=list)
+    """Extra parameters kept trainable, as regular expressions over names (e.g. 'output\\.weight', 'layers\\.3\\.')."""
+
+
+@dataclass
 class TrainConfig:
     steps: int = 200
     """Number of optimizer steps."""
@@ -71,6 +81,8 @@ class TrainConfig:
     """auto: continue from `checkpoints/latest` when present | never | a checkpoint directory."""
     init_from: Optional[str] = None
     """Start from the weights of this checkpoint directory (e.g. a grown model), with a fresh optimizer."""
+    trainable: TrainableConfig = field(default_factory=TrainableConfig)
+    """Which parameters train: all, or only the norm gains after a step (norm-only hybrid mode)."""
 
 
 @dataclass
@@ -136,6 +148,7 @@ CHOICES = {
     "log.progress": ("auto", "bar", "plain", "none"),
     "deepspeed.zero_stage": (0, 1, 2, 3),
     "monitors.jump.form": ("cosine", "angular"),
+    "train.trainable.mode": ("all", "norms_only"),
     "monitors.jump.final_norm": ("include", "exclude"),
 }
 
@@ -177,7 +190,7 @@ def validate(cfg: Config) -> None:
         if value not in valid:
             raise ConfigError(f"{key}={value!r} is not valid; choose one of {list(valid)}")
     positive = ["train.steps", "train.micro_batch_size", "train.grad_accum", "log.every", "checkpoint.keep"]
-    non_negative = ["train.warmup_steps", "eval.every", "eval.batches", "checkpoint.every", "train.grad_clip",
+    non_negative = ["train.trainable.after_step", "train.warmup_steps", "eval.every", "eval.batches", "checkpoint.every", "train.grad_clip",
                     "train.weight_decay"]
     for key in positive + non_negative:
         value = _get(cfg, key)

@@ -45,12 +45,14 @@ def enable_activation_checkpointing(model: nn.Module) -> None:
     model.checkpoint_fn = deepspeed.checkpointing.checkpoint
 
 
-def build_engine(model: nn.Module, cfg: Config):
-    """deepspeed.initialize with a client AdamW (decoupled decay, no decay on norms) and our LambdaLR."""
+def build_engine(model: nn.Module, cfg: Config, lr_offset: int = 0):
+    """deepspeed.initialize with a client AdamW (decoupled decay, no decay on norms) and our LambdaLR.
+
+    Only parameters that require grad get optimizer state; `lr_offset` starts the schedule mid-way."""
     if cfg.train.activation_checkpointing:
         enable_activation_checkpointing(model)
     optimizer = build_optimizer(model, cfg.train)
-    scheduler = build_scheduler(optimizer, cfg.train)
+    scheduler = build_scheduler(optimizer, cfg.train, lr_offset)
     engine, optimizer, _, scheduler = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=scheduler, config=deepspeed_config(cfg)
     )

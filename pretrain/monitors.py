@@ -13,6 +13,7 @@ import torch
 
 from pretrain import dist
 from pretrain.callbacks import Callback, due
+from pretrain.trajectory.online import TrajectoryConfig, TrajectorySketch
 from regularizers.jump import displacement_profile, zeta_final
 
 if TYPE_CHECKING:
@@ -34,6 +35,8 @@ class JumpMonitorConfig:
 class MonitorsConfig:
     jump: JumpMonitorConfig = field(default_factory=JumpMonitorConfig)
     """Hidden-state jump profile."""
+    trajectory: TrajectoryConfig = field(default_factory=TrajectoryConfig)
+    """Online trajectory sketch: traj/<group>/mds (METHODS.md §4; pretrain/trajectory/online.py)."""
 
 
 class JumpMonitor(Callback):
@@ -60,4 +63,7 @@ class JumpMonitor(Callback):
 
 
 def build_monitors(cfg: MonitorsConfig) -> list[Callback]:
-    return [JumpMonitor(cfg.jump)] if cfg.jump.every > 0 else []
+    monitors: list[Callback] = [JumpMonitor(cfg.jump)] if cfg.jump.every > 0 else []
+    if cfg.trajectory.every > 0:
+        monitors.append(TrajectorySketch(cfg.trajectory))
+    return monitors

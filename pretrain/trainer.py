@@ -5,6 +5,7 @@ loop. Everything else (validation, monitors, jobs) is a Callback.
 """
 from __future__ import annotations
 
+import gc
 import importlib
 import logging
 import os
@@ -19,11 +20,12 @@ import torch.nn.functional as F
 
 import regularizers as regs
 from model import Llama
-from pretrain import checkpoint, dist
+from pretrain import checkpoint, dist, hybrid
 from pretrain.callbacks import Callback, Validation, due
 from pretrain.config import Config, ConfigError, save_config
 from pretrain.data import PackedData, StepSampler, get_batch, prepare_data
 from pretrain.engine import build_engine
+from pretrain.hybrid import freeze_all_but, trainable_names
 from pretrain.io import atomic_write_bytes
 from pretrain.monitors import build_monitors
 from pretrain.metrics import MetricsLogger, detect_peak_tflops, memory_gb, truncate_after
@@ -86,7 +88,14 @@ class Trainer:
             importlib.import_module(module)
         self.regularizers = regs.build_regularizers(cfg.regularizers)
         self.need_hidden = any(r.needs_hidden_states for r in self.regularizers)
-        self.engine, self.optimizer, self.scheduler = build_engine(model, cfg)
+
+        resume_from = self._resume_checkpoint()
+        start_step = checkpoint.verify(resume_from)["step"] if resume_from else 0
+        self.subset_only = self._subset_phase(start_step)
+        if self.subset_only:  # the checkpoint (or the run from step 0) trains the subset: build it that way
+            freeze_all_but(model, trainable_names(model, cfg.train.trainable))
+        lr_offset = cfg.train.trainable.after_step if self.subset_only else 0
+        self.engine, self.optimizer, self.scheduler = build_engine(model, cfg, lr_offset)
 
         t = cfg.train
         self.sampler = StepSampler(len(self.data.train), t.micro_batch_size, t.grad_accum, self.world,
@@ -95,7 +104,8 @@ class Trainer:
         self.tokens_per_step = self.global_batch * cfg.data.seq_len
         self.step = 0
         self.tokens = 0
-        self._resume()
+        if resume_from is not None:
+            self._resume(resume_from)
 
         self.callbacks: list[Callback] = []
         if cfg.eval.every > 0:
@@ -117,13 +127,18 @@ class Trainer:
         model.load_state_dict(state, strict=True)
         log.info("initialized weights from %s", source)
 
-    def _resume(self) -> None:
+    def _resume_checkpoint(self) -> Path | None:
         mode = self.cfg.train.resume
         if mode == "never":
-            return
-        ckpt = checkpoint.latest(self.ckpt_root) if mode == "auto" else Path(mode)
-        if ckpt is None:
-            return
+            return None
+        return checkpoint.latest(self.ckpt_root) if mode == "auto" else Path(mode)
+
+    def _subset_phase(self, step: int) -> bool:
+        """True once the norm-only hybrid mode's t0 is reached (the switch happens right after step t0)."""
+        trainable = self.cfg.train.trainable
+        return trainable.mode != "all" and step >= trainable.after_step
+
+    def _resume(self, ckpt: Path) -> None:
         client = checkpoint.load(self.engine, ckpt)
         self.step, self.tokens = client["step"], client["tokens"]
         self.sampler.load_state_dict(client["sampler"])
@@ -182,7 +197,9 @@ class Trainer:
         for cb in self.callbacks:
             cb.on_train_start(self)
         window_time, window_tokens = 0.0, 0
-        record: dict[str, Any] = {}
+        record: dict[str, Any] = {"step": self.step, "tokens": self.tokens}
+        if self.step == 0:  # periodic monitors and validation also measure the model at initialization
+            self._run_step_end_hooks(record)
         while self.step < cfg.train.steps:
             t0 = time.perf_counter()
             lr = self.scheduler.get_last_lr()[0]  # the lr this step uses (the scheduler moves on inside step)
@@ -191,18 +208,40 @@ class Trainer:
             window_tokens += self.tokens_per_step
 
             record = {"step": self.step, "tokens": self.tokens}
+            if not self.subset_only and self._subset_phase(self.step):
+                record.update(self.train_subset_only())
             if due(self.step, cfg.log.every, cfg.train.steps):
                 record.update(self._train_metrics(sums, n_micro, window_time, window_tokens), lr=lr)
                 window_time, window_tokens = 0.0, 0
-            for cb in self.callbacks:
-                cb.on_step_end(self, record)
-            if len(record) > 2:
-                self.logger.log(record)
+            self._run_step_end_hooks(record)
             if due(self.step, cfg.checkpoint.every, cfg.train.steps) or self.step == cfg.train.steps:
                 self.save()
         for cb in self.callbacks:
             cb.on_train_end(self, record)
         self.logger.close()
+
+    def train_subset_only(self) -> dict[str, int]:
+        """Rebuild the engine over the trainable subset, carrying the fp32 weights and the lr schedule."""
+        trainable = self.cfg.train.trainable
+        names = trainable_names(self.engine.module, trainable)
+        weights = hybrid.full_weights(self.engine)
+        del self.engine, self.optimizer, self.scheduler
+        gc.collect()
+        model = Llama(self.cfg.model)
+        model.load_state_dict(weights, strict=False)  # named_parameters() lists a tied head only once
+        freeze_all_but(model, names)
+        self.engine, self.optimizer, self.scheduler = build_engine(model, self.cfg, lr_offset=self.step)
+        hybrid.restore_masters(self.engine, weights)
+        self.subset_only = True
+        n_train = sum(weights[n].numel() for n in names)
+        log.info("step %d: training only %d parameters (%s) from now on", self.step, n_train, trainable.mode)
+        return {"hybrid/trainable_params": n_train, "hybrid/frozen_params": sum(w.numel() for w in weights.values()) - n_train}
+
+    def _run_step_end_hooks(self, record: dict[str, Any]) -> None:
+        for cb in self.callbacks:
+            cb.on_step_end(self, record)
+        if len(record) > 2:
+            self.logger.log(record)
 
     def _train_metrics(self, sums: dict[str, torch.Tensor], n_micro: int, seconds: float, tokens: int) -> dict:
         keys = sorted(sums)

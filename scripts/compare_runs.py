@@ -1,0 +1,295 @@
+#!/usr/bin/env python
+"""Compare training runs arm by arm (e.g. JREG vs baseline): a Markdown table over seeds and plots.
+
+    python scripts/compare_runs.py runs/baseline-s0 runs/baseline-s1 runs/jreg-s0 runs/jreg-s1 --out /tmp/cmp
+
+Runs whose resolved configs are equal except for the seed, name and output paths form one arm; an arm is
+labelled by its regularizers ("baseline", "jreg final w=0.1"), plus the config keys that tell apart arms
+that would otherwise share a label, or by `--label-by KEY,...`. Writes <out>/compare.md (final val loss,
+zeta_L, mean middle-layer Psi and any eval/<task>/<metric>, mean ± sample std over seeds) and loss.png,
+zeta.png, profile.png (mean over seeds, band = ± one std).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+import yaml
+
+IGNORED_KEYS = frozenset({"run.name", "run.seed", "run.out_dir", "data.cache_dir"})
+"""Config keys that do not make runs different arms: the seed, and where the run and its caches live."""
+REG_KEY = "regularizers"
+PSI_PREFIX = "jump/psi_"
+
+
+@dataclass
+class Run:
+    path: Path
+    config: dict[str, Any]
+    records: list[dict[str, Any]]
+
+    @property
+    def seed(self) -> Any:
+        return self.config.get("run", {}).get("seed")
+
+
+def load_run(path: Path) -> Run:
+    """A run directory's resolved config.yaml and metrics.jsonl; a missing one is named in the error."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"run directory {path} does not exist")
+    files = {name: path / name for name in ("config.yaml", "metrics.jsonl")}
+    for f in files.values():
+        if not f.is_file():
+            raise FileNotFoundError(f"{f} is missing: is {path} a growlm run directory?")
+    config = yaml.safe_load(files["config.yaml"].read_text()) or {}
+    lines = files["metrics.jsonl"].read_text().splitlines()
+    return Run(path, config, [json.loads(line) for line in lines if line.strip()])
+
+
+def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Dotted keys -> leaf values; lists (the regularizers) stay whole, as one value."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, f"{dotted}."))
+        else:
+            out[dotted] = value
+    return out
+
+
+def arm_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The flattened config that defines an arm: everything but IGNORED_KEYS."""
+    return {k: v for k, v in flatten(config).items() if k not in IGNORED_KEYS}
+
+
+def describe_regularizers(regs: Optional[list[dict[str, Any]]]) -> str:
+    """'baseline' or e.g. 'jreg final w=0.1 + z_loss w=0.0001': name, variant, weight, then other params."""
+    if not regs:
+        return "baseline"
+    parts = []
+    for reg in regs:
+        rest = {k: v for k, v in reg.items() if k not in ("name", "variant", "weight")}
+        words = [reg["name"], *([reg["variant"]] if "variant" in reg else []), f"w={reg.get('weight', 1.0):g}"]
+        words += [f"{k}={_short(v)}" for k, v in sorted(rest.items())]
+        parts.append(" ".join(words))
+    return " + ".join(parts)
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+
+
+def group_runs(runs: Iterable[Run], label_by: Optional[list[str]] = None) -> dict[str, list[Run]]:
+    """label -> the runs of one arm, in order of first appearance (runs within an arm sorted by seed)."""
+    arms: dict[str, list[Run]] = {}
+    configs: dict[str, dict[str, Any]] = {}
+    for run in runs:
+        cfg = arm_config(run.config)
+        key = json.dumps(cfg, sort_keys=True, default=str)
+        arms.setdefault(key, []).append(run)
+        configs[key] = cfg
+    labels = {key: _label(cfg, configs, label_by) for key, cfg in configs.items()}
+    if len(set(labels.values())) != len(labels):
+        raise ValueError(f"--label-by {','.join(label_by or [])} gives several arms the same label: "
+                         f"{sorted(labels.values())}")
+    return {labels[key]: sorted(rs, key=lambda r: str(r.seed)) for key, rs in arms.items()}
+
+
+def _label(cfg: dict[str, Any], configs: dict[str, dict[str, Any]], label_by: Optional[list[str]]) -> str:
+    if label_by:
+        return ", ".join(f"{k}={_short(cfg.get(k))}" for k in label_by)
+    label = describe_regularizers(cfg.get(REG_KEY))
+    twins = [c for c in configs.values() if describe_regularizers(c.get(REG_KEY)) == label]
+    differing = sorted(k for k in set().union(*twins) if k != REG_KEY and len({_short(c.get(k)) for c in twins}) > 1)
+    return ", ".join([label, *(f"{k}={_short(cfg.get(k))}" for k in differing)])
+
+
+def last_value(records: list[dict[str, Any]], key: str) -> float:
+    """The value at the last record that has `key` (nan when none has it)."""
+    for rec in reversed(records):
+        if key in rec:
+            return float(rec[key])
+    return math.nan
+
+
+def final_profile(records: list[dict[str, Any]]) -> list[float]:
+    """Psi_1..Psi_L at the last record holding a jump profile ([] when the monitor never ran)."""
+    for rec in reversed(records):
+        if f"{PSI_PREFIX}1" in rec:
+            n = sum(1 for k in rec if k.startswith(PSI_PREFIX))
+            return [float(rec[f"{PSI_PREFIX}{l}"]) for l in range(1, n + 1)]
+    return []
+
+
+def middle_psi(profile: list[float]) -> float:
+    """Mean of Psi_2..Psi_{L-1}: the quiet middle the jump at L stands out from (nan when L < 3)."""
+    middle = profile[1:-1]
+    return sum(middle) / len(middle) if middle else math.nan
+
+
+def mean_std(values: Iterable[float]) -> tuple[float, float, int]:
+    """(mean, sample std, n) over the finite values; std is nan below two values."""
+    xs = [v for v in values if math.isfinite(v)]
+    if not xs:
+        return math.nan, math.nan, 0
+    return statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else math.nan, len(xs)
+
+
+def curve(records: list[dict[str, Any]], key: str) -> dict[int, float]:
+    """step -> value of `key` at the steps where it was logged."""
+    return {int(r["step"]): float(r[key]) for r in records if key in r}
+
+
+def band(runs: list[Run], key: str) -> tuple[list[int], list[float], list[float]]:
+    """(steps logged in every run, mean, std over runs; std 0 for a single run)."""
+    curves = [curve(r.records, key) for r in runs]
+    steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+    stats = [mean_std(c[s] for c in curves) for s in steps]
+    return steps, [m for m, _, _ in stats], [0.0 if math.isnan(s) else s for _, s, _ in stats]
+
+
+def summarize(arms: dict[str, list[Run]]) -> dict[str, dict[str, tuple[float, float, int]]]:
+    """label -> metric -> (mean, std, n) over the arm's seeds, for the compare.md tables."""
+    out = {}
+    for label, runs in arms.items():
+        profiles = [final_profile(r.records) for r in runs]
+        row = {
+            "final step": mean_std(last_value(r.records, "step") for r in runs),
+            "val/loss": mean_std(last_value(r.records, "val/loss") for r in runs),
+            "zeta_L": mean_std(last_value(r.records, "jump/zeta_L") for r in runs),
+            "middle Psi": mean_std(middle_psi(p) for p in profiles),
+        }
+        for key in sorted({k for r in runs for rec in r.records for k in rec if k.startswith("eval/")}):
+            row[key] = mean_std(last_value(r.records, key) for r in runs)
+        out[label] = row
+    return out
+
+
+def fmt(stat: tuple[float, float, int], digits: int = 4) -> str:
+    """'mean ± std' ('mean' for one seed, 'n/a' for none)."""
+    mean, std, n = stat
+    if n == 0:
+        return "n/a"
+    return f"{mean:.{digits}f}" if n < 2 else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def render_markdown(arms: dict[str, list[Run]]) -> str:
+    """compare.md: the main table (one row per arm) and, when logged, the downstream eval table."""
+    summary = summarize(arms)
+    lines = ["# Run comparison", "",
+             "Mean ± sample std over seeds of each run's last logged value; middle Psi = mean of Psi_2..Psi_{L-1} "
+             "of the last jump profile.", "",
+             "| arm | seeds | final step | val loss | zeta_L | middle Psi |", "|---|---|---|---|---|---|"]
+    for label, runs in arms.items():
+        s = summary[label]
+        seeds = ", ".join(str(r.seed) for r in runs)
+        lines.append(f"| {label} | {len(runs)} ({seeds}) | {fmt(s['final step'], 0)} | {fmt(s['val/loss'])} | "
+                     f"{fmt(s['zeta_L'], 3)} | {fmt(s['middle Psi'])} |")
+    evals = sorted({k for s in summary.values() for k in s if k.startswith("eval/")})
+    if evals:
+        lines += ["", "## Downstream", "", "| arm | " + " | ".join(evals) + " |", "|---" * (len(evals) + 1) + "|"]
+        for label in arms:
+            cells = [fmt(summary[label].get(k, (math.nan, math.nan, 0))) for k in evals]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += ["", "## Runs", ""]
+    lines += [f"- {label}: " + ", ".join(str(r.path) for r in runs) for label, runs in arms.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _plot_bands(ax, arms: dict[str, list[Run]], key: str, title: str, ylabel: str) -> None:
+    for label, runs in arms.items():
+        steps, mean, std = band(runs, key)
+        if not steps:
+            continue
+        line, = ax.plot(steps, mean, label=f"{label} (n={len(runs)})")
+        ax.fill_between(steps, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
+                        color=line.get_color(), alpha=0.2)
+    _decorate(ax, title, "step", ylabel)
+
+
+def _decorate(ax, title: str, xlabel: str, ylabel: str) -> None:
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+
+
+def plot_all(arms: dict[str, list[Run]], out: Path) -> list[Path]:
+    """loss.png (train and val), zeta.png and profile.png; bands are mean ± one std over seeds."""
+    plt = _pyplot()
+    paths = [out / "loss.png", out / "zeta.png", out / "profile.png"]
+    fig, (train_ax, val_ax) = plt.subplots(1, 2, figsize=(11, 4.2))
+    _plot_bands(train_ax, arms, "loss", "Train loss (mean ± std over seeds)", "loss (incl. regularizers)")
+    _plot_bands(val_ax, arms, "val/loss", "Validation loss (mean ± std over seeds)", "val loss (LM cross-entropy)")
+    _save(fig, paths[0])
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    _plot_bands(ax, arms, "jump/zeta_L", "Jump strength zeta_L (mean ± std over seeds)",
+                "zeta_L = 100 max(0, Psi_L - Psi_(L-1))")
+    _save(fig, paths[1])
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for label, runs in arms.items():
+        profiles = [p for p in (final_profile(r.records) for r in runs) if p]
+        depth = min((len(p) for p in profiles), default=0)
+        stats = [mean_std(p[l] for p in profiles) for l in range(depth)]
+        if stats:
+            ax.errorbar(range(1, depth + 1), [m for m, _, _ in stats],
+                        yerr=[0.0 if math.isnan(s) else s for _, s, _ in stats], marker="o", capsize=3,
+                        label=f"{label} (n={len(profiles)})")
+    _decorate(ax, "Final displacement profile (mean ± std over seeds)", "layer l", "Psi_l")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    _save(fig, paths[2])
+    return paths
+
+
+def _save(fig, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    _pyplot().close(fig)
+
+
+def compare(run_dirs: list[Path], out: Path, label_by: Optional[list[str]] = None) -> Path:
+    """Load, group, write compare.md and the plots into `out`; returns compare.md's path."""
+    arms = group_runs([load_run(d) for d in run_dirs], label_by)
+    out.mkdir(parents=True, exist_ok=True)
+    report = out / "compare.md"
+    report.write_text(render_markdown(arms))
+    plot_all(arms, out)
+    return report
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="+", type=Path, help="run directories (each with config.yaml and metrics.jsonl)")
+    p.add_argument("--out", type=Path, required=True, help="folder for compare.md and the PNGs")
+    p.add_argument("--label-by", help="comma-separated config keys to label arms by, e.g. train.lr")
+    args = p.parse_args(argv)
+    try:
+        report = compare(args.runs, args.out, args.label_by.split(",") if args.label_by else None)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(report.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+#!/usr/bin/env python
+"""Trajectory maps of a run (METHODS.md §4): per-group heat-maps of cos(theta_i, theta_j) and of the update
+cosines, and a summary table (MDS per group, Q/K/V heterogeneity per layer).
+
+Exact maps stream over the run's complete checkpoints (one in memory at a time; any ZeRO stage); with
+--from-sketches they come from the online sketch (<run>/jobs/trajectory/sketches.pt; monitors.trajectory.every
+> 0), which needs no checkpoints and has every sketched step.
+
+    python scripts/trajectory_report.py runs/tiny --out runs/tiny/jobs/trajectory/report
+    python scripts/trajectory_report.py runs/tiny --out /tmp/rep --from-sketches --start 100
+Writes params.png, updates.png, summary.md, summary.json under --out.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import matplotlib  # noqa: E402
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from pretrain.checkpoint import complete_checkpoints  # noqa: E402
+from pretrain.trajectory import (GRANULARITIES, Trajectory, load_sketches, sketch_trajectory,  # noqa: E402
+                                 stream_trajectory)
+from pretrain.trajectory.groups import layer_component  # noqa: E402
+from pretrain.trajectory.online import SKETCH_FILE  # noqa: E402
+
+
+COMPONENTS = ("q", "k", "v", "o", "mlp", "norms")
+
+
+def _panel_order(group: str) -> tuple[int, int]:
+    layer, component = layer_component(group)
+    return layer, COMPONENTS.index(component) if component in COMPONENTS else len(COMPONENTS)
+
+
+def plot_maps(maps: dict[str, torch.Tensor], steps: list[int], title: str, path: Path, diverging: bool) -> None:
+    """One heat-map per group on a grid (a row per layer at component granularity), one shared colour scale."""
+    layered = sorted((g for g in maps if layer_component(g)), key=_panel_order)
+    order = layered + [g for g in maps if g not in layered]
+    ncols = len({layer_component(g)[1] for g in layered}) if layered else min(len(order), 4)
+    nrows = math.ceil(len(order) / ncols)
+    if diverging:
+        vmin, vmax, cmap = -1.0, 1.0, "RdBu_r"
+    else:
+        finite = torch.cat([m[~m.isnan()] for m in maps.values()])
+        vmin, vmax, cmap = (finite.min().item() if finite.numel() else 0.0), 1.0, "viridis"
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.3 * ncols + 1, 2.3 * nrows + 0.6), squeeze=False,
+                             layout="constrained")
+    ticks = list(range(0, len(steps), max(1, len(steps) // 4)))
+    for ax, g in zip(axes.flat, order):
+        c = maps[g]
+        im = ax.imshow(c.numpy(), vmin=vmin, vmax=vmax, cmap=cmap, interpolation="nearest")
+        off = c[~torch.eye(len(c), dtype=torch.bool)]
+        ax.set_title(f"{g}  MDS {off.nanmean().item():.2f}", fontsize=9)
+        ax.set_xticks(ticks, [str(steps[t]) for t in ticks], fontsize=6)
+        ax.set_yticks(ticks, [str(steps[t]) for t in ticks], fontsize=6)
+    for ax in list(axes.flat)[len(order):]:
+        ax.axis("off")
+    fig.suptitle(title)
+    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.6)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def summary_markdown(summary: dict, source: str) -> str:
+    lines = [f"# Trajectory summary ({source})", "",
+             f"Steps {summary['steps'][0]}..{summary['steps'][-1]} ({len(summary['steps'])} points). "
+             "MDS = mean off-diagonal cosine of the map (METHODS.md §4); update i = theta_(i+1) - theta_i.", "",
+             "| group | MDS params | MDS updates |", "|---|---:|---:|"]
+    lines += [f"| {g} | {v['mds_params']:.4f} | {v['mds_updates']:.4f} |" for g, v in summary["groups"].items()]
+    if summary["qkv"]:
+        groups = summary["groups"]
+        lines += ["", "Q/K/V heterogeneity = max - min over {q, k, v} of the layer's MDS (0: they move alike).", "",
+                  "| layer | MDS upd q | MDS upd k | MDS upd v | heterogeneity params | heterogeneity updates |",
+                  "|---:|---:|---:|---:|---:|---:|"]
+        for layer, h in summary["qkv"].items():
+            q, k, v = (groups[f"L{layer}.{c}"]["mds_updates"] for c in "qkv")
+            lines.append(f"| {layer} | {q:.4f} | {k:.4f} | {v:.4f} | {h['params']:.4f} | {h['updates']:.4f} |")
+    return "\n".join(lines) + "\n"
+
+
+def load_trajectory(args: argparse.Namespace) -> tuple[Trajectory, str]:
+    if args.from_sketches:
+        path = args.run_dir / SKETCH_FILE
+        if not path.is_file():
+            sys.exit(f"error: {path} does not exist; train with monitors.trajectory.every > 0, or drop --from-sketches")
+        traj, source = sketch_trajectory(load_sketches(path), args.granularity, args.start), f"sketches, {path}"
+    else:
+        ckpts = [(s, d) for s, d in complete_checkpoints(args.run_dir / "checkpoints") if s >= args.start]
+        if len(ckpts) < 2:
+            sys.exit(f"error: {args.run_dir / 'checkpoints'} has {len(ckpts)} complete checkpoints at step >= "
+                     f"{args.start}; a trajectory needs 2 (raise checkpoint.keep, or use --from-sketches)")
+        traj = stream_trajectory(ckpts, args.granularity, args.chunk, args.scratch)
+        source = f"exact, {len(ckpts)} checkpoints"
+    if len(traj.steps) < 3:
+        sys.exit(f"error: {len(traj.steps)} trajectory points; an update map needs at least 3")
+    return traj, source
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dir", type=Path, help="a run directory (holds checkpoints/ and jobs/)")
+    p.add_argument("--out", type=Path, required=True, help="folder for the PNGs and the summary")
+    p.add_argument("--from-sketches", action="store_true", help="use the online sketch instead of checkpoints")
+    p.add_argument("--granularity", choices=GRANULARITIES, default="component", help="parameter grouping")
+    p.add_argument("--start", type=int, default=0, help="ignore checkpoints / sketches before this step")
+    p.add_argument("--chunk", type=int, default=1 << 22, help="coordinates per Gram chunk (memory: T x chunk)")
+    p.add_argument("--scratch", type=Path, default=None, help="folder for the temporary flattened checkpoints")
+    args = p.parse_args()
+    traj, source = load_trajectory(args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    plot_maps(traj.param_maps(), traj.steps, f"cos(theta_i, theta_j) — {source}", args.out / "params.png", False)
+    plot_maps(traj.update_maps(), traj.steps[:-1], f"cos(update_i, update_j), update i starts at the step shown "
+              f"— {source}", args.out / "updates.png", True)
+    summary = traj.summary()
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
+    (args.out / "summary.md").write_text(summary_markdown(summary, source))
+    print(summary_markdown(summary, source))
+    print(f"wrote {args.out}/params.png, updates.png, summary.md, summary.json")
+
+
+if __name__ == "__main__":
+    main()

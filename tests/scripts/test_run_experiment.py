@@ -1,0 +1,93 @@
+"""run_experiment's planning: the launch commands a spec produces, and which finished runs are skipped."""
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+
+import pytest
+
+import run_experiment as rx
+from pretrain.config import load_config
+
+SPEC = """
+base: configs/tiny.yaml
+ranks: 2
+seeds: [0, 1]
+overrides: {train.steps: 30, monitors.jump.every: 5}
+arms:
+  baseline: {}
+  jreg: {regularizers: [{name: jreg, weight: 0.1, variant: final}]}
+"""
+
+
+@pytest.fixture
+def spec_file(tmp_path: Path) -> Path:
+    path = tmp_path / "spec.yaml"
+    path.write_text(SPEC)
+    return path
+
+
+def fake_checkpoint(run_dir: Path, step: int) -> None:
+    """A complete checkpoint as pretrain/checkpoint.py leaves it: step dir with manifest, then `latest`."""
+    ckpt = run_dir / "checkpoints" / f"step_{step}"
+    ckpt.mkdir(parents=True)
+    (ckpt / "manifest.json").write_text(json.dumps({"step": step, "files": {}}))
+    (run_dir / "checkpoints" / "latest").write_text(f"step_{step}")
+
+
+def test_plan_is_arm_major_with_one_run_per_seed(spec_file: Path, tmp_path: Path) -> None:
+    jobs = rx.plan(rx.load_spec(spec_file), tmp_path / "exp")
+    assert [j.name for j in jobs] == ["baseline-s0", "baseline-s1", "jreg-s0", "jreg-s1"]
+    assert [j.run_dir for j in jobs] == [tmp_path / "exp" / "runs" / j.name for j in jobs]
+    assert all(j.steps == 30 for j in jobs)
+    cmd = jobs[3].command(rx.load_spec(spec_file), master_port=1234)
+    assert cmd[1:7] == ["-m", "launch", "--num_gpus", "2", "--master_port", "1234"]
+    assert cmd[7] == str(rx.ROOT / "configs" / "tiny.yaml")
+    # What the launched run will be: the arm's regularizer, its seed and name, the shared overrides.
+    cfg = load_config(cmd[7], cmd[8:])
+    assert cfg.regularizers == [{"name": "jreg", "weight": 0.1, "variant": "final"}]
+    assert (cfg.run.seed, cfg.run.name, cfg.monitors.jump.every) == (1, "jreg-s1", 5)
+    assert load_config(cmd[7], jobs[0].overrides).regularizers == []
+
+
+def test_filters_and_extra_overrides_win(spec_file: Path, tmp_path: Path) -> None:
+    jobs = rx.plan(rx.load_spec(spec_file), tmp_path, arms=["jreg"], seeds=[7], extra=("train.steps=12",))
+    assert [j.name for j in jobs] == ["jreg-s7"]
+    assert jobs[0].steps == 12 and jobs[0].overrides[-1] == "train.steps=12"
+    with pytest.raises(ValueError, match=r"unknown arm\(s\) \['nope'\]"):
+        rx.plan(rx.load_spec(spec_file), tmp_path, arms=["nope"])
+
+
+def test_dry_run_marks_only_runs_finished_at_the_final_step(spec_file: Path, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "exp"
+    fake_checkpoint(out / "runs" / "baseline-s0", 30)
+    fake_checkpoint(out / "runs" / "jreg-s0", 20)  # interrupted: resumes, not skipped
+    assert rx.main([str(spec_file), "--out", str(out), "--dry-run", "--seeds", "0"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith("# complete, skipped: ") and "run.name=baseline-s0" in lines[0]
+    assert not lines[1].startswith("#") and "run.name=jreg-s0" in shlex.split(lines[1])
+
+
+def test_checked_in_spec_plans_three_arms_by_three_seeds(tmp_path: Path) -> None:
+    spec = rx.load_spec(rx.ROOT / "configs" / "experiments" / "jreg_vs_baseline.yaml")
+    jobs = rx.plan(spec, tmp_path)
+    assert len(jobs) == 9 and {j.steps for j in jobs} == {400}
+    variants = {j.name.rsplit("-", 1)[0]: load_config(spec.base, j.overrides).regularizers for j in jobs}
+    assert [r[0]["variant"] for r in (variants["jreg_final"], variants["jreg_weighted"])] == ["final", "weighted"]
+    assert variants["baseline"] == []
+
+
+@pytest.mark.parametrize("text, message", [
+    ("base: configs/tiny.yaml\narms: {a: {}}\nseed: [0]\n", "unknown keys \\['seed'\\]"),
+    ("base: configs/nope.yaml\narms: {a: {}}\n", "nope.yaml does not exist"),
+    ("arms: {}\n", "at least one arm"),
+    ("arms: {a: [train.steps=3]}\n", "arms.a must be a mapping"),
+])
+def test_bad_specs_are_refused_with_the_reason(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        rx.load_spec(path)
