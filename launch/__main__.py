@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import signal
 import subprocess
 import sys
 
@@ -59,7 +60,36 @@ def main(argv: list[str] | None = None) -> int:
         rc = subprocess.call(check, env=env)
         if rc != 0:
             return rc
-    return subprocess.call(cmd, env=env)
+    return run_forwarding_preemption(cmd, env)
+
+
+def run_forwarding_preemption(cmd: list[str], env: dict[str, str]) -> int:
+    """Run the launcher; on SIGTERM/SIGUSR1 tell the ranks (SIGUSR1) to finish their step, save and exit 0.
+
+    DeepSpeed's own launcher answers SIGTERM by terminating the ranks, which would lose the work since the
+    last checkpoint, so the signal goes to the rank processes directly and the launcher just sees them end."""
+    proc = subprocess.Popen(cmd, env=env)
+
+    def forward(signum, frame):
+        for rank in training_ranks(proc.pid):
+            rank.send_signal(signal.SIGUSR1)
+
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, forward)
+    return proc.wait()
+
+
+def training_ranks(launcher_pid: int) -> list:
+    import psutil
+
+    ranks = []
+    for child in psutil.Process(launcher_pid).children(recursive=True):
+        try:
+            if "pretrain" in child.cmdline() and any(a.startswith("--local_rank") for a in child.cmdline()):
+                ranks.append(child)
+        except psutil.Error:
+            continue
+    return ranks
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import logging
 import sys
 
 from pretrain.config import ConfigError, load_config, to_yaml
+from pretrain.checkpoint import CheckpointError
 from pretrain.data import DataError
 
 
@@ -39,12 +40,28 @@ def main(argv: list[str] | None = None) -> int:
             from pretrain.data import prepare_data
 
             data = prepare_data(cfg.data, cfg.model.vocab_size)
+            check_resume(cfg, data.tokenizer_path)
             print(f"config ok; data: {data.stats}")
             return 0
         return train(cfg)
-    except (ConfigError, DataError) as err:
+    except (ConfigError, DataError, CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+
+
+def check_resume(cfg, tokenizer_path) -> None:
+    """Refuse, before any rank starts, to resume a checkpoint this config cannot continue."""
+    from pretrain import checkpoint, compat
+
+    if cfg.train.resume != "auto":
+        return
+    ckpt = checkpoint.resumable(cfg.run_dir / "checkpoints", cfg.checkpoint.fallback)
+    if ckpt is None:
+        return
+    saved = checkpoint.verify(ckpt).get("meta", {})
+    found = compat.problems(saved, compat.run_meta(cfg, tokenizer_path, saved.get("world_size", 1)))
+    if found:
+        raise ConfigError(f"cannot resume from {ckpt}: " + "; ".join(found))
 
 
 def train(cfg) -> int:

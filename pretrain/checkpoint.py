@@ -45,8 +45,12 @@ def tag_for(step: int) -> str:
     return f"step_{step}"
 
 
-def save(engine, root: Path, step: int, client_state: dict[str, Any], extra_files: dict[str, Path], keep: int) -> Path:
-    """Save a checkpoint collectively (every rank must call this), then publish it as `latest`."""
+def save(engine, root: Path, step: int, client_state: dict[str, Any], extra_files: dict[str, Path], keep: int,
+         meta: dict[str, Any] | None = None) -> Path:
+    """Save a checkpoint collectively (every rank must call this), then publish it as `latest`.
+
+    `meta` (model shape, ZeRO stage, world size, tokenizer hash, ...) goes into the manifest, so a resume can
+    check compatibility before DeepSpeed reads anything."""
     tag = tag_for(step)
     ckpt = root / tag
     if dist.is_main():
@@ -58,7 +62,7 @@ def save(engine, root: Path, step: int, client_state: dict[str, Any], extra_file
     if dist.is_main():
         for name, src in extra_files.items():
             atomic_write_bytes(ckpt / name, Path(src).read_bytes())
-        _write_manifest(ckpt, step)
+        _write_manifest(ckpt, step, meta or {})
         atomic_write_text(root / LATEST, tag + "\n")
         prune(root, keep)
     dist.barrier()
@@ -78,13 +82,13 @@ def _clear_previous(ckpt: Path) -> None:
         shutil.rmtree(ckpt)
 
 
-def _write_manifest(ckpt: Path, step: int) -> None:
+def _write_manifest(ckpt: Path, step: int, meta: dict[str, Any]) -> None:
     files = {
         str(p.relative_to(ckpt)): p.stat().st_size
         for p in sorted(ckpt.rglob("*"))
         if p.is_file() and p.name != MANIFEST
     }
-    atomic_write_json(ckpt / MANIFEST, {"step": step, "files": files, "time": time.time()})
+    atomic_write_json(ckpt / MANIFEST, {"step": step, "files": files, "time": time.time(), "meta": meta})
 
 
 def verify(ckpt: Path) -> dict[str, Any]:
@@ -122,6 +126,56 @@ def latest(root: Path) -> Path | None:
     return ckpt
 
 
+def resumable(root: Path, fallback: bool) -> Path | None:
+    """The checkpoint to resume from: `latest`, or with `fallback` the newest older one that verifies when
+    `latest` is partial, truncated or missing a file (the bad one is named in the log and left in place)."""
+    try:
+        return latest(root)
+    except CheckpointError as err:
+        if not fallback:
+            raise CheckpointError(f"{err}; set checkpoint.fallback=true to resume from the previous one") from None
+        log.error("%s; falling back to an older checkpoint", err)
+    pointer = (root / LATEST).read_text().strip()
+    for _, ckpt in reversed(complete_checkpoints(root)):
+        if ckpt.name == pointer:
+            continue
+        try:
+            verify(ckpt)
+            return ckpt
+        except CheckpointError as err:
+            log.error("%s; trying an older one", err)
+    raise CheckpointError(f"no complete checkpoint under {root} verifies")
+
+
+def to_universal(ckpt: Path) -> Path:
+    """DeepSpeed's universal (world-size independent) form of a checkpoint, converted once on this process.
+
+    Written next to the checkpoint as `<tag>.universal` via a temp folder and a rename, so a crash leaves
+    nothing half-converted; the original is not touched."""
+    out = ckpt.with_name(ckpt.name + ".universal")
+    if (out / "zero").is_dir():
+        return out
+    import subprocess
+    import sys
+
+    tmp = ckpt.with_name(f".{ckpt.name}.universal.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(ckpt),
+           "--output_folder", str(tmp), "--inject_missing_state", "--num_extract_workers", "1",
+           "--num_merge_workers", "1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise CheckpointError(f"converting {ckpt} to a universal checkpoint failed:\n{proc.stderr[-3000:]}")
+    for name in ("mp_rank_00_model_states.pt", "rng"):  # what our loader reads beside DeepSpeed's state
+        src = ckpt / name
+        if src.is_dir():
+            shutil.copytree(src, tmp / name, dirs_exist_ok=True)
+        elif src.is_file() and not (tmp / name).exists():
+            shutil.copy(src, tmp / name)
+    tmp.rename(out)
+    return out
+
+
 def prune(root: Path, keep: int) -> None:
     """Delete all but the newest `keep` complete checkpoints (never the one `latest` names)."""
     pointer = (root / LATEST).read_text().strip() if (root / LATEST).is_file() else None
@@ -130,12 +184,26 @@ def prune(root: Path, keep: int) -> None:
             shutil.rmtree(d, ignore_errors=True)
 
 
-def load(engine, ckpt: Path) -> dict[str, Any]:
-    """Load a complete checkpoint into the engine (collective); returns the client state."""
+def load(engine, ckpt: Path, universal: bool = False) -> dict[str, Any]:
+    """Load a complete checkpoint into the engine (collective); returns the client state.
+
+    `universal` loads through DeepSpeed's universal form (another world size): rank 0 converts, and the
+    engine's `load_universal` switch is on for this load only (left on, later ZeRO-3 saves lose model states).
+    """
     verify(ckpt)
-    path, client_state = engine.load_checkpoint(
-        str(ckpt.parent), tag=ckpt.name, load_optimizer_states=True, load_lr_scheduler_states=True
-    )
+    source = ckpt
+    if universal:
+        if dist.is_main():
+            to_universal(ckpt)
+        dist.barrier()
+        source = ckpt.with_name(ckpt.name + ".universal")
+        engine._config.load_universal_checkpoint = True
+    try:
+        path, client_state = engine.load_checkpoint(
+            str(source.parent), tag=source.name, load_optimizer_states=True, load_lr_scheduler_states=True
+        )
+    finally:
+        engine._config.load_universal_checkpoint = False
     if path is None:
         raise CheckpointError(f"DeepSpeed could not load {ckpt}")
     rng_file = ckpt / "rng" / f"rank_{dist.rank()}.pt"
@@ -177,7 +245,7 @@ def consolidated_state_dict(ckpt: Path) -> dict[str, torch.Tensor]:
         sd = get_fp32_state_dict_from_zero_checkpoint(str(ckpt.parent), tag=ckpt.name)
     else:  # ZeRO-0: the module state is stored whole
         sd = torch.load(ckpt / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)["module"]
-    return {k: v.float() for k, v in sd.items()}
+    return {k: v.detach().float() for k, v in sd.items()}
 
 
 def _consolidate_bf16_optimizer(ckpt: Path) -> dict[str, torch.Tensor]:

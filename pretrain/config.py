@@ -18,6 +18,7 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationE
 from model.config import ModelConfig, ModelConfigError
 from pretrain.data.config import DataConfig
 from pretrain.data.errors import DataError
+from pretrain.jobs.schedule import JobsConfig
 from pretrain.monitors import MonitorsConfig
 
 MODEL_PRESETS = Path(__file__).resolve().parent.parent / "configs" / "model"
@@ -81,6 +82,10 @@ class TrainConfig:
     """auto: continue from `checkpoints/latest` when present | never | a checkpoint directory."""
     init_from: Optional[str] = None
     """Start from the weights of this checkpoint directory (e.g. a grown model), with a fresh optimizer."""
+    on_nonfinite: str = "skip"
+    """A step with a non-finite loss or gradient norm is never applied (DeepSpeed skips it); then:
+    skip (count it, log it, go on) | stop (raise with a diagnostic) | rollback (reload the last checkpoint
+    and skip the batch window that caused it)."""
     trainable: TrainableConfig = field(default_factory=TrainableConfig)
     """Which parameters train: all, or only the norm gains after a step (norm-only hybrid mode)."""
 
@@ -99,6 +104,9 @@ class CheckpointConfig:
     """Save every this many steps (0: only at the end)."""
     keep: int = 3
     """Keep the newest K complete checkpoints; older ones are deleted after a successful save."""
+    fallback: bool = False
+    """When `latest` is partial or damaged (a file missing or truncated), resume from the newest older
+    checkpoint that verifies instead of stopping with an error."""
 
 
 @dataclass
@@ -132,6 +140,8 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     deepspeed: DeepSpeedSection = field(default_factory=DeepSpeedSection)
     monitors: MonitorsConfig = field(default_factory=MonitorsConfig)
+    jobs: JobsConfig = field(default_factory=JobsConfig)
+    """Periodic jobs on saved checkpoints (peeling bounds, downstream evaluation)."""
     regularizers: List[Dict[str, Any]] = field(default_factory=list)
     """Active regularizers, each `{name, weight, start_step, warmup_steps, ...params}` (see regularizers/)."""
     imports: List[str] = field(default_factory=list)
@@ -149,6 +159,8 @@ CHOICES = {
     "deepspeed.zero_stage": (0, 1, 2, 3),
     "monitors.jump.form": ("cosine", "angular"),
     "train.trainable.mode": ("all", "norms_only"),
+    "train.on_nonfinite": ("skip", "stop", "rollback"),
+    "monitors.trajectory.granularity": ("component", "layer", "model", "param"),
     "monitors.jump.final_norm": ("include", "exclude"),
 }
 
@@ -175,7 +187,7 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
         cfg: Config = OmegaConf.to_object(merged)
     except (ConfigKeyError, ValidationError) as err:
         raise ConfigError(_explain(err)) from None
-    except (ModelConfigError, DataError) as err:
+    except (ModelConfigError, DataError, ValueError) as err:  # dataclass __post_init__ validation
         raise ConfigError(str(err)) from None
     except OmegaConfBaseException as err:
         raise ConfigError(f"invalid config: {err}") from None

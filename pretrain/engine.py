@@ -19,7 +19,8 @@ def deepspeed_config(cfg: Config) -> dict[str, Any]:
         "gradient_accumulation_steps": cfg.train.grad_accum,
         "gradient_clipping": cfg.train.grad_clip,
         "zero_optimization": {"stage": cfg.deepspeed.zero_stage},
-        "bf16": {"enabled": bf16},
+        # check_grad_overflow: skip (never apply) an update whose gradient norm is inf/NaN, as fp32 ZeRO does.
+        "bf16": {"enabled": bf16, "check_grad_overflow": True} if bf16 else {"enabled": False},
         "steps_per_print": 10**9,  # we log; keep DeepSpeed's own prints quiet
         "wall_clock_breakdown": False,
     }

@@ -33,7 +33,7 @@ def memory_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
-def truncate_after(path: Path, step: int) -> None:
+def _truncate_after(path: Path, step: int) -> None:
     """Drop records past `step` (left by a run that crashed after its last checkpoint) before resuming."""
     if not path.is_file():
         return
@@ -44,7 +44,10 @@ def truncate_after(path: Path, step: int) -> None:
 
 
 class MetricsLogger:
-    """Rank-0 sink for one run's metrics. Other ranks get a logger whose calls do nothing."""
+    """Rank-0 sink for one run's metrics. Other ranks get a logger whose calls do nothing.
+
+    Records past `start_step` (left by a run that died after its last checkpoint) are dropped on open, so a
+    resumed run's metrics.jsonl holds each step once."""
 
     def __init__(self, run_dir: Path, total_steps: int, start_step: int, enabled: bool,
                  tensorboard: bool = True, progress: str = "auto"):
@@ -55,9 +58,11 @@ class MetricsLogger:
         self._bar = None
         self._start = time.time()
         self._start_step = start_step
+        self._path = run_dir / "metrics.jsonl"
         if not enabled:
             return
-        self._jsonl = open(run_dir / "metrics.jsonl", "a", buffering=1)
+        _truncate_after(self._path, start_step)
+        self._jsonl = open(self._path, "a", buffering=1)
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -68,6 +73,13 @@ class MetricsLogger:
 
             self._bar = tqdm(total=total_steps, initial=start_step, desc="train", dynamic_ncols=True)
         self._plain = mode == "plain"
+
+    def rewind(self, step: int) -> None:
+        """Forget records past `step` (after a rollback to the checkpoint of that step)."""
+        if self.enabled:
+            self._jsonl.close()
+            _truncate_after(self._path, step)
+            self._jsonl = open(self._path, "a", buffering=1)
 
     def log(self, record: dict[str, Any]) -> None:
         if not self.enabled:

@@ -20,17 +20,22 @@ import torch.nn.functional as F
 
 import regularizers as regs
 from model import Llama
-from pretrain import checkpoint, dist, hybrid
+from pretrain import checkpoint, compat, dist, hybrid
 from pretrain.callbacks import Callback, Validation, due
 from pretrain.config import Config, ConfigError, save_config
 from pretrain.data import PackedData, StepSampler, get_batch, prepare_data
 from pretrain.engine import build_engine
+from pretrain.faults import NonFiniteError, Preemption, diagnose
 from pretrain.hybrid import freeze_all_but, trainable_names
 from pretrain.io import atomic_write_bytes
+from pretrain.jobs.schedule import build_jobs
 from pretrain.monitors import build_monitors
-from pretrain.metrics import MetricsLogger, detect_peak_tflops, memory_gb, truncate_after
+from pretrain.metrics import MetricsLogger, detect_peak_tflops, memory_gb
 
 log = logging.getLogger("growlm")
+
+MAX_ROLLBACKS = 3
+"""Rollbacks to one checkpoint before `on_nonfinite: rollback` gives up (a diverging run would loop forever)."""
 
 
 def init_distributed() -> None:
@@ -89,14 +94,6 @@ class Trainer:
         self.regularizers = regs.build_regularizers(cfg.regularizers)
         self.need_hidden = any(r.needs_hidden_states for r in self.regularizers)
 
-        resume_from = self._resume_checkpoint()
-        start_step = checkpoint.verify(resume_from)["step"] if resume_from else 0
-        self.subset_only = self._subset_phase(start_step)
-        if self.subset_only:  # the checkpoint (or the run from step 0) trains the subset: build it that way
-            freeze_all_but(model, trainable_names(model, cfg.train.trainable))
-        lr_offset = cfg.train.trainable.after_step if self.subset_only else 0
-        self.engine, self.optimizer, self.scheduler = build_engine(model, cfg, lr_offset)
-
         t = cfg.train
         self.sampler = StepSampler(len(self.data.train), t.micro_batch_size, t.grad_accum, self.world,
                                    dist.rank(), cfg.run.seed)
@@ -104,13 +101,27 @@ class Trainer:
         self.tokens_per_step = self.global_batch * cfg.data.seq_len
         self.step = 0
         self.tokens = 0
+        self.nonfinite_steps = 0
+        self._rollbacks: dict[str, int] = {}
+        self.skip_windows: set[tuple[int, int]] = set()
+        """Sampler positions whose batches are skipped (windows that produced a non-finite step before a
+        rollback; kept in memory only)."""
+
+        resume_from = self._resume_checkpoint()
+        manifest = checkpoint.verify(resume_from) if resume_from else None
+        if manifest is not None:
+            self._check_compatible(resume_from, manifest.get("meta", {}))
+        self._build_engine(model, manifest["step"] if manifest else 0)
         if resume_from is not None:
-            self._resume(resume_from)
+            self._resume(resume_from, universal=manifest.get("meta", {}).get("world_size", self.world) != self.world)
+        self.preemption = Preemption()
+        self.preempted = False
 
         self.callbacks: list[Callback] = []
         if cfg.eval.every > 0:
             self.callbacks.append(Validation(cfg.eval.every, cfg.eval.batches))
         self.callbacks.extend(build_monitors(cfg.monitors))
+        self.callbacks.extend(build_jobs(cfg.jobs))
         self.callbacks.extend(callbacks)
         self.flops_per_token = cfg.model.flops_per_token(cfg.data.seq_len)
         self.peak_tflops = cfg.log.peak_tflops or detect_peak_tflops()
@@ -131,19 +142,33 @@ class Trainer:
         mode = self.cfg.train.resume
         if mode == "never":
             return None
-        return checkpoint.latest(self.ckpt_root) if mode == "auto" else Path(mode)
+        if mode == "auto":
+            return checkpoint.resumable(self.ckpt_root, self.cfg.checkpoint.fallback)
+        return Path(mode)
+
+    def _check_compatible(self, ckpt: Path, saved: dict[str, Any]) -> None:
+        found = compat.problems(saved, compat.run_meta(self.cfg, self.data.tokenizer_path, self.world))
+        if found:
+            raise ConfigError(f"cannot resume from {ckpt}: " + "; ".join(found))
+
+    def _build_engine(self, model: Llama, start_step: int) -> None:
+        """A DeepSpeed engine for the phase `start_step` is in (all parameters, or the norm-only subset)."""
+        self.subset_only = self._subset_phase(start_step)
+        if self.subset_only:
+            freeze_all_but(model, trainable_names(model, self.cfg.train.trainable))
+        lr_offset = self.cfg.train.trainable.after_step if self.subset_only else 0
+        self.engine, self.optimizer, self.scheduler = build_engine(model, self.cfg, lr_offset)
+        self._skipped_seen = 0
 
     def _subset_phase(self, step: int) -> bool:
         """True once the norm-only hybrid mode's t0 is reached (the switch happens right after step t0)."""
         trainable = self.cfg.train.trainable
         return trainable.mode != "all" and step >= trainable.after_step
 
-    def _resume(self, ckpt: Path) -> None:
-        client = checkpoint.load(self.engine, ckpt)
+    def _resume(self, ckpt: Path, universal: bool = False) -> None:
+        client = checkpoint.load(self.engine, ckpt, universal=universal)
         self.step, self.tokens = client["step"], client["tokens"]
         self.sampler.load_state_dict(client["sampler"])
-        if self.is_main:
-            truncate_after(self.run_dir / "metrics.jsonl", self.step)
         log.info("resumed from %s at step %d", ckpt, self.step)
 
     # ---- one batch -----------------------------------------------------------------------------------
@@ -181,6 +206,11 @@ class Trainer:
     def train_step(self) -> tuple[dict[str, torch.Tensor], int]:
         """One optimizer step over this rank's micro-batches: (summed per-micro-batch metrics, micro-batches)."""
         sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=self.device))
+        while self._window() in self.skip_windows:
+            log.warning("skipping the batch window at sampler position %s (it produced a non-finite step)",
+                        self._window())
+            self.sampler.next_step()
+        self._current_window = self._window()
         micro_batches = self.sampler.next_step()
         for indices in micro_batches:
             total, metrics = self.loss(self.batch(indices))
@@ -191,6 +221,10 @@ class Trainer:
         self.step += 1
         self.tokens += self.tokens_per_step
         return sums, len(micro_batches)
+
+    def _window(self) -> tuple[int, int]:
+        state = self.sampler.state_dict()
+        return state["epoch"], state["position"]
 
     def fit(self) -> None:
         cfg = self.cfg
@@ -204,6 +238,8 @@ class Trainer:
             t0 = time.perf_counter()
             lr = self.scheduler.get_last_lr()[0]  # the lr this step uses (the scheduler moves on inside step)
             sums, n_micro = self.train_step()
+            if self.engine.skipped_steps > self._skipped_seen and self._on_nonfinite(sums):
+                continue  # rolled back to the last checkpoint
             window_time += time.perf_counter() - t0
             window_tokens += self.tokens_per_step
 
@@ -214,11 +250,45 @@ class Trainer:
                 record.update(self._train_metrics(sums, n_micro, window_time, window_tokens), lr=lr)
                 window_time, window_tokens = 0.0, 0
             self._run_step_end_hooks(record)
-            if due(self.step, cfg.checkpoint.every, cfg.train.steps) or self.step == cfg.train.steps:
+            saved = due(self.step, cfg.checkpoint.every, cfg.train.steps) or self.step == cfg.train.steps
+            if saved:
                 self.save()
+            if self.preemption.requested():
+                if not saved:
+                    self.save()
+                log.warning("preempted: saved step %d, exiting so the job can be requeued", self.step)
+                self.preempted = True
+                break
         for cb in self.callbacks:
             cb.on_train_end(self, record)
         self.logger.close()
+
+    def _on_nonfinite(self, metrics: dict[str, torch.Tensor]) -> bool:
+        """Apply train.on_nonfinite to a step DeepSpeed skipped; True when the run was rolled back."""
+        self._skipped_seen = self.engine.skipped_steps
+        self.nonfinite_steps += 1
+        message = diagnose(self.step, metrics, self.engine.module)
+        policy = self.cfg.train.on_nonfinite
+        if policy == "stop":
+            raise NonFiniteError(message + "; stopping (train.on_nonfinite=stop)")
+        if policy == "skip":
+            log.warning("%s; continuing (%d skipped so far)", message, self.nonfinite_steps)
+            return False
+        ckpt = checkpoint.latest(self.ckpt_root)
+        if ckpt is None:
+            raise NonFiniteError(message + "; no checkpoint to roll back to")
+        self._rollbacks[ckpt.name] = self._rollbacks.get(ckpt.name, 0) + 1
+        if self._rollbacks[ckpt.name] > MAX_ROLLBACKS:
+            raise NonFiniteError(f"{message}; already rolled back to {ckpt} {MAX_ROLLBACKS} times, the run "
+                                 "diverges from there whatever data it skips: stopping")
+        log.warning("%s; rolling back to %s and skipping this batch window", message, ckpt)
+        self.skip_windows.add(self._current_window)
+        del self.engine, self.optimizer, self.scheduler
+        gc.collect()
+        self._build_engine(Llama(self.cfg.model), checkpoint.verify(ckpt)["step"])
+        self._resume(ckpt)
+        self.logger.rewind(self.step)
+        return True
 
     def train_subset_only(self) -> dict[str, int]:
         """Rebuild the engine over the trainable subset, carrying the fp32 weights and the lr schedule."""
@@ -229,10 +299,8 @@ class Trainer:
         gc.collect()
         model = Llama(self.cfg.model)
         model.load_state_dict(weights, strict=False)  # named_parameters() lists a tied head only once
-        freeze_all_but(model, names)
-        self.engine, self.optimizer, self.scheduler = build_engine(model, self.cfg, lr_offset=self.step)
+        self._build_engine(model, self.step)
         hybrid.restore_masters(self.engine, weights)
-        self.subset_only = True
         n_train = sum(weights[n].numel() for n in names)
         log.info("step %d: training only %d parameters (%s) from now on", self.step, n_train, trainable.mode)
         return {"hybrid/trainable_params": n_train, "hybrid/frozen_params": sum(w.numel() for w in weights.values()) - n_train}
@@ -255,6 +323,7 @@ class Trainer:
         if self.peak_tflops:
             out["mfu"] = out["tflops"] / self.peak_tflops
         out["mem_gb"] = memory_gb()
+        out["nonfinite_steps"] = self.nonfinite_steps
         return out
 
     def save(self) -> Path:
@@ -266,7 +335,8 @@ class Trainer:
             "zero_stage": self.cfg.deepspeed.zero_stage,
         }
         extra = {"config.yaml": self.run_dir / "config.yaml", "tokenizer.model": self.run_dir / "tokenizer.model"}
-        path = checkpoint.save(self.engine, self.ckpt_root, self.step, client, extra, self.cfg.checkpoint.keep)
+        path = checkpoint.save(self.engine, self.ckpt_root, self.step, client, extra, self.cfg.checkpoint.keep,
+                               meta=compat.run_meta(self.cfg, self.data.tokenizer_path, self.world))
         for cb in self.callbacks:
             cb.on_checkpoint_saved(self, path)
         return path

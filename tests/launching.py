@@ -19,15 +19,33 @@ TINY_RUN = [
 ]
 
 
-def launch(run_dir: Path, overrides: list[str], ranks: int = 2, config: str = "configs/tiny.yaml",
-           check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
-    """Run `python -m launch --num_gpus RANKS CONFIG ...` into run_dir (its parent is out_dir)."""
-    env = dict(os.environ, DS_ACCELERATOR="cpu", PYTHONPATH=str(ROOT))
-    env.setdefault("GROWLM_CACHE", str(ROOT / ".cache" / "growlm"))
-    cmd = [sys.executable, "-m", "launch", "--num_gpus", str(ranks), "--master_port", str(_free_port()), config,
-           f"run.out_dir={run_dir.parent}", f"run.name={run_dir.name}",
-           f"data.cache_dir={env['GROWLM_CACHE']}", *TINY_RUN, *overrides]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+# The uninterrupted 2-rank reference runs of tests/pretrain/test_trainer_distributed.py: JREG and the jump
+# monitor ride along so every stage's run also exercises hidden states through DeepSpeed's forward.
+ZERO_RUN_STEPS = 6
+ZERO_RUN = [f"train.steps={ZERO_RUN_STEPS}", "checkpoint.every=3", "checkpoint.keep=3", "eval.every=3",
+            "regularizers=[{name: jreg, weight: 0.1}]", "monitors.jump.every=3"]
+
+
+def command(run_dir: Path, overrides: list[str], ranks: int | None = 2, config: str = "configs/tiny.yaml") -> list[str]:
+    """`python -m launch --num_gpus RANKS ...`, or with ranks=None a bare single-process `python -m pretrain`."""
+    prefix = ([sys.executable, "-m", "pretrain"] if ranks is None else
+              [sys.executable, "-m", "launch", "--num_gpus", str(ranks), "--master_port", str(_free_port())])
+    return [*prefix, config, f"run.out_dir={run_dir.parent}", f"run.name={run_dir.name}",
+            f"data.cache_dir={ROOT / '.cache' / 'growlm'}", *TINY_RUN, *overrides]
+
+
+def environment(fault: str = "") -> dict[str, str]:
+    return dict(os.environ, DS_ACCELERATOR="cpu", PYTHONPATH=f"{ROOT}{os.pathsep}{ROOT / 'tests'}",
+                GROWLM_FAULT=fault, OMP_NUM_THREADS="1")
+
+
+def launch(run_dir: Path, overrides: list[str], ranks: int | None = 2, config: str = "configs/tiny.yaml",
+           check: bool = True, timeout: int = 600, fault: str = "") -> subprocess.CompletedProcess:
+    """Run a training job into run_dir (its parent is out_dir); `fault` selects tests/fault_injection.py faults."""
+    if fault:
+        overrides = [*overrides, "imports=[fault_injection]"]
+    proc = subprocess.run(command(run_dir, overrides, ranks, config), cwd=ROOT, env=environment(fault),
+                          capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"launch failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
     return proc

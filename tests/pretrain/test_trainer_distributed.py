@@ -8,25 +8,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from launching import launch, losses, metrics
+from launching import ZERO_RUN, ZERO_RUN_STEPS, launch, losses, metrics
 from pretrain import checkpoint
 
 pytestmark = pytest.mark.distributed
 
-STEPS = 6
+STEPS = ZERO_RUN_STEPS
 STAGES = (1, 2, 3)
-
-
-@pytest.fixture(scope="session")
-def zero_runs(runs_root) -> dict[int, Path]:
-    """One uninterrupted run per ZeRO stage, same seed and data; checkpoints at steps 3 and 6."""
-    runs = {}
-    for stage in STAGES:
-        run = runs_root / f"zero{stage}"
-        launch(run, [f"deepspeed.zero_stage={stage}", f"train.steps={STEPS}", "checkpoint.every=3",
-                     "checkpoint.keep=3", "eval.every=3"])
-        runs[stage] = run
-    return runs
 
 
 @pytest.fixture(scope="session")
@@ -40,8 +28,7 @@ def resumed_runs(zero_runs, runs_root) -> dict[int, Path]:
         (run / "checkpoints" / "latest").write_text("step_3\n")
         # The full run's later records are in the log too: resuming must drop them (no repeats).
         shutil.copy(full / "metrics.jsonl", run / "metrics.jsonl")
-        launch(run, [f"deepspeed.zero_stage={stage}", f"train.steps={STEPS}", "checkpoint.every=3",
-                     "checkpoint.keep=3", "eval.every=3", "train.resume=auto"])
+        launch(run, [f"deepspeed.zero_stage={stage}", *ZERO_RUN])
         runs[stage] = run
     return runs
 
@@ -54,10 +41,11 @@ def test_loss_falls(zero_runs, stage):
 
 
 def test_stages_agree_on_first_steps(zero_runs):
-    curves = {stage: losses(run) for stage, run in zero_runs.items()}
-    for step in (1, 2, 3):
-        values = [curves[s][step] for s in STAGES]
-        assert max(values) - min(values) < 1e-4, (step, values)
+    """Same seed and data: ZeRO 1, 2, 3 give the same loss (lm + JREG) and jump profile within fp32 tolerance."""
+    records = {stage: {r["step"]: r for r in metrics(run)} for stage, run in zero_runs.items()}
+    for step, key in [(1, "loss"), (2, "loss"), (3, "loss"), (3, "reg/jreg"), (3, "jump/zeta_L"), (3, "jump/psi_2")]:
+        values = [records[s][step][key] for s in STAGES]
+        assert max(values) - min(values) < 1e-4, (step, key, values)
 
 
 @pytest.mark.parametrize("stage", STAGES)
@@ -73,8 +61,11 @@ def test_run_directory_contract(zero_runs):
     assert (run / "config.yaml").is_file() and (run / "tokenizer.model").is_file()
     assert (run / "checkpoints" / "latest").read_text().strip() == f"step_{STEPS}"
     record = metrics(run)[-1]
-    for key in ("step", "tokens", "loss", "lm_loss", "lr", "grad_norm", "tokens_per_s", "val/loss"):
+    for key in ("step", "tokens", "loss", "lm_loss", "lr", "grad_norm", "tokens_per_s", "val/loss", "reg/jreg",
+                "reg/jreg/zeta_L", "jump/psi_1", "jump/psi_2", "jump/zeta_L"):
         assert key in record, key
+    assert record["loss"] == pytest.approx(record["lm_loss"] + record["reg/jreg"], rel=1e-5)
+    assert metrics(run)[0]["step"] == 0 and "val/loss" in metrics(run)[0]  # the model at init is measured too
     assert record["tokens"] == STEPS * 4 * 2 * 32  # micro * world * seq_len per step
     assert checkpoint.verify(run / "checkpoints" / "step_3")["step"] == 3
 

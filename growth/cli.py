@@ -1,0 +1,122 @@
+"""`python -m growth {grow,lag,stack} ...`: grow a checkpoint with one operator, choose one by LAG, or train
+with adaptive gradual stacking. Every command refuses bad input before writing anything, naming the problem."""
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from growth import GrowthError, available_operators
+from growth.folders import TOKENIZER, grow_folder, parse_params, source_info
+from growth.runs import RunError, model_overrides
+from pretrain.checkpoint import CheckpointError
+
+_OPS = ", ".join(available_operators())
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m growth", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("grow", help="grow a checkpoint into a larger model with one operator")
+    g.add_argument("--from", dest="source", required=True, type=Path,
+                   help="training checkpoint dir (runs/X/checkpoints/step_N), a checkpoints/ root, or weights folder")
+    g.add_argument("--op", required=True, help=f"growth operator: {_OPS}")
+    g.add_argument("--to", nargs="+", required=True,
+                   help="target shape: a model YAML, a preset name, or overrides of the source's (n_layers=8)")
+    g.add_argument("--out", required=True, type=Path, help="new weights folder to write")
+    g.add_argument("--param", action="append", default=[], metavar="K=V",
+                   help="operator parameter, e.g. block=2 (stack_middle), position=interleave (zero_block)")
+
+    lag = sub.add_parser("lag", help="LAG: grow with every operator of a pool, train each k steps, pick by step-k loss")
+    _source_and_run_args(lag)
+    lag.add_argument("--to", nargs="+", required=True, help="target shape (as for grow)")
+    lag.add_argument("--pool", required=True,
+                     help=f"comma-separated candidates, each OP or OP:k=v[:k=v] (operators: {_OPS})")
+    lag.add_argument("--lag-steps", type=int, required=True, help="k: steps each candidate trains before the choice")
+    lag.add_argument("--validate-steps", type=int, help="also train every candidate to this step and report the "
+                                                        "rank correlation of step-0 and step-k loss with it")
+    lag.add_argument("--continue-steps", type=int,
+                     help="continue the winner's run to this step (its run dir resumed with a larger train.steps; "
+                          "with --validate-steps M >= this, the winner is already there)")
+
+    st = sub.add_parser("stack", help="adaptive gradual stacking: LAG chooses the stacking at every stage")
+    st.add_argument("--config", type=Path, required=True, help="run config; its model is the stage-0 model")
+    st.add_argument("--plan", type=Path, help="YAML with stages [{at_step, depth}], pool, lag_steps, steps")
+    st.add_argument("--schedule", help='stages as "at_step:depth,...", e.g. "100:4,200:8"')
+    st.add_argument("--pool", help="stacking candidates (default stack_top,stack_middle,stack)")
+    st.add_argument("--lag-steps", type=int, help="lag of every stage's choice")
+    st.add_argument("--steps", type=int, help="total steps of the whole run (default: the plan's, else train.steps)")
+    st.add_argument("--out", type=Path, required=True, help="experiment directory (re-run to resume)")
+    st.add_argument("--ranks", type=int, default=2, help="ranks per run (--num_gpus of the launcher)")
+    st.add_argument("overrides", nargs="*", help="key=value overrides for every run")
+    return p.parse_args(argv)
+
+
+def _source_and_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--from", dest="source", required=True, type=Path, help="checkpoint to grow (as for grow)")
+    p.add_argument("--config", type=Path,
+                   help="run config of the grown runs (default: the source checkpoint's resolved config.yaml)")
+    p.add_argument("--out", type=Path, required=True, help="experiment directory (re-run to resume)")
+    p.add_argument("--ranks", type=int, default=2, help="ranks per run (--num_gpus of the launcher)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides for every run, e.g. deepspeed.zero_stage=3")
+
+
+def cmd_grow(args: argparse.Namespace) -> int:
+    result = grow_folder(args.source, args.op, args.to, args.out, parse_params(args.param))
+    rec = result.record
+    print(f"grew {rec['source']} (step {rec['source_step']}) with {rec['operator']} -> {args.out}: "
+          f"{rec['source_config']['n_layers']} -> {result.config.n_layers} layers, dim {result.config.dim}, "
+          f"function-preserving: {rec.get('function_preserving')}")
+    if "layer_map" in rec:
+        print(f"layer map (new layer i <- source layer): {rec['layer_map']}")
+    config = Path(rec["source"]) / "config.yaml"
+    tokenizer = [f"data.tokenizer={(args.out / TOKENIZER).resolve()}"] if (args.out / TOKENIZER).is_file() else []
+    cmd = ["python", "-m", "launch", "--num_gpus", "2", str(config) if config.is_file() else "CONFIG.yaml",
+           f"train.init_from={args.out.resolve()}", *model_overrides(result.config), *tokenizer,
+           f"run.name={args.out.name}"]
+    print("next, train it (fresh optimizer):\n  " + shlex.join(cmd))
+    return 0
+
+
+def cmd_lag(args: argparse.Namespace) -> int:
+    from growth.lag import LagPlan, parse_pool, run_lag
+
+    plan = LagPlan(source=args.source, target=args.to, pool=parse_pool(args.pool), lag_steps=args.lag_steps,
+                   config=args.config or _source_config(args.source), out=args.out, overrides=args.overrides,
+                   ranks=args.ranks, validate_steps=args.validate_steps, continue_steps=args.continue_steps)
+    run_lag(plan)
+    return 0
+
+
+def cmd_stack(args: argparse.Namespace) -> int:
+    from growth.stacking import StackingPlan, run_stacking
+
+    run_stacking(StackingPlan.from_args(args))
+    return 0
+
+
+def _source_config(source: Path) -> Path:
+    """The resolved config the source checkpoint was trained with: data, tokenizer and optimizer carry over."""
+    config = Path(source_info(source)["path"]) / "config.yaml"
+    if not config.is_file():
+        raise GrowthError(f"{source} carries no config.yaml (a weights folder?): pass --config CONFIG.yaml")
+    return config
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    commands = {"grow": cmd_grow, "lag": cmd_lag, "stack": cmd_stack}
+    try:
+        return commands[args.command](args)
+    except (GrowthError, CheckpointError, RunError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

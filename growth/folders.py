@@ -1,0 +1,130 @@
+"""From a checkpoint to a grown weights folder: resolve the target shape, grow, write the folder and its record.
+
+The folder is `pretrain.checkpoint.save_weights`' format (model.pt + model_config.json + record.json) plus the
+source's tokenizer.model when it has one, so a run that starts from it (`train.init_from=DIR`) can be pinned to
+the tokenizer the weights were trained with (`data.tokenizer=DIR/tokenizer.model`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from omegaconf import OmegaConf
+
+from growth import GrowthError, GrowthResult, get_operator, grow
+from model import ModelConfig
+from model.config import ModelConfigError
+from pretrain.checkpoint import LATEST, MANIFEST, WEIGHTS, load_weights, save_weights
+
+MODEL_PRESETS = Path(__file__).resolve().parent.parent / "configs" / "model"
+TOKENIZER = "tokenizer.model"
+
+
+def resolve_target(source: ModelConfig, spec: Sequence[str]) -> ModelConfig:
+    """The grown shape from `--to`: a model YAML, a preset name (configs/model/NAME.yaml), a run config whose
+    `model:` is either, or `field=value` overrides of the source's shape (`n_layers=8`, `model.n_layers=8`)."""
+    if not spec:
+        raise GrowthError("--to is empty; give a model YAML, a preset name or overrides like n_layers=8")
+    if all("=" in item for item in spec):
+        fields = {f.name for f in dataclasses.fields(ModelConfig)}
+        items = [item.removeprefix("model.") for item in spec]
+        unknown = sorted({i.split("=", 1)[0] for i in items} - fields)
+        if unknown:
+            raise GrowthError(f"--to sets unknown model fields {unknown}; valid: {sorted(fields)}")
+        values = OmegaConf.to_container(OmegaConf.from_dotlist(items))  # YAML-typed values, 1e-5 as a float
+        return _model_config(dataclasses.asdict(source) | values, f"--to {' '.join(spec)}")
+    if len(spec) != 1:
+        raise GrowthError(f"--to takes one model YAML / preset name, or only field=value overrides; got {list(spec)}")
+    return _model_config(_model_fields(spec[0]), f"--to {spec[0]}")
+
+
+def _model_fields(name: str) -> dict[str, Any]:
+    presets = sorted(p.stem for p in MODEL_PRESETS.glob("*.yaml"))
+    path = next((p for p in (Path(name), MODEL_PRESETS / f"{name}.yaml") if p.is_file()), None)
+    if path is None:
+        raise GrowthError(f"--to {name!r} is neither a YAML file nor a model preset; presets: {presets}")
+    raw = OmegaConf.to_container(OmegaConf.load(path))
+    if isinstance(raw, dict) and "model" in raw:  # a run config: its model section (a mapping or a preset)
+        raw = raw["model"] if isinstance(raw["model"], dict) else _model_fields(raw["model"])
+    if not isinstance(raw, dict):
+        raise GrowthError(f"{path} is not a YAML mapping of model fields")
+    return raw
+
+
+def _model_config(values: dict[str, Any], label: str) -> ModelConfig:
+    try:
+        return ModelConfig(**values)
+    except TypeError as err:  # an unknown field in a YAML file
+        raise GrowthError(f"{label}: {err}; valid fields: {[f.name for f in dataclasses.fields(ModelConfig)]}") \
+            from None
+    except ModelConfigError as err:
+        raise GrowthError(f"{label}: {err}") from None
+
+
+def check_operator(op: str, params: dict[str, Any]) -> None:
+    """An unknown operator (listing the valid ones) or a parameter it does not take fails before any loading."""
+    taken = [p.name for p in inspect.signature(get_operator(op)).parameters.values()
+             if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name != "opt_state"]
+    unknown = sorted(set(params) - set(taken))
+    if unknown:
+        raise GrowthError(f"operator {op!r} takes no parameter {unknown}; its parameters: {taken or 'none'}")
+
+
+def source_info(path: Path) -> dict[str, Any]:
+    """Where a checkpoint's weights really live (a `checkpoints/` root resolves to its latest step), its
+    training step when known, and its tokenizer when it carries one."""
+    path = Path(path)
+    if not path.exists():
+        raise GrowthError(f"checkpoint {str(path)!r} does not exist")
+    if (path / LATEST).is_file():
+        path = path / (path / LATEST).read_text().strip()
+    step = None
+    if (path / MANIFEST).is_file():
+        step = json.loads((path / MANIFEST).read_text()).get("step")
+    elif (path / "record.json").is_file():  # a grown folder: the step of the checkpoint it was grown from
+        step = json.loads((path / "record.json").read_text()).get("source_step")
+    tokenizer = path / TOKENIZER
+    return {"path": str(path.resolve()), "step": step, "tokenizer": str(tokenizer) if tokenizer.is_file() else None}
+
+
+def parse_params(items: Sequence[str]) -> dict[str, Any]:
+    """`--param k=v` items -> operator keyword arguments, values YAML-typed (`block=2` is an int)."""
+    bad = [item for item in items if "=" not in item]
+    if bad:
+        raise GrowthError(f"--param takes key=value, got {bad}")
+    return OmegaConf.to_container(OmegaConf.from_dotlist(list(items)))
+
+
+def grow_folder(source: Path, op: str, target_spec: Sequence[str], out: Path,
+                params: dict[str, Any] | None = None) -> GrowthResult:
+    """Grow the checkpoint at `source` with operator `op` into the shape `target_spec` and write it to `out`.
+
+    Every check (operator name, output folder, checkpoint, target shape, operator parameters) runs before
+    anything is written, so a refused request leaves no folder behind."""
+    params = dict(params or {})
+    check_operator(op, params)
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise GrowthError(f"output folder {out} exists and is not empty; choose a new --out")
+    info = source_info(source)
+    cfg, state = load_weights(Path(info["path"]))
+    target = resolve_target(cfg, target_spec)
+    result = grow(cfg, state, op, target, **params)
+    result.record |= {"source": info["path"], "source_step": info["step"], "source_config": dataclasses.asdict(cfg),
+                      "params": params | result.record.get("params", {}),
+                      "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    save_weights(out, target, result.state_dict, result.record)
+    if info["tokenizer"]:
+        shutil.copyfile(info["tokenizer"], out / f".{TOKENIZER}.tmp")
+        (out / f".{TOKENIZER}.tmp").rename(out / TOKENIZER)
+    return result
+
+
+def is_grown_folder(path: Path) -> bool:
+    """A complete weights folder (save_weights renames it into place only once it is whole)."""
+    return (Path(path) / WEIGHTS).is_file()

@@ -1,0 +1,253 @@
+"""LAG (Landscape-Aware Growing, arXiv 2406.02469; METHODS.md §2): grow every candidate, train each for k
+steps under one config (same optimizer, schedule, data order, seed), pick the lowest validation loss at step k.
+
+The selection rule and its statistics are pure functions (tested alone); `run_lag` orchestrates the folders
+and runs. Experiment layout under `out/`:
+    plan.json            what the experiment is (a re-run with other settings is refused)
+    tokenizer.model      the source's tokenizer, pinned for every candidate (data.tokenizer)
+    grown/<candidate>/   grown weights folders        runs/<candidate>/  their training runs (+ .log)
+    lag.md lag.json lag.png
+Every step is resumable: a finished folder or run is skipped, an interrupted run resumes from its checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from growth import GrowthError
+from growth.report import write_lag_report
+from growth.folders import check_operator, grow_folder, is_grown_folder, parse_params, source_info
+from growth.runs import check_user_overrides, claim_experiment, model_overrides, train_phase, val_curve
+from model import ModelConfig
+
+Curves = Mapping[str, Mapping[int, float]]
+
+
+class LagError(GrowthError):
+    """A LAG request or a set of curves that cannot give a choice; the message names what is missing."""
+
+
+# ---- the selection rule (pure) -----------------------------------------------------------------------------
+def choose(curves: Curves, k: int) -> str:
+    """The candidate with the lowest validation loss at step k >= 1 -- never step 0, the loss at growth, which
+    LAG shows misleads (a function-preserving operator always wins there). NaN (a diverged run) never wins;
+    ties go to the earlier candidate in the pool's order."""
+    if k < 1:
+        raise LagError(f"LAG chooses after a lag of k >= 1 steps, got k={k}: step 0 is the loss at growth")
+    losses = losses_at(curves, k)
+    if all(math.isnan(v) for v in losses.values()):
+        raise LagError(f"every candidate's validation loss at step {k} is NaN: {sorted(losses)}")
+    return argmin(losses)
+
+
+def losses_at(curves: Curves, step: int) -> dict[str, float]:
+    """Each candidate's validation loss at `step`; a candidate without it is an error naming what it has."""
+    if not curves:
+        raise LagError("no candidates")
+    missing = {name: max(c, default=None) for name, c in curves.items() if step not in c}
+    if missing:
+        raise LagError(f"no validation loss at step {step} for {sorted(missing)} (their last logged steps: "
+                       f"{missing}); LAG needs val/loss at every candidate's step {step} (eval.every=1)")
+    return {name: float(c[step]) for name, c in curves.items()}
+
+
+def argmin(values: Mapping[str, float]) -> str:
+    """The name with the lowest value; NaN counts as +inf; ties go to the first (pool order)."""
+    return min(values, key=lambda n: math.inf if math.isnan(values[n]) else values[n])
+
+
+def ranks(values: Mapping[str, float]) -> dict[str, int]:
+    """1 = lowest loss; equal values share the better rank (1, 2, 2, 4); NaN ranks last."""
+    key = {n: math.inf if math.isnan(v) else v for n, v in values.items()}
+    return {n: 1 + sum(other < key[n] for other in key.values()) for n in key}
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman's rank correlation (average ranks for ties); NaN when undefined (< 3 points or a constant)."""
+    if len(x) != len(y):
+        raise LagError(f"spearman needs paired values, got {len(x)} and {len(y)}")
+    if len(x) < 3:
+        return math.nan
+    rx, ry = _average_ranks(x), _average_ranks(y)
+    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
+    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
+    var = math.sqrt(sum((a - mx) ** 2 for a in rx) * sum((b - my) ** 2 for b in ry))
+    return cov / var if var else math.nan
+
+
+def _average_ranks(values: Sequence[float]) -> list[float]:
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    out = [0.0] * len(values)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for t in range(i, j + 1):
+            out[order[t]] = (i + j) / 2 + 1
+        i = j + 1
+    return out
+
+
+def summarize(curves: Curves, k: int, validate_steps: int | None = None) -> dict[str, Any]:
+    """The LAG decision and what it rests on: losses and ranks at 0 and k (and at the validation horizon m,
+    with the rank correlations of the step-0 and step-k losses with the step-m loss). `winner_by_init` is what
+    choosing at growth would pick: reported beside LAG's choice, never used for it."""
+    at0, atk = losses_at(curves, 0), losses_at(curves, k)
+    summary: dict[str, Any] = {
+        "k": k, "winner": choose(curves, k), "winner_by_init": argmin(at0),
+        "loss_0": at0, "rank_0": ranks(at0), "loss_k": atk, "rank_k": ranks(atk),
+    }
+    if validate_steps is not None:
+        atm = losses_at(curves, validate_steps)
+        names = list(curves)
+        summary |= {"m": validate_steps, "loss_m": atm, "rank_m": ranks(atm),
+                    "best_at_m": argmin(atm),
+                    "spearman_0_m": spearman([at0[n] for n in names], [atm[n] for n in names]),
+                    "spearman_k_m": spearman([atk[n] for n in names], [atm[n] for n in names])}
+    return summary
+
+
+# ---- the experiment ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Candidate:
+    """One pool entry: `op` or `op:key=value:key=value` (e.g. `stack_middle:block=1`)."""
+
+    spec: str
+    op: str = field(init=False)
+    params: dict = field(init=False)
+
+    def __post_init__(self) -> None:
+        op, *items = self.spec.split(":")
+        object.__setattr__(self, "op", op)
+        object.__setattr__(self, "params", parse_params(items))
+
+    @property
+    def name(self) -> str:
+        """A file- and override-safe label: `stack_middle:block=1` -> `stack_middle-block1`."""
+        return self.spec.replace(":", "-").replace("=", "")
+
+
+def parse_pool(text: str | Sequence[str]) -> list[Candidate]:
+    """`stack,interleave,zero_block:position=interleave` -> candidates; duplicates are refused."""
+    specs = [s.strip() for s in (text.split(",") if isinstance(text, str) else text) if s.strip()]
+    if not specs:
+        raise LagError("--pool is empty; give operator names, e.g. stack,stack_top,interleave,zero_block")
+    pool = [Candidate(s) for s in specs]
+    names = [c.name for c in pool]
+    if len(set(names)) != len(names):
+        raise LagError(f"--pool lists a candidate twice: {names}")
+    return pool
+
+
+@dataclass
+class LagPlan:
+    """Everything that defines a LAG experiment; `run_lag` carries it out."""
+
+    source: Path
+    target: list[str]
+    pool: list[Candidate]
+    lag_steps: int
+    config: Path
+    out: Path
+    overrides: list[str] = field(default_factory=list)
+    ranks: int = 2
+    validate_steps: int | None = None
+    continue_steps: int | None = None
+    continue_final: bool = True
+    """Whether the winner's continuation is its run's last phase (the config's schedule) or, inside gradual
+    stacking, an intermediate stage (constant lr)."""
+
+    def check(self) -> None:
+        if self.lag_steps < 1:
+            raise LagError(f"--lag-steps must be >= 1, got {self.lag_steps}: LAG never chooses at step 0")
+        for name, value in (("--validate-steps", self.validate_steps), ("--continue-steps", self.continue_steps)):
+            if value is not None and value <= self.lag_steps:
+                raise LagError(f"{name}={value} must exceed --lag-steps={self.lag_steps}")
+        if not Path(self.config).is_file():
+            raise LagError(f"--config {self.config} does not exist")
+        check_user_overrides(self.overrides)
+        for cand in self.pool:
+            check_operator(cand.op, cand.params)
+
+    def identity(self) -> dict[str, Any]:
+        """What must not change when an experiment directory is re-used (the pool may grow)."""
+        return {"source": source_info(self.source)["path"], "target": self.target, "lag_steps": self.lag_steps,
+                "config": str(Path(self.config).resolve()), "overrides": self.overrides, "ranks": self.ranks}
+
+
+def run_lag(plan: LagPlan) -> dict[str, Any]:
+    """Grow, lag-train, choose, (validate, continue) and report; returns the summary written to lag.json."""
+    plan.check()
+    out = Path(plan.out)
+    claim_experiment(out, plan.identity())
+    common = [*plan.overrides, *_pinned_tokenizer(plan.source, out)]
+    records: dict[str, dict] = {}
+    for cand in plan.pool:
+        folder = out / "grown" / cand.name
+        if not is_grown_folder(folder):
+            print(f"[growth] {cand.name}: growing {plan.source} with {cand.op} {cand.params or ''}", flush=True)
+            grow_folder(plan.source, cand.op, plan.target, folder, cand.params)
+        records[cand.name] = json.loads((folder / "record.json").read_text())
+        _warn_if_same_model(cand.name, records)
+    for i, cand in enumerate(plan.pool, 1):
+        train_phase(out / "runs" / cand.name, plan.config, _run_overrides(out, cand.name, common), plan.lag_steps,
+                    final=False, ranks=plan.ranks, label=f"[{i}/{len(plan.pool)}] {cand.name} lag", eval_every=1)
+    for i, cand in enumerate(plan.pool if plan.validate_steps else [], 1):
+        train_phase(out / "runs" / cand.name, plan.config, _run_overrides(out, cand.name, common),
+                    plan.validate_steps, final=True, ranks=plan.ranks,
+                    label=f"[{i}/{len(plan.pool)}] {cand.name} validation")
+    curves = {c.name: val_curve(out / "runs" / c.name) for c in plan.pool}
+    summary = summarize(curves, plan.lag_steps, plan.validate_steps)
+    summary |= {"source": plan.identity()["source"], "source_step": records[plan.pool[0].name]["source_step"],
+                "target": plan.target, "config": str(plan.config), "overrides": plan.overrides,
+                "candidates": [{"name": c.name, "op": c.op, "params": c.params, "run": str(out / "runs" / c.name),
+                                "function_preserving": records[c.name].get("function_preserving"),
+                                "layer_map": records[c.name].get("layer_map"),
+                                "curve": {str(s): v for s, v in sorted(curves[c.name].items())}}
+                               for c in plan.pool]}
+    winner = summary["winner"]
+    print(f"[growth] LAG winner at step {plan.lag_steps}: {winner} (by the loss at growth it would be "
+          f"{summary['winner_by_init']})", flush=True)
+    if plan.continue_steps:
+        train_phase(out / "runs" / winner, plan.config, _run_overrides(out, winner, common), plan.continue_steps,
+                    final=plan.continue_final, ranks=plan.ranks, label=f"winner {winner} continued")
+        summary["continued"] = {"run": str(out / "runs" / winner), "steps": plan.continue_steps}
+    write_lag_report(out, summary)
+    print(f"[growth] report: {out / 'lag.md'}", flush=True)
+    return summary
+
+
+def _warn_if_same_model(name: str, records: dict[str, dict]) -> None:
+    """Say so when two candidates build the same model (e.g. stack and stack_top when doubling): their runs
+    are the same run twice, a useful determinism check but no extra choice."""
+    record = records[name]
+    if None in record.get("layer_map", [None]):
+        return
+    twins = [n for n, r in records.items() if n != name and r.get("layer_map") == record["layer_map"]]
+    if twins:
+        print(f"[growth] note: {name} builds the same layer map as {twins} ({record['layer_map']}): same model",
+              flush=True)
+
+
+def _run_overrides(out: Path, name: str, common: list[str]) -> list[str]:
+    """A candidate's run: the shared overrides, then its own start (its grown folder and its exact shape)."""
+    folder = out / "grown" / name
+    cfg = ModelConfig(**json.loads((folder / "model_config.json").read_text()))
+    return [*common, f"train.init_from={folder.resolve()}", *model_overrides(cfg)]
+
+
+def _pinned_tokenizer(source: Path, out: Path) -> list[str]:
+    """Pin every candidate to the source's own tokenizer (copied into `out` once), when the source has one."""
+    tokenizer = source_info(source)["tokenizer"]
+    if tokenizer is None:
+        return []
+    pinned = out / "tokenizer.model"
+    if not pinned.is_file():
+        shutil.copyfile(tokenizer, out / ".tokenizer.model.tmp")
+        (out / ".tokenizer.model.tmp").rename(pinned)
+    return [f"data.tokenizer={pinned.resolve()}"]

@@ -1,0 +1,83 @@
+"""LAG and gradual-stacking reports: a markdown table a reader can check by eye, the JSON behind it, and a
+plot of every candidate's validation curve with the winner highlighted."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+
+def write_lag_report(out: Path, summary: dict[str, Any]) -> None:
+    """`lag.md`, `lag.json` and `lag.png` in `out` from `growth.lag.summarize`'s output (+ candidates)."""
+    out = Path(out)
+    (out / "lag.json").write_text(json.dumps(summary, indent=2, default=str))
+    (out / "lag.md").write_text(lag_markdown(summary))
+    plot_curves(out / "lag.png", {c["name"]: c["curve"] for c in summary["candidates"]}, summary["winner"],
+                [summary["k"]], f"LAG: val loss after growth (lag k={summary['k']})")
+
+
+def lag_markdown(summary: dict[str, Any]) -> str:
+    """The candidates' table (loss and rank at growth, at k, at m), the choice, and the curves 0..k."""
+    k, m, names = summary["k"], summary.get("m"), [c["name"] for c in summary["candidates"]]
+    lines = [f"# LAG: {len(names)} candidates, lag k = {k}", "",
+             f"Source: `{summary['source']}` (step {summary.get('source_step')}), grown to "
+             f"`{' '.join(summary['target'])}`; config `{summary['config']}`"
+             + (f" with `{' '.join(summary['overrides'])}`." if summary["overrides"] else "."), "",
+             f"**Winner: `{summary['winner']}`** (lowest validation loss at step {k}). Choosing by the loss at "
+             f"growth (step 0) would pick `{summary['winner_by_init']}`.", ""]
+    header = ["candidate", "function-preserving", "val@0", "rank@0", f"val@{k}", f"rank@{k}"]
+    if m is not None:
+        header += [f"val@{m}", f"rank@{m}"]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for c in summary["candidates"]:
+        n = c["name"]
+        row = [f"**{n}**" if n == summary["winner"] else n, str(c["function_preserving"]),
+               _f(summary["loss_0"][n]), str(summary["rank_0"][n]), _f(summary["loss_k"][n]), str(summary["rank_k"][n])]
+        if m is not None:
+            row += [_f(summary["loss_m"][n]), str(summary["rank_m"][n])]
+        lines.append("| " + " | ".join(row) + " |")
+    if m is not None:
+        lines += ["", f"Validation at step {m}: best `{summary['best_at_m']}`. Spearman rank correlation with the "
+                  f"step-{m} loss over {len(names)} candidates: step-0 loss ρ = {_f(summary['spearman_0_m'], 3)}, "
+                  f"step-{k} loss ρ = {_f(summary['spearman_k_m'], 3)}."]
+    if "continued" in summary:
+        lines += ["", f"The winner was continued to step {summary['continued']['steps']}: "
+                  f"`{summary['continued']['run']}`."]
+    lines += ["", f"Lag phase: lr warmup then constant (the trainer cannot stop a run before its schedule ends); "
+              "validation/continuation phases follow the config's schedule over their horizon. Every candidate "
+              "uses the same config, seed and data order.", "", f"## Validation loss, steps 0..{k}", "",
+              "| step | " + " | ".join(names) + " |", "|" + "---|" * (len(names) + 1)]
+    for step in range(k + 1):
+        lines.append(f"| {step} | " + " | ".join(_f(c["curve"].get(str(step), math.nan))
+                                                for c in summary["candidates"]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_curves(path: Path, curves: dict[str, dict[str, float]], highlight: str | None, marks: Sequence[int],
+                title: str, xlabel: str = "steps after growth") -> None:
+    """Validation loss against step, one line per curve, `highlight` drawn thick, dotted lines at `marks`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, curve in curves.items():
+        steps = sorted(int(s) for s in curve)
+        win = name == highlight
+        ax.plot(steps, [curve[str(s)] for s in steps], label=name + (" (winner)" if win else ""),
+                linewidth=2.8 if win else 1.2, zorder=3 if win else 2, marker="o" if len(steps) < 40 else None,
+                markersize=2.5)
+    for step in marks:
+        ax.axvline(step, color="grey", linestyle=":")
+    ax.set(xlabel=xlabel, ylabel="validation loss", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _f(value: float, digits: int = 4) -> str:
+    return "nan" if value is None or math.isnan(value) else f"{value:.{digits}f}"

@@ -1,0 +1,123 @@
+"""Training runs that growth orchestrates from above: one phase of a run through the real launcher
+(`python -m launch`, a subprocess: growth never imports the trainer), and what a run has written.
+
+A run is trained in phases that all use `train.resume=auto`: a later phase resumes the same run directory with
+a larger `train.steps`. Schedule: the trainer has no "stop before the schedule ends" option, so every phase
+but a run's last runs at constant lr after warmup (`train.schedule=constant`), and the last phase follows the
+config's schedule, whose decay then spans the whole run (the scheduler is rebuilt from the new train.steps on
+resume and keeps its step count). During a lag of k << train.steps a cosine schedule is within a few percent
+of its peak anyway; every candidate gets the same schedule, which is what LAG needs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from growth import GrowthError
+from model import ModelConfig
+from pretrain.checkpoint import CheckpointError, latest
+
+MANAGED = ("model.", "run.name", "run.out_dir", "train.init_from", "train.steps", "train.resume")
+"""Override keys growth sets itself for the runs it starts; a user's value for them would be silently lost."""
+
+
+class RunError(RuntimeError):
+    """A training run that failed; the message names its log file and ends with the log's tail."""
+
+
+def check_user_overrides(overrides: Sequence[str]) -> None:
+    """Refuse overrides of what growth manages, naming the option that sets it instead."""
+    bad = [o for o in overrides if "=" not in o or o.split("=", 1)[0].startswith(MANAGED)]
+    if bad:
+        raise GrowthError(f"overrides {bad} are not key=value or set keys growth manages ({', '.join(MANAGED)}): "
+                          "the model shape comes from --to, run names from --out, steps from --lag-steps / "
+                          "--continue-steps / --validate-steps")
+
+
+def model_overrides(cfg: ModelConfig) -> list[str]:
+    """Every model field as an override: `train.init_from` requires the run's model to equal the folder's."""
+    return [f"model.{k}={v}" for k, v in dataclasses.asdict(cfg).items()]
+
+
+def step_reached(run_dir: Path) -> int:
+    """The step of the run's newest complete checkpoint (0 when it has none)."""
+    try:
+        ckpt = latest(Path(run_dir) / "checkpoints")
+    except CheckpointError:  # `latest` names a damaged checkpoint: train the phase again
+        return 0
+    return 0 if ckpt is None else json.loads((ckpt / "manifest.json").read_text())["step"]
+
+
+def val_curve(run_dir: Path) -> dict[int, float]:
+    """step -> validation loss, from the run's metrics.jsonl."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        raise GrowthError(f"{path} does not exist: the run never started")
+    records = (json.loads(line) for line in path.read_text().splitlines() if line.strip())
+    return {r["step"]: r["val/loss"] for r in records if "val/loss" in r}
+
+
+def train_phase(run_dir: Path, config: Path, overrides: Sequence[str], steps: int, *, final: bool,
+                ranks: int, label: str, eval_every: int | None = None) -> bool:
+    """Train `run_dir` up to `steps` (resuming it), unless it already got there; True when it trained.
+
+    `final`: this is the run's last phase (the config's schedule) rather than a lag or an intermediate stage
+    (constant lr after warmup; see the module docstring). `eval_every` overrides the config's (a lag needs
+    val/loss at every step). Output goes to `<run_dir>.log`."""
+    run_dir = Path(run_dir).resolve()
+    reached = step_reached(run_dir)
+    if reached >= steps:
+        print(f"[growth] {label}: already at step {reached} >= {steps}, skipped", flush=True)
+        return False
+    phase = [f"train.steps={steps}", "train.resume=auto", f"run.out_dir={run_dir.parent}", f"run.name={run_dir.name}"]
+    if not final:
+        phase.append("train.schedule=constant")
+    if eval_every is not None:
+        phase.append(f"eval.every={eval_every}")
+    cmd = [sys.executable, "-m", "launch", "--num_gpus", str(ranks), "--master_port", str(_free_port()),
+           str(Path(config).resolve()), *overrides, *phase]
+    log_path = run_dir.with_name(run_dir.name + ".log")
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    print(f"[growth] {label}: steps {reached}..{steps} -> {run_dir} (log {log_path})", flush=True)
+    start = time.time()
+    with log_path.open("a") as log:
+        log.write(f"$ {' '.join(cmd)}\n")
+        log.flush()
+        rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT)
+    if rc != 0 or step_reached(run_dir) < steps:
+        tail = "".join(log_path.read_text().splitlines(keepends=True)[-30:])
+        raise RunError(f"{label}: training failed (exit {rc}); log {log_path}, last lines:\n{tail}")
+    curve = val_curve(run_dir)
+    print(f"[growth] {label}: done in {time.time() - start:.0f}s, val/loss at step {steps}: "
+          f"{curve.get(steps, float('nan')):.4f}", flush=True)
+    return True
+
+
+def claim_experiment(out: Path, identity: dict[str, Any]) -> None:
+    """Create `out/plan.json`, or check that the experiment already there is this one, so that re-running a
+    command resumes it and a re-run with other settings cannot mix two experiments' runs."""
+    path = Path(out) / "plan.json"
+    if path.is_file():
+        previous = json.loads(path.read_text())
+        changed = {k: (previous.get(k), v) for k, v in identity.items() if previous.get(k) != v}
+        if changed:
+            raise GrowthError(f"{out} holds an experiment with other settings {changed} (old, new); choose a new "
+                              "--out, or re-run with the same settings to resume it")
+        return
+    if path.parent.exists() and any(path.parent.iterdir()):
+        raise GrowthError(f"--out {out} exists, is not empty and holds no plan.json; choose a new --out")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(identity, indent=2))
+
+
+def _free_port() -> int:
+    """A free rendezvous port, so runs started by growth never collide with another job on this machine."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -1,0 +1,58 @@
+"""`python -m pretrain.jobs.lm_eval --checkpoint DIR [--tasks a,b] [...]`: lm-eval scores of one checkpoint.
+
+DIR is a training checkpoint (`runs/<run>/checkpoints/step_<N>`, any ZeRO stage), a `checkpoints/` root (its
+latest), or a weights folder holding a tokenizer.model. Scores go to `<run>/jobs/lm_eval/step_<N>/results.json`
+and, for a run's checkpoint, into `<run>/jobs/lm_eval/metrics.jsonl` as `eval/<task>/<metric>` (a weights
+folder: `<parent>/jobs/lm_eval/<name>/results.json`). Runs offline: tasks come from local files
+(configs/eval_tasks/README.md).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from pretrain.jobs.lm_eval.settings import OFFLINE_ENV, LmEvalError, LmEvalSettings
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    d = LmEvalSettings()
+    p = argparse.ArgumentParser(prog="python -m pretrain.jobs.lm_eval", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="checkpoint dir, checkpoints/ root, or weights folder")
+    p.add_argument("--tasks", default=",".join(d.tasks),
+                   help=f"comma-separated lm-eval task names (default: {','.join(d.tasks)})")
+    p.add_argument("--include-path", default=None,
+                   help="folder of task YAMLs, searched recursively (default: configs/eval_tasks)")
+    p.add_argument("--limit", type=int, default=None, help="only the first N documents of each task (default: all)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"sequences per forward (default: {d.batch_size})")
+    p.add_argument("--device", default=d.device, help=f"torch device (default: {d.device})")
+    p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads (default: 0, torch's choice)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    for key, value in OFFLINE_ENV.items():  # before datasets / huggingface_hub are imported: they read it once
+        os.environ.setdefault(key, value)
+    logging.basicConfig(level=logging.INFO, format="[lm_eval %(asctime)s] %(message)s", datefmt="%H:%M:%S")
+    settings = LmEvalSettings(tasks=[t.strip() for t in args.tasks.split(",") if t.strip()],
+                              include_path=args.include_path, limit=args.limit, batch_size=args.batch_size,
+                              device=args.device, threads=args.threads)
+    from pretrain.checkpoint import CheckpointError
+    from pretrain.jobs.lm_eval.run import run_job
+
+    try:
+        payload, path = run_job(args.checkpoint, settings)
+    except (LmEvalError, CheckpointError) as err:
+        print(f"lm_eval: error: {err}", file=sys.stderr)
+        return 2
+    for key, value in payload["scores"].items():
+        print(f"{key:50s} {value:.4f}")
+    print(f"wrote {path} ({payload['seconds']['total']:.1f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""`python -m pretrain.jobs.peeling --checkpoint DIR [...]`: peeling bounds of one checkpoint.
+
+DIR is a training checkpoint (`runs/<run>/checkpoints/step_<N>`, any ZeRO stage), a `checkpoints/` root (its
+latest), or a weights folder (model.pt + model_config.json). Outputs go to `<run>/jobs/peeling/step_<N>/`
+(a weights folder: `<parent>/jobs/peeling/<name>/`) unless --out is given. Method: METHODS.md §3, our
+reconstruction of arXiv 2605.02853.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import typing
+
+from pretrain.checkpoint import CheckpointError
+from pretrain.config import ConfigError
+from pretrain.data import DataError
+from pretrain.jobs.peeling.errors import PeelingError
+from pretrain.jobs.peeling.settings import PeelingSettings, check_settings, settings_fields
+
+
+def _list_of(kind: type):
+    def parse(text: str) -> list:
+        try:
+            return [kind(item) for item in text.split(",") if item.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of {kind.__name__}") from None
+    return parse
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m pretrain.jobs.peeling", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="checkpoint dir, checkpoints/ root, or weights folder")
+    p.add_argument("--config", default=None,
+                   help="run config naming the calibration data (default: the checkpoint's config.yaml, "
+                        "else the embedded default)")
+    p.add_argument("--out", default=None, help="output folder (default: <run>/jobs/peeling/step_<N>)")
+    hints = typing.get_type_hints(PeelingSettings)
+    defaults = PeelingSettings()
+    for f in settings_fields():
+        hint = hints[f.name]
+        kind = _list_of(typing.get_args(hint)[0]) if typing.get_origin(hint) is list else hint
+        default = getattr(defaults, f.name)
+        shown = (",".join(map(str, default)) or "all") if isinstance(default, list) else default
+        p.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=default,
+                       help=f"{f.metadata['help']} (default: {shown})")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="[peeling %(asctime)s] %(message)s", datefmt="%H:%M:%S")
+    settings = PeelingSettings(**{f.name: getattr(args, f.name) for f in settings_fields()})
+    from pretrain.jobs.peeling.job import run_job
+    from pretrain.jobs.peeling.report import format_table
+
+    try:
+        check_settings(settings)  # before any loading: a typo fails in a second
+        bounds, out = run_job(args.checkpoint, settings, config=args.config, out=args.out)
+    except (PeelingError, CheckpointError, ConfigError, DataError) as err:
+        print(f"peeling: error: {err}", file=sys.stderr)
+        return 2
+    print(format_table(bounds))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,162 @@
+"""Peeling bounds of one model on a fixed calibration set (METHODS.md §3; the method is our reconstruction).
+
+Record X_0..X_L once; for each planned row (plan.py) and weight variant, fit the row's blocks (fit.py), splice
+them in place of blocks l..l+j and measure the LM loss: the bound R. Splicing runs the fitted blocks from the
+recorded X_{l-1} and then the model's own later blocks, final norm and head: the spliced copy's loss exactly,
+since its earlier blocks are unchanged, without copying the model. A layer is flagged lazy when some row that
+removes it (one block does its work) reaches the model's loss within `tolerance`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model.llama import Llama, rope_cos_sin
+from pretrain.jobs.peeling.fit import Rope, fit_block, fresh_block
+from pretrain.jobs.peeling.plan import Projection, plan
+from pretrain.jobs.peeling.quant import parse_variant
+from pretrain.jobs.peeling.settings import PeelingSettings, check_settings
+
+
+@dataclass
+class Recording:
+    hidden: list[torch.Tensor]
+    """X_0..X_L, each [windows, seq, dim]."""
+    targets: torch.Tensor
+    """Next-token targets [windows, seq]."""
+    rope: Rope
+
+
+@dataclass
+class Row:
+    layer: int
+    offset: int
+    permutation: str
+    variant: str
+    bound: float
+    model_loss: float
+    fit_mse: float
+    """Mean over the row's fits of the fitted block's MSE."""
+    init_mse: float
+    """Mean over the row's fits of the initial block's MSE."""
+    removes: list[int]
+    seconds: float
+
+    @property
+    def label(self) -> str:
+        return f"j={self.offset} {self.permutation} {self.variant}"
+
+
+@dataclass
+class LayerVerdict:
+    layer: int
+    removal_bound: float | None
+    """Lowest bound over the rows that remove this layer (None when no row does)."""
+    removal_row: str | None
+    """Which row reached it: `l=<l> j=<j> <permutation> <variant>`."""
+    margin: float | None
+    """model_loss - removal_bound: >= -tolerance flags the layer."""
+    lazy: bool
+
+
+@dataclass
+class Bounds:
+    model_loss: float
+    rows: list[Row]
+    layers: list[LayerVerdict]
+    settings: PeelingSettings
+    seconds: float
+    meta: dict = field(default_factory=dict)
+    """Where the numbers come from: checkpoint, step, calibration windows, ..."""
+
+    @property
+    def lazy_layers(self) -> list[int]:
+        return [v.layer for v in self.layers if v.lazy]
+
+    def to_json(self) -> dict:
+        return {"method": "peeling bounds, our reconstruction of arXiv 2605.02853 (METHODS.md §3)",
+                **self.meta, "model_loss": self.model_loss, "seconds": self.seconds,
+                "settings": dataclasses.asdict(self.settings), "lazy_layers": self.lazy_layers,
+                "rows": [dataclasses.asdict(r) for r in self.rows],
+                "layers": [dataclasses.asdict(v) for v in self.layers]}
+
+
+@torch.no_grad()
+def record(model: Llama, windows: torch.Tensor, batch_windows: int) -> Recording:
+    """Block inputs/outputs X_0..X_L of the model on token windows [N, seq_len + 1]."""
+    inputs, targets = windows[:, :-1], windows[:, 1:]
+    chunks = [model(inputs[i:i + batch_windows], return_hidden_states=True).hidden_states
+              for i in range(0, len(inputs), batch_windows)]
+    cfg = model.config
+    rope = rope_cos_sin(inputs.shape[1], cfg.head_dim, cfg.rope_theta, inputs.device)
+    return Recording([torch.cat(parts) for parts in zip(*chunks)], targets, rope)
+
+
+@torch.no_grad()
+def lm_loss_from(model: Llama, h: torch.Tensor, blocks: Sequence[nn.Module], rec: Recording,
+                 batch_windows: int) -> float:
+    """Mean next-token loss of running `blocks` from hidden state h, then the model's final norm and head."""
+    total = 0.0
+    for i in range(0, len(h), batch_windows):
+        z = h[i:i + batch_windows]
+        for block in blocks:
+            z = block(z, *rec.rope)
+        logits = model.output(model.norm(z))
+        total += F.cross_entropy(logits.flatten(0, 1), rec.targets[i:i + batch_windows].flatten(),
+                                 reduction="sum").item()
+    return total / rec.targets.numel()
+
+
+def measure_row(model: Llama, rec: Recording, proj: Projection, variant: str, settings: PeelingSettings,
+                model_loss: float) -> Row:
+    """Fit the row's blocks in one variant and measure the spliced model's loss."""
+    start = time.perf_counter()
+    bits = parse_variant(variant)
+    fitted = []
+    for fit in proj.fits:
+        init = model.layers[fit.source - 1] if settings.init == "block" else fresh_block(model.config, settings.seed)
+        init = init.to(rec.targets.device)
+        fitted.append(fit_block(init, rec.hidden[fit.input], rec.hidden[fit.target], rec.rope, bits, settings))
+    last = proj.layer + proj.offset
+    blocks = [f.block for f in fitted] + list(model.layers[last:])
+    bound = lm_loss_from(model, rec.hidden[proj.layer - 1], blocks, rec, settings.batch_windows)
+    return Row(proj.layer, proj.offset, proj.permutation, variant, bound, model_loss,
+               fit_mse=sum(f.mse for f in fitted) / len(fitted),
+               init_mse=sum(f.init_mse for f in fitted) / len(fitted),
+               removes=proj.removed, seconds=time.perf_counter() - start)
+
+
+def verdicts(rows: Sequence[Row], n_layers: int, model_loss: float, tolerance: float) -> list[LayerVerdict]:
+    """Per layer: the best bound of a row that removes it, and whether that reaches the model's loss."""
+    out = []
+    for layer in range(1, n_layers + 1):
+        removing = [r for r in rows if layer in r.removes]
+        if not removing:
+            out.append(LayerVerdict(layer, None, None, None, False))
+            continue
+        best = min(removing, key=lambda r: r.bound)
+        out.append(LayerVerdict(layer, best.bound, f"l={best.layer} {best.label}", model_loss - best.bound,
+                                best.bound <= model_loss + tolerance))
+    return out
+
+
+def compute_bounds(model: Llama, windows: torch.Tensor, settings: PeelingSettings,
+                   progress: Callable[[Iterable, int], Iterable] = lambda it, total: it) -> Bounds:
+    """Every planned row in every variant on `windows` [N, seq_len + 1]; `progress` wraps the work loop."""
+    start = time.perf_counter()
+    n_layers = model.config.n_layers
+    check_settings(settings, n_layers)
+    model.eval()
+    rec = record(model, windows, settings.batch_windows)
+    model_loss = lm_loss_from(model, rec.hidden[0], list(model.layers), rec, settings.batch_windows)
+    work = [(p, v) for p in plan(settings.layers, settings.offsets, settings.permutations, n_layers)
+            for v in settings.variants]
+    rows = [measure_row(model, rec, p, v, settings, model_loss) for p, v in progress(work, len(work))]
+    return Bounds(model_loss, rows, verdicts(rows, n_layers, model_loss, settings.tolerance), settings,
+                  time.perf_counter() - start)

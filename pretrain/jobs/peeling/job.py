@@ -1,0 +1,99 @@
+"""One peeling job: a checkpoint on disk -> bounds.json + bounds.png (+ summary.png) in the job's folder.
+
+The checkpoint is only read. Calibration windows are the first `calib_windows` validation windows of the
+run's data (its config.yaml), or of a config given explicitly (a weights folder has none: the embedded
+default then).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from model import Llama, ModelConfig
+from pretrain.checkpoint import LATEST, MANIFEST, WEIGHTS, latest, load_weights
+from pretrain.config import Config, load_config
+from pretrain.data import prepare_data
+from pretrain.jobs.peeling.bounds import Bounds, compute_bounds
+from pretrain.jobs.peeling.errors import PeelingError
+from pretrain.jobs.peeling.report import write_outputs
+from pretrain.jobs.peeling.settings import PeelingSettings, check_settings
+
+log = logging.getLogger(__name__)
+_STEP = re.compile(r"^step_(\d+)$")
+
+
+def locate(path: Path) -> tuple[Path, int | None, Path]:
+    """(checkpoint or weights dir, its step when known, the default output folder)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise PeelingError(f"checkpoint {path} does not exist or is not a directory")
+    if (path / LATEST).is_file() and not (path / WEIGHTS).is_file():  # a checkpoints/ root
+        path = latest(path)
+    m = _STEP.match(path.name)
+    step = int(m.group(1)) if m else None
+    if (path / MANIFEST).is_file() and path.parent.name == "checkpoints":  # <run>/checkpoints/step_<N>
+        return path, step, path.parent.parent / "jobs" / "peeling" / path.name
+    return path, step, path.parent / "jobs" / "peeling" / path.name
+
+
+def run_config(ckpt: Path, config: Config | str | Path | None) -> Config:
+    """The config that names the calibration data: given, the checkpoint's own, or the embedded default.
+
+    A checkpoint's own tokenizer.model is used when the config names none, so the calibration windows hold
+    the token ids the model was trained on wherever the job runs (no retraining in another cache).
+    """
+    if not isinstance(config, Config):
+        if config is None and (ckpt / "config.yaml").is_file():
+            config = ckpt / "config.yaml"
+        config = load_config(config)
+    if config.data.tokenizer is None and (ckpt / "tokenizer.model").is_file():
+        data = dataclasses.replace(config.data, tokenizer=str((ckpt / "tokenizer.model").resolve()))
+        config = dataclasses.replace(config, data=data)
+    return config
+
+
+def calibration_windows(cfg: Config, model_cfg: ModelConfig, n: int) -> torch.Tensor:
+    """The first n validation windows [n, seq_len + 1]: fixed, so bounds of different steps are comparable."""
+    if cfg.data.seq_len > model_cfg.max_seq_len:
+        raise PeelingError(f"data.seq_len={cfg.data.seq_len} exceeds the checkpoint's "
+                           f"model.max_seq_len={model_cfg.max_seq_len}")
+    val = prepare_data(cfg.data, model_cfg.vocab_size, seed=cfg.run.seed).val
+    if len(val) < n:
+        log.warning("only %d validation windows; using all of them instead of calib_windows=%d", len(val), n)
+    return torch.from_numpy(np.asarray(val[:n], dtype=np.int64))
+
+
+def run_job(checkpoint: str | Path, settings: PeelingSettings, config: Config | str | Path | None = None,
+            out: str | Path | None = None) -> tuple[Bounds, Path]:
+    """Compute and write the bounds of one checkpoint; returns them and the output folder."""
+    ckpt, step, default_out = locate(Path(checkpoint))
+    out = Path(out) if out is not None else default_out
+    model_cfg, state = load_weights(ckpt)
+    check_settings(settings, model_cfg.n_layers)
+    cfg = run_config(ckpt, config)
+    device = torch.device(settings.device)
+    model = Llama(model_cfg)
+    model.load_state_dict(state)
+    model.to(device).eval()
+    windows = calibration_windows(cfg, model_cfg, settings.calib_windows).to(device)
+    log.info("peeling %s: %d calibration windows of %d tokens", ckpt, len(windows), windows.shape[1] - 1)
+
+    def progress(work, total):
+        return tqdm(work, total=total, desc=f"peeling {ckpt.name}", unit="row", disable=None)
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(settings.threads or threads)
+    try:
+        bounds = compute_bounds(model, windows, settings, progress)
+    finally:  # inline in a trainer, the process's setting is the trainer's
+        torch.set_num_threads(threads)
+    bounds.meta = {"checkpoint": str(ckpt), "step": step, "calib_windows": len(windows),
+                   "seq_len": windows.shape[1] - 1, "data_source": cfg.data.source}
+    write_outputs(bounds, out)
+    return bounds, out

@@ -1,0 +1,124 @@
+"""A peeling job's outputs: bounds.json + bounds.png per checkpoint, summary.png across checkpoints, a text table.
+
+Every file is written atomically (temp file + rename), so a reader never sees a torn one.
+"""
+from __future__ import annotations
+
+import io
+import json
+from collections import defaultdict
+from pathlib import Path
+
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+
+from pretrain.io import atomic_write_bytes, atomic_write_json
+from pretrain.jobs.peeling.bounds import Bounds
+
+BOUNDS_JSON = "bounds.json"
+BOUNDS_PNG = "bounds.png"
+SUMMARY_PNG = "summary.png"
+_COLORS = colormaps["tab20"]  # 20 distinct colors: rows are (offset, permutation, variant) combinations
+
+
+def _save(fig: Figure, path: Path) -> None:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def write_outputs(bounds: Bounds, out: Path) -> None:
+    """bounds.json and bounds.png into `out` (created), then summary.png in its parent."""
+    atomic_write_json(out / BOUNDS_JSON, bounds.to_json())
+    _save(bars_figure(bounds), out / BOUNDS_PNG)
+    write_summary(out.parent)
+
+
+def bars_figure(bounds: Bounds) -> Figure:
+    """Per window-start layer, grouped bars: the trained model's loss, then every row's bound."""
+    labels = list(dict.fromkeys(r.label for r in bounds.rows))
+    layers = sorted({r.layer for r in bounds.rows})
+    by_key = {(r.layer, r.label): r.bound for r in bounds.rows}
+    series = [("trained model", {l: bounds.model_loss for l in layers})]
+    series += [(label, {l: by_key[(l, label)] for l in layers if (l, label) in by_key}) for label in labels]
+    width = 0.8 / len(series)
+    fig = Figure(figsize=(max(6.0, 1.2 * len(layers) * len(series) ** 0.5), 4.5), layout="constrained")
+    ax = fig.subplots()
+    for i, (name, values) in enumerate(series):
+        xs = [layers.index(l) + (i - (len(series) - 1) / 2) * width for l in values]
+        ax.bar(xs, list(values.values()), width, label=name, color="black" if i == 0 else _COLORS(i % 20))
+    ax.axhline(bounds.model_loss, color="black", lw=0.8, ls="--")
+    lazy = set(bounds.lazy_layers)
+    ax.set_xticks(range(len(layers)), [f"l={l}" + (" (lazy)" if l in lazy else "") for l in layers])
+    values = [v for _, vals in series for v in vals.values()]
+    pad = 0.05 * (max(values) - min(values)) or 0.05
+    ax.set_ylim(min(values) - pad, max(values) + pad)
+    ax.set_ylabel("LM loss on the calibration windows")
+    ax.set_title(f"peeling bounds R(l, j) vs the trained model{_step_suffix(bounds.meta.get('step'))}")
+    ax.legend(fontsize="x-small", ncol=2, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return fig
+
+
+def _step_suffix(step: int | None) -> str:
+    return f" (step {step})" if step is not None else ""
+
+
+def write_summary(peeling_dir: Path) -> Path | None:
+    """summary.png: per layer, the model's loss and the layer's removal bound (per variant) over training."""
+    runs = []
+    for path in peeling_dir.glob(f"*/{BOUNDS_JSON}"):
+        data = json.loads(path.read_text())
+        if data.get("step") is not None:
+            runs.append(data)
+    if not runs:
+        return None
+    runs.sort(key=lambda d: d["step"])
+    n_layers = max(v["layer"] for d in runs for v in d["layers"])
+    fig = Figure(figsize=(3.2 * n_layers, 3.2), layout="constrained")
+    axes = fig.subplots(1, n_layers, squeeze=False)[0]
+    steps = [d["step"] for d in runs]
+    for layer, ax in enumerate(axes, start=1):
+        ax.plot(steps, [d["model_loss"] for d in runs], "k-o", ms=3, label="trained model")
+        for variant, points in sorted(_removal_bounds(runs, layer).items()):
+            ax.plot(*zip(*points), "-o", ms=3, label=f"removal bound, {variant}")
+        ax.set_title(f"layer {layer}")
+        ax.set_xlabel("step")
+    axes[0].set_ylabel("LM loss (calibration)")
+    axes[-1].legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    out = peeling_dir / SUMMARY_PNG
+    _save(fig, out)
+    return out
+
+
+def _removal_bounds(runs: list[dict], layer: int) -> dict[str, list[tuple[int, float]]]:
+    """variant -> [(step, lowest bound of a row removing `layer`)]."""
+    points: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    for d in runs:
+        best: dict[str, float] = {}
+        for r in d["rows"]:
+            if layer in r["removes"]:
+                best[r["variant"]] = min(best.get(r["variant"], float("inf")), r["bound"])
+        for variant, bound in best.items():
+            points[variant].append((d["step"], bound))
+    return points
+
+
+def format_table(bounds: Bounds) -> str:
+    """The rows and the per-layer verdicts as fixed-width text."""
+    head = f"{'l':>3} {'j':>2} {'permutation':<11} {'variant':<7} {'bound':>8} {'-model':>8} {'fit_mse':>10} " \
+           f"{'init_mse':>10} {'removes':<8} {'s':>6}"
+    lines = [f"model loss {bounds.model_loss:.4f} on the calibration windows", head, "-" * len(head)]
+    for r in bounds.rows:
+        lines.append(f"{r.layer:>3} {r.offset:>2} {r.permutation:<11} {r.variant:<7} {r.bound:>8.4f} "
+                     f"{r.bound - bounds.model_loss:>+8.4f} {r.fit_mse:>10.3e} {r.init_mse:>10.3e} "
+                     f"{','.join(map(str, r.removes)) or '-':<8} {r.seconds:>6.1f}")
+    lines.append("")
+    lines.append(f"{'layer':>5} {'removal bound':>13} {'margin':>8}  verdict (row)")
+    for v in bounds.layers:
+        if v.removal_bound is None:
+            lines.append(f"{v.layer:>5} {'-':>13} {'-':>8}  no row removes it")
+        else:
+            verdict = "LAZY" if v.lazy else "ok"
+            lines.append(f"{v.layer:>5} {v.removal_bound:>13.4f} {v.margin:>+8.4f}  {verdict} ({v.removal_row})")
+    lines.append(f"{bounds.seconds:.1f} s")
+    return "\n".join(lines)

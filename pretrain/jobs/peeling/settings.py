@@ -1,0 +1,89 @@
+"""What a peeling job fits and measures: one dataclass shared by the CLI, the scheduler and the core.
+
+Each field's `help` is its documentation; the CLI builds one `--flag` per field from it, and the scheduler
+turns a settings object back into those flags, so the two can never drift apart.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, List
+
+from pretrain.jobs.peeling.errors import PeelingError
+from pretrain.jobs.peeling.plan import PERMUTATIONS
+from pretrain.jobs.peeling.quant import parse_variant
+
+SOLVERS = ("adam", "lstsq")
+INITS = ("block", "fresh")
+
+
+def _doc(default: Any, text: str) -> Any:
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": text})
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass
+class PeelingSettings:
+    """Peeling bounds (METHODS.md §3, our reconstruction of arXiv 2605.02853): what to fit and how."""
+
+    layers: List[int] = _doc([], "1-based layers l whose windows l..l+j are peeled; empty = every layer")
+    offsets: List[int] = _doc([0, 1], "offsets j: a block is fitted to X_{l+j} (0 = the layer's own output)")
+    permutations: List[str] = _doc(
+        ["forward", "backward", "swap"],
+        "role assignments within a window (see pretrain/jobs/peeling/plan.py); forward is R(l, j) itself")
+    variants: List[str] = _doc(["fp", "binary", "4bit"], "weight variants: fp | binary | <k>bit (2 <= k <= 16)")
+    solver: str = _doc("adam", "adam: fit the whole block by MSE | lstsq: closed-form solve of wo and w2")
+    init: str = _doc("block", "block: start each fit from the source block's weights | fresh: a new random block")
+    steps: int = _doc(200, "Adam steps per fit (full batch over the calibration windows)")
+    lr: float = _doc(1e-3, "Adam learning rate")
+    lstsq_rounds: int = _doc(3, "lstsq: alternate solve / recompute the MLP input this many times")
+    calib_windows: int = _doc(16, "validation windows in the fixed calibration set (the first N)")
+    batch_windows: int = _doc(8, "windows per forward pass when recording hidden states and measuring losses")
+    tolerance: float = _doc(1e-3, "a layer is flagged lazy when a bound that removes it is <= model loss + this")
+    device: str = _doc("cpu", "torch device for the job (cpu keeps it off the training GPUs)")
+    threads: int = _doc(0, "torch CPU threads for the job (0: torch's default); beside CPU training ranks, "
+                           "a few threads keep it from starving them")
+    seed: int = _doc(0, "seed of fresh inits")
+
+
+def check_settings(s: PeelingSettings, n_layers: int | None = None) -> None:
+    """Refuse settings that cannot run (on a model with `n_layers` blocks, when known), naming the setting."""
+    bad_layers = [l for l in s.layers if l < 1 or (n_layers is not None and l > n_layers)]
+    if bad_layers:
+        raise PeelingError(f"layers={bad_layers} out of range: the model has layers 1..{n_layers or 'L'}")
+    if not s.offsets or any(j < 0 for j in s.offsets):
+        raise PeelingError(f"offsets={s.offsets} must be a non-empty list of integers >= 0")
+    unknown = [p for p in s.permutations if p not in PERMUTATIONS]
+    if unknown or not s.permutations:
+        raise PeelingError(f"permutations={s.permutations}: choose from {sorted(PERMUTATIONS)}")
+    if s.init == "fresh" and "backward" in s.permutations:
+        raise PeelingError("permutation 'backward' differs from 'forward' only in its init block; "
+                           "with init=fresh they coincide: drop 'backward'")
+    if not s.variants:
+        raise PeelingError("variants must not be empty")
+    for v in s.variants:
+        parse_variant(v)
+    for name, valid in (("solver", SOLVERS), ("init", INITS)):
+        if getattr(s, name) not in valid:
+            raise PeelingError(f"{name}={getattr(s, name)!r}: choose one of {list(valid)}")
+    for name in ("steps", "lstsq_rounds", "calib_windows", "batch_windows"):
+        if getattr(s, name) <= 0:
+            raise PeelingError(f"{name}={getattr(s, name)} must be > 0")
+    if s.threads < 0:
+        raise PeelingError(f"threads={s.threads} must be >= 0")
+    if s.lr <= 0 or s.tolerance < 0:
+        raise PeelingError(f"lr={s.lr} must be > 0 and tolerance={s.tolerance} >= 0")
+
+
+def settings_fields() -> list[dataclasses.Field]:
+    return list(dataclasses.fields(PeelingSettings))
+
+
+def to_argv(s: PeelingSettings) -> list[str]:
+    """The CLI flags that reproduce `s` (lists comma-joined), for a job started in another process."""
+    argv = []
+    for f in settings_fields():
+        value = getattr(s, f.name)
+        argv += [f"--{f.name.replace('_', '-')}", ",".join(map(str, value)) if isinstance(value, list) else str(value)]
+    return argv

@@ -1,0 +1,75 @@
+"""Faults injected into real training processes for tests, selected by the GROWLM_FAULT environment variable.
+
+Listed under `imports:` in a run's config, this module is imported on every rank before training starts and
+patches the trainer from outside, so the framework carries no test hooks. GROWLM_FAULT is a comma-separated
+list of:
+  kill_rank:R:S      rank R SIGKILLs itself right after completing step S
+  kill_in_save:S     the process dies while writing checkpoint S (DeepSpeed files written, no manifest yet)
+  nan_at:S           the batch window of step S gives a NaN loss on every rank (wherever it is met again)
+  record_samples:DIR each rank appends the window indices of every step to DIR/rank_<r>.jsonl
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+from pretrain import checkpoint, dist
+from pretrain.data import StepSampler
+from pretrain.trainer import Trainer
+
+
+def _faults() -> list[list[str]]:
+    return [f.split(":") for f in os.environ.get("GROWLM_FAULT", "").split(",") if f]
+
+
+for name, *args in _faults():
+    if name == "kill_rank":
+        rank, at_step = int(args[0]), int(args[1])
+        train_step = Trainer.train_step
+
+        def killing_train_step(self, _orig=train_step, _rank=rank, _at=at_step):
+            out = _orig(self)
+            if self.step == _at and dist.rank() == _rank:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return out
+
+        Trainer.train_step = killing_train_step
+    elif name == "kill_in_save":
+        at_step = int(args[0])
+        write_manifest = checkpoint._write_manifest
+
+        def dying_write_manifest(ckpt, step, meta, _orig=write_manifest, _at=at_step):
+            if step == _at:
+                os._exit(9)
+            _orig(ckpt, step, meta)
+
+        checkpoint._write_manifest = dying_write_manifest
+    elif name == "nan_at":
+        at_step = int(args[0])
+        loss = Trainer.loss
+
+        bad_windows: set = set()
+
+        def nan_loss(self, batch, _orig=loss, _at=at_step, _bad=bad_windows):
+            total, metrics = _orig(self, batch)
+            if self.step + 1 == _at and not _bad:  # self.step counts completed steps; first pass only
+                _bad.add(self._current_window)
+            if self._current_window in _bad:  # a data fault: it follows the batch, not the step number
+                total = total * float("nan")
+            return total, metrics
+
+        Trainer.loss = nan_loss
+    elif name == "record_samples":
+        out_dir = Path(args[0])
+        next_step = StepSampler.next_step
+
+        def recording_next_step(self, _orig=next_step, _dir=out_dir):
+            micro_batches = _orig(self)
+            _dir.mkdir(parents=True, exist_ok=True)
+            with open(_dir / f"rank_{dist.rank()}.jsonl", "a") as f:
+                f.write(json.dumps([mb.tolist() for mb in micro_batches]) + "\n")
+            return micro_batches
+
+        StepSampler.next_step = recording_next_step

@@ -1,0 +1,153 @@
+"""Peeling bounds, the pure core: lazy-layer detection, local optima, low-bit levels, the lstsq solver.
+
+One tiny Llama is trained in-process (plain torch AdamW, fp32) on a synthetic second-order Markov source
+while block LAZY is held at the identity (wo and w2 zeroed and frozen): an under-optimized layer to detect.
+"""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from model import Llama, ModelConfig
+from pretrain.jobs.peeling.bounds import compute_bounds, lm_loss_from, record
+from pretrain.jobs.peeling.fit import fit_block
+from pretrain.jobs.peeling.plan import plan
+from pretrain.jobs.peeling.quant import parse_variant
+from pretrain.jobs.peeling.settings import PeelingError, PeelingSettings, check_settings
+
+VOCAB, SEQ, LAZY = 32, 32, 2
+CFG = ModelConfig(dim=64, n_layers=4, n_heads=4, n_kv_heads=2, ffn_dim=160, vocab_size=VOCAB, max_seq_len=SEQ)
+TABLE = torch.randint(0, VOCAB, (VOCAB, VOCAB), generator=torch.Generator().manual_seed(0))
+
+
+def markov_windows(n: int, seed: int) -> torch.Tensor:
+    """[n, SEQ + 1] tokens: each is TABLE[previous two] with probability 0.9, else uniform (needs attention)."""
+    g = torch.Generator().manual_seed(seed)
+    toks = torch.randint(0, VOCAB, (n, SEQ + 1), generator=g)
+    keep = torch.rand(n, SEQ + 1, generator=g) < 0.9
+    for t in range(2, SEQ + 1):
+        toks[:, t] = torch.where(keep[:, t], TABLE[toks[:, t - 2], toks[:, t - 1]], toks[:, t])
+    return toks
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny matmuls: thread hand-offs cost more than they save, and far more on a loaded machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def lazy_model(one_thread) -> Llama:
+    torch.manual_seed(0)
+    model = Llama(CFG)
+    lazy = model.layers[LAZY - 1]
+    for linear in (lazy.attention.wo, lazy.feed_forward.w2):
+        linear.weight.data.zero_()
+        linear.weight.requires_grad_(False)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.0)
+    data = markov_windows(2048, seed=1)
+    gen = torch.Generator().manual_seed(2)
+    for _ in range(200):
+        batch = data[torch.randint(0, len(data), (32,), generator=gen)]
+        loss = F.cross_entropy(model(batch[:, :-1]).logits.flatten(0, 1), batch[:, 1:].flatten())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 1.6, f"the fixture model did not learn (loss {loss.item():.3f}); detection is moot"
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def calib() -> torch.Tensor:
+    return markov_windows(16, seed=3)
+
+
+def test_lazy_layer_is_flagged_with_the_largest_margin(lazy_model, calib):
+    s = PeelingSettings(variants=["fp"], permutations=["forward", "backward"], steps=30, batch_windows=16)
+    bounds = compute_bounds(lazy_model, calib, s)
+    margins = {v.layer: v.margin for v in bounds.layers}
+    assert LAZY in bounds.lazy_layers, bounds.layers
+    assert max(margins, key=margins.get) == LAZY, margins
+    assert len(bounds.lazy_layers) < CFG.n_layers, "every layer flagged: the bound does not discriminate"
+    lazy = next(v for v in bounds.layers if v.layer == LAZY)
+    assert abs(lazy.removal_bound - bounds.model_loss) < 1e-4  # block LAZY-1 already maps X_{LAZY-2} -> X_LAZY
+
+
+@pytest.mark.parametrize("solver", ["adam", "lstsq"])
+def test_block_at_its_own_optimum_reproduces_the_model_loss(lazy_model, calib, solver):
+    # Target X_l is what block l itself produces: its own weights are an exact optimum of the MSE.
+    s = PeelingSettings(offsets=[0], permutations=["forward"], variants=["fp"], solver=solver, steps=10)
+    bounds = compute_bounds(lazy_model, calib, s)
+    assert [r.layer for r in bounds.rows] == [1, 2, 3, 4]
+    for row in bounds.rows:
+        assert row.fit_mse < 1e-8, row
+        assert abs(row.bound - bounds.model_loss) < 1e-4, row
+
+
+def test_tail_loss_equals_a_spliced_copy(lazy_model, calib):
+    """Running replacement blocks from the recorded X_{l-1} is the loss of a spliced copy of the model."""
+    rec = record(lazy_model, calib, batch_windows=5)
+    swapped = [lazy_model.layers[3], lazy_model.layers[2]]  # blocks 3 and 4 in swapped order
+    tail = lm_loss_from(lazy_model, rec.hidden[2], swapped, rec, batch_windows=16)
+    spliced = copy.deepcopy(lazy_model)
+    spliced.layers = torch.nn.ModuleList([*spliced.layers[:2], *copy.deepcopy(swapped)])
+    with torch.no_grad():
+        logits = spliced(calib[:, :-1]).logits
+    full = F.cross_entropy(logits.flatten(0, 1), calib[:, 1:].flatten()).item()
+    assert tail == pytest.approx(full, abs=1e-5)
+    assert tail > lm_loss_from(lazy_model, rec.hidden[0], list(lazy_model.layers), rec, 16) + 0.01
+
+
+@pytest.mark.parametrize("variant", ["binary", "3bit"])
+def test_low_bit_fits_have_the_promised_levels(lazy_model, calib, variant):
+    rec = record(lazy_model, calib, batch_windows=16)
+    bits = parse_variant(variant)
+    s = PeelingSettings(steps=15, lr=3e-3)
+    fit = fit_block(lazy_model.layers[2], rec.hidden[2], rec.hidden[3], rec.rope, bits, s)
+    assert fit.mse < fit.init_mse  # gradients reach the latent weights through the straight-through estimator
+    linears = [m for m in fit.block.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(linears) == 7
+    for linear in linears:
+        levels = [len(torch.unique(row)) for row in linear.weight]
+        if bits == 1:
+            assert set(levels) == {2}, linear
+        else:
+            assert max(levels) <= 2 ** bits and max(levels) > 2, (linear, levels)
+    assert lazy_model.layers[2].attention.wq.weight.unique().numel() > 1000  # the source block is untouched
+
+
+def test_lstsq_recovers_noisy_output_projections(lazy_model, calib):
+    rec = record(lazy_model, calib, batch_windows=16)
+    noisy = copy.deepcopy(lazy_model.layers[2])
+    torch.manual_seed(5)
+    for linear in (noisy.attention.wo, noisy.feed_forward.w2):
+        linear.weight.data = torch.randn_like(linear.weight) * linear.weight.std()
+    s = PeelingSettings(solver="lstsq", lstsq_rounds=3)
+    fit = fit_block(noisy, rec.hidden[2], rec.hidden[3], rec.rope, None, s)
+    assert fit.init_mse > 1e-2
+    assert fit.mse < 1e-3 * fit.init_mse, (fit.mse, fit.init_mse)
+
+
+def test_plan_roles_and_removals():
+    rows = {(p.layer, p.offset, p.permutation): p for p in plan([2], [0, 1], ["forward", "backward", "swap"], 4)}
+    assert sorted(rows) == [(2, 0, "forward"), (2, 1, "backward"), (2, 1, "forward"), (2, 1, "swap")]
+    assert rows[(2, 1, "forward")].removed == [3]
+    assert rows[(2, 1, "backward")].removed == [2]
+    swap = rows[(2, 1, "swap")]
+    assert [(f.source, f.input, f.target) for f in swap.fits] == [(3, 1, 2), (2, 2, 3)] and swap.removed == []
+    assert plan([4], [1], ["forward"], 4) == []  # past the last block
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"variants": ["1bit"]}, "variant '1bit'"), ({"layers": [5]}, "layers=[5]"), ({"solver": "sgd"}, "solver"),
+    ({"permutations": ["rotate"]}, "permutations"), ({"init": "fresh"}, "backward"),
+])
+def test_bad_settings_are_refused_by_name(change, message):
+    with pytest.raises(PeelingError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        check_settings(PeelingSettings(**change), n_layers=4)
