@@ -175,6 +175,8 @@ class Trainer:
     def batch(self, indices: np.ndarray, windows: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(inputs, targets) for these window indices, on this rank's device."""
         tokens = get_batch(self.data.train if windows is None else windows, indices)
+        if self.device.type == "cuda":  # non_blocking only overlaps the copy from page-locked memory
+            tokens = tokens.pin_memory()
         tokens = tokens.to(self.device, non_blocking=True)
         return tokens[:, :-1], tokens[:, 1:]
 

@@ -49,8 +49,11 @@ def load_run(path: Path) -> Run:
         if not f.is_file():
             raise FileNotFoundError(f"{f} is missing: is {path} a growlm run directory?")
     config = yaml.safe_load(files["config.yaml"].read_text()) or {}
-    lines = files["metrics.jsonl"].read_text().splitlines()
-    return Run(path, config, [json.loads(line) for line in lines if line.strip()])
+    records = [json.loads(line) for line in files["metrics.jsonl"].read_text().splitlines() if line.strip()]
+    downstream = path / "jobs" / "lm_eval" / "metrics.jsonl"  # eval/<task>/<metric>, written by the lm_eval job
+    if downstream.is_file():
+        records += [json.loads(line) for line in downstream.read_text().splitlines() if line.strip()]
+    return Run(path, config, records)
 
 
 def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:

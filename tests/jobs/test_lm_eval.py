@@ -110,9 +110,10 @@ def evaluated(tmp_path_factory, models, tokenizer):
     payloads = {}
     for name, step in (("random", 0), ("trained", 200)):
         ckpt = checkpoint(run_dir, step, models[name], tokenizer, tokens=step * 1024)
-        start = time.perf_counter()
+        rng, start = torch.get_rng_state(), time.perf_counter()
         payloads[name], _ = run_job(ckpt, LmEvalSettings(threads=THREADS))
         print(f"{name}: {payloads[name]['scores']} in {time.perf_counter() - start:.1f} s")
+        assert torch.equal(torch.get_rng_state(), rng), "lm-eval's seeding leaked into the caller (inline mode)"
     return run_dir, payloads
 
 

@@ -26,7 +26,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--include-path", default=None,
                    help="folder of task YAMLs, searched recursively (default: configs/eval_tasks)")
     p.add_argument("--limit", type=int, default=None, help="only the first N documents of each task (default: all)")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"sequences per forward (default: {d.batch_size})")
+    p.add_argument("--batch-size", type=int, default=d.batch_size,
+                   help=f"sequences per forward pass (default: {d.batch_size})")
     p.add_argument("--device", default=d.device, help=f"torch device (default: {d.device})")
     p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads (default: 0, torch's choice)")
     return p.parse_args(argv)

@@ -83,7 +83,9 @@ def load_hf_model(ckpt: Path, device: str, workdir: Path) -> tuple[Any, Any]:
 def _isolated(threads: int) -> Iterator[None]:
     """Run inside a trainer (inline) without leaving a trace: lm-eval seeds every global RNG, and the job may
     use another thread count; both are restored after."""
+    cuda = torch.cuda.is_available()
     states = random.getstate(), np.random.get_state(), torch.get_rng_state(), torch.get_num_threads()
+    cuda_states = torch.cuda.get_rng_state_all() if cuda else None
     torch.set_num_threads(threads or states[3])
     try:
         yield
@@ -92,6 +94,8 @@ def _isolated(threads: int) -> Iterator[None]:
         np.random.set_state(states[1])
         torch.set_rng_state(states[2])
         torch.set_num_threads(states[3])
+        if cuda:
+            torch.cuda.set_rng_state_all(cuda_states)
 
 
 def run_job(checkpoint: str | Path, settings: LmEvalSettings) -> tuple[dict[str, Any], Path]:
@@ -110,7 +114,7 @@ def run_job(checkpoint: str | Path, settings: LmEvalSettings) -> tuple[dict[str,
         loaded = time.perf_counter()
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=settings.batch_size)
         output = lm_eval.simple_evaluate(model=lm, tasks=specs, task_manager=manager, limit=settings.limit,
-                                         log_samples=False, bootstrap_iters=1000)
+                                         log_samples=False)
     done = time.perf_counter()
     payload = {
         "checkpoint": str(target.checkpoint), "step": target.step, "tokens": checkpoint_tokens(target.checkpoint),

@@ -56,7 +56,10 @@ class LmEvalConfig(LmEvalSettings):
         if self.every < 0:
             raise LmEvalError(f"jobs.lm_eval.every={self.every} must be >= 0")
         if self.every > 0:
-            check_settings(self)
+            try:
+                check_settings(self)
+            except LmEvalError as err:
+                raise LmEvalError(f"jobs.lm_eval.{err}") from None
             if importlib.util.find_spec("lm_eval") is None:
                 raise LmEvalError("jobs.lm_eval.every > 0 needs lm-evaluation-harness: pip install 'growlm[eval]'")
 

@@ -1,0 +1,97 @@
+"""The trainer's side of a job on saved checkpoints: scheduling, detached processes, failures reported.
+
+After every `every`-th checkpoint save (and the final one), on rank 0 only: jobs read the checkpoint from
+disk, so under any ZeRO stage the other ranks do nothing.
+- mode `process` (default): a detached `python -m <module> --checkpoint <ckpt> ...` in its own session, its
+  output in `<out>/job.log`; training never waits, and a job that exits non-zero is reported (naming its
+  log) at a later checkpoint or at the end of training.
+- mode `inline`: inside rank 0 (tests, small models); the other ranks wait at their next collective.
+A job never takes training down: any exception it raises is logged and training continues.
+"""
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pretrain.callbacks import Callback
+
+if TYPE_CHECKING:
+    from pretrain.trainer import Trainer
+
+log = logging.getLogger("growlm")
+
+
+class CheckpointJob(Callback):
+    """Subclasses name the job and its module and say where it writes, how it runs inline, and its CLI args."""
+
+    name: str
+    module: str
+
+    def __init__(self, cfg: Any):
+        self.cfg = cfg
+        self.enabled = cfg.every > 0
+        self.running: list[tuple[subprocess.Popen, Path]] = []
+
+    def output_dir(self, trainer: "Trainer", ckpt: Path) -> Path:
+        raise NotImplementedError
+
+    def argv(self, ckpt: Path, out: Path) -> list[str]:
+        raise NotImplementedError
+
+    def run_inline(self, trainer: "Trainer", ckpt: Path, out: Path) -> None:
+        raise NotImplementedError
+
+    def due(self, trainer: "Trainer") -> bool:
+        """By checkpoint count (from the step, so a resumed run keeps the same schedule), and at the end."""
+        every_ckpt = trainer.cfg.checkpoint.every
+        index = trainer.step // every_ckpt if every_ckpt else 0
+        return index % self.cfg.every == 0 or trainer.step == trainer.cfg.train.steps
+
+    def on_checkpoint_saved(self, trainer: "Trainer", path: Path) -> None:
+        if not trainer.is_main:
+            return
+        self._reap()
+        if not (self.enabled and self.due(trainer)):
+            return
+        ckpt = Path(path)
+        try:
+            out = self.output_dir(trainer, ckpt)
+            if self.cfg.mode == "inline":
+                self.run_inline(trainer, ckpt, out)
+            else:
+                self.running.append(self.launch(ckpt, out))
+        except Exception:  # a job must never take training down
+            log.exception("%s job on %s failed; training continues", self.name, ckpt)
+
+    def launch(self, ckpt: Path, out: Path) -> tuple[subprocess.Popen, Path]:
+        """Start the job detached (own session, no stdin); returns it and its log file."""
+        if self.running:
+            log.warning("%d %s job(s) still running at %s: jobs are piling up, consider a larger "
+                        "jobs.%s.every", len(self.running), self.name, ckpt, self.name)
+        out.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", self.module, "--checkpoint", str(ckpt), *self.argv(ckpt, out)]
+        with open(out / "job.log", "w") as job_log:
+            proc = subprocess.Popen(cmd, stdout=job_log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    start_new_session=True)
+        log.info("%s job started on %s (pid %d), log %s", self.name, ckpt, proc.pid, out / "job.log")
+        return proc, out / "job.log"
+
+    def _reap(self) -> None:
+        """Collect finished jobs (no zombies) and report the failed ones; never waits."""
+        still = []
+        for proc, job_log in self.running:
+            code = proc.poll()
+            if code is None:
+                still.append((proc, job_log))
+            elif code != 0:
+                log.error("%s job pid %d exited with %d; see %s", self.name, proc.pid, code, job_log)
+        self.running = still
+
+    def on_train_end(self, trainer: "Trainer", record: dict[str, Any]) -> None:
+        self._reap()
+        for proc, job_log in self.running:
+            log.info("%s job pid %d still running after training; it writes its outputs when done (log %s)",
+                     self.name, proc.pid, job_log)
