@@ -170,8 +170,7 @@ CHOICES = {
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
     """YAML file (or defaults when None) + `key=value` overrides -> a validated Config."""
-    schema = OmegaConf.structured(Config)
-    layers: list[DictConfig] = []
+    layers: list[tuple[str, DictConfig]] = []
     if path is not None:
         path = Path(path)
         if not path.is_file():
@@ -179,17 +178,21 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
         raw = OmegaConf.load(path)
         if not isinstance(raw, DictConfig):
             raise ConfigError(f"config file {path} must be a YAML mapping of sections {_fields(Config)}")
-        layers.append(_resolve_model_preset(raw, path.parent))
+        layers.append((f"config file {path}", _resolve_model_preset(raw, path.parent)))
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value (e.g. train.steps=100)")
-    dotlist = OmegaConf.from_dotlist(list(overrides))
-    layers.append(_resolve_model_preset(dotlist, Path.cwd()))
+        layers.append((f"override {item!r}", _resolve_model_preset(OmegaConf.from_dotlist([item]), Path.cwd())))
+    merged = OmegaConf.structured(Config)
+    for source, layer in layers:  # one at a time, so an error can name the file or override it came from
+        try:
+            merged = OmegaConf.merge(merged, layer)
+        except (ConfigKeyError, ValidationError) as err:
+            raise ConfigError(_explain(err)) from None
+        except (OmegaConfBaseException, TypeError, ValueError) as err:
+            raise ConfigError(f"{source}: {err}") from None
     try:
-        merged = OmegaConf.merge(schema, *layers)
         cfg: Config = OmegaConf.to_object(merged)
-    except (ConfigKeyError, ValidationError) as err:
-        raise ConfigError(_explain(err)) from None
     except (ModelConfigError, DataError, ValueError) as err:  # dataclass __post_init__ validation
         raise ConfigError(str(err)) from None
     except OmegaConfBaseException as err:

@@ -6,6 +6,7 @@ list of:
   kill_rank:R:S      rank R SIGKILLs itself right after completing step S
   kill_in_save:S     the process dies while writing checkpoint S (DeepSpeed files written, no manifest yet)
   nan_at:S           the batch window of step S gives a NaN loss on every rank (wherever it is met again)
+  enospc_in_save:S    writing checkpoint S fails with "No space left on device" (ENOSPC)
   record_samples:DIR each rank appends the window indices of every step to DIR/rank_<r>.jsonl
 """
 from __future__ import annotations
@@ -61,6 +62,29 @@ for name, *args in _faults():
             return total, metrics
 
         Trainer.loss = nan_loss
+    elif name == "enospc_in_save":
+        import errno
+
+        import torch
+
+        at_step = int(args[0])
+        save, torch_save = checkpoint.save, torch.save
+        saving = {"step": None}
+
+        def full_disk_save(*a, _orig=torch_save, **kw):
+            if saving["step"] == at_step:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return _orig(*a, **kw)
+
+        def tracking_save(engine, root, step, *a, _orig=save, **kw):
+            saving["step"] = step
+            try:
+                return _orig(engine, root, step, *a, **kw)
+            finally:
+                saving["step"] = None
+
+        torch.save = full_disk_save
+        checkpoint.save = tracking_save
     elif name == "record_samples":
         out_dir = Path(args[0])
         next_step = StepSampler.next_step

@@ -113,9 +113,9 @@ def test_failed_process_job_is_logged_and_never_raises(tmp_path, caplog):
     job = PeelingJob(PeelingConfig(every=1))
     missing = tmp_path / "checkpoints" / "step_10"
     job.on_checkpoint_saved(trainer(tmp_path, None, 10), missing)  # returns at once
-    proc, out = job.running[0]
+    proc, job_log = job.running[0]
     assert proc.wait(timeout=120) == 2
-    assert "does not exist" in (out / "job.log").read_text()
+    assert "does not exist" in job_log.read_text()
     job.on_train_end(trainer(tmp_path, None, 100), {})
     assert "exited with 2" in caplog.text and job.running == []
 

@@ -71,6 +71,27 @@ def test_truncated_checkpoint_is_named_and_fallback_resumes_the_previous(runs_ro
     assert steps == [1, 2, 3, 4, 5, 6]  # continued from step 2; the records after it were replaced, not repeated
 
 
+def test_out_of_disk_while_saving_fails_loudly_and_keeps_older_checkpoints(runs_root):
+    run = runs_root / "disk_full"
+    proc = launch(run, SHORT, ranks=None, check=False, fault="enospc_in_save:4")
+    assert proc.returncode != 0 and "No space left on device" in proc.stderr
+    assert checkpoint.latest(run / "checkpoints").name == "step_2"  # verifies: complete and untouched
+    assert not (run / "checkpoints" / "step_4" / "manifest.json").exists()
+
+
+@pytest.mark.parametrize("override, named", [
+    ("model.n_layers=3", "model.n_layers: checkpoint 2, config 3"),
+    ("deepspeed.zero_stage=3", "deepspeed.zero_stage: checkpoint 1, config 3"),
+    ("train.precision=bf16", "train.precision: checkpoint 'fp32', config 'bf16'"),
+])
+def test_resuming_with_a_different_shape_or_layout_is_refused_before_any_rank_starts(killed_in_save, override,
+                                                                                     named):
+    run, _ = killed_in_save
+    proc = subprocess.run([*command(run, [*SHORT, override], ranks=None), "--check"], cwd=ROOT,
+                          env=environment(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "cannot resume from" in proc.stderr and named in proc.stderr, proc.stderr
+
+
 @pytest.mark.parametrize("policy", ["skip", "stop", "rollback"])
 def test_nonfinite_policies(runs_root, policy):
     run = runs_root / f"nan_{policy}"
