@@ -80,7 +80,7 @@ def train_phase(run_dir: Path, config: Path, overrides: Sequence[str], steps: in
         phase.append("train.schedule=constant")
     if eval_every is not None:
         phase.append(f"eval.every={eval_every}")
-    cmd = [sys.executable, "-m", "launch", "--num_gpus", str(ranks), "--master_port", str(_free_port()),
+    cmd = [sys.executable, "-m", "launch", "--num_gpus", str(ranks),
            str(Path(config).resolve()), *overrides, *phase]
     log_path = run_dir.with_name(run_dir.name + ".log")
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -114,10 +114,3 @@ def claim_experiment(out: Path, identity: dict[str, Any]) -> None:
         raise GrowthError(f"--out {out} exists, is not empty and holds no plan.json; choose a new --out")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(identity, indent=2))
-
-
-def _free_port() -> int:
-    """A free rendezvous port, so runs started by growth never collide with another job on this machine."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

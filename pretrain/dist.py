@@ -48,3 +48,12 @@ def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     if dist.is_initialized():
         dist.all_reduce(out)
     return out
+
+
+def free_port() -> int:
+    """A TCP port free on this host now, for a single-process run's rendezvous."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import shlex
-import socket
 import subprocess
 import sys
 import time
@@ -55,9 +54,9 @@ class Job:
     overrides: list[str]
     steps: int
 
-    def command(self, spec: Spec, master_port: Optional[int] = None) -> list[str]:
-        port = ["--master_port", str(master_port)] if master_port is not None else []
-        return [sys.executable, "-m", "launch", "--num_gpus", str(spec.ranks), *port, str(spec.base), *self.overrides]
+    def command(self, spec: Spec) -> list[str]:
+        """`python -m launch` picks a free rendezvous port itself, so runs never collide."""
+        return [sys.executable, "-m", "launch", "--num_gpus", str(spec.ranks), str(spec.base), *self.overrides]
 
     def is_complete(self) -> bool:
         """checkpoints/latest names a complete checkpoint at the final step."""
@@ -123,17 +122,10 @@ def run_jobs(jobs: list[Job], spec: Spec, out: Path) -> None:
         log = out / "logs" / f"{job.name}.log"
         start = time.perf_counter()
         with open(log, "a") as f:
-            rc = subprocess.call(job.command(spec, _free_port()), cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
+            rc = subprocess.call(job.command(spec), cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
         if rc != 0 or not job.is_complete():
             raise RuntimeError(f"{job.name} failed (exit {rc}); see {log}")
         print(f"[{i}/{len(jobs)}] {job.name}: done in {time.perf_counter() - start:.0f}s", flush=True)
-
-
-def _free_port() -> int:
-    """A free rendezvous port, so runs never collide with another job's default 29500."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -29,7 +29,7 @@ ZERO_RUN = [f"train.steps={ZERO_RUN_STEPS}", "checkpoint.every=3", "checkpoint.k
 def command(run_dir: Path, overrides: list[str], ranks: int | None = 2, config: str = "configs/tiny.yaml") -> list[str]:
     """`python -m launch --num_gpus RANKS ...`, or with ranks=None a bare single-process `python -m pretrain`."""
     prefix = ([sys.executable, "-m", "pretrain"] if ranks is None else
-              [sys.executable, "-m", "launch", "--num_gpus", str(ranks), "--master_port", str(_free_port())])
+              [sys.executable, "-m", "launch", "--num_gpus", str(ranks)])
     return [*prefix, config, f"run.out_dir={run_dir.parent}", f"run.name={run_dir.name}",
             f"data.cache_dir={ROOT / '.cache' / 'growlm'}", *TINY_RUN, *overrides]
 
@@ -57,11 +57,3 @@ def metrics(run_dir: Path) -> list[dict]:
 
 def losses(run_dir: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in metrics(run_dir) if "loss" in r}
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
