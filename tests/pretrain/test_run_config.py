@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
 from model import Llama, ModelConfig
+from launching import ROOT
 from pretrain.config import ConfigError, TrainConfig, load_config
 from pretrain.engine import deep_merge, deepspeed_config
 from pretrain.optim import lr_factor, param_groups
@@ -76,3 +78,9 @@ def test_no_weight_decay_on_norms():
     assert len(no_decay["params"]) == 2 * 2 + 1
     assert sum(p.numel() for g in (decay, no_decay) for p in g["params"]) == sum(p.numel() for p in model.parameters())
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+
+
+@pytest.mark.parametrize("path", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))
+def test_shipped_run_configs_load(path):
+    cfg = load_config(ROOT / "configs" / path)
+    assert cfg.data.seq_len <= cfg.model.max_seq_len and cfg.run.name == Path(path).stem
