@@ -32,7 +32,10 @@ class PeelingConfig(PeelingSettings):
             raise PeelingError(f"jobs.peeling.mode={self.mode!r}: choose one of {list(MODES)}")
         if self.every < 0:
             raise PeelingError(f"jobs.peeling.every={self.every} must be >= 0")
-        check_settings(self)
+        try:
+            check_settings(self)
+        except PeelingError as err:  # the settings name themselves as CLI flags; in a config they live here
+            raise PeelingError(f"jobs.peeling.{err}") from None
 
 
 @dataclass

@@ -84,3 +84,10 @@ def test_no_weight_decay_on_norms():
 def test_shipped_run_configs_load(path):
     cfg = load_config(ROOT / "configs" / path)
     assert cfg.data.seq_len <= cfg.model.max_seq_len and cfg.run.name == Path(path).stem
+
+
+def test_job_settings_errors_name_their_config_key():
+    with pytest.raises(ConfigError, match=r"jobs\.peeling\.solver='foo'"):
+        load_config(TINY, ["jobs.peeling.solver=foo"])
+    with pytest.raises(ConfigError, match=r"jobs\.lm_eval\.mode"):
+        load_config(TINY, ["jobs.lm_eval.mode=sometimes"])
