@@ -47,6 +47,8 @@ def init_distributed() -> None:
         os.environ.setdefault("MASTER_PORT", str(dist.free_port()))
     if not torch.distributed.is_initialized():
         deepspeed.init_distributed(dist_backend="nccl" if dist.on_gpu() else "gloo")
+        dist.barrier()  # every rank has mapped its peers' shared-memory buffers
+        dist.release_shm_buffers()
     if dist.on_gpu():
         torch.cuda.set_device(dist.device())
 

@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
-from launching import ROOT
+import pytest
+
+from launching import ROOT, launch
 
 
 def run_launch(*args: str) -> subprocess.CompletedProcess:
@@ -41,3 +44,11 @@ def test_bad_config_refused_before_ranks_start(tmp_path):
 def test_include_with_num_gpus_is_refused():
     out = run_launch("--num_gpus", "2", "--include", "localhost:0", "--dry-run", "configs/tiny.yaml")
     assert out.returncode != 0 and "--include" in out.stderr
+
+
+@pytest.mark.distributed
+def test_cpu_runs_leave_no_shared_memory_behind(runs_root):
+    """DeepSpeed's CPU comm op never unlinks its ~70 MB per-rank /dev/shm buffers; the trainer does."""
+    before = set(Path("/dev/shm").glob("deepspeed_allreduce_buffer_*"))
+    launch(runs_root / "shm_check", ["train.steps=2", "eval.every=0", "monitors.jump.every=0"])
+    assert set(Path("/dev/shm").glob("deepspeed_allreduce_buffer_*")) - before == set()
