@@ -44,7 +44,7 @@ def lag_markdown(summary: dict[str, Any]) -> str:
     if "continued" in summary:
         lines += ["", f"The winner was continued to step {summary['continued']['steps']}: "
                   f"`{summary['continued']['run']}`."]
-    lines += ["", f"Lag phase: lr warmup then constant (the trainer cannot stop a run before its schedule ends); "
+    lines += ["", "Lag phase: lr warmup then constant (the trainer cannot stop a run before its schedule ends); "
               "validation/continuation phases follow the config's schedule over their horizon. Every candidate "
               "uses the same config, seed and data order.", "", f"## Validation loss, steps 0..{k}", "",
               "| step | " + " | ".join(names) + " |", "|" + "---|" * (len(names) + 1)]

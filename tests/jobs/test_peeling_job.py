@@ -5,8 +5,6 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 from types import SimpleNamespace

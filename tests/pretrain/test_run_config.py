@@ -5,7 +5,6 @@ import math
 from pathlib import Path
 
 import pytest
-import torch
 
 from model import Llama, ModelConfig
 from launching import ROOT
