@@ -8,6 +8,7 @@ import deepspeed
 from deepspeed.runtime.bf16_optimizer import BF16_Optimizer
 from torch import nn
 
+from pretrain import dist
 from pretrain.config import Config
 from pretrain.optim import build_optimizer, build_scheduler
 
@@ -56,6 +57,7 @@ def build_engine(model: nn.Module, cfg: Config, lr_offset: int = 0):
     if cfg.train.compile:
         for block in model.layers:
             block.compile()  # in place, unlike torch.compile(block): state-dict keys gain no `_orig_mod.`
+    model.to(dist.device())  # DeepSpeed would move it anyway; first, so the optimizer is built on-device
     optimizer = build_optimizer(model, cfg.train)
     scheduler = build_scheduler(optimizer, cfg.train, lr_offset)
     engine, optimizer, _, scheduler = deepspeed.initialize(

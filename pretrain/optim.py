@@ -23,9 +23,11 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(
-        param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps
-    )
+    """AdamW; fused (one kernel for the whole update) when the parameters are already on a GPU, which is
+    what DeepSpeed's flat fp32 partitions will be too."""
+    groups = param_groups(model, cfg.weight_decay)
+    on_gpu = all(p.is_cuda for g in groups for p in g["params"])
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=on_gpu or None)
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:

@@ -45,12 +45,12 @@ def init_distributed() -> None:
     if "RANK" not in os.environ:
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(dist.free_port()))
+    if dist.on_gpu():  # before the process group: NCCL binds each rank's communicator to its current device
+        torch.cuda.set_device(dist.device())
     if not torch.distributed.is_initialized():
         deepspeed.init_distributed(dist_backend="nccl" if dist.on_gpu() else "gloo")
         dist.barrier()  # every rank has mapped its peers' shared-memory buffers
         dist.release_shm_buffers()
-    if dist.on_gpu():
-        torch.cuda.set_device(dist.device())
 
 
 def load_data(cfg: Config) -> PackedData:

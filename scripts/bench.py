@@ -76,19 +76,23 @@ def allocated_gb(device: torch.device) -> float:
 
 def bare_loop(model: nn.Module, forward: Callable[[torch.Tensor], torch.Tensor], cfg: Config,
               batches: list[torch.Tensor], device: torch.device) -> Step:
-    """A plain PyTorch step (AMP autocast for bf16, fp32 masters, clipping, AdamW) cycling over `batches`;
-    `forward` maps input ids to logits."""
+    """A plain PyTorch step (AMP autocast for bf16, fp32 masters, train.grad_accum micro-batches, clipping,
+    AdamW) cycling over `batches`; `forward` maps input ids to logits."""
     opt = build_optimizer(model, cfg.train)
     autocast = cfg.train.precision == "bf16"
     state = {"i": 0}
 
+    accum = cfg.train.grad_accum
+
     def step() -> float:
-        tokens = batches[state["i"] % len(batches)]
-        state["i"] += 1
         t0 = time.perf_counter()
-        with torch.autocast(device.type, dtype=torch.bfloat16) if autocast else nullcontext():
-            logits = forward(tokens[:, :-1])
-        F.cross_entropy(logits.float().flatten(0, 1), tokens[:, 1:].flatten()).backward()
+        for _ in range(accum):
+            tokens = batches[state["i"] % len(batches)]
+            state["i"] += 1
+            with torch.autocast(device.type, dtype=torch.bfloat16) if autocast else nullcontext():
+                logits = forward(tokens[:, :-1])
+            loss = F.cross_entropy(logits.float().flatten(0, 1), tokens[:, 1:].flatten())
+            (loss / accum).backward()
         sync(device)
         fwd_bwd = time.perf_counter() - t0
         if cfg.train.grad_clip > 0:
@@ -127,11 +131,14 @@ def build_sides(cfg: Config, device: torch.device, n_batches: int, with_hf: bool
     add("trainer", trainer_side)
     data = holder["t"].data.train
     micro = cfg.train.micro_batch_size
-    batches = [torch.as_tensor(data[(i * micro) % len(data):][:micro].astype("int64")).to(device)
-               for i in range(n_batches)]
+    batches = [torch.as_tensor(data[(i * micro) % (len(data) - micro + 1):][:micro].astype("int64")).to(device)
+               for i in range(n_batches * cfg.train.grad_accum)]
     torch.manual_seed(cfg.run.seed)
     ours = Llama(cfg.model).to(device)
     weights = {k: v.detach().clone() for k, v in ours.state_dict().items()}
+    if cfg.train.compile:  # as the trainer does (pretrain/engine.py), so the comparison stays like for like
+        for block in ours.layers:
+            block.compile()
     add("bare", lambda: bare_loop(ours, lambda x: ours(x).logits, cfg, batches, device))
     if with_hf:
         from transformers import LlamaForCausalLM
@@ -200,7 +207,7 @@ def matmul_tflops(device: torch.device, n: int = 8192, reps: int = 20) -> float:
 
 
 def report(sides: dict[str, Side], cfg: Config, device: torch.device, zero: int) -> None:
-    tokens = cfg.train.micro_batch_size * cfg.data.seq_len
+    tokens = cfg.train.micro_batch_size * cfg.train.grad_accum * cfg.data.seq_len
     flops = cfg.model.flops_per_token(cfg.data.seq_len)
     peaks = {}
     if device.type == "cuda":
@@ -252,7 +259,7 @@ def main() -> None:
     device = dist.device()
     m = cfg.model
     print(f"dim={m.dim} layers={m.n_layers} heads={m.n_heads}/{m.n_kv_heads} vocab={m.vocab_size} "
-          f"params={m.num_params():,} micro={cfg.train.micro_batch_size} seq={cfg.data.seq_len} "
+          f"params={m.num_params():,} micro={cfg.train.micro_batch_size}x{cfg.train.grad_accum} seq={cfg.data.seq_len} "
           f"{args.precision} ZeRO-{args.zero} device={device} threads={torch.get_num_threads()} "
           f"torch={torch.__version__}")
     sides = build_sides(cfg, device, args.k, with_hf=not args.no_hf)
