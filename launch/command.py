@@ -31,7 +31,9 @@ def free_port() -> int:
 def deepspeed_command(options: dict[str, object], config: str | None, overrides: list[str]) -> list[str]:
     """`deepspeed [launcher options] --module pretrain CONFIG key=value ...` as an argv list."""
     exe = shutil.which("deepspeed") or os.path.join(os.path.dirname(sys.executable), "deepspeed")
-    cmd = [exe]
+    # The console script is missing where deepspeed was installed with `pip --target` (the GPU machines'
+    # carried wheels): run the same launcher as a module.
+    cmd = [exe] if os.path.exists(exe) else [sys.executable, "-m", "deepspeed.launcher.runner"]
     for name, takes_value in PASSTHROUGH.items():
         value = options.get(name)
         if value is None or value is False:

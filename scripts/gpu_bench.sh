@@ -31,11 +31,13 @@ run_1b() { python3 -m launch --num_gpus 1 configs/1b.yaml deepspeed.zero_stage=1
 peak_gb() { python3 -c 'import json,sys; r=[json.loads(l) for l in open(sys.argv[1]) if "mem_gb" in l]
 print("peak GB", max(x["mem_gb"] for x in r), "| tok/s", r[-1]["tokens_per_s"], "| mfu", r[-1].get("mfu"))' "$1"; }
 
+export -f bench run_1b
+
 job() {  # job NAME BUDGET_S COMMAND...: run it under a timeout, logging to NAME.log, if time is left
   local name=$1 budget=$2; shift 2
   if (( SECONDS - start + budget > deadline )); then echo "=== $name: skipped (under ${budget}s left)"; return; fi
   echo "=== $name"
-  timeout "$budget" "$@" > "$logs/$name.log" 2>&1
+  timeout "$budget" bash -c '"$@"' _ "$@" > "$logs/$name.log" 2>&1
   echo "--- $name: rc=$? in $((SECONDS - t0))s"
   rm -rf /tmp/gpu_runs/*/checkpoints  # a 1b checkpoint with Adam state is ~13 GB; the disk holds 64
 }
