@@ -10,7 +10,8 @@
 #   1b          the same without the transformers loop (memory), plus the top CUDA kernels of each loop
 #   1b-compile  1b with train.compile=true (torch.compile of every block, in both loops)
 #   1b-run      configs/1b.yaml at ZeRO-1 as a user runs it (grad_accum 16): MFU from the trainer's own log
-#   memory      peak GB of the 1b trainer per preset: ZeRO-1, + activation checkpointing, ZeRO-3
+#   1b-run-compile   the same with train.compile=true
+#   memory      peak GB of the 1b trainer per preset: ZeRO-1 or ZeRO-3, with or without activation checkpointing
 # The whole script stops starting jobs once fewer than the next one's budget of seconds is left of
 # $DEADLINE_S (default 570), so it ends inside one 10-minute device call.
 set -uo pipefail
@@ -26,12 +27,31 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm 
 python3 -c 'import torch, deepspeed, transformers; print("torch", torch.__version__, "deepspeed", deepspeed.__version__, "transformers", transformers.__version__)'
 
 bench() { python3 scripts/bench.py --precision bf16 --rounds 6 --k 3 "$@" data.seq_len=2048; }
+# The embedded corpus is far smaller than a 1b run wants: hold out 5% so validation has whole 2049-token windows.
 run_1b() { python3 -m launch --num_gpus 1 configs/1b.yaml deepspeed.zero_stage=1 run.out_dir=/tmp/gpu_runs \
-             train.resume=never eval.every=0 monitors.jump.every=0 log.progress=plain log.tensorboard=false "$@"; }
-peak_gb() { python3 -c 'import json,sys; r=[json.loads(l) for l in open(sys.argv[1]) if "mem_gb" in l]
-print("peak GB", max(x["mem_gb"] for x in r), "| tok/s", r[-1]["tokens_per_s"], "| mfu", r[-1].get("mfu"))' "$1"; }
+             data.val_fraction=0.05 train.resume=never eval.every=0 monitors.jump.every=0 log.progress=plain \
+             log.tensorboard=false "$@"; }
+summarize() {  # the trainer's own figures from a run's metrics.jsonl: steady-state windows (the first is warm-up)
+  python3 - "$1" <<'PY'
+import json, statistics, sys
+r = [json.loads(line) for line in open(sys.argv[1]) if "tokens_per_s" in line][1:]
+tps = statistics.median(x["tokens_per_s"] for x in r)
+mfu = statistics.median(x.get("mfu", float("nan")) for x in r)
+print(f"{sys.argv[1]}: tok/s {tps:,.0f}  mfu {mfu:.1%}  peak GB {max(x['mem_gb'] for x in r):.2f}  ({len(r)} windows)")
+PY
+}
+memory_presets() {  # peak GB of the 1b trainer per memory preset (3 steps each)
+  for preset in "zero1:" "zero1-ckpt:train.activation_checkpointing=true" "zero3:deepspeed.zero_stage=3" \
+                "zero3-ckpt:deepspeed.zero_stage=3 train.activation_checkpointing=true"; do
+    name=memory-${preset%%:*}
+    # shellcheck disable=SC2086  # the preset's overrides are several words on purpose
+    run_1b train.steps=3 train.grad_accum=2 log.every=1 run.name="$name" ${preset#*:} > "/tmp/$name.log" 2>&1 \
+      && summarize "/tmp/gpu_runs/$name/metrics.jsonl" || { echo "$name failed:"; tail -n 20 "/tmp/$name.log"; }
+    rm -rf "/tmp/gpu_runs/$name/checkpoints"
+  done
+}
 
-export -f bench run_1b
+export -f bench run_1b summarize memory_presets
 
 job() {  # job NAME BUDGET_S COMMAND...: run it under a timeout, logging to NAME.log, if time is left
   local name=$1 budget=$2; shift 2
@@ -43,7 +63,7 @@ job() {  # job NAME BUDGET_S COMMAND...: run it under a timeout, logging to NAME
 }
 
 jobs=("$@")
-[ ${#jobs[@]} -eq 0 ] && jobs=(smoke 1b 125m 350m 1b-run 1b-compile memory)
+[ ${#jobs[@]} -eq 0 ] && jobs=(smoke 1b 125m 350m 1b-compile 1b-run 1b-run-compile memory)
 for j in "${jobs[@]}"; do
   t0=$SECONDS
   case $j in
@@ -54,14 +74,11 @@ for j in "${jobs[@]}"; do
     # 1b leaves out the transformers loop: its fp32 weights, grads and Adam state would add ~18 GB.
     1b) job 1b 150 bench --no-hf --profile 12 model=1b train.micro_batch_size=4 ;;
     1b-compile) job 1b-compile 200 bench --no-hf model=1b train.micro_batch_size=4 train.compile=true ;;
-    1b-run) job 1b-run 170 run_1b train.steps=20 log.every=5 ;;
-    memory)
-      for preset in "zero1:" "zero1-ckpt:train.activation_checkpointing=true" "zero3:deepspeed.zero_stage=3"; do
-        t0=$SECONDS
-        name=memory-${preset%%:*}
-        job "$name" 100 run_1b train.steps=4 log.every=2 run.name="$name" ${preset#*:}
-        [ -f "/tmp/gpu_runs/$name/metrics.jsonl" ] && echo "$name: $(peak_gb "/tmp/gpu_runs/$name/metrics.jsonl")"
-      done ;;
+    1b-run) job 1b-run 170 run_1b train.steps=20 log.every=5 run.name=1b-run
+            summarize /tmp/gpu_runs/1b-run/metrics.jsonl ;;
+    1b-run-compile) job 1b-run-compile 220 run_1b train.steps=20 log.every=5 train.compile=true run.name=1b-run-compile
+            summarize /tmp/gpu_runs/1b-run-compile/metrics.jsonl ;;
+    memory) job memory 280 memory_presets ;;
     *) echo "unknown job $j"; exit 2 ;;
   esac
   tail -n 12 "$logs/$j.log" 2>/dev/null
