@@ -7,11 +7,14 @@
 # Jobs (each one log, <job>.log, under $OUT or runs/gpu_bench):
 #   smoke       a tiny 30-step run through `python -m launch` on the GPU (the path users take)
 #   125m 350m   scripts/bench.py: bare loop vs our trainer vs transformers' Llama, seq 2048
+#   125m-compile 350m-compile   the same with train.compile=true (torch.compile of every block, in both loops)
 #   1b          the same without the transformers loop (memory), plus the top CUDA kernels of each loop
-#   1b-compile  1b with train.compile=true (torch.compile of every block, in both loops)
+#   1b-compile  1b with train.compile=true, plus its top CUDA kernels
+#   jreg        scripts/bench_regularizers.py on 125m: JREG's step-time overhead and the jump monitor's
 #   1b-run      configs/1b.yaml at ZeRO-1 as a user runs it (grad_accum 16): MFU from the trainer's own log
 #   1b-run-compile   the same with train.compile=true
-#   memory      peak GB of the 1b trainer per preset: ZeRO-1 or ZeRO-3, with or without activation checkpointing
+#   memory      peak GB of the 1b trainer per preset: ZeRO-1 or ZeRO-3, with or without activation
+#               checkpointing (MEMORY_PRESETS="zero3-ckpt" runs some)
 # The whole script stops starting jobs once fewer than the next one's budget of seconds is left of
 # $DEADLINE_S (default 570), so it ends inside one 10-minute device call.
 set -uo pipefail
@@ -40,12 +43,13 @@ mfu = statistics.median(x.get("mfu", float("nan")) for x in r)
 print(f"{sys.argv[1]}: tok/s {tps:,.0f}  mfu {mfu:.1%}  peak GB {max(x['mem_gb'] for x in r):.2f}  ({len(r)} windows)")
 PY
 }
-memory_presets() {  # peak GB of the 1b trainer per memory preset (3 steps each)
-  for preset in "zero1:" "zero1-ckpt:train.activation_checkpointing=true" "zero3:deepspeed.zero_stage=3" \
-                "zero3-ckpt:deepspeed.zero_stage=3 train.activation_checkpointing=true"; do
-    name=memory-${preset%%:*}
+memory_presets() {  # peak GB of the 1b trainer per memory preset (3 steps each); MEMORY_PRESETS picks some
+  declare -A presets=([zero1]="" [zero1-ckpt]="train.activation_checkpointing=true" [zero3]="deepspeed.zero_stage=3"
+                      [zero3-ckpt]="deepspeed.zero_stage=3 train.activation_checkpointing=true")
+  for key in ${MEMORY_PRESETS:-zero1 zero1-ckpt zero3 zero3-ckpt}; do
+    name=memory-$key
     # shellcheck disable=SC2086  # the preset's overrides are several words on purpose
-    run_1b train.steps=3 train.grad_accum=2 log.every=1 run.name="$name" ${preset#*:} > "/tmp/$name.log" 2>&1 \
+    run_1b train.steps=3 train.grad_accum=2 log.every=1 run.name="$name" ${presets[$key]} > "/tmp/$name.log" 2>&1 \
       && summarize "/tmp/gpu_runs/$name/metrics.jsonl" || { echo "$name failed:"; tail -n 20 "/tmp/$name.log"; }
     rm -rf "/tmp/gpu_runs/$name/checkpoints"
   done
@@ -63,7 +67,7 @@ job() {  # job NAME BUDGET_S COMMAND...: run it under a timeout, logging to NAME
 }
 
 jobs=("$@")
-[ ${#jobs[@]} -eq 0 ] && jobs=(smoke 1b 125m 350m 1b-compile 1b-run 1b-run-compile memory)
+[ ${#jobs[@]} -eq 0 ] && jobs=(smoke 1b 125m 350m 1b-compile 125m-compile 350m-compile jreg 1b-run 1b-run-compile memory)
 for j in "${jobs[@]}"; do
   t0=$SECONDS
   case $j in
@@ -73,7 +77,11 @@ for j in "${jobs[@]}"; do
     350m) job 350m 110 bench model=350m train.micro_batch_size=4 ;;
     # 1b leaves out the transformers loop: its fp32 weights, grads and Adam state would add ~18 GB.
     1b) job 1b 150 bench --no-hf --profile 12 model=1b train.micro_batch_size=4 ;;
-    1b-compile) job 1b-compile 200 bench --no-hf model=1b train.micro_batch_size=4 train.compile=true ;;
+    125m-compile) job 125m-compile 120 bench model=125m train.micro_batch_size=8 train.compile=true ;;
+    350m-compile) job 350m-compile 130 bench model=350m train.micro_batch_size=4 train.compile=true ;;
+    1b-compile) job 1b-compile 200 bench --no-hf --profile 12 model=1b train.micro_batch_size=4 train.compile=true ;;
+    jreg) job jreg 120 python3 scripts/bench_regularizers.py model=125m data.seq_len=2048 train.micro_batch_size=8 \
+            train.precision=bf16 monitors.jump.every=50 ;;
     1b-run) job 1b-run 170 run_1b train.steps=20 log.every=5 run.name=1b-run
             summarize /tmp/gpu_runs/1b-run/metrics.jsonl ;;
     1b-run-compile) job 1b-run-compile 220 run_1b train.steps=20 log.every=5 train.compile=true run.name=1b-run-compile
