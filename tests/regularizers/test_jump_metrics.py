@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from regularizers import displacement, displacement_profile, jump_rate, zeta_final
+from regularizers.jump import cosine as jump_cosine
 
 E1 = torch.tensor([1.0, 0.0, 0.0])
 E2 = torch.tensor([0.0, 1.0, 0.0])
@@ -80,3 +81,25 @@ def test_jump_rates_from_known_profiles() -> None:
     assert zeta_final(torch.tensor([0.3, 0.2, 0.1])).item() == 0.0  # falling profile: no jump
     with pytest.raises(ValueError, match="Psi_0"):
         jump_rate(profile, 1)
+
+
+def test_cosine_matches_torch_cosine_similarity_in_value_and_gradient() -> None:
+    """The lean cosine must be F.cosine_similarity's function, zero vectors (the eps clamp) included."""
+    torch.manual_seed(0)
+    a = torch.randn(3, 5, 16, dtype=torch.float64)
+    b = torch.randn(3, 5, 16, dtype=torch.float64)
+    b[0, 0] = 0.0  # a zero vector: the norms' product is clamped, cos = 0
+    b[1, 2] = 3.0 * a[1, 2]  # parallel: cos = 1
+    for lean in (True, False):
+        x, y = a.clone().requires_grad_(), b.clone().requires_grad_()
+        cos = jump_cosine(x, y) if lean else torch.nn.functional.cosine_similarity(x, y, dim=-1)
+        (cos * torch.linspace(-1, 1, cos.numel(), dtype=torch.float64).view_as(cos)).sum().backward()
+        if lean:
+            ours = (cos.detach(), x.grad, y.grad)
+        else:
+            torch.testing.assert_close(ours[0], cos.detach(), rtol=1e-12, atol=1e-12)
+            regular = torch.ones(3, 5, dtype=torch.bool)
+            regular[0, 0] = False  # cos is flat at 0 there; the gradient at a zero vector is a convention
+            for got, want in zip(ours[1:], (x.grad, y.grad)):
+                torch.testing.assert_close(got[regular], want[regular], rtol=1e-10, atol=1e-12)
+    assert ours[0][0, 0] == 0 and abs(ours[0][1, 2] - 1) < 1e-12
