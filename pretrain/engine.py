@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 from typing import Any
 
 import deepspeed
@@ -11,6 +12,8 @@ from torch import nn
 from pretrain import dist
 from pretrain.config import Config
 from pretrain.optim import build_optimizer, build_scheduler
+
+log = logging.getLogger("growlm")
 
 
 def deepspeed_config(cfg: Config) -> dict[str, Any]:
@@ -43,6 +46,12 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
     return out
 
 
+def offloads_optimizer(ds_config: dict[str, Any]) -> bool:
+    """Whether ZeRO-Offload keeps the optimizer state (and runs its update) off the accelerator."""
+    offload = ds_config.get("zero_optimization", {}).get("offload_optimizer") or {}
+    return offload.get("device", "none") in ("cpu", "nvme")
+
+
 def enable_activation_checkpointing(model: nn.Module) -> None:
     """Recompute each block in backward with DeepSpeed's checkpointing (works under every ZeRO stage)."""
     model.checkpoint_fn = deepspeed.checkpointing.checkpoint
@@ -58,10 +67,12 @@ def build_engine(model: nn.Module, cfg: Config, lr_offset: int = 0):
         for block in model.layers:
             block.compile()  # in place, unlike torch.compile(block): state-dict keys gain no `_orig_mod.`
     model.to(dist.device())  # DeepSpeed would move it anyway; first, so the optimizer is built on-device
-    optimizer = build_optimizer(model, cfg.train)
+    ds_config = deepspeed_config(cfg)
+    optimizer = build_optimizer(model, cfg.train, offload=offloads_optimizer(ds_config))
     scheduler = build_scheduler(optimizer, cfg.train, lr_offset)
+    log.info("optimizer: %s%s", type(optimizer).__name__, " (fused)" if optimizer.defaults.get("fused") else "")
     engine, optimizer, _, scheduler = deepspeed.initialize(
-        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=deepspeed_config(cfg)
+        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
     )
     if engine.dp_world_size == 1 and isinstance(engine.optimizer, BF16_Optimizer):
         # One data-parallel rank: the all-reduce is an identity that still flattens and copies every fp32

@@ -22,10 +22,15 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [g for g in groups if g["params"]]  # a frozen subset can leave a group empty
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, cfg: TrainConfig, offload: bool = False) -> torch.optim.Optimizer:
     """AdamW; fused (one kernel for the whole update) when the parameters are already on a GPU, which is
-    what DeepSpeed's flat fp32 partitions will be too."""
+    what DeepSpeed's flat fp32 partitions will be too. With ZeRO-Offload (`offload`) the update runs on the
+    host, so it is DeepSpeed's vectorized CPU AdamW (JIT-built on first use; DeepSpeed refuses others)."""
     groups = param_groups(model, cfg.weight_decay)
+    if offload:
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        return DeepSpeedCPUAdam(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, adamw_mode=True)
     on_gpu = all(p.is_cuda for g in groups for p in g["params"])
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=on_gpu or None)
 

@@ -96,3 +96,18 @@ def test_export_from_zero3_matches_live_validation_loss(zero_runs, tmp_path):
             batch_losses.append(F.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten()))
     live = [r["val/loss"] for r in metrics(run) if r["step"] == STEPS][0]
     assert abs(torch.stack(batch_losses).mean().item() - live) < 1e-4
+
+
+def test_optimizer_offload_matches_zero2(zero_runs, runs_root):
+    """ZeRO-Offload (the 7b preset's memory switch) runs DeepSpeed's CPU AdamW in place of torch's: the same
+    update, so the losses of the first steps match the plain ZeRO-2 run's (steps 1-3 see warmup-only lrs,
+    which do not depend on train.steps)."""
+    run = runs_root / "zero2_offload"
+    proc = launch(run, ["deepspeed.zero_stage=2", *ZERO_RUN, "train.steps=3",
+                        "deepspeed.config={zero_optimization: {offload_optimizer: {device: cpu}}}"])
+    assert "optimizer: DeepSpeedCPUAdam" in proc.stdout + proc.stderr  # the update ran on the host
+    offloaded, plain = losses(run), losses(zero_runs[2])
+    assert sorted(offloaded) == [1, 2, 3]
+    for step in (1, 2, 3):
+        assert abs(offloaded[step] - plain[step]) < 1e-5, (step, offloaded[step], plain[step])
+    assert offloaded[3] != offloaded[1]  # the optimizer did step
