@@ -14,7 +14,7 @@
 #   1b-run      configs/1b.yaml at ZeRO-1 as a user runs it (grad_accum 16): MFU from the trainer's own log
 #   1b-run-compile   the same with train.compile=true
 #   memory      peak GB of the 1b trainer per preset: ZeRO-1 or ZeRO-3, with or without activation
-#               checkpointing (MEMORY_PRESETS="zero3-ckpt" runs some)
+#               checkpointing, and ZeRO-2 with the optimizer offloaded (MEMORY_PRESETS="zero3-ckpt" runs some)
 # The whole script stops starting jobs once fewer than the next one's budget of seconds is left of
 # $DEADLINE_S (default 570), so it ends inside one 10-minute device call.
 set -uo pipefail
@@ -45,8 +45,9 @@ PY
 }
 memory_presets() {  # peak GB of the 1b trainer per memory preset (3 steps each); MEMORY_PRESETS picks some
   declare -A presets=([zero1]="" [zero1-ckpt]="train.activation_checkpointing=true" [zero3]="deepspeed.zero_stage=3"
-                      [zero3-ckpt]="deepspeed.zero_stage=3 train.activation_checkpointing=true")
-  for key in ${MEMORY_PRESETS:-zero1 zero1-ckpt zero3 zero3-ckpt}; do
+                      [zero3-ckpt]="deepspeed.zero_stage=3 train.activation_checkpointing=true"
+                      [zero2-offload]="deepspeed.zero_stage=2 deepspeed.config.zero_optimization.offload_optimizer.device=cpu")
+  for key in ${MEMORY_PRESETS:-zero1 zero1-ckpt zero3 zero3-ckpt zero2-offload}; do
     name=memory-$key
     # shellcheck disable=SC2086  # the preset's overrides are several words on purpose
     run_1b train.steps=3 train.grad_accum=2 log.every=1 run.name="$name" ${presets[$key]} > "/tmp/$name.log" 2>&1 \
