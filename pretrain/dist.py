@@ -59,6 +59,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def synchronize(dev: torch.device | None = None) -> None:
+    """Wait for queued accelerator kernels, so a host clock measures the work and not only its launch."""
+    dev = dev or device()
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
 def release_shm_buffers() -> None:
     """Unlink this rank's DeepSpeed CPU all-reduce buffer in /dev/shm (~70 MB per rank and port).
 

@@ -59,12 +59,6 @@ class Side:
     peak_gb: float = 0.0
 
 
-def sync(device: torch.device) -> None:
-    """Wait for queued kernels so the clock measures the work, not its launch."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def allocated_gb(device: torch.device) -> float:
     """Accelerator memory in use now; on CPU the process's peak RSS (the closest stable figure)."""
     if device.type == "cuda":
@@ -80,9 +74,8 @@ def bare_loop(model: nn.Module, forward: Callable[[torch.Tensor], torch.Tensor],
     AdamW) cycling over `batches`; `forward` maps input ids to logits."""
     opt = build_optimizer(model, cfg.train)
     autocast = cfg.train.precision == "bf16"
-    state = {"i": 0}
-
     accum = cfg.train.grad_accum
+    state = {"i": 0}
 
     def step() -> float:
         t0 = time.perf_counter()
@@ -93,7 +86,7 @@ def bare_loop(model: nn.Module, forward: Callable[[torch.Tensor], torch.Tensor],
                 logits = forward(tokens[:, :-1])
             loss = F.cross_entropy(logits.float().flatten(0, 1), tokens[:, 1:].flatten())
             (loss / accum).backward()
-        sync(device)
+        dist.synchronize(device)
         fwd_bwd = time.perf_counter() - t0
         if cfg.train.grad_clip > 0:
             nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
@@ -110,11 +103,11 @@ def build_sides(cfg: Config, device: torch.device, n_batches: int, with_hf: bool
 
     def add(name: str, build: Callable[[], Step]) -> None:
         """Build a side and take one step, so lazily made state (Adam moments, kernels) counts as resident."""
-        sync(device)
+        dist.synchronize(device)
         before = allocated_gb(device)
         step = build()
         step()
-        sync(device)
+        dist.synchronize(device)
         sides[name] = Side(step, resident_gb=allocated_gb(device) - before)
 
     holder: dict[str, Trainer] = {}
@@ -159,14 +152,14 @@ def run_rounds(sides: dict[str, Side], rounds: int, k: int, device: torch.device
     for r in range(rounds + 1):
         for name in names if r % 2 == 0 else names[::-1]:
             side = sides[name]
-            sync(device)
+            dist.synchronize(device)
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             start_gb = allocated_gb(device)
             for _ in range(k):
                 t0 = time.perf_counter()
                 fwd_bwd = side.step()
-                sync(device)
+                dist.synchronize(device)
                 if r > 0:
                     side.step_s.append(time.perf_counter() - t0)
                     side.fwd_bwd_s.append(fwd_bwd)
@@ -187,7 +180,7 @@ def profile_sides(sides: dict[str, Side], k: int, rows: int, device: torch.devic
         with profile(activities=activities) as prof:
             for _ in range(k):
                 side.step()
-            sync(device)
+            dist.synchronize(device)
         print(f"\n== {name}: top {rows} operators over {k} steps")
         print(prof.key_averages().table(sort_by=sort, row_limit=rows, max_name_column_width=60))
 
@@ -198,11 +191,11 @@ def matmul_tflops(device: torch.device, n: int = 8192, reps: int = 20) -> float:
     b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
     for _ in range(3):
         a @ b
-    sync(device)
+    dist.synchronize(device)
     t0 = time.perf_counter()
     for _ in range(reps):
         a @ b
-    sync(device)
+    dist.synchronize(device)
     return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e12
 
 

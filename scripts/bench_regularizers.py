@@ -22,19 +22,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from pretrain import dist  # noqa: E402
 from pretrain.config import load_config  # noqa: E402
 from pretrain.monitors import JumpMonitor  # noqa: E402
 from pretrain.trainer import Trainer, init_distributed  # noqa: E402
-
-
-def sync() -> None:
-    """Wait for queued GPU kernels, so a timing covers the work and not only its launch."""
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
 
 
 def main() -> None:
@@ -68,12 +61,12 @@ def main() -> None:
             for _ in range(args.k):
                 t0 = time.perf_counter()
                 trainers[name].train_step()
-                sync()
+                dist.synchronize()
                 if r > 0:
                     steps[name[:-1]].append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         monitor.measure(base)
-        sync()
+        dist.synchronize()
         if r > 0:
             measures.append(time.perf_counter() - t0)
 

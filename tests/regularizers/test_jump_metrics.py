@@ -90,16 +90,19 @@ def test_cosine_matches_torch_cosine_similarity_in_value_and_gradient() -> None:
     b = torch.randn(3, 5, 16, dtype=torch.float64)
     b[0, 0] = 0.0  # a zero vector: the norms' product is clamped, cos = 0
     b[1, 2] = 3.0 * a[1, 2]  # parallel: cos = 1
-    for lean in (True, False):
+    weights = torch.linspace(-1, 1, 15, dtype=torch.float64).view(3, 5)
+
+    def value_and_grads(cos_fn) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x, y = a.clone().requires_grad_(), b.clone().requires_grad_()
-        cos = jump_cosine(x, y) if lean else torch.nn.functional.cosine_similarity(x, y, dim=-1)
-        (cos * torch.linspace(-1, 1, cos.numel(), dtype=torch.float64).view_as(cos)).sum().backward()
-        if lean:
-            ours = (cos.detach(), x.grad, y.grad)
-        else:
-            torch.testing.assert_close(ours[0], cos.detach(), rtol=1e-12, atol=1e-12)
-            regular = torch.ones(3, 5, dtype=torch.bool)
-            regular[0, 0] = False  # cos is flat at 0 there; the gradient at a zero vector is a convention
-            for got, want in zip(ours[1:], (x.grad, y.grad)):
-                torch.testing.assert_close(got[regular], want[regular], rtol=1e-10, atol=1e-12)
+        cos = cos_fn(x, y)
+        (cos * weights).sum().backward()
+        return cos.detach(), x.grad, y.grad
+
+    ours = value_and_grads(jump_cosine)
+    torch_ = value_and_grads(lambda x, y: torch.nn.functional.cosine_similarity(x, y, dim=-1))
+    torch.testing.assert_close(ours[0], torch_[0], rtol=1e-12, atol=1e-12)
+    regular = torch.ones(3, 5, dtype=torch.bool)
+    regular[0, 0] = False  # cos is flat at 0 there; the gradient at a zero vector is a convention
+    for got, want in zip(ours[1:], torch_[1:]):
+        torch.testing.assert_close(got[regular], want[regular], rtol=1e-10, atol=1e-12)
     assert ours[0][0, 0] == 0 and abs(ours[0][1, 2] - 1) < 1e-12
