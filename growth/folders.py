@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 from growth import GrowthError, GrowthResult, get_operator, grow
 from model import ModelConfig
 from model.config import ModelConfigError
-from pretrain.checkpoint import LATEST, MANIFEST, WEIGHTS, load_weights, save_weights
+from pretrain.checkpoint import MANIFEST, WEIGHTS, CheckpointError, load_weights, locate, save_weights
 
 MODEL_PRESETS = Path(__file__).resolve().parent.parent / "configs" / "model"
 TOKENIZER = "tokenizer.model"
@@ -76,13 +76,13 @@ def check_operator(op: str, params: dict[str, Any]) -> None:
 
 
 def source_info(path: Path) -> dict[str, Any]:
-    """Where a checkpoint's weights really live (a `checkpoints/` root resolves to its latest step), its
+    """Where a checkpoint's weights really live (a `checkpoints/` root or its `latest` file resolves to the
+    step it names), its
     training step when known, and its tokenizer when it carries one."""
-    path = Path(path)
-    if not path.exists():
-        raise GrowthError(f"checkpoint {str(path)!r} does not exist")
-    if (path / LATEST).is_file():
-        path = path / (path / LATEST).read_text().strip()
+    try:
+        path = locate(path)
+    except CheckpointError as err:
+        raise GrowthError(str(err)) from None
     step = None
     if (path / MANIFEST).is_file():
         step = json.loads((path / MANIFEST).read_text()).get("step")

@@ -34,6 +34,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
+        if args.check or args.print_config:  # the concrete precision, as the ranks will resolve it
+            from pretrain import dist, precision
+
+            cfg, _ = precision.resolve(cfg, dist.device())
         if args.print_config:
             print(to_yaml(cfg))
             return 0

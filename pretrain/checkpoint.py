@@ -126,6 +126,22 @@ def latest(root: Path) -> Path | None:
     return ckpt
 
 
+def locate(path: Path) -> Path:
+    """The checkpoint a user means by any of the three forms they type: `checkpoints/` (the root: the step
+    `latest` names), `checkpoints/latest` (DeepSpeed's pointer file, likewise) or `checkpoints/step_<N>`.
+    A weights folder (growth output) is returned as it is."""
+    path = Path(path)
+    if path.name == LATEST and path.is_file():
+        path = path.parent
+    if not path.is_dir():
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} does not exist; give a checkpoints/ root, its latest file, a "
+            "checkpoints/step_<N> folder or a weights folder")
+    if (path / LATEST).is_file() and not (path / WEIGHTS).is_file():
+        return latest(path)
+    return path
+
+
 def resumable(root: Path, fallback: bool) -> Path | None:
     """The checkpoint to resume from: `latest`, or with `fallback` the newest older one that verifies when
     `latest` is partial, truncated or missing a file (the bad one is named in the log and left in place)."""
@@ -286,11 +302,9 @@ def model_config_of(ckpt: Path) -> ModelConfig:
 
 def load_weights(path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     """(config, fp32 state dict) from a weights folder (growth output) or a training checkpoint."""
-    path = Path(path)
+    path = locate(path)
     if (path / WEIGHTS).is_file():
         return model_config_of(path), torch.load(path / WEIGHTS, map_location="cpu", weights_only=True)
-    if (path / LATEST).is_file():  # a checkpoints/ root
-        path = latest(path)
     if not (path / MANIFEST).is_file():
         raise CheckpointError(
             f"{path} is neither a weights folder ({WEIGHTS} + {WEIGHTS_CONFIG}) nor a complete checkpoint "

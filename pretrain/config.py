@@ -7,6 +7,8 @@ impossible shapes are refused with a message naming the key and the valid choice
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import importlib.util
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,8 +76,10 @@ class TrainConfig:
     """AdamW epsilon."""
     grad_clip: float = 1.0
     """Clip the global gradient norm to this (0 disables)."""
-    precision: str = "bf16"
-    """bf16 (DeepSpeed bf16 with fp32 masters and fp32 gradient accumulation) | fp32."""
+    precision: str = "auto"
+    """auto (bf16 where the device computes it natively: CUDA GPUs with bf16, CPUs with AMX or AVX512-BF16;
+    fp32 elsewhere) | bf16 (DeepSpeed bf16 with fp32 masters and fp32 gradient accumulation) | fp32. A run
+    writes the concrete choice to its config.yaml."""
     activation_checkpointing: bool = False
     """Recompute each block in backward (DeepSpeed activation checkpointing) to save activation memory."""
     compile: bool = False
@@ -113,6 +117,17 @@ class CheckpointConfig:
 
 
 @dataclass
+class WandbConfig:
+    project: Optional[str] = None
+    """Weights & Biases project: when set, every metric of metrics.jsonl and the resolved config go there too."""
+    mode: str = "offline"
+    """offline (written under `<run>/wandb/`, no network; upload later with `wandb sync <run>/wandb/offline-run-*`)
+    | online."""
+    entity: Optional[str] = None
+    """W&B entity (user or team); the client's default when unset."""
+
+
+@dataclass
 class LogConfig:
     every: int = 10
     """Write metrics every this many steps."""
@@ -122,6 +137,8 @@ class LogConfig:
     """auto (a bar on a terminal, plain lines otherwise) | bar | plain | none."""
     peak_tflops: Optional[float] = None
     """Peak FLOP/s per device (in TFLOP/s) for MFU; auto-detected for A100/H100/H200, absent on CPU."""
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    """Weights & Biases tracking (off unless `project` is set); a resumed run continues the same W&B run."""
 
 
 @dataclass
@@ -157,8 +174,9 @@ class Config:
 
 CHOICES = {
     "train.schedule": ("cosine", "linear", "constant"),
-    "train.precision": ("bf16", "fp32"),
+    "train.precision": ("auto", "bf16", "fp32"),
     "log.progress": ("auto", "bar", "plain", "none"),
+    "log.wandb.mode": ("offline", "online"),
     "deepspeed.zero_stage": (0, 1, 2, 3),
     "monitors.jump.form": ("cosine", "angular"),
     "train.trainable.mode": ("all", "norms_only"),
@@ -224,6 +242,9 @@ def validate(cfg: Config) -> None:
             "lower data.seq_len or raise model.max_seq_len"
         )
     _check_regularizers(cfg)
+    if cfg.log.wandb.project and importlib.util.find_spec("wandb") is None:
+        raise ConfigError("log.wandb.project is set but wandb is not installed: pip install 'growlm[wandb]' "
+                          "(or unset log.wandb.project)")
     ds_batch_keys = {"train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps"}
     clash = ds_batch_keys & set(cfg.deepspeed.config)
     if clash:
@@ -235,8 +256,6 @@ def validate(cfg: Config) -> None:
 
 def _check_regularizers(cfg: Config) -> None:
     """Build the regularizers once so a bad name or parameter is refused before any rank starts."""
-    import importlib
-
     import regularizers
 
     for module in cfg.imports:

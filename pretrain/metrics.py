@@ -7,10 +7,13 @@ import math
 import resource
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from pretrain.config import WandbConfig
 
 log = logging.getLogger("growlm")
 
@@ -50,12 +53,14 @@ class MetricsLogger:
     resumed run's metrics.jsonl holds each step once."""
 
     def __init__(self, run_dir: Path, total_steps: int, start_step: int, enabled: bool,
-                 tensorboard: bool = True, progress: str = "auto"):
+                 tensorboard: bool = True, progress: str = "auto", wandb: WandbConfig | None = None,
+                 config: dict[str, Any] | None = None):
         self.enabled = enabled
         self.total_steps = total_steps
         self._jsonl = None
         self._tb = None
         self._bar = None
+        self._wandb = None
         self._start = time.time()
         self._start_step = start_step
         self._path = run_dir / "metrics.jsonl"
@@ -67,6 +72,8 @@ class MetricsLogger:
             from torch.utils.tensorboard import SummaryWriter
 
             self._tb = SummaryWriter(str(run_dir / "tb"), purge_step=start_step + 1)
+        if wandb is not None and wandb.project:
+            self._wandb = open_wandb(run_dir, wandb, config or {})
         mode = ("bar" if sys.stderr.isatty() else "plain") if progress == "auto" else progress
         if mode == "bar":
             from tqdm import tqdm
@@ -87,10 +94,13 @@ class MetricsLogger:
         record = {k: _plain(v) for k, v in record.items()}
         self._jsonl.write(json.dumps(record) + "\n")
         step = record["step"]
+        scalars = {k: v for k, v in record.items()
+                   if k != "step" and isinstance(v, (int, float)) and math.isfinite(v)}
         if self._tb is not None:
-            for k, v in record.items():
-                if k != "step" and isinstance(v, (int, float)) and math.isfinite(v):
-                    self._tb.add_scalar(k, v, step)
+            for k, v in scalars.items():
+                self._tb.add_scalar(k, v, step)
+        if self._wandb is not None:
+            self._wandb.log(scalars, step=step)
         summary = {k: record[k] for k in ("loss", "val/loss", "lr", "tokens_per_s", "mfu") if k in record}
         if self._bar is not None:
             self._bar.update(step - self._bar.n)
@@ -109,6 +119,23 @@ class MetricsLogger:
             self._tb.close()
         if self._bar:
             self._bar.close()
+        if self._wandb:
+            self._wandb.finish()
+
+
+def open_wandb(run_dir: Path, settings: WandbConfig, config: dict[str, Any]):
+    """A W&B run writing under `<run>/wandb/`; its id is kept in `<run>/wandb_id`, so a resumed run (or a
+    requeued job) continues the same W&B run instead of starting a new one."""
+    import wandb
+
+    from pretrain.io import atomic_write_text
+
+    id_file = run_dir / "wandb_id"
+    run_id = id_file.read_text().strip() if id_file.is_file() else uuid.uuid4().hex[:12]
+    atomic_write_text(id_file, run_id)
+    return wandb.init(project=settings.project, entity=settings.entity, mode=settings.mode, dir=str(run_dir),
+                      id=run_id, resume="allow", name=run_dir.name, config=config,
+                      settings=wandb.Settings(console="off"))  # our own log lines stay as they are
 
 
 def _plain(value: Any) -> Any:

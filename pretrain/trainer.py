@@ -5,6 +5,7 @@ loop. Everything else (validation, monitors, jobs) is a Callback.
 """
 from __future__ import annotations
 
+import dataclasses
 import gc
 import importlib
 import logging
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 
 import regularizers as regs
 from model import Llama
-from pretrain import checkpoint, compat, dist, hybrid
+from pretrain import checkpoint, compat, dist, hybrid, precision
 from pretrain.callbacks import Callback, Validation, due
 from pretrain.config import Config, ConfigError, save_config
 from pretrain.data import PackedData, StepSampler, get_batch, prepare_data
@@ -65,12 +66,15 @@ def load_data(cfg: Config) -> PackedData:
 
 class Trainer:
     def __init__(self, cfg: Config, callbacks: Sequence[Callback] = ()):
-        self.cfg = cfg
-        self.run_dir = cfg.run_dir
-        self.ckpt_root = self.run_dir / "checkpoints"
         self.device = dist.device()
         self.is_main = dist.is_main()
         self.world = dist.world_size()
+        cfg, choice = precision.resolve(cfg, self.device)  # before config.yaml and the resume check see it
+        if self.is_main:
+            precision.report(choice, self.device)
+        self.cfg = cfg
+        self.run_dir = cfg.run_dir
+        self.ckpt_root = self.run_dir / "checkpoints"
 
         self.data = load_data(cfg)
         if self.is_main:
@@ -120,7 +124,7 @@ class Trainer:
         self.flops_per_token = cfg.model.flops_per_token(cfg.data.seq_len)
         self.peak_tflops = cfg.log.peak_tflops or detect_peak_tflops()
         self.logger = MetricsLogger(self.run_dir, t.steps, self.step, self.is_main, cfg.log.tensorboard,
-                                    cfg.log.progress)
+                                    cfg.log.progress, cfg.log.wandb, dataclasses.asdict(cfg))
 
     # ---- setup helpers -------------------------------------------------------------------------------
     def _init_weights(self, model: Llama, source: Path) -> None:

@@ -11,7 +11,7 @@ on each alike; figures are medians after a warm-up round. Ratios are of tokens/s
 bf16) it also prints MFU against the data-sheet peak (pretrain/metrics.py) and against a measured bf16
 matmul. On a shared CPU pin the threads: OMP_NUM_THREADS=1 gives the steadiest ratios.
 
-    OMP_NUM_THREADS=1 python scripts/bench.py                                       # tiny, bf16, ZeRO-1
+    OMP_NUM_THREADS=1 python scripts/bench.py                                       # tiny, auto precision, ZeRO-1
     OMP_NUM_THREADS=1 python scripts/bench.py --precision fp32 model.dim=256 model.n_layers=6 data.seq_len=256
     python scripts/bench.py --profile 15                                            # + top ops per loop
     python scripts/bench.py model=1b data.seq_len=2048 train.micro_batch_size=4     # one GPU (scripts/gpu_bench.sh)
@@ -37,7 +37,7 @@ from torch import nn  # noqa: E402
 
 from model import Llama  # noqa: E402
 from model.hf import to_hf_config, to_hf_state_dict  # noqa: E402
-from pretrain import dist  # noqa: E402
+from pretrain import dist, precision  # noqa: E402
 from pretrain.config import Config, load_config  # noqa: E402
 from pretrain.metrics import detect_peak_tflops  # noqa: E402
 from pretrain.optim import build_optimizer  # noqa: E402
@@ -227,8 +227,9 @@ def report(sides: dict[str, Side], cfg: Config, device: torch.device, zero: int)
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="configs/tiny.yaml", help="run config giving model, data and train")
-    p.add_argument("--precision", choices=["bf16", "fp32"], default="bf16",
-                   help="bf16: DeepSpeed bf16 for the trainer, autocast for the bare loops")
+    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
+                   help="auto: bf16 where the device computes it natively, else fp32 (as train.precision); "
+                        "bf16: DeepSpeed bf16 for the trainer, autocast for the bare loops")
     p.add_argument("--zero", type=int, choices=[0, 1, 2, 3], default=1, help="the trainer's ZeRO stage")
     p.add_argument("--rounds", type=int, default=6, help="timed rounds after one warm-up round")
     p.add_argument("--k", type=int, default=3, help="steps per loop per round")
@@ -250,10 +251,12 @@ def main() -> None:
     ])
     init_distributed()
     device = dist.device()
+    cfg, choice = precision.resolve(cfg, device)
+    print(f"precision: {choice.precision} ({choice.reason})")
     m = cfg.model
     print(f"dim={m.dim} layers={m.n_layers} heads={m.n_heads}/{m.n_kv_heads} vocab={m.vocab_size} "
           f"params={m.num_params():,} micro={cfg.train.micro_batch_size}x{cfg.train.grad_accum} seq={cfg.data.seq_len} "
-          f"{args.precision} ZeRO-{args.zero} device={device} threads={torch.get_num_threads()} "
+          f"{cfg.train.precision} ZeRO-{args.zero} device={device} threads={torch.get_num_threads()} "
           f"torch={torch.__version__}")
     sides = build_sides(cfg, device, args.k, with_hf=not args.no_hf)
     run_rounds(sides, args.rounds, args.k, device)

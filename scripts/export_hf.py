@@ -3,6 +3,7 @@
 
     python scripts/export_hf.py runs/tiny/checkpoints/step_300 /tmp/tiny-hf
     python scripts/export_hf.py runs/tiny/checkpoints /tmp/tiny-hf      # the checkpoint `latest` names
+    python scripts/export_hf.py runs/tiny/checkpoints/latest /tmp/tiny-hf   # the same
 
 The folder loads with `LlamaForCausalLM.from_pretrained` and `LlamaTokenizer.from_pretrained`.
 """
@@ -20,18 +21,16 @@ from pretrain import checkpoint  # noqa: E402
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", type=Path, help="a checkpoints/step_<N> dir, a checkpoints/ root, or a weights folder")
+    p.add_argument("checkpoint", type=Path, help="a checkpoints/step_<N> dir, a checkpoints/ root or its latest file, or a weights folder")
     p.add_argument("out", type=Path, help="output folder (must not exist or be empty)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     args = p.parse_args(argv)
     try:
-        cfg, state = checkpoint.load_weights(args.checkpoint)
+        source = checkpoint.locate(args.checkpoint)
+        cfg, state = checkpoint.load_weights(source)
     except checkpoint.CheckpointError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    source = args.checkpoint
-    if (source / checkpoint.LATEST).is_file():
-        source = checkpoint.latest(source)
     tokenizer = source / "tokenizer.model"
     save_hf_folder(state, cfg, args.out, tokenizer_model=tokenizer if tokenizer.is_file() else None,
                    overwrite=args.overwrite)

@@ -8,6 +8,7 @@ list of:
   nan_at:S           the batch window of step S gives a NaN loss on every rank (wherever it is met again)
   enospc_in_save:S    writing checkpoint S fails with "No space left on device" (ENOSPC)
   record_samples:DIR each rank appends the window indices of every step to DIR/rank_<r>.jsonl
+  cpu_bf16:yes|no    torch reports this CPU with (AMX) or without native bf16 units
 """
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ import json
 import os
 import signal
 from pathlib import Path
+
+import torch
 
 from pretrain import checkpoint, dist
 from pretrain.data import StepSampler
@@ -26,7 +29,10 @@ def _faults() -> list[list[str]]:
 
 
 for name, *args in _faults():
-    if name == "kill_rank":
+    if name == "cpu_bf16":
+        torch.cpu._is_amx_tile_supported = lambda _v=args[0] == "yes": _v
+        torch.cpu._is_avx512_bf16_supported = lambda: False
+    elif name == "kill_rank":
         rank, at_step = int(args[0]), int(args[1])
         train_step = Trainer.train_step
 

@@ -111,3 +111,27 @@ def test_optimizer_offload_matches_zero2(zero_runs, runs_root):
     for step in (1, 2, 3):
         assert abs(offloaded[step] - plain[step]) < 1e-5, (step, offloaded[step], plain[step])
     assert offloaded[3] != offloaded[1]  # the optimizer did step
+
+
+def test_every_tool_takes_the_three_checkpoint_forms(zero_runs, tmp_path):
+    """`checkpoints/`, `checkpoints/latest` and `checkpoints/step_N` name the same checkpoint for export, growth
+    and the jobs; a path that is none of them is refused by name."""
+    import runpy
+
+    from growth.folders import source_info
+    from pretrain.jobs.lm_eval.run import locate as lm_eval_locate
+    from pretrain.jobs.peeling.job import PeelingError
+    from pretrain.jobs.peeling.job import locate as peeling_locate
+
+    root = zero_runs[1] / "checkpoints"
+    final = root / f"step_{STEPS}"
+    for form in (root, root / "latest", final):
+        assert checkpoint.locate(form) == final
+        assert peeling_locate(form)[:2] == (final, STEPS)
+        assert lm_eval_locate(form).checkpoint == final
+        assert source_info(form)["path"] == str(final.resolve())
+    export = runpy.run_path(str(Path(__file__).resolve().parents[2] / "scripts" / "export_hf.py"))["main"]
+    assert export([str(root / "latest"), str(tmp_path / "hf")]) == 0
+    assert (tmp_path / "hf" / "config.json").is_file() and (tmp_path / "hf" / "tokenizer.model").is_file()
+    with pytest.raises(PeelingError, match="step_99"):
+        peeling_locate(root / "step_99")

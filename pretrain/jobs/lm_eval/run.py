@@ -21,7 +21,8 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from pretrain.checkpoint import LATEST, WEIGHTS, latest, load_weights
+from pretrain.checkpoint import CheckpointError, load_weights
+from pretrain.checkpoint import locate as checkpoint_path
 from pretrain.jobs.lm_eval import results as res
 from pretrain.jobs.lm_eval.settings import OFFLINE_ENV, LmEvalError, LmEvalSettings, check_settings
 from pretrain.jobs.lm_eval.tasks import plan
@@ -42,12 +43,11 @@ class Target:
 
 
 def locate(path: Path) -> Target:
-    """A checkpoint dir, a `checkpoints/` root (its latest) or a weights folder -> its Target."""
-    path = Path(path)
-    if not path.is_dir():
-        raise LmEvalError(f"checkpoint {path} does not exist or is not a directory")
-    if (path / LATEST).is_file() and not (path / WEIGHTS).is_file():
-        path = latest(path)
+    """A checkpoint dir, a `checkpoints/` root or its `latest` file, or a weights folder -> its Target."""
+    try:
+        path = checkpoint_path(path)
+    except CheckpointError as err:
+        raise LmEvalError(str(err)) from None
     m = _STEP.match(path.name)
     step = int(m.group(1)) if m else None
     if step is not None and path.parent.name == "checkpoints":

@@ -16,7 +16,8 @@ import torch
 from tqdm import tqdm
 
 from model import Llama, ModelConfig
-from pretrain.checkpoint import LATEST, MANIFEST, WEIGHTS, latest, load_weights
+from pretrain.checkpoint import MANIFEST, CheckpointError, load_weights
+from pretrain.checkpoint import locate as checkpoint_path
 from pretrain.config import Config, load_config
 from pretrain.data import prepare_data
 from pretrain.jobs.peeling.bounds import Bounds, compute_bounds
@@ -30,11 +31,10 @@ _STEP = re.compile(r"^step_(\d+)$")
 
 def locate(path: Path) -> tuple[Path, int | None, Path]:
     """(checkpoint or weights dir, its step when known, the default output folder)."""
-    path = Path(path)
-    if not path.is_dir():
-        raise PeelingError(f"checkpoint {path} does not exist or is not a directory")
-    if (path / LATEST).is_file() and not (path / WEIGHTS).is_file():  # a checkpoints/ root
-        path = latest(path)
+    try:
+        path = checkpoint_path(path)
+    except CheckpointError as err:
+        raise PeelingError(str(err)) from None
     m = _STEP.match(path.name)
     step = int(m.group(1)) if m else None
     if (path / MANIFEST).is_file() and path.parent.name == "checkpoints":  # <run>/checkpoints/step_<N>
