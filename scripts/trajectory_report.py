@@ -17,6 +17,7 @@ import json
 import math
 import sys
 from pathlib import Path
+from typing import Mapping
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -27,7 +28,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from pretrain.checkpoint import complete_checkpoints  # noqa: E402
-from pretrain.trajectory import (GRANULARITIES, Trajectory, load_sketches, sketch_trajectory,  # noqa: E402
+from pretrain.trajectory import (GRANULARITIES, Trajectory, load_sketches, mds, sketch_trajectory,  # noqa: E402
                                  stream_trajectory)
 from pretrain.trajectory.groups import layer_component  # noqa: E402
 from pretrain.trajectory.online import SKETCH_FILE  # noqa: E402
@@ -41,8 +42,10 @@ def _panel_order(group: str) -> tuple[int, int]:
     return layer, COMPONENTS.index(component) if component in COMPONENTS else len(COMPONENTS)
 
 
-def plot_maps(maps: dict[str, torch.Tensor], steps: list[int], title: str, path: Path, diverging: bool) -> None:
-    """One heat-map per group on a grid (a row per layer at component granularity), one shared colour scale."""
+def plot_maps(maps: dict[str, torch.Tensor], steps: Mapping[str, list[int]], title: str, path: Path,
+              diverging: bool) -> None:
+    """One heat-map per group on a grid (a row per layer at component granularity), one shared colour scale;
+    `steps[group]` labels the rows of that group's map."""
     layered = sorted((g for g in maps if layer_component(g)), key=_panel_order)
     order = layered + [g for g in maps if g not in layered]
     ncols = len({layer_component(g)[1] for g in layered}) if layered else min(len(order), 4)
@@ -54,36 +57,61 @@ def plot_maps(maps: dict[str, torch.Tensor], steps: list[int], title: str, path:
         vmin, vmax, cmap = (finite.min().item() if finite.numel() else 0.0), 1.0, "viridis"
     fig, axes = plt.subplots(nrows, ncols, figsize=(2.3 * ncols + 1, 2.3 * nrows + 0.6), squeeze=False,
                              layout="constrained")
-    ticks = list(range(0, len(steps), max(1, len(steps) // 4)))
+    im = None
     for ax, g in zip(axes.flat, order):
-        c = maps[g]
+        c, labels = maps[g], steps[g]
+        if len(c) == 0:
+            ax.set_title(g, fontsize=9)
+            ax.text(0.5, 0.5, "no moving updates", ha="center", va="center", fontsize=8, transform=ax.transAxes)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            continue
         im = ax.imshow(c.numpy(), vmin=vmin, vmax=vmax, cmap=cmap, interpolation="nearest")
-        off = c[~torch.eye(len(c), dtype=torch.bool)]
-        ax.set_title(f"{g}  MDS {off.nanmean().item():.2f}", fontsize=9)
-        ax.set_xticks(ticks, [str(steps[t]) for t in ticks], fontsize=6)
-        ax.set_yticks(ticks, [str(steps[t]) for t in ticks], fontsize=6)
+        value = mds(c)
+        ax.set_title(f"{g}  MDS {'n/a' if math.isnan(value) else f'{value:.2f}'}", fontsize=9)
+        ticks = list(range(0, len(labels), max(1, len(labels) // 4)))
+        ax.set_xticks(ticks, [str(labels[t]) for t in ticks], fontsize=6)
+        ax.set_yticks(ticks, [str(labels[t]) for t in ticks], fontsize=6)
     for ax in list(axes.flat)[len(order):]:
         ax.axis("off")
     fig.suptitle(title)
-    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.6)
+    if im is not None:
+        fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.6)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
+def _num(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def _zero_updates(steps: list[int], all_starts: list[int]) -> str:
+    """'none', 'from step S' (a frozen tail, as after the norm-only switch) or the list of steps."""
+    if not steps:
+        return "none"
+    if steps == all_starts[len(all_starts) - len(steps):]:
+        return f"from step {steps[0]}"
+    return ", ".join(map(str, steps))
+
+
 def summary_markdown(summary: dict, source: str) -> str:
+    starts = summary["steps"][:-1]
     lines = [f"# Trajectory summary ({source})", "",
              f"Steps {summary['steps'][0]}..{summary['steps'][-1]} ({len(summary['steps'])} points). "
-             "MDS = mean off-diagonal cosine of the map (METHODS.md §4); update i = theta_(i+1) - theta_i.", "",
-             "| group | MDS params | MDS updates |", "|---|---:|---:|"]
-    lines += [f"| {g} | {v['mds_params']:.4f} | {v['mds_updates']:.4f} |" for g, v in summary["groups"].items()]
+             "MDS = mean off-diagonal cosine of the map (METHODS.md §4); update i = theta_(i+1) - theta_i. "
+             "Updates of zero norm (a frozen group, e.g. after the norm-only switch) have no direction: they are "
+             "left out of the update maps and listed here; n/a: fewer than two moving updates.", "",
+             "| group | MDS params | MDS updates | zero updates |", "|---|---:|---:|---|"]
+    lines += [f"| {g} | {_num(v['mds_params'])} | {_num(v['mds_updates'])} | {_zero_updates(v['zero_updates'], starts)} |"
+              for g, v in summary["groups"].items()]
     if summary["qkv"]:
         groups = summary["groups"]
         lines += ["", "Q/K/V heterogeneity = max - min over {q, k, v} of the layer's MDS (0: they move alike).", "",
                   "| layer | MDS upd q | MDS upd k | MDS upd v | heterogeneity params | heterogeneity updates |",
                   "|---:|---:|---:|---:|---:|---:|"]
         for layer, h in summary["qkv"].items():
-            q, k, v = (groups[f"L{layer}.{c}"]["mds_updates"] for c in "qkv")
-            lines.append(f"| {layer} | {q:.4f} | {k:.4f} | {v:.4f} | {h['params']:.4f} | {h['updates']:.4f} |")
+            q, k, v = (_num(groups[f"L{layer}.{c}"]["mds_updates"]) for c in "qkv")
+            lines.append(f"| {layer} | {q} | {k} | {v} | {_num(h['params'])} | {_num(h['updates'])} |")
     return "\n".join(lines) + "\n"
 
 
@@ -100,12 +128,10 @@ def load_trajectory(args: argparse.Namespace) -> tuple[Trajectory, str]:
                      f"{args.start}; a trajectory needs 2 (raise checkpoint.keep, or use --from-sketches)")
         traj = stream_trajectory(ckpts, args.granularity, args.chunk, args.scratch)
         source = f"exact, {len(ckpts)} checkpoints"
-    if len(traj.steps) < 3:
-        sys.exit(f"error: {len(traj.steps)} trajectory points; an update map needs at least 3")
     return traj, source
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", type=Path, help="a run directory (holds checkpoints/ and jobs/)")
     p.add_argument("--out", type=Path, required=True, help="folder for the PNGs and the summary")
@@ -114,17 +140,25 @@ def main() -> None:
     p.add_argument("--start", type=int, default=0, help="ignore checkpoints / sketches before this step")
     p.add_argument("--chunk", type=int, default=1 << 22, help="coordinates per Gram chunk (memory: T x chunk)")
     p.add_argument("--scratch", type=Path, default=None, help="folder for the temporary flattened checkpoints")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     traj, source = load_trajectory(args)
     args.out.mkdir(parents=True, exist_ok=True)
-    plot_maps(traj.param_maps(), traj.steps, f"cos(theta_i, theta_j) — {source}", args.out / "params.png", False)
-    plot_maps(traj.update_maps(), traj.steps[:-1], f"cos(update_i, update_j), update i starts at the step shown "
-              f"— {source}", args.out / "updates.png", True)
+    params = traj.param_maps()
+    plot_maps(params, {g: traj.steps for g in params}, f"cos(theta_i, theta_j) — {source}", args.out / "params.png",
+              False)
+    written = ["params.png"]
+    if len(traj.steps) >= 3:
+        plot_maps(traj.update_maps(), traj.update_steps(), f"cos(update_i, update_j), update i starts at the step "
+                  f"shown — {source}", args.out / "updates.png", True)
+        written.append("updates.png")
+    else:
+        print(f"note: {len(traj.steps)} trajectory points: an update map needs at least 3 (two updates to compare); "
+              "wrote the parameter map only")
     summary = traj.summary()
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False))
     (args.out / "summary.md").write_text(summary_markdown(summary, source))
     print(summary_markdown(summary, source))
-    print(f"wrote {args.out}/params.png, updates.png, summary.md, summary.json")
+    print(f"wrote {', '.join(str(args.out / f) for f in [*written, 'summary.md', 'summary.json'])}")
 
 
 if __name__ == "__main__":

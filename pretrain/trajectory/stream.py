@@ -32,12 +32,7 @@ def stream_trajectory(checkpoints: Sequence[tuple[int, Path]], granularity: str 
         layout: Layout | None = None
         files = []
         for i, (_, path) in enumerate(tqdm(checkpoints, desc="flatten checkpoints", unit="ckpt")):
-            this, flat = _flatten(path, granularity)
-            if layout is None:
-                layout, first = this, path
-            elif this != layout:
-                raise ValueError(f"{path} holds other parameters or shapes than {first}: a trajectory needs one "
-                                 "model shape throughout (start after the growth step with --start)")
+            layout, flat = _flatten(path, granularity, layout, checkpoints[0][1])
             files.append(Path(tmp) / f"{i}.f32")
             flat.numpy().tofile(files[-1])
             del flat
@@ -57,11 +52,29 @@ def stream_trajectory(checkpoints: Sequence[tuple[int, Path]], granularity: str 
     return Trajectory([s for s, _ in checkpoints], pg, ug)
 
 
-def _flatten(path: Path, granularity: str) -> tuple[Layout, torch.Tensor]:
+def _flatten(path: Path, granularity: str, layout: Layout | None, first: Path) -> tuple[Layout, torch.Tensor]:
+    """(layout, the checkpoint flattened in it). The first checkpoint sets the layout; later ones are read in
+    that order, whatever order their state dicts come in (an engine rebuilt over a trainable subset, as at the
+    norm-only switch, returns the same parameters in another order)."""
     cfg, sd = load_weights(path)
-    groups = group_params(trajectory_names(sd, cfg.tie_embeddings), granularity)
-    layout = [(g, n, tuple(sd[n].shape)) for g, names in groups.items() for n in names]
+    names = trajectory_names(sd, cfg.tie_embeddings)
+    if layout is None:
+        layout = [(g, n, tuple(sd[n].shape)) for g, group in group_params(names, granularity).items() for n in group]
+    else:
+        _check_same_parameters(layout, {n: tuple(sd[n].shape) for n in names}, path, first)
     return layout, torch.cat([sd[n].detach().reshape(-1).float() for _, n, _ in layout])
+
+
+def _check_same_parameters(layout: Layout, shapes: dict[str, tuple[int, ...]], path: Path, first: Path) -> None:
+    """Refuse a checkpoint whose parameter names or shapes differ from the first one's, naming the first
+    parameter that differs."""
+    expected = {n: shape for _, n, shape in layout}
+    for name in sorted(expected.keys() | shapes.keys()):
+        if expected.get(name) != shapes.get(name):
+            raise ValueError(
+                f"{path} and {first} differ at parameter {name!r} (shape {shapes.get(name, 'absent')} vs "
+                f"{expected.get(name, 'absent')}): a trajectory needs the same parameters throughout (for a grown "
+                "model, start after the growth step with --start)")
 
 
 def _group_ranges(layout: Layout) -> dict[str, tuple[int, int]]:

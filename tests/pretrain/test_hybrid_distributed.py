@@ -1,7 +1,10 @@
 """Norm-only hybrid mode on 2 CPU ranks: after t0 only the RMSNorm gains move, under ZeRO 1 and 3, across resume."""
 from __future__ import annotations
 
+import json
+import runpy
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,9 +17,10 @@ from pretrain.optim import lr_factor
 
 pytestmark = pytest.mark.distributed
 
-T0, STEPS = 2, 6
+T0, STEPS = 3, 6
+# A checkpoint every step: the trajectory report spans t0 with two updates before the switch and three after.
 HYBRID = [f"train.steps={STEPS}", "train.trainable.mode=norms_only", f"train.trainable.after_step={T0}",
-          "checkpoint.every=2", "checkpoint.keep=5", "eval.every=0", "monitors.jump.every=0"]
+          "checkpoint.every=1", f"checkpoint.keep={STEPS}", "eval.every=0", "monitors.jump.every=0"]
 
 
 @pytest.fixture(scope="session")
@@ -74,3 +78,37 @@ def test_resume_across_t0_is_exact(hybrid_runs, runs_root):
     launch(run, [*HYBRID, "deepspeed.zero_stage=3"])
     resumed = losses(run)
     assert [resumed[s] for s in range(T0 + 1, STEPS + 1)] == [full[s] for s in range(T0 + 1, STEPS + 1)]
+
+
+def trajectory_report(run: Path, out: Path, *args: str) -> None:
+    script = Path(__file__).resolve().parents[2] / "scripts" / "trajectory_report.py"
+    runpy.run_path(str(script))["main"]([str(run), "--out", str(out), *args])
+
+
+@pytest.mark.parametrize("stage", (1, 3))
+def test_trajectory_report_spans_the_norm_only_switch(hybrid_runs, stage, tmp_path):
+    """The report maps the run across t0: frozen groups' updates after t0 are reported as zero and left out of
+    their maps (no NaN anywhere), while the norm groups' update maps span every checkpoint."""
+    trajectory_report(hybrid_runs[stage], tmp_path)
+    summary = json.loads((tmp_path / "summary.json").read_text())  # strict JSON: a NaN would not parse back
+    assert summary["steps"] == list(range(1, STEPS + 1))
+    groups = summary["groups"]
+    norm_groups = {g for g in groups if g.endswith(".norms") or g == "final_norm"}
+    assert len(norm_groups) == 3
+    for g, v in groups.items():
+        if g in norm_groups:
+            assert v["zero_updates"] == [] and v["mds_updates"] is not None
+        else:  # the update that starts at step t0 is the first one taken by the norm-only engine
+            assert v["zero_updates"] == list(range(T0, STEPS)), g
+            assert v["mds_updates"] is not None  # two moving updates before t0: one pair to compare
+        assert v["mds_params"] is not None
+    table = (tmp_path / "summary.md").read_text()
+    assert "| L0.q |" in table and f"from step {T0} |" in table and "nan" not in table.lower()
+    assert (tmp_path / "params.png").is_file() and (tmp_path / "updates.png").is_file()
+
+
+def test_trajectory_report_of_two_checkpoints_draws_the_parameter_map(hybrid_runs, tmp_path, capsys):
+    trajectory_report(hybrid_runs[3], tmp_path, "--start", str(STEPS - 1))
+    assert (tmp_path / "params.png").is_file() and not (tmp_path / "updates.png").exists()
+    assert "an update map needs at least 3" in capsys.readouterr().out
+    assert json.loads((tmp_path / "summary.json").read_text())["steps"] == [STEPS - 1, STEPS]
