@@ -13,15 +13,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.config import ModelConfig
+from model.loss import chunked_linear_cross_entropy
 
 
 class LlamaOutput(NamedTuple):
-    logits: torch.Tensor
-    """[batch, seq, vocab]."""
+    logits: torch.Tensor | None
+    """[batch, seq, vocab]; None when the loss was fused into the head (`targets` given)."""
     hidden_states: list[torch.Tensor] | None
     """h_0..h_L residual streams (h_0 = embeddings, h_l after block l, before the final norm), when asked."""
     final_normed: torch.Tensor | None
     """norm(h_L), the LM head's input, when hidden states were asked (free: it is computed anyway)."""
+    token_loss: torch.Tensor | None = None
+    """[batch, seq] fp32 cross-entropy per token, when `targets` were given."""
+    log_z: torch.Tensor | None = None
+    """[batch, seq] fp32 log-normalizer logsumexp(logits) per token, when `targets` were given."""
 
 
 class RMSNorm(nn.Module):
@@ -99,6 +104,17 @@ class Block(nn.Module):
         return h + self.feed_forward(self.ffn_norm(h))
 
 
+class LMHead(nn.Linear):
+    """The output projection; given targets it returns (per-token loss, log Z) through the chunked fused
+    cross-entropy instead of logits. Being the module that owns the weight is what makes ZeRO-3 gather it."""
+
+    def forward(self, x: torch.Tensor, targets: torch.Tensor | None = None,
+                chunk: int = 0) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        if targets is None:
+            return super().forward(x)
+        return chunked_linear_cross_entropy(x, self.weight, targets, chunk)
+
+
 class Llama(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -106,28 +122,35 @@ class Llama(nn.Module):
         self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.dim)
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
-        self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        self.output = LMHead(cfg.dim, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.output.weight = self.tok_embeddings.weight
         self.checkpoint_fn: Callable[..., torch.Tensor] | None = None
         """Set by the trainer to recompute blocks in backward (activation checkpointing)."""
         self.reset_parameters()
 
-    @torch.no_grad()
     def reset_parameters(self) -> None:
-        """Llama init: N(0, init_std) for every weight, norms at 1; residual outputs scaled (see ModelConfig)."""
-        cfg = self.config
-        residual_std = cfg.init_std / math.sqrt(2 * cfg.n_layers) if cfg.scale_residual_init else cfg.init_std
+        """Llama init of every parameter, in `named_parameters` order (the order the RNG is drawn in)."""
         for name, p in self.named_parameters():
-            if name.endswith("norm.weight"):
-                p.fill_(1.0)
-            elif name.endswith(("attention.wo.weight", "feed_forward.w2.weight")):
-                p.normal_(0.0, residual_std)
-            else:
-                p.normal_(0.0, cfg.init_std)
+            self.init_parameter(name, p)
 
-    def forward(self, tokens: torch.Tensor, return_hidden_states: bool = False) -> LlamaOutput:
-        """tokens [batch, seq] -> logits [batch, seq, vocab] (+ h_0..h_L when asked)."""
+    @torch.no_grad()
+    def init_parameter(self, name: str, p: torch.Tensor) -> None:
+        """Llama init of one parameter: N(0, init_std) for weights, norms at 1, residual outputs scaled (see
+        ModelConfig). One at a time, so a partitioned model can gather, init and release each in turn."""
+        cfg = self.config
+        if name.endswith("norm.weight"):
+            p.fill_(1.0)
+        elif name.endswith(("attention.wo.weight", "feed_forward.w2.weight")):
+            p.normal_(0.0, cfg.init_std / math.sqrt(2 * cfg.n_layers) if cfg.scale_residual_init else cfg.init_std)
+        else:
+            p.normal_(0.0, cfg.init_std)
+
+    def forward(self, tokens: torch.Tensor, return_hidden_states: bool = False, targets: torch.Tensor | None = None,
+                loss_chunk: int = 0) -> LlamaOutput:
+        """tokens [batch, seq] -> logits [batch, seq, vocab] (+ h_0..h_L when asked). With `targets` [batch, seq]
+        the head computes per-token cross-entropy and log Z in chunks of `loss_chunk` tokens instead, and no
+        logits are returned (model/loss.py)."""
         seq_len = tokens.shape[1]
         if seq_len > self.config.max_seq_len:
             raise ValueError(f"sequence length {seq_len} exceeds model.max_seq_len={self.config.max_seq_len}")
@@ -143,5 +166,8 @@ class Llama(nn.Module):
             if hidden is not None:
                 hidden.append(h)
         normed = self.norm(h)
-        logits = self.output(normed)
-        return LlamaOutput(logits, hidden, normed if return_hidden_states else None)
+        final_normed = normed if return_hidden_states else None
+        if targets is not None:
+            token_loss, log_z = self.output(normed, targets, loss_chunk)
+            return LlamaOutput(None, hidden, final_normed, token_loss, log_z)
+        return LlamaOutput(self.output(normed), hidden, final_normed)

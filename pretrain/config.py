@@ -80,6 +80,10 @@ class TrainConfig:
     """auto (bf16 where the device computes it natively: CUDA GPUs with bf16, CPUs with AMX or AVX512-BF16;
     fp32 elsewhere) | bf16 (DeepSpeed bf16 with fp32 masters and fp32 gradient accumulation) | fp32. A run
     writes the concrete choice to its config.yaml."""
+    loss_chunk: int = 0
+    """0: logits, then cross-entropy (plain) | N > 0: the LM head fused with cross-entropy over N tokens at a
+    time, so [tokens, vocab] fp32 logits never exist at once (model/loss.py; same loss and gradients). z-loss
+    and JREG work either way; a regularizer that reads full logits needs 0."""
     activation_checkpointing: bool = False
     """Recompute each block in backward (DeepSpeed activation checkpointing) to save activation memory."""
     compile: bool = False
@@ -145,6 +149,9 @@ class LogConfig:
 class DeepSpeedSection:
     zero_stage: int = 1
     """ZeRO stage 0-3 (0 with bf16 takes a slow unfused path; prefer 1)."""
+    zero_init: bool = True
+    """Under ZeRO-3, build the model partitioned from the start (deepspeed.zero.Init) and initialize or load it
+    one gathered parameter at a time, so no rank ever holds a full fp32 copy of the model."""
     config: Dict[str, Any] = field(default_factory=dict)
     """A raw DeepSpeed config dict merged last into the generated one, for anything not modelled here."""
 
@@ -226,7 +233,7 @@ def validate(cfg: Config) -> None:
         if value not in valid:
             raise ConfigError(f"{key}={value!r} is not valid; choose one of {list(valid)}")
     positive = ["train.steps", "train.micro_batch_size", "train.grad_accum", "log.every", "checkpoint.keep"]
-    non_negative = ["train.trainable.after_step", "train.warmup_steps", "eval.every", "eval.batches", "checkpoint.every", "train.grad_clip",
+    non_negative = ["train.loss_chunk", "train.trainable.after_step", "train.warmup_steps", "eval.every", "eval.batches", "checkpoint.every", "train.grad_clip",
                     "train.weight_decay"]
     for key in positive + non_negative:
         value = _get(cfg, key)
@@ -264,9 +271,13 @@ def _check_regularizers(cfg: Config) -> None:
         except ImportError as err:
             raise ConfigError(f"imports: cannot import {module!r}: {err}") from None
     try:
-        regularizers.build_regularizers(cfg.regularizers)
+        built = regularizers.build_regularizers(cfg.regularizers)
     except regularizers.RegularizerConfigError as err:
         raise ConfigError(str(err)) from None
+    needs_logits = [r.name for r in built if r.needs_logits]
+    if cfg.train.loss_chunk and needs_logits:
+        raise ConfigError(f"regularizers {needs_logits} read the full logits, which train.loss_chunk="
+                          f"{cfg.train.loss_chunk} never materializes; set train.loss_chunk=0")
 
 
 def _get(cfg: Config, dotted: str) -> Any:

@@ -1,4 +1,5 @@
-"""The DeepSpeed engine from our config: generated DeepSpeed config + optimizer + schedule."""
+"""The DeepSpeed engine from our config: generated DeepSpeed config + optimizer + schedule, and the model
+built for it (partitioned from the start under ZeRO-3)."""
 from __future__ import annotations
 
 import copy
@@ -6,9 +7,11 @@ import logging
 from typing import Any
 
 import deepspeed
+import torch
 from deepspeed.runtime.bf16_optimizer import BF16_Optimizer
 from torch import nn
 
+from model import Llama
 from pretrain import dist
 from pretrain.config import Config
 from pretrain.optim import build_optimizer, build_scheduler
@@ -52,6 +55,42 @@ def offloads_optimizer(ds_config: dict[str, Any]) -> bool:
     return offload.get("device", "none") in ("cpu", "nvme")
 
 
+def build_model(cfg: Config) -> Llama:
+    """The model for this run. Under ZeRO-3 (with `deepspeed.zero_init`) it is born partitioned: each rank
+    allocates its 1/world share, and the Llama init runs one gathered parameter at a time in the same order as
+    `Llama.reset_parameters`, so the weights equal an unpartitioned build with the same seed."""
+    if cfg.deepspeed.zero_stage != 3 or not cfg.deepspeed.zero_init:
+        return Llama(cfg.model)
+    with deepspeed.zero.Init(config_dict_or_path=deepspeed_config(cfg), mem_efficient_linear=False):
+        model = Llama(cfg.model)  # its own reset_parameters met empty shards: the init happens below
+    for name, p in model.named_parameters():
+        with deepspeed.zero.GatheredParameters([p], modifier_rank=0):
+            model.init_parameter(name, p)
+    return model
+
+
+def is_partitioned(model: nn.Module) -> bool:
+    return any(hasattr(p, "ds_id") for p in model.parameters())
+
+
+def load_weights_into(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """`load_state_dict(strict=True)` that also fills a partitioned model, one gathered parameter at a time.
+    Collective under ZeRO-3: every rank calls it with the same state."""
+    if not is_partitioned(model):
+        model.load_state_dict(state, strict=True)
+        return
+    params = dict(model.named_parameters())
+    expected = set(model.state_dict())  # a tied head is a key here but one parameter above
+    if set(state) != expected:
+        raise ValueError(f"weights differ from the model: missing {sorted(expected - set(state))}, "
+                         f"unexpected {sorted(set(state) - expected)}")
+    for name, p in params.items():
+        if tuple(state[name].shape) != tuple(p.ds_shape):
+            raise ValueError(f"weight {name}: shape {tuple(state[name].shape)}, model {tuple(p.ds_shape)}")
+        with deepspeed.zero.GatheredParameters([p], modifier_rank=0):
+            p.data.copy_(state[name])
+
+
 def enable_activation_checkpointing(model: nn.Module) -> None:
     """Recompute each block in backward with DeepSpeed's checkpointing (works under every ZeRO stage)."""
     model.checkpoint_fn = deepspeed.checkpointing.checkpoint
@@ -66,7 +105,8 @@ def build_engine(model: nn.Module, cfg: Config, lr_offset: int = 0):
     if cfg.train.compile:
         for block in model.layers:
             block.compile()  # in place, unlike torch.compile(block): state-dict keys gain no `_orig_mod.`
-    model.to(dist.device())  # DeepSpeed would move it anyway; first, so the optimizer is built on-device
+    if not is_partitioned(model):  # zero.Init placed its shards already
+        model.to(dist.device())  # DeepSpeed would move it anyway; first, so the optimizer is built on-device
     ds_config = deepspeed_config(cfg)
     optimizer = build_optimizer(model, cfg.train, offload=offloads_optimizer(ds_config))
     scheduler = build_scheduler(optimizer, cfg.train, lr_offset)

@@ -17,7 +17,8 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
         if not p.requires_grad or id(p) in seen:
             continue
         seen.add(id(p))
-        (decay if p.dim() >= 2 else no_decay).append(p)
+        shape = getattr(p, "ds_shape", p.shape)  # a zero.Init shard is a flat 1-D tensor: ask its real shape
+        (decay if len(shape) >= 2 else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return [g for g in groups if g["params"]]  # a frozen subset can leave a group empty
 

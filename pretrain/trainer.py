@@ -25,7 +25,7 @@ from pretrain import checkpoint, compat, dist, hybrid, precision
 from pretrain.callbacks import Callback, Validation, due
 from pretrain.config import Config, ConfigError, save_config
 from pretrain.data import PackedData, StepSampler, get_batch, prepare_data
-from pretrain.engine import build_engine
+from pretrain.engine import build_engine, build_model, load_weights_into
 from pretrain.faults import NonFiniteError, Preemption, diagnose
 from pretrain.hybrid import freeze_all_but, trainable_names
 from pretrain.io import atomic_write_bytes
@@ -84,7 +84,7 @@ class Trainer:
 
         torch.manual_seed(cfg.run.seed)
         np.random.seed(cfg.run.seed)
-        model = Llama(cfg.model)
+        model = build_model(cfg)
         if cfg.train.init_from:
             self._init_weights(model, Path(cfg.train.init_from))
         for module in cfg.imports:
@@ -133,7 +133,7 @@ class Trainer:
             raise ConfigError(
                 f"train.init_from={source} holds a model of shape {src_cfg}, but model is {self.cfg.model}"
             )
-        model.load_state_dict(state, strict=True)
+        load_weights_into(model, state)
         log.info("initialized weights from %s", source)
 
     def _resume_checkpoint(self) -> Path | None:
@@ -178,20 +178,28 @@ class Trainer:
         tokens = tokens.to(self.device, non_blocking=True)
         return tokens[:, :-1], tokens[:, 1:]
 
+    def lm_forward(self, inputs: torch.Tensor, targets: torch.Tensor,
+                hidden_states: bool = False) -> tuple[torch.Tensor, Any]:
+        """(mean lm loss, the model's output): the plain head + cross-entropy, or with `train.loss_chunk` the
+        fused chunked head (no full logits; the output carries per-token log Z instead)."""
+        chunk = self.cfg.train.loss_chunk
+        if chunk:
+            out = self.engine(inputs, return_hidden_states=hidden_states, targets=targets, loss_chunk=chunk)
+            return out.token_loss.mean(), out
+        out = self.engine(inputs, return_hidden_states=hidden_states)
+        return F.cross_entropy(out.logits.float().flatten(0, 1), targets.flatten()), out
+
     def lm_loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        inputs, targets = batch
-        logits = self.engine(inputs).logits
-        return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+        return self.lm_forward(*batch)[0]
 
     def loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """lm_loss + sum of regularizers; hidden states are requested only when a regularizer needs them."""
         inputs, targets = batch
-        out = self.engine(inputs, return_hidden_states=self.need_hidden)
-        lm_loss = F.cross_entropy(out.logits.float().flatten(0, 1), targets.flatten())
+        lm_loss, out = self.lm_forward(inputs, targets, self.need_hidden)
         total = lm_loss
         metrics = {"lm_loss": lm_loss.detach()}
         if self.regularizers:
-            inputs_ = regs.LossInputs(tokens=inputs, targets=targets, mask=None, logits=out.logits,
+            inputs_ = regs.LossInputs(tokens=inputs, targets=targets, mask=None, logits=out.logits, log_z=out.log_z,
                                       hidden_states=out.hidden_states, final_normed=out.final_normed,
                                       step=self.step)
             for reg in self.regularizers:

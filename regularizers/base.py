@@ -30,8 +30,10 @@ class LossInputs:
     """[B, T] input token ids."""
     targets: Tensor
     """[B, T] next-token ids."""
-    logits: Tensor
-    """[B, T, V] LM-head outputs."""
+    logits: Optional[Tensor] = None
+    """[B, T, V] LM-head outputs; None when the head is fused with the loss (`train.loss_chunk` > 0)."""
+    log_z: Optional[Tensor] = None
+    """[B, T] fp32 logsumexp of the logits per token, when the head is fused with the loss."""
     step: int
     """Optimizer step, 0-based: drives each regularizer's start/warm-up schedule."""
     mask: Optional[Tensor] = None
@@ -55,6 +57,9 @@ class Regularizer(ABC):
     """Registered name; the trainer logs `reg/<name>` and `reg/<name>/<metric>`."""
     needs_hidden_states: ClassVar[bool] = False
     """True if `penalty` reads `hidden_states`/`final_normed`; the trainer then asks the model for them."""
+    needs_logits: ClassVar[bool] = True
+    """True if `penalty` reads the full `logits`, which a fused, chunked loss head never materializes (so such
+    a regularizer is refused with `train.loss_chunk` > 0). Set False when log_z or hidden states suffice."""
 
     weight: float = 1.0
     """Target coefficient lambda of the penalty."""
@@ -96,6 +101,6 @@ class Regularizer(ABC):
         """
         w = self.weight_at(inputs.step)
         if w == 0.0:
-            return torch.zeros((), device=inputs.logits.device), {"weight": 0.0}
+            return torch.zeros((), device=inputs.tokens.device), {"weight": 0.0}
         value, metrics = self.penalty(inputs)
         return w * value, {"weight": w, **{k: v.detach() for k, v in metrics.items()}}

@@ -21,6 +21,7 @@ class JReg(Regularizer):
     """
 
     needs_hidden_states = True
+    needs_logits = False
 
     variant: Literal["final", "weighted"] = "final"
     """"final": S = {L}, w = 1 (the paper's regularizer). "weighted": S = all layers with depth weights, so

@@ -16,9 +16,12 @@ class ZLoss(Regularizer):
     Metric: log_z, the mean log normalizer (its drift is what the penalty prevents).
     """
 
+    needs_logits = False  # the fused loss head hands over log Z itself
+
     weight: float = 1e-4
 
     def penalty(self, inputs: LossInputs) -> tuple[Tensor, dict[str, Tensor]]:
-        logits = inputs.logits
-        log_z = torch.logsumexp(logits.to(compute_dtype(logits)), dim=-1)
+        log_z = inputs.log_z
+        if log_z is None:
+            log_z = torch.logsumexp(inputs.logits.to(compute_dtype(inputs.logits)), dim=-1)
         return masked_mean(log_z.square(), inputs.mask), {"log_z": masked_mean(log_z.detach(), inputs.mask)}

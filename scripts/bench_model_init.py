@@ -1,0 +1,66 @@
+#!/usr/bin/env python
+"""Host memory per rank to build a model and its ZeRO-3 engine, with and without zero.Init.
+
+Run under the deepspeed launcher (each rank reports its own peak RSS; rank 0 prints them all):
+
+    DS_ACCELERATOR=cpu deepspeed --num_gpus 2 scripts/bench_model_init.py model=1b
+    DS_ACCELERATOR=cpu deepspeed --num_gpus 2 scripts/bench_model_init.py model=1b deepspeed.zero_init=false
+
+Figures are peak RSS (GB) after imports, after building the model and after `deepspeed.initialize`, plus the
+wall time of each; fp32, so the unpartitioned build holds 4 bytes per parameter on every rank.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from pretrain import dist  # noqa: E402
+from pretrain.config import load_config  # noqa: E402
+from pretrain.engine import build_engine, build_model  # noqa: E402
+from pretrain.trainer import init_distributed  # noqa: E402
+
+
+def peak_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default="configs/tiny.yaml")
+    p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # passed by the launcher
+    p.add_argument("overrides", nargs="*", help="config overrides, e.g. model=1b deepspeed.zero_init=false")
+    args = p.parse_args()
+    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+    cfg = load_config(args.config, ["deepspeed.zero_stage=3", "train.precision=fp32",
+                                    f"run.out_dir={tempfile.mkdtemp()}", *args.overrides])
+    init_distributed()
+    rows = [("imports", peak_gb(), 0.0)]
+    t0 = time.perf_counter()
+    model = build_model(cfg)
+    rows.append(("model built", peak_gb(), time.perf_counter() - t0))
+    t0 = time.perf_counter()
+    build_engine(model, cfg)
+    rows.append(("engine built", peak_gb(), time.perf_counter() - t0))
+    table = torch.tensor([[gb for _, gb, _ in rows]])
+    gathered = [torch.zeros_like(table) for _ in range(dist.world_size())]
+    torch.distributed.all_gather(gathered, table)
+    if dist.is_main():
+        print(f"model {cfg.model.num_params() / 1e9:.2f}B params, ZeRO-3, zero_init={cfg.deepspeed.zero_init}, "
+              f"{dist.world_size()} ranks, fp32")
+        print("| stage | " + " | ".join(f"peak RSS rank {r} (GB)" for r in range(len(gathered))) + " | seconds |")
+        print("|---|" + "---:|" * (len(gathered) + 1))
+        for i, (name, _, seconds) in enumerate(rows):
+            print(f"| {name} | " + " | ".join(f"{g[0, i].item():.2f}" for g in gathered) + f" | {seconds:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
