@@ -108,11 +108,11 @@ class LMHead(nn.Linear):
     """The output projection; given targets it returns (per-token loss, log Z) through the chunked fused
     cross-entropy instead of logits. Being the module that owns the weight is what makes ZeRO-3 gather it."""
 
-    def forward(self, x: torch.Tensor, targets: torch.Tensor | None = None,
-                chunk: int = 0) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, targets: torch.Tensor | None = None, chunk: int = 0,
+                log_z_grad: bool = True) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         if targets is None:
             return super().forward(x)
-        return chunked_linear_cross_entropy(x, self.weight, targets, chunk)
+        return chunked_linear_cross_entropy(x, self.weight, targets, chunk, log_z_grad)
 
 
 class Llama(nn.Module):
@@ -147,10 +147,11 @@ class Llama(nn.Module):
             p.normal_(0.0, cfg.init_std)
 
     def forward(self, tokens: torch.Tensor, return_hidden_states: bool = False, targets: torch.Tensor | None = None,
-                loss_chunk: int = 0) -> LlamaOutput:
+                loss_chunk: int = 0, log_z_grad: bool = True) -> LlamaOutput:
         """tokens [batch, seq] -> logits [batch, seq, vocab] (+ h_0..h_L when asked). With `targets` [batch, seq]
         the head computes per-token cross-entropy and log Z in chunks of `loss_chunk` tokens instead, and no
-        logits are returned (model/loss.py)."""
+        logits are returned (model/loss.py); `log_z_grad=False` (nothing differentiates log Z) takes the
+        faster path."""
         seq_len = tokens.shape[1]
         if seq_len > self.config.max_seq_len:
             raise ValueError(f"sequence length {seq_len} exceeds model.max_seq_len={self.config.max_seq_len}")
@@ -168,6 +169,6 @@ class Llama(nn.Module):
         normed = self.norm(h)
         final_normed = normed if return_hidden_states else None
         if targets is not None:
-            token_loss, log_z = self.output(normed, targets, loss_chunk)
+            token_loss, log_z = self.output(normed, targets, loss_chunk, log_z_grad)
             return LlamaOutput(None, hidden, final_normed, token_loss, log_z)
         return LlamaOutput(self.output(normed), hidden, final_normed)

@@ -91,6 +91,7 @@ class Trainer:
             importlib.import_module(module)
         self.regularizers = regs.build_regularizers(cfg.regularizers)
         self.need_hidden = any(r.needs_hidden_states for r in self.regularizers)
+        self.need_log_z_grad = any(r.needs_log_z_grad for r in self.regularizers)
 
         t = cfg.train
         self.sampler = StepSampler(len(self.data.train), t.micro_batch_size, t.grad_accum, self.world,
@@ -184,7 +185,8 @@ class Trainer:
         fused chunked head (no full logits; the output carries per-token log Z instead)."""
         chunk = self.cfg.train.loss_chunk
         if chunk:
-            out = self.engine(inputs, return_hidden_states=hidden_states, targets=targets, loss_chunk=chunk)
+            out = self.engine(inputs, return_hidden_states=hidden_states, targets=targets, loss_chunk=chunk,
+                              log_z_grad=self.need_log_z_grad)
             return out.token_loss.mean(), out
         out = self.engine(inputs, return_hidden_states=hidden_states)
         return F.cross_entropy(out.logits.float().flatten(0, 1), targets.flatten()), out

@@ -60,6 +60,9 @@ class Regularizer(ABC):
     needs_logits: ClassVar[bool] = True
     """True if `penalty` reads the full `logits`, which a fused, chunked loss head never materializes (so such
     a regularizer is refused with `train.loss_chunk` > 0). Set False when log_z or hidden states suffice."""
+    needs_log_z_grad: ClassVar[bool] = False
+    """True if `penalty` differentiates through `log_z` (z-loss): the fused loss head then keeps log Z in the
+    graph, at one extra head matmul in backward."""
 
     weight: float = 1.0
     """Target coefficient lambda of the penalty."""

@@ -17,6 +17,7 @@ class ZLoss(Regularizer):
     """
 
     needs_logits = False  # the fused loss head hands over log Z itself
+    needs_log_z_grad = True
 
     weight: float = 1e-4
 

@@ -35,29 +35,32 @@ def inputs(tokens: int, dim: int, vocab: int, device: torch.device):
     return hidden, weight, targets
 
 
-def loss_step(chunk: int, hidden, weight, targets) -> None:
-    """Forward + backward of mean cross-entropy plus a z-loss term, as the trainer computes them."""
+def loss_step(chunk: int, z_loss: bool, hidden, weight, targets) -> None:
+    """Forward + backward of mean cross-entropy (plus a z-loss term), as the trainer computes them."""
     if chunk == 0:
         logits = (hidden @ weight.T).float()
-        loss = F.cross_entropy(logits, targets) + 1e-4 * torch.logsumexp(logits, -1).square().mean()
+        loss = F.cross_entropy(logits, targets)
+        log_z = torch.logsumexp(logits, -1) if z_loss else None
     else:
-        losses, log_z = chunked_linear_cross_entropy(hidden, weight, targets, chunk)
-        loss = losses.mean() + 1e-4 * log_z.square().mean()
+        losses, log_z = chunked_linear_cross_entropy(hidden, weight, targets, chunk, log_z_grad=z_loss)
+        loss = losses.mean()
+    if z_loss:
+        loss = loss + 1e-4 * log_z.square().mean()
     loss.backward()
     hidden.grad = weight.grad = None
 
 
-def peak_gb(chunk: int, tokens: int, dim: int, vocab: int, queue) -> None:
+def peak_gb(chunk: int, z_loss: bool, tokens: int, dim: int, vocab: int, queue) -> None:
     device = dist.device()
     tensors = inputs(tokens, dim, vocab, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.max_memory_allocated()
-        loss_step(chunk, *tensors)
+        loss_step(chunk, z_loss, *tensors)
         queue.put((torch.cuda.max_memory_allocated() - base) / 2**30)
         return
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    loss_step(chunk, *tensors)
+    loss_step(chunk, z_loss, *tensors)
     queue.put((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 2**20)  # KiB -> GiB
 
 
@@ -69,35 +72,35 @@ def main() -> None:
     p.add_argument("--chunks", default="256,1024", help="chunk sizes to compare against the plain path (0)")
     p.add_argument("--rounds", type=int, default=5)
     args = p.parse_args()
-    variants = [0] + [int(c) for c in args.chunks.split(",")]
+    chunks = [0] + [int(c) for c in args.chunks.split(",")]
+    variants = [(c, z) for z in (False, True) for c in chunks]
     ctx = mp.get_context("spawn")
     memory = {}
-    for chunk in variants:
+    for variant in variants:
         queue = ctx.Queue()
-        proc = ctx.Process(target=peak_gb, args=(chunk, args.tokens, args.dim, args.vocab, queue))
+        proc = ctx.Process(target=peak_gb, args=(*variant, args.tokens, args.dim, args.vocab, queue))
         proc.start()
-        memory[chunk] = queue.get()
+        memory[variant] = queue.get()
         proc.join()
     device = dist.device()
     tensors = inputs(args.tokens, args.dim, args.vocab, device)
-    times: dict[int, list[float]] = {c: [] for c in variants}
+    times: dict[tuple[int, bool], list[float]] = {v: [] for v in variants}
     for r in range(args.rounds + 1):
-        for chunk in variants if r % 2 == 0 else variants[::-1]:
+        for variant in variants if r % 2 == 0 else variants[::-1]:
             dist.synchronize(device)
             t0 = time.perf_counter()
-            loss_step(chunk, *tensors)
+            loss_step(*variant, *tensors)
             dist.synchronize(device)
             if r > 0:  # round 0 warms up
-                times[chunk].append(time.perf_counter() - t0)
+                times[variant].append(time.perf_counter() - t0)
     print(f"tokens={args.tokens} dim={args.dim} vocab={args.vocab} fp32 device={device} "
           f"threads={torch.get_num_threads()} torch={torch.__version__}")
-    print(f"{'loss':<14} {'peak GB':>8} {'vs plain':>9} {'ms':>8} {'time vs plain':>14}")
-    plain_t = statistics.median(times[0])
-    for chunk in variants:
-        t = statistics.median(times[chunk])
+    print(f"| loss | z-loss | peak GB | memory cut vs plain | ms | time vs plain |\n|---|---|---:|---:|---:|---:|")
+    for chunk, z in variants:
+        t, plain_t = statistics.median(times[chunk, z]), statistics.median(times[0, z])
         name = "plain" if chunk == 0 else f"chunk {chunk}"
-        print(f"{name:<14} {memory[chunk]:>8.3f} {memory[0] / max(memory[chunk], 1e-9):>8.1f}x {t * 1e3:>8.1f} "
-              f"{t / plain_t:>13.3f}x")
+        print(f"| {name} | {'yes' if z else 'no'} | {memory[chunk, z]:.3f} | "
+              f"{memory[0, z] / max(memory[chunk, z], 1e-9):.1f}x | {t * 1e3:.0f} | {t / plain_t:.3f}x |")
 
 
 if __name__ == "__main__":
