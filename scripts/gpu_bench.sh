@@ -15,6 +15,10 @@
 #   1b-run-compile   the same with train.compile=true
 #   memory      peak GB of the 1b trainer per preset: ZeRO-1 or ZeRO-3, with or without activation
 #               checkpointing, and ZeRO-2 with the optimizer offloaded (MEMORY_PRESETS="zero3-ckpt" runs some)
+#   loss        scripts/bench_loss.py: the fused chunked LM head vs plain cross-entropy, 32k vocab, 8k tokens
+#   1b-run-chunked   1b-run-compile with train.loss_chunk=1024 (the fused head): MFU against 1b-run-compile
+#   7b          configs/7b.yaml on one H200, 4 steps per recipe: ZeRO-3 + activation checkpointing,
+#               ZeRO-2 + offloaded optimizer + checkpointing, ZeRO-1 + checkpointing (SEVEN_B="zero3-ckpt")
 # The whole script stops starting jobs once fewer than the next one's budget of seconds is left of
 # $DEADLINE_S (default 570), so it ends inside one 10-minute device call.
 set -uo pipefail
@@ -56,7 +60,23 @@ memory_presets() {  # peak GB of the 1b trainer per memory preset (3 steps each)
   done
 }
 
-export -f bench run_1b summarize memory_presets
+seven_b() {  # the 7b preset's single-GPU recipes, 4 steps each (the first is warm-up); SEVEN_B picks some
+  declare -A recipes=([zero3-ckpt]="deepspeed.zero_stage=3 train.activation_checkpointing=true"
+                      [zero2-offload-ckpt]="deepspeed.zero_stage=2 train.activation_checkpointing=true deepspeed.config.zero_optimization.offload_optimizer.device=cpu"
+                      [zero1-ckpt]="deepspeed.zero_stage=1 train.activation_checkpointing=true")
+  for key in ${SEVEN_B:-zero3-ckpt zero2-offload-ckpt zero1-ckpt}; do
+    name=7b-$key
+    # shellcheck disable=SC2086
+    python3 -m launch --num_gpus 1 configs/7b.yaml run.out_dir=/tmp/gpu_runs run.name="$name" data.val_fraction=0.05 \
+      train.resume=never train.steps=4 train.grad_accum=1 log.every=1 eval.every=0 monitors.jump.every=0 \
+      checkpoint.every=0 log.progress=plain log.tensorboard=false ${recipes[$key]} > "/tmp/$name.log" 2>&1
+    # The final save (~94 GB with Adam state) does not fit the device's 64 GB disk: read the logged steps anyway.
+    summarize "/tmp/gpu_runs/$name/metrics.jsonl" || { echo "$name failed:"; tail -n 20 "/tmp/$name.log"; }
+    rm -rf "/tmp/gpu_runs/$name/checkpoints"
+  done
+}
+
+export -f bench run_1b summarize memory_presets seven_b
 
 job() {  # job NAME BUDGET_S COMMAND...: run it under a timeout, logging to NAME.log, if time is left
   local name=$1 budget=$2; shift 2
@@ -88,6 +108,11 @@ for j in "${jobs[@]}"; do
     1b-run-compile) job 1b-run-compile 220 run_1b train.steps=20 log.every=5 train.compile=true run.name=1b-run-compile
             summarize /tmp/gpu_runs/1b-run-compile/metrics.jsonl ;;
     memory) job memory 280 memory_presets ;;
+    loss) job loss 120 python3 scripts/bench_loss.py --tokens 8192 --dim 2048 --chunks 1024,4096 ;;
+    1b-run-chunked) job 1b-run-chunked 220 run_1b train.steps=20 log.every=5 train.compile=true train.loss_chunk=1024 \
+            run.name=1b-run-chunked
+            summarize /tmp/gpu_runs/1b-run-chunked/metrics.jsonl ;;
+    7b) job 7b 420 seven_b ;;
     *) echo "unknown job $j"; exit 2 ;;
   esac
   tail -n 12 "$logs/$j.log" 2>/dev/null
