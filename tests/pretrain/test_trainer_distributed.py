@@ -107,6 +107,7 @@ def test_export_from_zero3_matches_live_validation_loss(zero_runs, tmp_path):
     assert abs(torch.stack(batch_losses).mean().item() - live) < 1e-4
 
 
+@pytest.mark.slow  # JIT-builds DeepSpeed's CPU Adam (~80 s on 2 cores) on a fresh machine
 def test_optimizer_offload_matches_zero2(zero_runs, runs_root):
     """ZeRO-Offload (the 7b preset's memory switch) runs DeepSpeed's CPU AdamW in place of torch's: the same
     update, so the losses of the first steps match the plain ZeRO-2 run's (steps 1-3 see warmup-only lrs,
