@@ -135,8 +135,13 @@ def save_hf_folder(
     Written into a temp dir beside out_dir and renamed into place, so readers never see a half-written folder.
     """
     out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out_dir} exists and is not empty; pass overwrite=True to replace it")
+    if out_dir.exists() and any(out_dir.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"{out_dir} exists and is not empty; pass overwrite=True to replace it")
+        foreign = sorted(p.name for p in out_dir.iterdir() if not _export_file(p))
+        if foreign:  # overwrite replaces a previous export, never a run, a checkpoint or anything else
+            raise FileExistsError(f"{out_dir} holds {foreign[:5]}, which an export does not write (a run or "
+                                  "checkpoints?): not replacing it; choose another folder")
     hf_sd = to_hf_state_dict(state_dict)
     if cfg.tie_embeddings:  # safetensors refuses shared storage; HF re-ties lm_head on load
         hf_sd.pop("lm_head.weight", None)
@@ -157,6 +162,11 @@ def save_hf_folder(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
+
+
+def _export_file(path: Path) -> bool:
+    """A file of the kind an HF model folder holds (config, weights, tokenizer), not a folder or run state."""
+    return path.is_file() and path.suffix in (".json", ".safetensors", ".model", ".txt") and path.name != "manifest.json"
 
 
 def hf_tokenizer_config(sp_model: bytes, max_seq_len: int) -> dict[str, object]:

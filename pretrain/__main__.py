@@ -44,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.check:
             from pretrain.data import prepare_data
 
+            from pretrain import runlock
+
+            runlock.check_free(cfg.run_dir)
             data = prepare_data(cfg.data, cfg.model.vocab_size)
             check_resume(cfg, data.tokenizer_path)
             print(f"config ok; data: {data.stats}")
@@ -64,7 +67,7 @@ def check_resume(cfg, tokenizer_path) -> None:
     if ckpt is None:
         return
     saved = checkpoint.verify(ckpt).get("meta", {})
-    found = compat.problems(saved, compat.run_meta(cfg, tokenizer_path, saved.get("world_size", 1)))
+    found = compat.problems(saved, compat.run_meta(cfg, tokenizer_path, world_size=None))
     if found:
         raise ConfigError(f"cannot resume from {ckpt}: " + "; ".join(found))
 

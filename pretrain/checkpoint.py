@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import xxhash
 
 from model.config import ModelConfig
 from pretrain import dist
@@ -34,6 +35,13 @@ MANIFEST = "manifest.json"
 LATEST = "latest"
 WEIGHTS = "model.pt"
 WEIGHTS_CONFIG = "model_config.json"
+HASHES = "xxh3_64"
+UNIVERSAL_SOURCE = "source_manifest.xxh3"
+"""In `<tag>.universal/`: the hash of the manifest it was converted from (a step saved again is converted again)."""
+"""Manifest key of the per-file content hashes (manifests written before it have sizes only)."""
+_VERIFIED: set[tuple[str, int]] = set()
+"""Manifests (path, mtime) whose files this process has hashed already: resume verifies a checkpoint
+several times (the pre-launch check, the choice of checkpoint, the load), the bytes are read once."""
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
@@ -83,26 +91,49 @@ def _clear_previous(ckpt: Path) -> None:
 
 
 def _write_manifest(ckpt: Path, step: int, meta: dict[str, Any]) -> None:
-    files = {
-        str(p.relative_to(ckpt)): p.stat().st_size
-        for p in sorted(ckpt.rglob("*"))
-        if p.is_file() and p.name != MANIFEST
-    }
-    atomic_write_json(ckpt / MANIFEST, {"step": step, "files": files, "time": time.time(), "meta": meta})
+    """Size and content hash of every file, written last: a checkpoint without it is partial."""
+    paths = [p for p in sorted(ckpt.rglob("*")) if p.is_file() and p.name != MANIFEST]
+    t0 = time.perf_counter()
+    hashes = {str(p.relative_to(ckpt)): file_hash(p) for p in paths}
+    log.info("checkpoint %s: hashed %d files (%.1f MB) in %.2f s", ckpt.name, len(paths),
+             sum(p.stat().st_size for p in paths) / 1e6, time.perf_counter() - t0)
+    atomic_write_json(ckpt / MANIFEST, {"step": step, "files": {str(p.relative_to(ckpt)): p.stat().st_size for p in paths},
+                                        HASHES: hashes, "time": time.time(), "meta": meta})
+
+
+def file_hash(path: Path, block: int = 1 << 23) -> str:
+    """xxh3-64 of a file's bytes: ~10x faster than sha256, and corruption (not forgery) is what it guards."""
+    h = xxhash.xxh3_64()
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def verify(ckpt: Path) -> dict[str, Any]:
-    """The manifest of a complete checkpoint; raises naming the first missing or truncated file."""
+    """The manifest of a complete checkpoint; raises naming the first missing, truncated or corrupted file
+    (sizes always; content hashes where the manifest records them, checked once per process)."""
     manifest_path = ckpt / MANIFEST
     if not manifest_path.is_file():
         raise CheckpointError(f"{ckpt} is not a complete checkpoint: {MANIFEST} is missing (interrupted save?)")
-    manifest = json.loads(manifest_path.read_text())
-    for rel, size in manifest["files"].items():
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        files, hashes = manifest["files"], manifest.get(HASHES, {})
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{manifest_path} is damaged ({type(err).__name__}: {err})") from None
+    for rel, size in files.items():
         path = ckpt / rel
         if not path.is_file():
             raise CheckpointError(f"checkpoint file {path} listed in the manifest is missing")
         if path.stat().st_size != size:
             raise CheckpointError(f"checkpoint file {path} has {path.stat().st_size} bytes, manifest says {size}")
+    stamp = (str(manifest_path.resolve()), manifest_path.stat().st_mtime_ns)
+    if hashes and stamp not in _VERIFIED:
+        for rel, expected in hashes.items():
+            if file_hash(ckpt / rel) != expected:
+                raise CheckpointError(f"checkpoint file {ckpt / rel} is corrupted: its content hash differs from "
+                                      f"the manifest's (same size, other bytes)")
+        _VERIFIED.add(stamp)
     return manifest
 
 
@@ -168,9 +199,13 @@ def to_universal(ckpt: Path) -> Path:
 
     Written next to the checkpoint as `<tag>.universal` via a temp folder and a rename, so a crash leaves
     nothing half-converted; the original is not touched."""
-    out = ckpt.with_name(ckpt.name + ".universal")
-    if (out / "zero").is_dir():
+    out = universal_dir(ckpt)
+    source = file_hash(ckpt / MANIFEST)  # keys the conversion to this save of the step, not to its name
+    if (out / "zero").is_dir() and (out / UNIVERSAL_SOURCE).is_file() and (out / UNIVERSAL_SOURCE).read_text() == source:
         return out
+    if out.exists():
+        log.warning("%s was converted from an earlier save of %s; converting again", out, ckpt.name)
+        shutil.rmtree(out)
     import subprocess
     import sys
 
@@ -188,8 +223,13 @@ def to_universal(ckpt: Path) -> Path:
             shutil.copytree(src, tmp / name, dirs_exist_ok=True)
         elif src.is_file() and not (tmp / name).exists():
             shutil.copy(src, tmp / name)
+    (tmp / UNIVERSAL_SOURCE).write_text(source)
     tmp.rename(out)
     return out
+
+
+def universal_dir(ckpt: Path) -> Path:
+    return ckpt.with_name(ckpt.name + ".universal")
 
 
 def prune(root: Path, keep: int) -> None:
@@ -198,6 +238,7 @@ def prune(root: Path, keep: int) -> None:
     for _, d in complete_checkpoints(root)[:-keep]:
         if d.name != pointer:
             shutil.rmtree(d, ignore_errors=True)
+            shutil.rmtree(universal_dir(d), ignore_errors=True)
 
 
 def load(engine, ckpt: Path, universal: bool = False) -> dict[str, Any]:
@@ -212,7 +253,7 @@ def load(engine, ckpt: Path, universal: bool = False) -> dict[str, Any]:
         if dist.is_main():
             to_universal(ckpt)
         dist.barrier()
-        source = ckpt.with_name(ckpt.name + ".universal")
+        source = universal_dir(ckpt)
         engine._config.load_universal_checkpoint = True
     try:
         path, client_state = engine.load_checkpoint(

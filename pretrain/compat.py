@@ -6,14 +6,24 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-from pretrain.config import Config
+from pretrain.config import Config, get_dotted
+
+SAMPLE_SEQUENCE = ("data.source", "data.text_field", "data.hf_split", "data.seq_len", "data.val_fraction")
+"""Settings that decide which windows there are and in which order they come; with the global batch they decide
+what each step trains on, so a resume that changes one continues on another sample sequence."""
+GLOBAL_BATCH = "global batch (train.micro_batch_size x train.grad_accum x ranks)"
 
 
-def run_meta(cfg: Config, tokenizer_path: Path, world_size: int) -> dict[str, Any]:
-    """What a resume must agree with; stored in every checkpoint's manifest."""
+def run_meta(cfg: Config, tokenizer_path: Path, world_size: int | None) -> dict[str, Any]:
+    """What a resume must agree with; stored in every checkpoint's manifest. `world_size` None (a check made
+    before the ranks exist) leaves the global batch out: another world size is fine when the batch is kept."""
+    sequence = {key: get_dotted(cfg, key) for key in SAMPLE_SEQUENCE}
+    if world_size is not None:
+        sequence[GLOBAL_BATCH] = cfg.train.micro_batch_size * cfg.train.grad_accum * world_size
     return {"model": dataclasses.asdict(cfg.model), "zero_stage": cfg.deepspeed.zero_stage,
             "precision": cfg.train.precision, "world_size": world_size,
-            "tokenizer_sha256": hashlib.sha256(Path(tokenizer_path).read_bytes()).hexdigest()}
+            "tokenizer_sha256": hashlib.sha256(Path(tokenizer_path).read_bytes()).hexdigest(),
+            "sample_sequence": sequence}
 
 
 def problems(saved: dict[str, Any], ours: dict[str, Any]) -> list[str]:
@@ -28,4 +38,11 @@ def problems(saved: dict[str, Any], ours: dict[str, Any]) -> list[str]:
         if saved.get(key, ours[key]) != ours[key]:
             found.append(f"{name}: checkpoint {saved[key]!r}, config {ours[key]!r} (DeepSpeed cannot load the "
                          "optimizer state across these; resume with the checkpoint's value)")
+    changed = [f"{k}: checkpoint {v!r}, config {ours['sample_sequence'][k]!r}"
+               for k, v in saved.get("sample_sequence", {}).items()
+               if k in ours["sample_sequence"] and ours["sample_sequence"][k] != v]
+    if changed:
+        found.append("; ".join(changed) + " (the run would continue on another sample sequence; resume with the "
+                     "checkpoint's values, or start a new run: another run.name, or train.resume=never)")
     return found
+

@@ -229,14 +229,14 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
 def validate(cfg: Config) -> None:
     """Cross-field checks that a single dataclass cannot see."""
     for key, valid in CHOICES.items():
-        value = _get(cfg, key)
+        value = get_dotted(cfg, key)
         if value not in valid:
             raise ConfigError(f"{key}={value!r} is not valid; choose one of {list(valid)}")
     positive = ["train.steps", "train.micro_batch_size", "train.grad_accum", "log.every", "checkpoint.keep"]
     non_negative = ["train.loss_chunk", "train.trainable.after_step", "train.warmup_steps", "eval.every", "eval.batches", "checkpoint.every", "train.grad_clip",
                     "train.weight_decay"]
     for key in positive + non_negative:
-        value = _get(cfg, key)
+        value = get_dotted(cfg, key)
         if value < 0 or (key in positive and value == 0):
             raise ConfigError(f"{key}={value} must be {'> 0' if key in positive else '>= 0'}")
     if not 0.0 <= cfg.train.min_lr_ratio <= 1.0:
@@ -280,7 +280,8 @@ def _check_regularizers(cfg: Config) -> None:
                           f"{cfg.train.loss_chunk} never materializes; set train.loss_chunk=0")
 
 
-def _get(cfg: Config, dotted: str) -> Any:
+def get_dotted(cfg: Config, dotted: str) -> Any:
+    """The value at a dotted key such as 'train.steps'."""
     value: Any = cfg
     for part in dotted.split("."):
         value = getattr(value, part)

@@ -37,12 +37,23 @@ def memory_gb() -> float:
 
 
 def _truncate_after(path: Path, step: int) -> None:
-    """Drop records past `step` (left by a run that crashed after its last checkpoint) before resuming."""
+    """Drop records past `step` (left by a run that crashed after its last checkpoint) before resuming, and
+    lines that do not parse (a process killed mid-write leaves a torn last line), with a warning."""
     if not path.is_file():
         return
     from pretrain.io import atomic_write_text
 
-    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= step]
+    kept, torn = [], []
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        try:
+            record = json.loads(line) if line.strip() else None
+        except json.JSONDecodeError:
+            torn.append(number)
+            continue
+        if isinstance(record, dict) and record.get("step", 0) <= step:
+            kept.append(line)
+    if torn:
+        log.warning("%s: dropped line(s) %s that do not parse (a write cut short)", path, torn)
     atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 

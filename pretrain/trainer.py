@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import importlib
+import json
 import logging
 import os
 import time
@@ -21,20 +22,21 @@ import torch.nn.functional as F
 
 import regularizers as regs
 from model import Llama
-from pretrain import checkpoint, compat, dist, hybrid, precision
+from pretrain import checkpoint, compat, dist, hybrid, precision, runlock
 from pretrain.callbacks import Callback, Validation, due
 from pretrain.config import Config, ConfigError, save_config
 from pretrain.data import PackedData, StepSampler, get_batch, prepare_data
 from pretrain.engine import build_engine, build_model, load_weights_into
 from pretrain.faults import NonFiniteError, Preemption, diagnose
 from pretrain.hybrid import freeze_all_but, trainable_names
-from pretrain.io import atomic_write_bytes
+from pretrain.io import atomic_write_bytes, atomic_write_json
 from pretrain.jobs.schedule import build_jobs
 from pretrain.monitors import build_monitors
 from pretrain.metrics import MetricsLogger, detect_peak_tflops, memory_gb
 
 log = logging.getLogger("growlm")
 
+FAULT_STATE = "faults.json"
 MAX_ROLLBACKS = 3
 """Rollbacks to one checkpoint before `on_nonfinite: rollback` gives up (a diverging run would loop forever)."""
 
@@ -75,12 +77,9 @@ class Trainer:
         self.cfg = cfg
         self.run_dir = cfg.run_dir
         self.ckpt_root = self.run_dir / "checkpoints"
+        self._run_lock = self._lock_run_dir()
 
         self.data = load_data(cfg)
-        if self.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, self.run_dir / "config.yaml")
-            atomic_write_bytes(self.run_dir / "tokenizer.model", Path(self.data.tokenizer_path).read_bytes())
 
         torch.manual_seed(cfg.run.seed)
         np.random.seed(cfg.run.seed)
@@ -104,12 +103,17 @@ class Trainer:
         self._rollbacks: dict[str, int] = {}
         self.skip_windows: set[tuple[int, int]] = set()
         """Sampler positions whose batches are skipped (windows that produced a non-finite step before a
-        rollback; kept in memory only)."""
+        rollback). With the counts above it is kept in `<run>/faults.json`, so a requeued run skips them too."""
+        self._load_fault_state()
 
         resume_from = self._resume_checkpoint()
         manifest = checkpoint.verify(resume_from) if resume_from else None
         if manifest is not None:
             self._check_compatible(resume_from, manifest.get("meta", {}))
+        if self.is_main:  # only once the run is known to go ahead: a refused resume leaves the run as it was
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.run_dir / "config.yaml")
+            atomic_write_bytes(self.run_dir / "tokenizer.model", Path(self.data.tokenizer_path).read_bytes())
         self._build_engine(model, manifest["step"] if manifest else 0)
         if resume_from is not None:
             self._resume(resume_from, universal=manifest.get("meta", {}).get("world_size", self.world) != self.world)
@@ -144,6 +148,19 @@ class Trainer:
         if mode == "auto":
             return checkpoint.resumable(self.ckpt_root, self.cfg.checkpoint.fallback)
         return Path(mode)
+
+    def _lock_run_dir(self):
+        """Rank 0 takes the run directory's lock before anything is written; every rank learns the outcome (a
+        collective), so a refused run stops on all ranks instead of leaving the others at a barrier."""
+        lock, refusal = None, None
+        if self.is_main:
+            try:
+                lock = runlock.acquire(self.run_dir)
+            except runlock.RunDirInUse as err:
+                refusal = err
+        if dist.all_reduce_sum(torch.tensor([0.0 if refusal is None else 1.0])).item() > 0:
+            raise refusal or runlock.RunDirInUse(f"run directory {self.run_dir} is in use (see rank 0)")
+        return lock
 
     def _check_compatible(self, ckpt: Path, saved: dict[str, Any]) -> None:
         found = compat.problems(saved, compat.run_meta(self.cfg, self.data.tokenizer_path, self.world))
@@ -283,6 +300,7 @@ class Trainer:
             raise NonFiniteError(message + "; stopping (train.on_nonfinite=stop)")
         if policy == "skip":
             log.warning("%s; continuing (%d skipped so far)", message, self.nonfinite_steps)
+            self._save_fault_state()
             return False
         ckpt = checkpoint.latest(self.ckpt_root)
         if ckpt is None:
@@ -293,12 +311,41 @@ class Trainer:
                                  "diverges from there whatever data it skips: stopping")
         log.warning("%s; rolling back to %s and skipping this batch window", message, ckpt)
         self.skip_windows.add(self._current_window)
+        self._save_fault_state()
         del self.engine, self.optimizer, self.scheduler
         gc.collect()
-        self._build_engine(Llama(self.cfg.model), checkpoint.verify(ckpt)["step"])
+        self._build_engine(build_model(self.cfg), checkpoint.verify(ckpt)["step"])
         self._resume(ckpt)
         self.logger.rewind(self.step)
         return True
+
+    def _save_fault_state(self) -> None:
+        """Persist what the non-finite policy learned, at once: a run killed before its next checkpoint must
+        not meet the same bad window again, nor reset its rollback count and loop."""
+        if self.is_main:
+            atomic_write_json(self.run_dir / FAULT_STATE, {
+                "nonfinite_steps": self.nonfinite_steps, "rollbacks": self._rollbacks,
+                "skip_windows": sorted(self.skip_windows)})
+
+    def _load_fault_state(self) -> None:
+        """Merge `<run>/faults.json` into this run's state (the larger count, the union of windows)."""
+        path = self.run_dir / FAULT_STATE
+        if self.cfg.train.resume == "never" or not path.is_file():
+            return
+        try:
+            saved = json.loads(path.read_text())
+            windows = {(int(e), int(p)) for e, p in saved["skip_windows"]}
+            rollbacks = {str(k): int(v) for k, v in saved["rollbacks"].items()}
+            nonfinite = int(saved["nonfinite_steps"])
+        except (ValueError, KeyError, TypeError) as err:
+            raise ConfigError(f"{path} is damaged ({err}); delete it to resume without the skipped batch windows "
+                              "it recorded") from None
+        self.skip_windows |= windows
+        for name, count in rollbacks.items():
+            self._rollbacks[name] = max(count, self._rollbacks.get(name, 0))
+        self.nonfinite_steps = max(self.nonfinite_steps, nonfinite)
+        if windows:
+            log.warning("%s: skipping %d batch window(s) that produced non-finite steps before", path, len(windows))
 
     def train_subset_only(self) -> dict[str, int]:
         """Rebuild the engine over the trainable subset, carrying the fp32 weights and the lr schedule."""

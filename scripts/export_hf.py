@@ -32,8 +32,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     tokenizer = source / "tokenizer.model"
-    save_hf_folder(state, cfg, args.out, tokenizer_model=tokenizer if tokenizer.is_file() else None,
-                   overwrite=args.overwrite)
+    try:
+        save_hf_folder(state, cfg, args.out, tokenizer_model=tokenizer if tokenizer.is_file() else None,
+                       overwrite=args.overwrite)
+    except FileExistsError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print(f"exported {source} -> {args.out}")
     return 0
 

@@ -5,7 +5,8 @@ patches the trainer from outside, so the framework carries no test hooks. GROWLM
 list of:
   kill_rank:R:S      rank R SIGKILLs itself right after completing step S
   kill_in_save:S     the process dies while writing checkpoint S (DeepSpeed files written, no manifest yet)
-  nan_at:S           the batch window of step S gives a NaN loss on every rank (wherever it is met again)
+  nan_at:S[:FILE]    the batch window of step S gives a NaN loss on every rank (wherever it is met again; with
+                     FILE, also in a later process: the window is kept there, as a bad record in the data is)
   enospc_in_save:S    writing checkpoint S fails with "No space left on device" (ENOSPC)
   record_samples:DIR each rank appends the window indices of every step to DIR/rank_<r>.jsonl
   cpu_bf16:yes|no    torch reports this CPU with (AMX) or without native bf16 units
@@ -56,13 +57,15 @@ for name, *args in _faults():
     elif name == "nan_at":
         at_step = int(args[0])
         loss = Trainer.loss
+        memo = Path(args[1]) if len(args) > 1 else None  # the bad window, shared with a requeued process
+        bad_windows: set = {tuple(json.loads(memo.read_text()))} if memo and memo.is_file() else set()
 
-        bad_windows: set = set()
-
-        def nan_loss(self, batch, _orig=loss, _at=at_step, _bad=bad_windows):
+        def nan_loss(self, batch, _orig=loss, _at=at_step, _bad=bad_windows, _memo=memo):
             total, metrics = _orig(self, batch)
             if self.step + 1 == _at and not _bad:  # self.step counts completed steps; first pass only
                 _bad.add(self._current_window)
+                if _memo:
+                    _memo.write_text(json.dumps(list(self._current_window)))
             if self._current_window in _bad:  # a data fault: it follows the batch, not the step number
                 total = total * float("nan")
             return total, metrics

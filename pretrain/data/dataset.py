@@ -107,16 +107,41 @@ def _dtype(vocab_size: int) -> np.dtype:
 
 
 def _load(key_dir: Path, tok_path: Path, start: float, hit: bool = True) -> PackedData | None:
-    """Memory-map a complete cache directory (one with a manifest), or None if there is none."""
+    """Memory-map a complete cache directory (one with a manifest), or None if there is none. A damaged one
+    (a truncated array, a garbled manifest: a disk that filled up, a copy cut short) is removed with a warning
+    naming what is wrong, so the caller rebuilds it; right after a build, damage is an error."""
     manifest = key_dir / "manifest.json"
     if not manifest.is_file():
         return None
-    stats = json.loads(manifest.read_text())
-    arrays = {s: np.load(key_dir / f"{s}.npy", mmap_mode="r") for s in _SPLITS}
+    try:
+        stats, arrays = _open_cache(key_dir)
+    except DataError as err:
+        if not hit:
+            raise
+        log.warning("data: %s; removing the damaged cache and building it again", err)
+        doomed = key_dir.with_name(f".damaged-{key_dir.name}-{uuid.uuid4().hex[:8]}")
+        os.rename(key_dir, doomed)  # at once: a racing rank sees no cache rather than a half-deleted one
+        shutil.rmtree(doomed, ignore_errors=True)
+        return None
     stats.update(cache_hit=hit, load_seconds=round(time.perf_counter() - start, 4), cache_dir=str(key_dir))
     if hit:
         log.info("data: cache hit %s (%d train / %d val windows)", key_dir, len(arrays["train"]), len(arrays["val"]))
     return PackedData(train=arrays["train"], val=arrays["val"], tokenizer_path=tok_path, stats=stats)
+
+
+def _open_cache(key_dir: Path) -> tuple[dict, dict[str, np.ndarray]]:
+    """(manifest, memory-mapped windows) of a cache directory, checked against each other."""
+    try:
+        stats = json.loads((key_dir / "manifest.json").read_text())
+        arrays = {s: np.load(key_dir / f"{s}.npy", mmap_mode="r") for s in _SPLITS}
+    except (OSError, ValueError, EOFError) as err:  # JSONDecodeError is a ValueError, as numpy's are
+        raise DataError(f"cache {key_dir} is damaged ({type(err).__name__}: {err})") from None
+    for split, array in arrays.items():
+        expected = (stats.get(f"{split}_windows"), stats.get("seq_len", -2) + 1)
+        if array.shape != expected:
+            raise DataError(f"cache {key_dir / f'{split}.npy'} holds windows {array.shape}, its manifest says "
+                            f"{expected}")
+    return stats, arrays
 
 
 def _tokenizer_sample(docs: datasets.Dataset, cfg: DataConfig) -> Iterator[str]:

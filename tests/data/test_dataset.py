@@ -83,6 +83,23 @@ def test_second_call_hits_the_cache_and_a_key_change_rebuilds(tmp_path, corpus_t
     assert prepare_data(local_cfg(tmp_path, source, tokenizer_path), vocab).stats["cache_hit"] is False
 
 
+@pytest.mark.parametrize("damage", ["truncate train.npy", "garble manifest.json", "shrink val.npy"])
+def test_a_damaged_cache_is_named_removed_and_rebuilt(tmp_path, corpus_texts, tokenizer_path, vocab, caplog, damage):
+    source = write_jsonl(tmp_path / "c.jsonl", [{"text": t} for t in corpus_texts[:20]])
+    first = prepare_data(local_cfg(tmp_path, source, tokenizer_path), vocab)
+    key_dir = Path(first.stats["cache_dir"])
+    train = np.array(first.train)
+    if damage == "truncate train.npy":
+        (key_dir / "train.npy").write_bytes((key_dir / "train.npy").read_bytes()[:-100])
+    elif damage == "garble manifest.json":
+        (key_dir / "manifest.json").write_text('{"source": ')
+    else:  # a valid array of the wrong shape, e.g. from another build copied over it
+        np.save(key_dir / "val.npy", np.zeros((1, 3), dtype=np.uint16))
+    again = prepare_data(local_cfg(tmp_path, source, tokenizer_path), vocab)
+    assert again.stats["cache_hit"] is False and np.array_equal(np.array(again.train), train)
+    assert f"cache {key_dir}" in caplog.text and "building it again" in caplog.text
+
+
 def test_trained_tokenizer_is_reused_from_the_cache(embedded, vocab):
     cfg, first = embedded
     again = prepare_data(DataConfig(**{**vars(cfg)}), vocab)

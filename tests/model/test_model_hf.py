@@ -200,3 +200,15 @@ def test_failed_save_leaves_nothing_behind(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         save_hf_folder(our_model(cfg).state_dict(), cfg, tmp_path / "hf", tokenizer_model=tmp_path / "missing.model")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_overwrite_never_replaces_a_run_or_checkpoints(tmp_path: Path) -> None:
+    """--overwrite replaces an earlier export, not a folder a user pointed at by mistake (a run, checkpoints)."""
+    cfg = small_cfg(True)
+    run = tmp_path / "run"
+    (run / "checkpoints" / "step_2").mkdir(parents=True)
+    (run / "metrics.jsonl").write_text('{"step": 1}\n')
+    (run / "config.json").write_text("{}")
+    with pytest.raises(FileExistsError, match=r"\['checkpoints', 'metrics.jsonl'\]"):
+        save_hf_folder(our_model(cfg).state_dict(), cfg, run, overwrite=True)
+    assert (run / "checkpoints" / "step_2").is_dir() and (run / "metrics.jsonl").read_text() == '{"step": 1}\n'

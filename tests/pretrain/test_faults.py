@@ -9,6 +9,7 @@ import hashlib
 import json
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -83,6 +84,8 @@ def test_out_of_disk_while_saving_fails_loudly_and_keeps_older_checkpoints(runs_
     ("model.n_layers=3", "model.n_layers: checkpoint 2, config 3"),
     ("deepspeed.zero_stage=3", "deepspeed.zero_stage: checkpoint 1, config 3"),
     ("train.precision=bf16", "train.precision: checkpoint 'fp32', config 'bf16'"),
+    ("data.seq_len=16", "data.seq_len: checkpoint 32, config 16"),
+    ("data.val_fraction=0.1", "data.val_fraction: checkpoint 0.05, config 0.1"),
 ])
 def test_resuming_with_a_different_shape_or_layout_is_refused_before_any_rank_starts(killed_in_save, override,
                                                                                      named):
@@ -90,6 +93,15 @@ def test_resuming_with_a_different_shape_or_layout_is_refused_before_any_rank_st
     proc = subprocess.run([*command(run, [*SHORT, override], ranks=None), "--check"], cwd=ROOT,
                           env=environment(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "cannot resume from" in proc.stderr and named in proc.stderr, proc.stderr
+
+
+def test_resuming_with_another_global_batch_is_refused_naming_it(killed_in_save):
+    """The pre-launch check cannot know the world size; the ranks refuse a changed global batch themselves."""
+    run, step2 = killed_in_save
+    proc = launch(run, [*SHORT, "train.micro_batch_size=2"], ranks=None, check=False)
+    assert proc.returncode == 2 and "cannot resume from" in proc.stderr
+    assert "global batch (train.micro_batch_size x train.grad_accum x ranks): checkpoint 4, config 2" in proc.stderr
+    assert digest(run / "checkpoints" / "step_2") == step2  # nothing written
 
 
 @pytest.mark.parametrize("policy", ["skip", "stop", "rollback"])
@@ -111,6 +123,22 @@ def test_nonfinite_policies(runs_root, policy):
         assert sorted(records) == [1, 2, 3, 4]
 
 
+def test_a_requeued_run_skips_the_window_it_rolled_back_from(runs_root, tmp_path):
+    """Killed after a rollback but before its next checkpoint, a run restarts from the checkpoint it rolled back
+    to: it must skip the bad window at once (not roll back again, nor reset its count and loop)."""
+    run, memo = runs_root / "nan_requeued", tmp_path / "bad_window.json"
+    rollback = [*SHORT, "train.on_nonfinite=rollback"]
+    proc = launch(run, rollback, ranks=None, check=False, fault=f"nan_at:3:{memo},kill_rank:0:4")
+    assert proc.returncode != 0 and "rolling back" in proc.stderr
+    assert checkpoint.latest(run / "checkpoints").name == "step_2"  # killed before saving step 4
+    saved = json.loads((run / "faults.json").read_text())
+    assert saved["skip_windows"] == [json.loads(memo.read_text())] and saved["nonfinite_steps"] == 1
+    proc = launch(run, rollback, ranks=None, check=False, fault=f"nan_at:3:{memo}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "rolling back" not in proc.stderr and "skipping 1 batch window" in proc.stderr
+    assert all(np.isfinite(r["loss"]) for r in metrics(run) if "loss" in r)
+
+
 @pytest.mark.distributed
 def test_rank_killed_mid_training_resumes_to_the_same_losses(zero_runs, runs_root):
     run = runs_root / "rank_killed"
@@ -123,7 +151,7 @@ def test_rank_killed_mid_training_resumes_to_the_same_losses(zero_runs, runs_roo
 
 
 @pytest.mark.distributed
-def test_preemption_signal_saves_and_exits_zero(runs_root):
+def test_preemption_signal_saves_and_exits_zero_and_the_run_dir_is_locked_meanwhile(runs_root):
     run = runs_root / "preempted"
     proc = subprocess.Popen(command(run, ["train.steps=1000", "eval.every=0", "monitors.jump.every=0",
                                           "checkpoint.every=1000"]),
@@ -131,6 +159,14 @@ def test_preemption_signal_saves_and_exits_zero(runs_root):
     deadline = time.time() + 300
     while time.time() < deadline and not (run / "metrics.jsonl").exists() or len(metrics(run)) < 3:
         time.sleep(0.5)
+    # A second run into the same directory is refused, naming the holder, before it writes anything: by the
+    # launcher's check, and by the trainer itself when started without the launcher.
+    config_before = (run / "config.yaml").read_bytes()
+    for ranks in (2, None):
+        second = launch(run, ["train.steps=1000"], ranks=ranks, check=False)
+        assert second.returncode != 0 and f"run directory {run} is in use by host {socket.gethostname()}, pid" \
+            in second.stderr, second.stderr[-2000:]
+    assert (run / "config.yaml").read_bytes() == config_before
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out[-3000:]
