@@ -57,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.skip_check:
         check = [sys.executable, "-m", "pretrain", "--check"] + ([args.config] if args.config else []) + args.overrides
+        if args.node_rank:  # another node: the run directory is node 0's rank 0's to lock
+            check.append("--not-first-node")
         rc = subprocess.call(check, env=env)
         if rc != 0:
             return rc

@@ -22,6 +22,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.steps=100 deepspeed.zero_stage=3")
     p.add_argument("--check", action="store_true", help="validate the config and prepare the data, then exit")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--not-first-node", action="store_true", help=argparse.SUPPRESS)  # --check on node_rank > 0
     p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # passed by the launcher
     args = p.parse_args(argv)
     if args.config and "=" in args.config:  # only overrides were given
@@ -46,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
 
             from pretrain import runlock
 
-            runlock.check_free(cfg.run_dir)
+            if not args.not_first_node:  # node 0's rank 0 may hold the run directory already: that is this run
+                runlock.check_free(cfg.run_dir)
             data = prepare_data(cfg.data, cfg.model.vocab_size)
             check_resume(cfg, data.tokenizer_path)
             print(f"config ok; data: {data.stats}")

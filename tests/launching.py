@@ -26,10 +26,15 @@ ZERO_RUN = [f"train.steps={ZERO_RUN_STEPS}", "checkpoint.every=3", "checkpoint.k
             "regularizers=[{name: jreg, weight: 0.1}]", "monitors.jump.every=3"]
 
 
-def command(run_dir: Path, overrides: list[str], ranks: int | None = 2, config: str = "configs/tiny.yaml") -> list[str]:
-    """`python -m launch --num_gpus RANKS ...`, or with ranks=None a bare single-process `python -m pretrain`."""
-    prefix = ([sys.executable, "-m", "pretrain"] if ranks is None else
-              [sys.executable, "-m", "launch", "--num_gpus", str(ranks)])
+def command(run_dir: Path, overrides: list[str], ranks: int | None = 2, config: str = "configs/tiny.yaml",
+            launcher_args: list[str] | None = None) -> list[str]:
+    """`python -m launch --num_gpus RANKS ...` (or `python -m launch LAUNCHER_ARGS ...`), or with ranks=None a
+    bare single-process `python -m pretrain`."""
+    if launcher_args is not None:
+        prefix = [sys.executable, "-m", "launch", *launcher_args]
+    else:
+        prefix = ([sys.executable, "-m", "pretrain"] if ranks is None else
+                  [sys.executable, "-m", "launch", "--num_gpus", str(ranks)])
     return [*prefix, config, f"run.out_dir={run_dir.parent}", f"run.name={run_dir.name}",
             f"data.cache_dir={ROOT / '.cache' / 'growlm'}", *TINY_RUN, *overrides]
 
