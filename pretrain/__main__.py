@@ -13,6 +13,7 @@ import sys
 from pretrain.config import ConfigError, load_config, to_yaml
 from pretrain.checkpoint import CheckpointError
 from pretrain.data import DataError
+from pretrain.dist import CollectiveTimeout
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -57,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except CollectiveTimeout as err:
+        print(f"error: rank {os.environ.get('RANK', 0)}: {err}", file=sys.stderr)
+        return 3
 
 
 def check_resume(cfg, tokenizer_path) -> None:
@@ -78,13 +82,18 @@ def train(cfg) -> int:
     from pretrain import dist
     from pretrain.trainer import Trainer, init_distributed
 
-    init_distributed()
+    init_distributed(cfg.deepspeed.collective_timeout_s)
     logging.basicConfig(level=logging.INFO if dist.is_main() else logging.WARNING,
                         format="[growlm %(asctime)s] %(message)s", datefmt="%H:%M:%S")
     from deepspeed.utils import logger as ds_logger
 
     ds_logger.setLevel(logging.WARNING)
-    Trainer(cfg).fit()
+    try:
+        Trainer(cfg).fit()
+    except RuntimeError as err:
+        if dist.world_size() > 1 and dist.looks_like_timeout(err):
+            raise CollectiveTimeout(dist.timeout_diagnosis(cfg.deepspeed.collective_timeout_s)) from err
+        raise
     dist.barrier()
     import torch.distributed
 

@@ -149,6 +149,9 @@ class LogConfig:
 class DeepSpeedSection:
     zero_stage: int = 1
     """ZeRO stage 0-3 (0 with bf16 takes a slow unfused path; prefer 1)."""
+    collective_timeout_s: float = 600.0
+    """How long a collective waits for every rank: a stopped or hung rank then fails the run with an error
+    naming it and the step (instead of blocking the others for DeepSpeed's 10 or torch's 30 minutes)."""
     zero_init: bool = True
     """Under ZeRO-3, build the model partitioned from the start (deepspeed.zero.Init) and initialize or load it
     one gathered parameter at a time, so no rank ever holds a full fp32 copy of the model."""
@@ -233,6 +236,7 @@ def validate(cfg: Config) -> None:
         if value not in valid:
             raise ConfigError(f"{key}={value!r} is not valid; choose one of {list(valid)}")
     positive = ["train.steps", "train.micro_batch_size", "train.grad_accum", "log.every", "checkpoint.keep"]
+    positive.append("deepspeed.collective_timeout_s")
     non_negative = ["train.loss_chunk", "train.trainable.after_step", "train.warmup_steps", "eval.every", "eval.batches", "checkpoint.every", "train.grad_clip",
                     "train.weight_decay"]
     for key in positive + non_negative:

@@ -80,3 +80,90 @@ def release_shm_buffers() -> None:
 
     for buf in Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{addr}_{port}_{rank()}"):
         buf.unlink(missing_ok=True)
+
+
+class CollectiveTimeout(RuntimeError):
+    """A collective gave up waiting: the message names the ranks that were behind, and where."""
+
+
+_PROGRESS = "growlm/progress/{}"
+_ALIVE = "growlm/alive/{}"
+HEARTBEAT_S = 1.0
+
+
+def report_progress(step: int) -> None:
+    """Record in the rendezvous store that this rank starts step `step` (one small write per step), so a rank
+    whose collective times out can tell which peer stopped where."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        _store().set(_PROGRESS.format(rank()), str(step))
+
+
+def start_heartbeat() -> None:
+    """A daemon thread that stamps this rank's wall time into the store every HEARTBEAT_S: a stopped or dead
+    process stops stamping, a rank merely slow or waiting in a collective does not."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return
+    import threading
+    import time
+
+    store, key = _store(), _ALIVE.format(rank())
+
+    def beat() -> None:
+        while True:
+            try:
+                store.set(key, repr(time.time()))
+            except Exception:  # the store is gone: the job is ending
+                return
+            time.sleep(HEARTBEAT_S)
+
+    threading.Thread(target=beat, name="growlm-heartbeat", daemon=True).start()
+
+
+def set_collective_timeout(timeout_s: float) -> None:
+    """Apply the timeout to every process group, including the ones DeepSpeed made with `new_group` (data
+    parallel, ZeRO partitions), which torch gives its own 30-minute default instead of the main group's."""
+    import datetime
+
+    from torch.distributed import distributed_c10d as c10d
+
+    for group in list(c10d._world.pg_map):
+        if not c10d._rank_not_in_group(group):
+            c10d._set_pg_timeout(datetime.timedelta(seconds=timeout_s), group)
+
+
+def looks_like_timeout(err: BaseException) -> bool:
+    """gloo's "Timed out waiting ...", NCCL's watchdog timeout, or a peer's connection dropping as it dies."""
+    text = str(err)
+    return any(s in text for s in ("Timed out", "timed out", "Timeout", "Connection closed by peer"))
+
+
+def timeout_diagnosis(timeout_s: float) -> str:
+    """Which ranks a timed-out collective waited for: those whose heartbeat stopped (stopped, dead, or wedged
+    holding the interpreter), else those behind by a step (hung elsewhere)."""
+    import datetime
+    import time
+
+    store = _store()
+    store.set_timeout(datetime.timedelta(seconds=10))  # the store's host may be the rank that is gone
+
+    def read(key: str) -> str | None:
+        try:
+            return store.get(key).decode() if store.check([key]) else None
+        except RuntimeError:
+            return None
+
+    now = time.time()
+    silent = {r: now - float(t) for r in range(world_size()) if (t := read(_ALIVE.format(r))) is not None
+              and now - float(t) > 3 * HEARTBEAT_S}
+    steps = {r: int(s) for r in range(world_size()) if (s := read(_PROGRESS.format(r))) is not None}
+    ahead = max(steps.values(), default=0)
+    if silent:
+        who = ", ".join(f"rank {r} (silent for {age:.0f} s, at step {steps.get(r, '?')})" for r, age in silent.items())
+    else:
+        who = ", ".join(f"rank {r} at step {s}" for r, s in steps.items() if s < ahead) or "no rank found behind"
+    return (f"a collective waited more than {timeout_s:g} s (deepspeed.collective_timeout_s) at step {ahead}; "
+            f"it waited for {who}: stopped, hung or dead. Check that rank's host and log.")
+
+
+def _store():
+    return dist.distributed_c10d._get_default_store()

@@ -6,6 +6,7 @@ loop. Everything else (validation, monitors, jobs) is a Callback.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import gc
 import importlib
 import json
@@ -41,8 +42,9 @@ MAX_ROLLBACKS = 3
 """Rollbacks to one checkpoint before `on_nonfinite: rollback` gives up (a diverging run would loop forever)."""
 
 
-def init_distributed() -> None:
-    """Join the launcher's process group (gloo on CPU, nccl on GPU); a bare `python -m pretrain` is rank 0 of 1."""
+def init_distributed(timeout_s: float = 600.0) -> None:
+    """Join the launcher's process group (gloo on CPU, nccl on GPU); a bare `python -m pretrain` is rank 0 of 1.
+    A collective that waits longer than `timeout_s` for a rank fails."""
     import deepspeed
 
     if "RANK" not in os.environ:
@@ -51,9 +53,11 @@ def init_distributed() -> None:
     if dist.on_gpu():  # before the process group: NCCL binds each rank's communicator to its current device
         torch.cuda.set_device(dist.device())
     if not torch.distributed.is_initialized():
-        deepspeed.init_distributed(dist_backend="nccl" if dist.on_gpu() else "gloo")
+        deepspeed.init_distributed(dist_backend="nccl" if dist.on_gpu() else "gloo",
+                                   timeout=datetime.timedelta(seconds=timeout_s))
         dist.barrier()  # every rank has mapped its peers' shared-memory buffers
         dist.release_shm_buffers()
+        dist.start_heartbeat()
 
 
 def load_data(cfg: Config) -> PackedData:
@@ -174,6 +178,7 @@ class Trainer:
             freeze_all_but(model, trainable_names(model, self.cfg.train.trainable))
         lr_offset = self.cfg.train.trainable.after_step if self.subset_only else 0
         self.engine, self.optimizer, self.scheduler = build_engine(model, self.cfg, lr_offset)
+        dist.set_collective_timeout(self.cfg.deepspeed.collective_timeout_s)  # the engine made new groups
         self._skipped_seen = 0
 
     def _subset_phase(self, step: int) -> bool:
@@ -262,6 +267,7 @@ class Trainer:
         if self.step == 0:  # periodic monitors and validation also measure the model at initialization
             self._run_step_end_hooks(record)
         while self.step < cfg.train.steps:
+            dist.report_progress(self.step)
             t0 = time.perf_counter()
             lr = self.scheduler.get_last_lr()[0]  # the lr this step uses (the scheduler moves on inside step)
             sums, n_micro = self.train_step()
