@@ -300,6 +300,11 @@ def consolidated_state_dict(ckpt: Path) -> dict[str, torch.Tensor]:
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
         sd = get_fp32_state_dict_from_zero_checkpoint(str(ckpt.parent), tag=ckpt.name)
+        # ZeRO-1 keeps no record of frozen parameters (norm-only mode) beside the optimizer's: their module
+        # copy, stored whole at stage 1/2, is the value (ZeRO-3's are merged by zero_to_fp32 itself)
+        if (ckpt / "mp_rank_00_model_states.pt").is_file():
+            module = torch.load(ckpt / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)["module"]
+            sd.update({name: weight for name, weight in module.items() if name not in sd and weight.numel() > 0})
     else:  # ZeRO-0: the module state is stored whole
         sd = torch.load(ckpt / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)["module"]
     return {k: v.detach().float() for k, v in sd.items()}

@@ -43,9 +43,9 @@ def _panel_order(group: str) -> tuple[int, int]:
 
 
 def plot_maps(maps: dict[str, torch.Tensor], steps: Mapping[str, list[int]], title: str, path: Path,
-              diverging: bool) -> None:
+              diverging: bool, notes: Mapping[str, str] | None = None) -> None:
     """One heat-map per group on a grid (a row per layer at component granularity), one shared colour scale;
-    `steps[group]` labels the rows of that group's map."""
+    `steps[group]` labels the rows of that group's map, `notes[group]` is added to its title."""
     layered = sorted((g for g in maps if layer_component(g)), key=_panel_order)
     order = layered + [g for g in maps if g not in layered]
     ncols = len({layer_component(g)[1] for g in layered}) if layered else min(len(order), 4)
@@ -68,7 +68,8 @@ def plot_maps(maps: dict[str, torch.Tensor], steps: Mapping[str, list[int]], tit
             continue
         im = ax.imshow(c.numpy(), vmin=vmin, vmax=vmax, cmap=cmap, interpolation="nearest")
         value = mds(c)
-        ax.set_title(f"{g}  MDS {'n/a' if math.isnan(value) else f'{value:.2f}'}", fontsize=9)
+        note = f"\n{notes[g]}" if notes and notes.get(g) else ""
+        ax.set_title(f"{g}  MDS {'n/a' if math.isnan(value) else f'{value:.2f}'}{note}", fontsize=9)
         ticks = list(range(0, len(labels), max(1, len(labels) // 4)))
         ax.set_xticks(ticks, [str(labels[t]) for t in ticks], fontsize=6)
         ax.set_yticks(ticks, [str(labels[t]) for t in ticks], fontsize=6)
@@ -147,14 +148,16 @@ def main(argv: list[str] | None = None) -> None:
     plot_maps(params, {g: traj.steps for g in params}, f"cos(theta_i, theta_j) — {source}", args.out / "params.png",
               False)
     written = ["params.png"]
+    summary = traj.summary()
     if len(traj.steps) >= 3:
+        zero = {g: v["zero_updates"] for g, v in summary["groups"].items()}
+        notes = {g: f"zero updates: {_zero_updates(z, traj.steps[:-1])}" for g, z in zero.items() if z}
         plot_maps(traj.update_maps(), traj.update_steps(), f"cos(update_i, update_j), update i starts at the step "
-                  f"shown — {source}", args.out / "updates.png", True)
+                  f"shown — {source}", args.out / "updates.png", True, notes)
         written.append("updates.png")
     else:
         print(f"note: {len(traj.steps)} trajectory points: an update map needs at least 3 (two updates to compare); "
               "wrote the parameter map only")
-    summary = traj.summary()
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False))
     (args.out / "summary.md").write_text(summary_markdown(summary, source))
     print(summary_markdown(summary, source))

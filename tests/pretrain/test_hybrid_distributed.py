@@ -23,20 +23,25 @@ HYBRID = [f"train.steps={STEPS}", "train.trainable.mode=norms_only", f"train.tra
           "checkpoint.every=1", f"checkpoint.keep={STEPS}", "eval.every=0", "monitors.jump.every=0"]
 
 
+RUNS = ("zero1-bf16", "zero1-fp32", "zero3-fp32")
+
+
 @pytest.fixture(scope="session")
 def hybrid_runs(runs_root):
-    """ZeRO-1 in bf16 (DeepSpeed's BF16_Optimizer checkpoints) and ZeRO-3 in fp32."""
+    """ZeRO-1 in bf16 (DeepSpeed's BF16_Optimizer checkpoints), ZeRO-1 in fp32 (zero_to_fp32 checkpoints, whose
+    optimizer state lacks the frozen parameters) and ZeRO-3 in fp32."""
     runs = {}
-    for stage, precision in ((1, "bf16"), (3, "fp32")):
-        run = runs_root / f"hybrid_zero{stage}"
-        launch(run, [*HYBRID, f"deepspeed.zero_stage={stage}", f"train.precision={precision}"])
-        runs[stage] = run
+    for key in RUNS:
+        stage, precision = key.split("-")
+        run = runs_root / f"hybrid_{key}"
+        launch(run, [*HYBRID, f"deepspeed.zero_stage={stage[-1]}", f"train.precision={precision}"])
+        runs[key] = run
     return runs
 
 
-@pytest.mark.parametrize("stage", (1, 3))
-def test_only_norms_change_after_t0(hybrid_runs, stage):
-    ckpts = hybrid_runs[stage] / "checkpoints"
+@pytest.mark.parametrize("key", RUNS)
+def test_only_norms_change_after_t0(hybrid_runs, key):
+    ckpts = hybrid_runs[key] / "checkpoints"
     _, at_t0 = checkpoint.load_weights(ckpts / f"step_{T0}")
     _, at_end = checkpoint.load_weights(ckpts / f"step_{STEPS}")
     norms = [n for n in at_t0 if NORM.search(n)]
@@ -46,21 +51,21 @@ def test_only_norms_change_after_t0(hybrid_runs, stage):
             assert not before.equal(at_end[name]), f"{name} did not train"
         else:
             assert before.equal(at_end[name]), f"{name} changed after t0"
-    switch = [r for r in metrics(hybrid_runs[stage]) if "hybrid/trainable_params" in r]
+    switch = [r for r in metrics(hybrid_runs[key]) if "hybrid/trainable_params" in r]
     assert [r["step"] for r in switch] == [T0]
     assert switch[0]["hybrid/trainable_params"] == sum(at_t0[n].numel() for n in norms)
 
 
 def test_schedule_continues_across_the_switch(hybrid_runs):
     cfg = TrainConfig(steps=STEPS, warmup_steps=2, lr=3e-3)  # as in tests/launching.py TINY_RUN
-    logged = {r["step"]: r["lr"] for r in metrics(hybrid_runs[1]) if "lr" in r}
+    logged = {r["step"]: r["lr"] for r in metrics(hybrid_runs["zero1-bf16"]) if "lr" in r}
     for step, lr in logged.items():
         assert lr == pytest.approx(cfg.lr * lr_factor(step - 1, cfg))
 
 
 def test_bf16_zero1_checkpoint_consolidates_to_the_masters(hybrid_runs):
     """The fp32 masters read back from BF16_Optimizer files round to exactly the bf16 module weights."""
-    ckpt = hybrid_runs[1] / "checkpoints" / f"step_{STEPS}"
+    ckpt = hybrid_runs["zero1-bf16"] / "checkpoints" / f"step_{STEPS}"
     _, masters = checkpoint.load_weights(ckpt)
     module = torch.load(ckpt / "mp_rank_00_model_states.pt", weights_only=False)["module"]
     assert set(masters) == set(module)
@@ -70,10 +75,10 @@ def test_bf16_zero1_checkpoint_consolidates_to_the_masters(hybrid_runs):
 
 
 def test_resume_across_t0_is_exact(hybrid_runs, runs_root):
-    full = losses(hybrid_runs[3])
+    full = losses(hybrid_runs["zero3-fp32"])
     run = runs_root / "hybrid_zero3_resumed"
     (run / "checkpoints").mkdir(parents=True)
-    shutil.copytree(hybrid_runs[3] / "checkpoints" / f"step_{T0}", run / "checkpoints" / f"step_{T0}")
+    shutil.copytree(hybrid_runs["zero3-fp32"] / "checkpoints" / f"step_{T0}", run / "checkpoints" / f"step_{T0}")
     (run / "checkpoints" / "latest").write_text(f"step_{T0}\n")
     launch(run, [*HYBRID, "deepspeed.zero_stage=3"])
     resumed = losses(run)
@@ -85,11 +90,11 @@ def trajectory_report(run: Path, out: Path, *args: str) -> None:
     runpy.run_path(str(script))["main"]([str(run), "--out", str(out), *args])
 
 
-@pytest.mark.parametrize("stage", (1, 3))
-def test_trajectory_report_spans_the_norm_only_switch(hybrid_runs, stage, tmp_path):
+@pytest.mark.parametrize("key", RUNS)
+def test_trajectory_report_spans_the_norm_only_switch(hybrid_runs, key, tmp_path):
     """The report maps the run across t0: frozen groups' updates after t0 are reported as zero and left out of
     their maps (no NaN anywhere), while the norm groups' update maps span every checkpoint."""
-    trajectory_report(hybrid_runs[stage], tmp_path)
+    trajectory_report(hybrid_runs[key], tmp_path)
     summary = json.loads((tmp_path / "summary.json").read_text())  # strict JSON: a NaN would not parse back
     assert summary["steps"] == list(range(1, STEPS + 1))
     groups = summary["groups"]
@@ -108,7 +113,7 @@ def test_trajectory_report_spans_the_norm_only_switch(hybrid_runs, stage, tmp_pa
 
 
 def test_trajectory_report_of_two_checkpoints_draws_the_parameter_map(hybrid_runs, tmp_path, capsys):
-    trajectory_report(hybrid_runs[3], tmp_path, "--start", str(STEPS - 1))
+    trajectory_report(hybrid_runs["zero3-fp32"], tmp_path, "--start", str(STEPS - 1))
     assert (tmp_path / "params.png").is_file() and not (tmp_path / "updates.png").exists()
     assert "an update map needs at least 3" in capsys.readouterr().out
     assert json.loads((tmp_path / "summary.json").read_text())["steps"] == [STEPS - 1, STEPS]
