@@ -95,7 +95,7 @@ def main() -> None:
                 times[variant].append(time.perf_counter() - t0)
     print(f"tokens={args.tokens} dim={args.dim} vocab={args.vocab} fp32 device={device} "
           f"threads={torch.get_num_threads()} torch={torch.__version__}")
-    print(f"| loss | z-loss | peak GB | memory cut vs plain | ms | time vs plain |\n|---|---|---:|---:|---:|---:|")
+    print("| loss | z-loss | peak GB | memory cut vs plain | ms | time vs plain |\n|---|---|---:|---:|---:|---:|")
     for chunk, z in variants:
         t, plain_t = statistics.median(times[chunk, z]), statistics.median(times[0, z])
         name = "plain" if chunk == 0 else f"chunk {chunk}"
