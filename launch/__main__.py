@@ -66,17 +66,19 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_forwarding_preemption(cmd: list[str], env: dict[str, str]) -> int:
-    """Run the launcher; on SIGTERM/SIGUSR1 tell the ranks (SIGUSR1) to finish their step, save and exit 0.
+    """Run the launcher; on SIGTERM/SIGUSR1/SIGINT tell the ranks (SIGUSR1) to finish their step, save and exit 0.
 
-    DeepSpeed's own launcher answers SIGTERM by terminating the ranks, which would lose the work since the
-    last checkpoint, so the signal goes to the rank processes directly and the launcher just sees them end."""
-    proc = subprocess.Popen(cmd, env=env)
+    DeepSpeed's own launcher answers SIGTERM by terminating the ranks and SIGKILLs them 30 s later, which would
+    lose a longer save. So it runs in a session of its own: a signal to this process's group (Ctrl-C, `kill --
+    -PGID`, a scheduler signalling the job's process group) reaches only this process, which passes it to the
+    ranks directly; the launcher just sees them end."""
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
 
     def forward(signum, frame):
         for rank in training_ranks(proc.pid):
             rank.send_signal(signal.SIGUSR1)
 
-    for sig in (signal.SIGTERM, signal.SIGUSR1):
+    for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
         signal.signal(sig, forward)
     return proc.wait()
 

@@ -12,8 +12,10 @@ that growth writes and `train.init_from` reads.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import logging
+import os
 import random
 import re
 import shutil
@@ -36,6 +38,8 @@ LATEST = "latest"
 WEIGHTS = "model.pt"
 WEIGHTS_CONFIG = "model_config.json"
 HASHES = "xxh3_64"
+READERS = ".readers"
+"""In a checkpoint: the lock file readers (detached jobs) hold shared so that pruning skips the checkpoint."""
 UNIVERSAL_SOURCE = "source_manifest.xxh3"
 """In `<tag>.universal/`: the hash of the manifest it was converted from (a step saved again is converted again)."""
 """Manifest key of the per-file content hashes (manifests written before it have sizes only)."""
@@ -233,12 +237,38 @@ def universal_dir(ckpt: Path) -> Path:
 
 
 def prune(root: Path, keep: int) -> None:
-    """Delete all but the newest `keep` complete checkpoints (never the one `latest` names)."""
+    """Delete all but the newest `keep` complete checkpoints (never the one `latest` names, nor one a job is
+    reading: it goes at a later save)."""
     pointer = (root / LATEST).read_text().strip() if (root / LATEST).is_file() else None
     for _, d in complete_checkpoints(root)[:-keep]:
-        if d.name != pointer:
-            shutil.rmtree(d, ignore_errors=True)
-            shutil.rmtree(universal_dir(d), ignore_errors=True)
+        if d.name == pointer:
+            continue
+        if being_read(d):
+            log.info("keeping %s for now: a job is reading it", d)
+            continue
+        shutil.rmtree(d, ignore_errors=True)
+        shutil.rmtree(universal_dir(d), ignore_errors=True)
+
+
+def hold_for_reading(ckpt: Path) -> int:
+    """A file descriptor holding a shared lock on the checkpoint: prune leaves it alone while any process
+    (a detached job inherits the descriptor) keeps it open."""
+    fd = os.open(ckpt / READERS, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    return fd
+
+
+def being_read(ckpt: Path) -> bool:
+    if not (ckpt / READERS).is_file():
+        return False
+    fd = os.open(ckpt / READERS, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing drops the probe's own lock
 
 
 def load(engine, ckpt: Path, universal: bool = False) -> dict[str, Any]:

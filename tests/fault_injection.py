@@ -10,6 +10,7 @@ list of:
   enospc_in_save:S    writing checkpoint S fails with "No space left on device" (ENOSPC)
   record_samples:DIR each rank appends the window indices of every step to DIR/rank_<r>.jsonl
   cpu_bf16:yes|no    torch reports this CPU with (AMX) or without native bf16 units
+  slow_save:SECONDS  every checkpoint save takes SECONDS longer (before its manifest is written)
 """
 from __future__ import annotations
 
@@ -33,6 +34,17 @@ for name, *args in _faults():
     if name == "cpu_bf16":
         torch.cpu._is_amx_tile_supported = lambda _v=args[0] == "yes": _v
         torch.cpu._is_avx512_bf16_supported = lambda: False
+    elif name == "slow_save":
+        import time
+
+        seconds = float(args[0])
+        write_manifest = checkpoint._write_manifest
+
+        def slow_write_manifest(ckpt, step, meta, _orig=write_manifest, _s=seconds):
+            time.sleep(_s)
+            _orig(ckpt, step, meta)
+
+        checkpoint._write_manifest = slow_write_manifest
     elif name == "kill_rank":
         rank, at_step = int(args[0]), int(args[1])
         train_step = Trainer.train_step

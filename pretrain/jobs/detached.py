@@ -11,12 +11,14 @@ A job never takes training down: any exception it raises is logged and training 
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pretrain.callbacks import Callback
+from pretrain.checkpoint import hold_for_reading
 
 if TYPE_CHECKING:
     from pretrain.trainer import Trainer
@@ -73,9 +75,13 @@ class CheckpointJob(Callback):
                         "jobs.%s.every", len(self.running), self.name, ckpt, self.name)
         out.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", self.module, "--checkpoint", str(ckpt), *self.argv(ckpt, out)]
-        with open(out / "job.log", "w") as job_log:
-            proc = subprocess.Popen(cmd, stdout=job_log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    start_new_session=True)
+        reading = hold_for_reading(ckpt)  # the job inherits it: pruning skips this checkpoint until the job ends
+        try:
+            with open(out / "job.log", "w") as job_log:
+                proc = subprocess.Popen(cmd, stdout=job_log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                        start_new_session=True, pass_fds=(reading,))
+        finally:
+            os.close(reading)
         log.info("%s job started on %s (pid %d), log %s", self.name, ckpt, proc.pid, out / "job.log")
         return proc, out / "job.log"
 

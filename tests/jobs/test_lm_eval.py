@@ -21,7 +21,7 @@ import torch.nn.functional as F
 pytest.importorskip("lm_eval", reason="lm-evaluation-harness is not installed: pip install 'growlm[eval]'")
 
 from model import Llama, ModelConfig  # noqa: E402
-from pretrain.checkpoint import save_weights  # noqa: E402
+from pretrain.checkpoint import being_read, save_weights  # noqa: E402
 from pretrain.data.tokenizer import EOS_ID, train_tokenizer  # noqa: E402
 from pretrain.jobs.lm_eval import run as run_module  # noqa: E402
 from pretrain.jobs.lm_eval.__main__ import main  # noqa: E402
@@ -217,8 +217,10 @@ def test_schedule_runs_detached_jobs_and_reports_failures(tmp_path, models, toke
     job.on_train_start(fake_trainer(run_dir, 0))
     for ckpt, step in ((good, 10), (bad, 20)):
         job.on_checkpoint_saved(fake_trainer(run_dir, step), ckpt)  # returns at once
+    assert being_read(good)  # while its job runs, pruning leaves the checkpoint alone
     for proc, _ in job.running:
         proc.wait(timeout=120)
+    assert not being_read(good) and not being_read(bad)
     with caplog.at_level(logging.ERROR, logger="growlm"):
         job.on_train_end(fake_trainer(run_dir, 20), {})
     assert "exited with 2" in caplog.text and "step_20/job.log" in caplog.text

@@ -3,6 +3,7 @@ universal conversion, a torn metrics line. Each is named, and `checkpoint.fallba
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -60,6 +61,21 @@ def test_prune_takes_the_universal_conversion_with_its_checkpoint(tmp_path):
     checkpoint.prune(root, keep=2)
     assert sorted(p.name for p in root.iterdir()) == ["latest", "step_2", "step_2.universal", "step_3",
                                                        "step_3.universal"]
+
+
+def test_prune_keeps_a_checkpoint_a_job_is_reading_until_it_is_done(tmp_path):
+    root = tmp_path / "checkpoints"
+    for step in (1, 2, 3):
+        (root / f"step_{step}").mkdir(parents=True)
+        (root / f"step_{step}" / "manifest.json").write_text(json.dumps({"step": step, "files": {}}))
+    (root / "latest").write_text("step_3\n")
+    reading = checkpoint.hold_for_reading(root / "step_1")  # as a detached job holds it
+    assert checkpoint.being_read(root / "step_1") and not checkpoint.being_read(root / "step_2")
+    checkpoint.prune(root, keep=1)
+    assert sorted(p.name for p in root.glob("step_*")) == ["step_1", "step_3"]
+    os.close(reading)  # the job ended
+    checkpoint.prune(root, keep=1)
+    assert sorted(p.name for p in root.glob("step_*")) == ["step_3"]
 
 
 @pytest.mark.distributed

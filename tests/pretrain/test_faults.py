@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import signal
 import socket
@@ -210,6 +211,27 @@ def test_a_stopped_rank_fails_the_run_naming_it_within_the_collective_timeout(ru
     assert "error: rank 0: a collective waited more than 5 s (deepspeed.collective_timeout_s) at step" in out, out[-3000:]
     assert "it waited for rank 1 (silent for" in out, out[-3000:]
     assert named_after < 60  # seconds, not DeepSpeed's 10 minutes
+
+
+@pytest.mark.slow  # the save must outlast DeepSpeed's 30 s kill timer
+@pytest.mark.distributed
+def test_a_signal_to_the_process_group_lets_a_long_save_complete(runs_root):
+    """Ctrl-C or a scheduler signals the launch's whole process group: DeepSpeed's launcher would SIGKILL the
+    ranks 30 s later. It runs in a session of its own, so only `python -m launch` gets the signal and passes it
+    to the ranks, whose 35 s save completes."""
+    run = runs_root / "group_signal"
+    proc = subprocess.Popen(command(run, ["train.steps=1000", "eval.every=0", "monitors.jump.every=0",
+                                          "checkpoint.every=1000", "imports=[fault_injection]"]),
+                            cwd=ROOT, env=environment("slow_save:35"), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (run / "metrics.jsonl").exists() or len(metrics(run)) < 3:
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGTERM)  # the whole group, as a terminal or a scheduler does
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-3000:]
+    last = max(r["step"] for r in metrics(run))
+    assert checkpoint.latest(run / "checkpoints").name == f"step_{last}"  # complete: manifest written after 35 s
 
 
 @pytest.mark.distributed
