@@ -43,6 +43,8 @@ READERS = ".readers"
 UNIVERSAL_SOURCE = "source_manifest.xxh3"
 """In `<tag>.universal/`: the hash of the manifest it was converted from (a step saved again is converted again)."""
 """Manifest key of the per-file content hashes (manifests written before it have sizes only)."""
+_NUMPY_RNG_GLOBALS = [np._core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+"""What numpy's generator state needs to load with `weights_only=True` (no other code can run from the file)."""
 _VERIFIED: set[tuple[str, int]] = set()
 """Manifests (path, mtime) whose files this process has hashed already: resume verifies a checkpoint
 several times (the pre-launch check, the choice of checkpoint, the load), the bytes are read once."""
@@ -313,7 +315,8 @@ def _save_rng(path: Path) -> None:
 
 
 def _load_rng(path: Path) -> None:
-    state = torch.load(path, weights_only=False)
+    with torch.serialization.safe_globals(_NUMPY_RNG_GLOBALS):  # numpy's generator state is arrays
+        state = torch.load(path, weights_only=True)
     torch.set_rng_state(state["torch"])
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
@@ -333,10 +336,10 @@ def consolidated_state_dict(ckpt: Path) -> dict[str, torch.Tensor]:
         # ZeRO-1 keeps no record of frozen parameters (norm-only mode) beside the optimizer's: their module
         # copy, stored whole at stage 1/2, is the value (ZeRO-3's are merged by zero_to_fp32 itself)
         if (ckpt / "mp_rank_00_model_states.pt").is_file():
-            module = torch.load(ckpt / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)["module"]
+            module = torch.load(ckpt / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=True)["module"]
             sd.update({name: weight for name, weight in module.items() if name not in sd and weight.numel() > 0})
     else:  # ZeRO-0: the module state is stored whole
-        sd = torch.load(ckpt / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)["module"]
+        sd = torch.load(ckpt / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=True)["module"]
     return {k: v.detach().float() for k, v in sd.items()}
 
 
@@ -344,9 +347,9 @@ def _consolidate_bf16_optimizer(ckpt: Path) -> dict[str, torch.Tensor]:
     """fp32 masters from DeepSpeed's BF16_Optimizer files (bf16 + ZeRO-1 with fp32 gradient accumulation),
     which zero_to_fp32 does not read: each rank holds one equal slice of every flat parameter group, laid out
     in the order of the model file's `param_shapes`."""
-    model_states = torch.load(ckpt / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
+    model_states = torch.load(ckpt / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=True)
     files = sorted(ckpt.glob("bf16_zero_pp_rank_*_optim_states.pt"), key=lambda p: int(p.name.split("_")[4]))
-    partitions = [torch.load(f, map_location="cpu", weights_only=False)["optimizer_state_dict"]
+    partitions = [torch.load(f, map_location="cpu", weights_only=False)["optimizer_state_dict"]  # DeepSpeed pickles
                   ["single_partition_of_fp32_groups"] for f in files]
     sd: dict[str, torch.Tensor] = {}
     for i, shapes in enumerate(model_states["param_shapes"]):

@@ -61,7 +61,7 @@ def checkpoint_tokens(ckpt: Path) -> int | None:
     states = ckpt / "mp_rank_00_model_states.pt"
     if not states.is_file():
         return None
-    return torch.load(states, map_location="cpu", mmap=True, weights_only=False).get("tokens")
+    return torch.load(states, map_location="cpu", mmap=True, weights_only=True).get("tokens")
 
 
 def load_hf_model(ckpt: Path, device: str, workdir: Path) -> tuple[Any, Any]:
