@@ -252,9 +252,12 @@ def prune(root: Path, keep: int) -> None:
         shutil.rmtree(universal_dir(d), ignore_errors=True)
 
 
-def hold_for_reading(ckpt: Path) -> int:
+def hold_for_reading(ckpt: Path) -> int | None:
     """A file descriptor holding a shared lock on the checkpoint: prune leaves it alone while any process
-    (a detached job inherits the descriptor) keeps it open."""
+    (a detached job inherits the descriptor) keeps it open. None when there is no such checkpoint (the job
+    itself will say so)."""
+    if not ckpt.is_dir():
+        return None
     fd = os.open(ckpt / READERS, os.O_RDWR | os.O_CREAT, 0o644)
     fcntl.flock(fd, fcntl.LOCK_SH)
     return fd

@@ -79,9 +79,10 @@ class CheckpointJob(Callback):
         try:
             with open(out / "job.log", "w") as job_log:
                 proc = subprocess.Popen(cmd, stdout=job_log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                        start_new_session=True, pass_fds=(reading,))
+                                        start_new_session=True, pass_fds=() if reading is None else (reading,))
         finally:
-            os.close(reading)
+            if reading is not None:
+                os.close(reading)
         log.info("%s job started on %s (pid %d), log %s", self.name, ckpt, proc.pid, out / "job.log")
         return proc, out / "job.log"
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 import pytest
 
@@ -31,8 +32,11 @@ def test_offline_run_holds_metrics_and_config_and_resumes(tmp_path, monkeypatch)
     run_id = (run_dir / "wandb_id").read_text().strip()
     [first] = offline_runs(run_dir)
     assert first.name.endswith(run_id)
-    # The run file is a record log of protobufs: keys and JSON values appear verbatim in it.
-    data = (first / f"run-{run_id}.wandb").read_bytes()
+    # The run file is a record log of protobufs: keys and JSON values appear verbatim in it. wandb's own
+    # service process writes it, and on a loaded machine may still be at it when finish() returns.
+    deadline = time.time() + 60
+    while b"3.125" not in (data := (first / f"run-{run_id}.wandb").read_bytes()) and time.time() < deadline:
+        time.sleep(0.5)
     for needle in (b"lm_loss_marker", b"micro_batch_size_marker", b"3.125"):  # lm_loss_marker at step 3
         assert needle in data, needle
     log_steps(run_dir, [4, 5], {})  # a resumed run: same W&B id, a new offline segment to sync
