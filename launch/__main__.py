@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 
-from launch.command import PASSTHROUGH, deepspeed_command, free_port, has_gpus, launch_env
+from launch.command import PASSTHROUGH, deepspeed_command, free_port, has_gpus, launch_env, stale_build_locks
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -55,6 +55,11 @@ def main(argv: list[str] | None = None) -> int:
         prefix = "" if gpus else f"DS_ACCELERATOR={env['DS_ACCELERATOR']} OMP_NUM_THREADS={env['OMP_NUM_THREADS']} "
         print(prefix + shlex.join(cmd))
         return 0
+    for lock, age in stale_build_locks():
+        print(f"error: {lock} is a torch-extension build lock {age / 60:.0f} min old: a build was killed midway, "
+              f"and every launch would wait on it forever. If no build is running, delete it: rm {lock}",
+              file=sys.stderr)
+        return 2
     if not args.skip_check:
         check = [sys.executable, "-m", "pretrain", "--check"] + ([args.config] if args.config else []) + args.overrides
         if args.node_rank:  # another node: the run directory is node 0's rank 0's to lock

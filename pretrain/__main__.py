@@ -82,7 +82,7 @@ def train(cfg) -> int:
     from pretrain import dist
     from pretrain.trainer import Trainer, init_distributed
 
-    init_distributed(cfg.deepspeed.collective_timeout_s)
+    init_distributed(cfg.deepspeed.collective_timeout_s, cfg.deepspeed.rendezvous_bind)
     logging.basicConfig(level=logging.INFO if dist.is_main() else logging.WARNING,
                         format="[growlm %(asctime)s] %(message)s", datefmt="%H:%M:%S")
     from deepspeed.utils import logger as ds_logger

@@ -28,6 +28,10 @@ class Callback:
 
     def on_train_end(self, trainer: "Trainer", record: dict[str, Any]) -> None: ...
 
+    def on_train_abort(self, trainer: "Trainer", error: BaseException) -> None:
+        """Training is dying of `error` (it is re-raised after every callback had its say): say what is
+        left behind; collectives may no longer work here."""
+
 
 def due(step: int, every: int, last_step: int) -> bool:
     """A periodic job runs every `every` steps and once at the very end (every == 0: never)."""

@@ -28,7 +28,7 @@ import torch
 import xxhash
 
 from model.config import ModelConfig
-from pretrain import dist
+from pretrain import dist, pickles
 from pretrain.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -38,13 +38,11 @@ LATEST = "latest"
 WEIGHTS = "model.pt"
 WEIGHTS_CONFIG = "model_config.json"
 HASHES = "xxh3_64"
+"""Manifest key of the per-file content hashes (manifests written before it have sizes only)."""
 READERS = ".readers"
 """In a checkpoint: the lock file readers (detached jobs) hold shared so that pruning skips the checkpoint."""
 UNIVERSAL_SOURCE = "source_manifest.xxh3"
 """In `<tag>.universal/`: the hash of the manifest it was converted from (a step saved again is converted again)."""
-"""Manifest key of the per-file content hashes (manifests written before it have sizes only)."""
-_NUMPY_RNG_GLOBALS = [np._core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
-"""What numpy's generator state needs to load with `weights_only=True` (no other code can run from the file)."""
 _VERIFIED: set[tuple[str, int]] = set()
 """Manifests (path, mtime) whose files this process has hashed already: resume verifies a checkpoint
 several times (the pre-launch check, the choice of checkpoint, the load), the bytes are read once."""
@@ -118,7 +116,8 @@ def file_hash(path: Path, block: int = 1 << 23) -> str:
 
 def verify(ckpt: Path) -> dict[str, Any]:
     """The manifest of a complete checkpoint; raises naming the first missing, truncated or corrupted file
-    (sizes always; content hashes where the manifest records them, checked once per process)."""
+    (sizes always; content hashes where the manifest records them, checked once per process) or the first
+    file whose pickle could run code (pickles.check_folder)."""
     manifest_path = ckpt / MANIFEST
     if not manifest_path.is_file():
         raise CheckpointError(f"{ckpt} is not a complete checkpoint: {MANIFEST} is missing (interrupted save?)")
@@ -134,11 +133,15 @@ def verify(ckpt: Path) -> dict[str, Any]:
         if path.stat().st_size != size:
             raise CheckpointError(f"checkpoint file {path} has {path.stat().st_size} bytes, manifest says {size}")
     stamp = (str(manifest_path.resolve()), manifest_path.stat().st_mtime_ns)
-    if hashes and stamp not in _VERIFIED:
+    if stamp not in _VERIFIED:
         for rel, expected in hashes.items():
             if file_hash(ckpt / rel) != expected:
                 raise CheckpointError(f"checkpoint file {ckpt / rel} is corrupted: its content hash differs from "
                                       f"the manifest's (same size, other bytes)")
+        try:
+            pickles.check_folder(ckpt)
+        except pickles.UnsafePickle as err:
+            raise CheckpointError(str(err)) from None
         _VERIFIED.add(stamp)
     return manifest
 
@@ -289,6 +292,7 @@ def load(engine, ckpt: Path, universal: bool = False) -> dict[str, Any]:
             to_universal(ckpt)
         dist.barrier()
         source = universal_dir(ckpt)
+        pickles.check_folder(source)  # written by DeepSpeed's converter, but kept on disk between runs
         engine._config.load_universal_checkpoint = True
     try:
         path, client_state = engine.load_checkpoint(
@@ -318,7 +322,7 @@ def _save_rng(path: Path) -> None:
 
 
 def _load_rng(path: Path) -> None:
-    with torch.serialization.safe_globals(_NUMPY_RNG_GLOBALS):  # numpy's generator state is arrays
+    with torch.serialization.safe_globals(pickles.NUMPY_RNG_GLOBALS):  # numpy's generator state is arrays
         state = torch.load(path, weights_only=True)
     torch.set_rng_state(state["torch"])
     np.random.set_state(state["numpy"])
@@ -352,8 +356,9 @@ def _consolidate_bf16_optimizer(ckpt: Path) -> dict[str, torch.Tensor]:
     in the order of the model file's `param_shapes`."""
     model_states = torch.load(ckpt / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=True)
     files = sorted(ckpt.glob("bf16_zero_pp_rank_*_optim_states.pt"), key=lambda p: int(p.name.split("_")[4]))
-    partitions = [torch.load(f, map_location="cpu", weights_only=False)["optimizer_state_dict"]  # DeepSpeed pickles
-                  ["single_partition_of_fp32_groups"] for f in files]
+    with torch.serialization.safe_globals(pickles.deepspeed_classes()):
+        partitions = [torch.load(f, map_location="cpu", weights_only=True)["optimizer_state_dict"]
+                      ["single_partition_of_fp32_groups"] for f in files]
     sd: dict[str, torch.Tensor] = {}
     for i, shapes in enumerate(model_states["param_shapes"]):
         flat = torch.cat([rank_groups[i] for rank_groups in partitions])

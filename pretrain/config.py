@@ -152,6 +152,10 @@ class DeepSpeedSection:
     collective_timeout_s: float = 600.0
     """How long a collective waits for every rank: a stopped or hung rank then fails the run with an error
     naming it and the step (instead of blocking the others for DeepSpeed's 10 or torch's 30 minutes)."""
+    rendezvous_bind: str = "master_addr"
+    """Where rank 0's rendezvous store listens: master_addr (only the address MASTER_ADDR resolves to on rank 0's
+    node; 127.0.0.1 on one node) | all (every interface, torch's default; for a MASTER_ADDR that resolves to a
+    loopback alias on the master node but not on the others)."""
     zero_init: bool = True
     """Under ZeRO-3, build the model partitioned from the start (deepspeed.zero.Init) and initialize or load it
     one gathered parameter at a time, so no rank ever holds a full fp32 copy of the model."""
@@ -188,6 +192,7 @@ CHOICES = {
     "log.progress": ("auto", "bar", "plain", "none"),
     "log.wandb.mode": ("offline", "online"),
     "deepspeed.zero_stage": (0, 1, 2, 3),
+    "deepspeed.rendezvous_bind": ("master_addr", "all"),
     "monitors.jump.form": ("cosine", "angular"),
     "train.trainable.mode": ("all", "norms_only"),
     "train.on_nonfinite": ("skip", "stop", "rollback"),

@@ -1,6 +1,7 @@
 """The few distributed facts the trainer needs, valid with or without an initialized process group."""
 from __future__ import annotations
 
+import datetime
 import os
 
 import torch
@@ -57,6 +58,26 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def rendezvous_store(timeout: datetime.timedelta, bind: str = "master_addr") -> dist.TCPStore:
+    """The job's key-value store at MASTER_ADDR:MASTER_PORT, from the launcher's environment.
+
+    torch's env:// rendezvous makes rank 0 listen on every interface of its node, so anyone who can reach the
+    node can read and write the store that wires up the job. With bind="master_addr" rank 0 listens only on
+    the address MASTER_ADDR resolves to there (loopback for a single-node job); bind="all" is torch's way."""
+    addr, port, world = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), int(os.environ["WORLD_SIZE"])
+    if int(os.environ["RANK"]) != 0 or bind == "all":
+        return dist.TCPStore(addr, port, world, int(os.environ["RANK"]) == 0, timeout=timeout)
+    import socket
+
+    try:
+        listener = socket.create_server((addr, port), backlog=socket.SOMAXCONN)
+    except OSError as err:
+        raise RuntimeError(
+            f"rank 0 cannot listen on MASTER_ADDR={addr} MASTER_PORT={port} ({err}): the address must be one of "
+            "this node's and the port free (deepspeed.rendezvous_bind=all listens on every interface)") from None
+    return dist.TCPStore(addr, port, world, True, timeout=timeout, master_listen_fd=listener.detach())
 
 
 def synchronize(dev: torch.device | None = None) -> None:

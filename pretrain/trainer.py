@@ -42,9 +42,10 @@ MAX_ROLLBACKS = 3
 """Rollbacks to one checkpoint before `on_nonfinite: rollback` gives up (a diverging run would loop forever)."""
 
 
-def init_distributed(timeout_s: float = 600.0) -> None:
+def init_distributed(timeout_s: float = 600.0, rendezvous_bind: str = "master_addr") -> None:
     """Join the launcher's process group (gloo on CPU, nccl on GPU); a bare `python -m pretrain` is rank 0 of 1.
-    A collective that waits longer than `timeout_s` for a rank fails."""
+    A collective that waits longer than `timeout_s` for a rank fails. The group is made here, on a store bound
+    as `rendezvous_bind` says (dist.rendezvous_store), and DeepSpeed adopts it."""
     import deepspeed
 
     if "RANK" not in os.environ:
@@ -53,8 +54,12 @@ def init_distributed(timeout_s: float = 600.0) -> None:
     if dist.on_gpu():  # before the process group: NCCL binds each rank's communicator to its current device
         torch.cuda.set_device(dist.device())
     if not torch.distributed.is_initialized():
-        deepspeed.init_distributed(dist_backend="nccl" if dist.on_gpu() else "gloo",
-                                   timeout=datetime.timedelta(seconds=timeout_s))
+        timeout = datetime.timedelta(seconds=timeout_s)
+        backend, world = "nccl" if dist.on_gpu() else "gloo", int(os.environ["WORLD_SIZE"])
+        torch.distributed.init_process_group(  # a bound device makes new groups split NCCL comms (world > 1)
+            backend, store=dist.rendezvous_store(timeout, rendezvous_bind), rank=int(os.environ["RANK"]),
+            world_size=world, timeout=timeout, device_id=dist.device() if dist.on_gpu() and world > 1 else None)
+        deepspeed.init_distributed(dist_backend=backend, timeout=timeout)
         dist.barrier()  # every rank has mapped its peers' shared-memory buffers
         dist.release_shm_buffers()
         dist.start_heartbeat()
@@ -259,6 +264,17 @@ class Trainer:
         return state["epoch"], state["position"]
 
     def fit(self) -> None:
+        try:
+            self._fit()
+        except BaseException as err:
+            for cb in self.callbacks:
+                try:
+                    cb.on_train_abort(self, err)
+                except Exception:  # the original error is the one to report
+                    log.exception("callback %s failed while training was aborting", type(cb).__name__)
+            raise
+
+    def _fit(self) -> None:
         cfg = self.cfg
         for cb in self.callbacks:
             cb.on_train_start(self)

@@ -98,7 +98,15 @@ class CheckpointJob(Callback):
         self.running = still
 
     def on_train_end(self, trainer: "Trainer", record: dict[str, Any]) -> None:
+        self._report_left_running(logging.INFO, "after training")
+
+    def on_train_abort(self, trainer: "Trainer", error: BaseException) -> None:
+        if trainer.is_main:
+            self._report_left_running(logging.WARNING, f"while training died ({type(error).__name__})")
+
+    def _report_left_running(self, level: int, when: str) -> None:
+        """Failed jobs as errors; each job still running by pid and log (it outlives training: own session)."""
         self._reap()
         for proc, job_log in self.running:
-            log.info("%s job pid %d still running after training; it writes its outputs when done (log %s)",
-                     self.name, proc.pid, job_log)
+            log.log(level, "%s job pid %d still running %s; it writes its outputs when done (log %s)",
+                    self.name, proc.pid, when, job_log)

@@ -1,8 +1,10 @@
 """The launcher builds the right deepspeed command and refuses bad input before any rank starts."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -44,6 +46,21 @@ def test_bad_config_refused_before_ranks_start(tmp_path):
 def test_include_with_num_gpus_is_refused():
     out = run_launch("--num_gpus", "2", "--include", "localhost:0", "--dry-run", "configs/tiny.yaml")
     assert out.returncode != 0 and "--include" in out.stderr
+
+
+def test_a_stale_extension_build_lock_is_named_instead_of_hanging(tmp_path):
+    """A process killed mid JIT build leaves the lock; a lock younger than a build may take is left alone."""
+    stale, fresh = tmp_path / "py311_cpu" / "deepspeed_shm_comm" / "lock", tmp_path / "py311_cpu" / "other_op" / "lock"
+    for lock in (stale, fresh):
+        lock.parent.mkdir(parents=True)
+        lock.touch()
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))
+    out = subprocess.run([sys.executable, "-m", "launch", "--num_gpus", "2", "configs/tiny.yaml"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, TORCH_EXTENSIONS_DIR=str(tmp_path)))
+    assert out.returncode == 2
+    assert f"{stale} is a torch-extension build lock 60 min old" in out.stderr and f"rm {stale}" in out.stderr
+    assert str(fresh) not in out.stderr
 
 
 @pytest.mark.distributed

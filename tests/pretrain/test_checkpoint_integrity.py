@@ -9,8 +9,9 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
-from pretrain import checkpoint
+from pretrain import checkpoint, pickles
 from pretrain.metrics import MetricsLogger
 
 
@@ -49,6 +50,40 @@ def test_garbled_manifest_is_a_named_error_and_fallback_resumes_the_previous(ckp
     with pytest.raises(checkpoint.CheckpointError, match="manifest.json is damaged"):
         checkpoint.verify(ckpts / "step_6")
     assert checkpoint.resumable(ckpts, fallback=True) == ckpts / "step_3"
+
+
+class RunsCode:
+    """What a forged checkpoint file would hold: unpickling it calls os.system."""
+
+    def __reduce__(self):
+        return os.system, ("echo pwned",)
+
+
+@pytest.mark.distributed
+def test_a_pickle_that_would_run_code_is_refused_before_deepspeed_loads_it(ckpts, monkeypatch):
+    """The forger rewrote the manifest too, so sizes and hashes agree: only the pickle scan can tell."""
+    optim = sorted((ckpts / "step_6").glob("*optim_states.pt"))[0]
+    state = torch.load(optim, weights_only=False)
+    state["payload"] = RunsCode()
+    torch.save(state, optim)
+    manifest = json.loads((ckpts / "step_6" / "manifest.json").read_text())
+    checkpoint._write_manifest(ckpts / "step_6", 6, manifest["meta"])
+    with pytest.raises(checkpoint.CheckpointError, match=rf"{optim} would run code .*'posix\.system'.*GROWLM_TRUST"):
+        checkpoint.verify(ckpts / "step_6")
+    with pytest.raises(checkpoint.CheckpointError, match="would run code"):  # nor exported or grown from
+        checkpoint.load_weights(ckpts)
+    assert checkpoint.resumable(ckpts, fallback=True) == ckpts / "step_3"
+    monkeypatch.setenv(pickles.TRUST_ENV, "1")  # the user's own checkpoint, their call
+    checkpoint._VERIFIED.clear()
+    assert checkpoint.verify(ckpts / "step_6")["step"] == 6
+
+
+@pytest.mark.distributed
+def test_every_zero_stage_checkpoint_passes_the_pickle_scan(zero_runs):
+    """DeepSpeed's own files (optimizer states of ZeRO 1-3, fp32 and bf16) hold nothing beyond the allowlist."""
+    for run in zero_runs.values():
+        for step_dir in (run / "checkpoints").glob("step_*"):
+            pickles.check_folder(step_dir)
 
 
 def test_prune_takes_the_universal_conversion_with_its_checkpoint(tmp_path):
