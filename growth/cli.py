@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 from growth import GrowthError, available_operators
-from growth.folders import TOKENIZER, grow_folder, parse_params, source_info
+from growth.folders import grow_folder, parse_params, source_info
+from pretrain.data.tokenizer import find_tokenizer
 from growth.runs import RunError, model_overrides
 from pretrain.checkpoint import CheckpointError
 
@@ -72,7 +73,8 @@ def cmd_grow(args: argparse.Namespace) -> int:
     if "layer_map" in rec:
         print(f"layer map (new layer i <- source layer): {rec['layer_map']}")
     config = Path(rec["source"]) / "config.yaml"
-    tokenizer = [f"data.tokenizer={(args.out / TOKENIZER).resolve()}"] if (args.out / TOKENIZER).is_file() else []
+    own = find_tokenizer(args.out)
+    tokenizer = [f"data.tokenizer={own.resolve()}"] if own else []
     cmd = ["python", "-m", "launch", "--num_gpus", "2", str(config) if config.is_file() else "CONFIG.yaml",
            f"train.init_from={args.out.resolve()}", *model_overrides(result.config), *tokenizer,
            f"run.name={args.out.name}"]

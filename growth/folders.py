@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -20,9 +19,9 @@ from growth import GrowthError, GrowthResult, get_operator, grow
 from model import ModelConfig
 from model.config import ModelConfigError
 from pretrain.checkpoint import MANIFEST, WEIGHTS, CheckpointError, load_weights, locate, save_weights
+from pretrain.data.tokenizer import copy_tokenizer, find_tokenizer
 
 MODEL_PRESETS = Path(__file__).resolve().parent.parent / "configs" / "model"
-TOKENIZER = "tokenizer.model"
 
 
 def resolve_target(source: ModelConfig, spec: Sequence[str]) -> ModelConfig:
@@ -88,8 +87,8 @@ def source_info(path: Path) -> dict[str, Any]:
         step = json.loads((path / MANIFEST).read_text()).get("step")
     elif (path / "record.json").is_file():  # a grown folder: the step of the checkpoint it was grown from
         step = json.loads((path / "record.json").read_text()).get("source_step")
-    tokenizer = path / TOKENIZER
-    return {"path": str(path.resolve()), "step": step, "tokenizer": str(tokenizer) if tokenizer.is_file() else None}
+    tokenizer = find_tokenizer(path)
+    return {"path": str(path.resolve()), "step": step, "tokenizer": str(tokenizer) if tokenizer else None}
 
 
 def parse_params(items: Sequence[str]) -> dict[str, Any]:
@@ -120,8 +119,7 @@ def grow_folder(source: Path, op: str, target_spec: Sequence[str], out: Path,
                       "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     save_weights(out, target, result.state_dict, result.record)
     if info["tokenizer"]:
-        shutil.copyfile(info["tokenizer"], out / f".{TOKENIZER}.tmp")
-        (out / f".{TOKENIZER}.tmp").rename(out / TOKENIZER)
+        copy_tokenizer(info["tokenizer"], out)
     return result
 
 

@@ -4,7 +4,7 @@ steps under one config (same optimizer, schedule, data order, seed), pick the lo
 The selection rule and its statistics are pure functions (tested alone); `run_lag` orchestrates the folders
 and runs. Experiment layout under `out/`:
     plan.json            what the experiment is (a re-run with other settings is refused)
-    tokenizer.model      the source's tokenizer, pinned for every candidate (data.tokenizer)
+    tokenizer.model      the source's tokenizer (or its HF tokenizer files), pinned for every candidate
     grown/<candidate>/   grown weights folders        runs/<candidate>/  their training runs (+ .log)
     lag.md lag.json lag.png
 Every step is resumable: a finished folder or run is skipped, an interrupted run resumes from its checkpoint.
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -21,6 +20,7 @@ from typing import Any, Mapping, Sequence
 from growth import GrowthError
 from growth.report import write_lag_report
 from growth.folders import check_operator, grow_folder, is_grown_folder, parse_params, source_info
+from pretrain.data.tokenizer import copy_tokenizer, find_tokenizer
 from growth.runs import check_user_overrides, claim_experiment, model_overrides, train_phase, val_curve
 from model import ModelConfig
 
@@ -246,8 +246,5 @@ def _pinned_tokenizer(source: Path, out: Path) -> list[str]:
     tokenizer = source_info(source)["tokenizer"]
     if tokenizer is None:
         return []
-    pinned = out / "tokenizer.model"
-    if not pinned.is_file():
-        shutil.copyfile(tokenizer, out / ".tokenizer.model.tmp")
-        (out / ".tokenizer.model.tmp").rename(pinned)
+    pinned = find_tokenizer(out) or copy_tokenizer(tokenizer, out)
     return [f"data.tokenizer={pinned.resolve()}"]

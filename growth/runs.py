@@ -41,7 +41,8 @@ def check_user_overrides(overrides: Sequence[str]) -> None:
 
 def model_overrides(cfg: ModelConfig) -> list[str]:
     """Every model field as an override: `train.init_from` requires the run's model to equal the folder's."""
-    return [f"model.{k}={v}" for k, v in dataclasses.asdict(cfg).items()]
+    return [f"model.{k}={json.dumps(v) if v is None or isinstance(v, dict) else v}"  # null, {rope scaling}
+            for k, v in dataclasses.asdict(cfg).items()]
 
 
 def step_reached(run_dir: Path) -> int:

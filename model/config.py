@@ -2,10 +2,35 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
+
+ROPE_SCALING_TYPES = ("llama3",)
 
 
 class ModelConfigError(ValueError):
     """A model shape that cannot be built; the message names the field and what would be valid."""
+
+
+@dataclass
+class RopeScaling:
+    """Llama-3's frequency-dependent RoPE scaling (HF rope_type "llama3"): wavelengths longer than
+    original_max_position_embeddings / low_freq_factor are stretched by `factor`, shorter than
+    .../ high_freq_factor kept, and those between interpolated smoothly."""
+
+    rope_type: str = "llama3"
+    factor: float = 8.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_position_embeddings: int = 8192
+
+    def __post_init__(self) -> None:
+        if self.rope_type not in ROPE_SCALING_TYPES:
+            raise ModelConfigError(f"model.rope_scaling.rope_type={self.rope_type!r} is not implemented; valid: "
+                                   f"{list(ROPE_SCALING_TYPES)}")
+        if not self.high_freq_factor > self.low_freq_factor > 0 or self.factor <= 0:
+            raise ModelConfigError(
+                f"model.rope_scaling needs factor > 0 and high_freq_factor > low_freq_factor > 0, got "
+                f"factor={self.factor}, low_freq_factor={self.low_freq_factor}, high_freq_factor={self.high_freq_factor}")
 
 
 @dataclass
@@ -17,7 +42,9 @@ class ModelConfig:
     n_layers: int = 4
     """Number of transformer blocks L (HF: num_hidden_layers)."""
     n_heads: int = 4
-    """Query heads; head_dim = dim // n_heads (HF: num_attention_heads)."""
+    """Query heads (HF: num_attention_heads)."""
+    head_dim: Optional[int] = None
+    """Width of one attention head; None: dim // n_heads (HF: head_dim, which some models set otherwise)."""
     n_kv_heads: int = 4
     """Key/value heads for grouped-query attention; must divide n_heads (HF: num_key_value_heads)."""
     ffn_dim: int = 352
@@ -28,6 +55,8 @@ class ModelConfig:
     """Longest sequence the model is trained for; data.seq_len may not exceed it."""
     rope_theta: float = 10000.0
     """Base of the rotary embedding frequencies (Llama-2: 1e4, Llama-3: 5e5)."""
+    rope_scaling: Optional[RopeScaling] = None
+    """Llama-3.x's RoPE frequency scaling; None: plain RoPE."""
     norm_eps: float = 1e-5
     """Epsilon inside RMSNorm."""
     tie_embeddings: bool = False
@@ -44,7 +73,12 @@ class ModelConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ModelConfigError(f"model.{name} must be a positive integer, got {value!r}")
-        if self.dim % self.n_heads:
+        if self.head_dim is not None and (isinstance(self.head_dim, bool) or not isinstance(self.head_dim, int)
+                                          or self.head_dim <= 0):
+            raise ModelConfigError(f"model.head_dim must be a positive integer or null, got {self.head_dim!r}")
+        if isinstance(self.rope_scaling, dict):  # from a JSON file (weights folders, HF configs)
+            self.rope_scaling = RopeScaling(**self.rope_scaling)
+        if self.head_dim is None and self.dim % self.n_heads:
             raise ModelConfigError(
                 f"model.dim={self.dim} is not divisible by model.n_heads={self.n_heads}; "
                 f"valid n_heads divide dim (e.g. {_divisors(self.dim)})"
@@ -54,9 +88,10 @@ class ModelConfig:
                 f"model.n_heads={self.n_heads} is not divisible by model.n_kv_heads={self.n_kv_heads}; "
                 f"valid n_kv_heads: {_divisors(self.n_heads)}"
             )
-        if self.head_dim % 2:
+        if self.head_width % 2:
             raise ModelConfigError(
-                f"head_dim = model.dim / model.n_heads = {self.head_dim} must be even for rotary embeddings"
+                f"the head width (model.head_dim, or model.dim / model.n_heads) = {self.head_width} must be even "
+                "for rotary embeddings"
             )
         for name in ("rope_theta", "norm_eps", "init_std"):
             value = getattr(self, name)
@@ -65,13 +100,14 @@ class ModelConfig:
                 raise ModelConfigError(f"model.{name} must be a number > 0, got {value!r}")
 
     @property
-    def head_dim(self) -> int:
-        return self.dim // self.n_heads
+    def head_width(self) -> int:
+        """The width of one attention head in effect: head_dim, or dim // n_heads when it is unset."""
+        return self.head_dim or self.dim // self.n_heads
 
     def num_params(self, include_embedding: bool = True) -> int:
         """Parameter count from the shape alone (matches `sum(p.numel())` of the built model)."""
-        kv_dim = self.n_kv_heads * self.head_dim
-        attn = self.dim * (2 * self.dim + 2 * kv_dim)
+        q_dim, kv_dim = self.n_heads * self.head_width, self.n_kv_heads * self.head_width
+        attn = self.dim * (2 * q_dim + 2 * kv_dim)
         mlp = 3 * self.dim * self.ffn_dim
         per_block = attn + mlp + 2 * self.dim
         embed = self.vocab_size * self.dim
@@ -90,7 +126,7 @@ class ModelConfig:
         n = self.num_params(include_embedding=False)
         if self.tie_embeddings:  # the tied matrix is still used as the LM-head matmul
             n += self.vocab_size * self.dim
-        return 6.0 * n + 12.0 * self.n_layers * seq_len * self.dim
+        return 6.0 * n + 12.0 * self.n_layers * seq_len * self.n_heads * self.head_width
 
 
 def _divisors(n: int) -> list[int]:

@@ -4,19 +4,22 @@ Our RoPE uses HF's "rotate half" layout, so weights map one-to-one by name: no q
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
 import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 from sentencepiece import sentencepiece_model_pb2
 from transformers import GenerationConfig, LlamaConfig
 
-from model.config import ModelConfig
+from model.config import ROPE_SCALING_TYPES, ModelConfig, RopeScaling
 
 # Sentencepiece ids our tokenizer is trained with; HF's generate() stops on eos_token_id.
 UNK_ID, BOS_ID, EOS_ID = 0, 1, 2
@@ -45,6 +48,9 @@ _HF_DERIVED = re.compile(r".*rotary_emb\.inv_freq")
 
 def to_hf_config(cfg: ModelConfig) -> LlamaConfig:
     """The LlamaConfig that builds a LlamaForCausalLM computing exactly what `Llama(cfg)` computes."""
+    rope: dict = {"rope_type": "default", "rope_theta": float(cfg.rope_theta)}
+    if cfg.rope_scaling is not None:
+        rope |= dataclasses.asdict(cfg.rope_scaling)
     return LlamaConfig(
         vocab_size=cfg.vocab_size,
         hidden_size=cfg.dim,
@@ -52,12 +58,12 @@ def to_hf_config(cfg: ModelConfig) -> LlamaConfig:
         num_hidden_layers=cfg.n_layers,
         num_attention_heads=cfg.n_heads,
         num_key_value_heads=cfg.n_kv_heads,
-        head_dim=cfg.head_dim,
+        head_dim=cfg.head_width,
         hidden_act="silu",
         max_position_embeddings=cfg.max_seq_len,
         initializer_range=cfg.init_std,
         rms_norm_eps=cfg.norm_eps,
-        rope_parameters={"rope_type": "default", "rope_theta": float(cfg.rope_theta)},
+        rope_parameters=rope,
         tie_word_embeddings=cfg.tie_embeddings,
         attention_bias=False,
         mlp_bias=False,
@@ -68,33 +74,106 @@ def to_hf_config(cfg: ModelConfig) -> LlamaConfig:
     )
 
 
+class UnsupportedModel(ValueError):
+    """An HF model folder using a feature growlm's Llama does not compute; the message names key and value."""
+
+
 def from_hf_config(hf_cfg: LlamaConfig) -> ModelConfig:
     """The ModelConfig for an HF Llama; refuses features our model lacks rather than silently computing else."""
-    rope = hf_cfg.rope_parameters or {}
+    rope = dict(hf_cfg.rope_parameters or {})
+    rope_type = rope.get("rope_type", "default")
     unsupported = {
         "hidden_act": hf_cfg.hidden_act != "silu",
         "attention_bias": bool(hf_cfg.attention_bias),
         "mlp_bias": bool(hf_cfg.mlp_bias),
-        "rope_parameters.rope_type": rope.get("rope_type", "default") != "default",
-        "head_dim": (hf_cfg.head_dim or hf_cfg.hidden_size // hf_cfg.num_attention_heads)
-        != hf_cfg.hidden_size // hf_cfg.num_attention_heads,
+        "rope_scaling.rope_type": rope_type not in ("default", *ROPE_SCALING_TYPES),
     }
-    bad = [name for name, is_bad in unsupported.items() if is_bad]
+    values = {"hidden_act": hf_cfg.hidden_act, "attention_bias": hf_cfg.attention_bias,
+              "mlp_bias": hf_cfg.mlp_bias, "rope_scaling.rope_type": rope_type}
+    bad = [f"{name}={values[name]!r}" for name, is_bad in unsupported.items() if is_bad]
     if bad:
-        raise ValueError(f"HF Llama config uses features growlm's Llama does not implement: {', '.join(bad)}")
+        raise UnsupportedModel(
+            f"HF Llama config uses what growlm's Llama does not implement: {', '.join(bad)} (growlm computes "
+            f"hidden_act='silu', no biases, rope_type in {['default', *ROPE_SCALING_TYPES]})")
+    scaling = None
+    if rope_type != "default":
+        fields = {f.name for f in dataclasses.fields(RopeScaling)}
+        scaling = RopeScaling(**{k: v for k, v in rope.items() if k in fields})
+    head_dim = getattr(hf_cfg, "head_dim", None)
     return ModelConfig(
         dim=hf_cfg.hidden_size,
         n_layers=hf_cfg.num_hidden_layers,
         n_heads=hf_cfg.num_attention_heads,
         n_kv_heads=hf_cfg.num_key_value_heads,
+        head_dim=None if head_dim in (None, hf_cfg.hidden_size // hf_cfg.num_attention_heads) else int(head_dim),
         ffn_dim=hf_cfg.intermediate_size,
         vocab_size=hf_cfg.vocab_size,
         max_seq_len=hf_cfg.max_position_embeddings,
         rope_theta=float(rope["rope_theta"]),
+        rope_scaling=scaling,
         norm_eps=float(hf_cfg.rms_norm_eps),
         tie_embeddings=bool(hf_cfg.tie_word_embeddings),
         init_std=float(hf_cfg.initializer_range),
     )
+
+
+def is_hf_folder(path: str | Path) -> bool:
+    """A transformers model folder: config.json beside its weights (growlm's own folders have neither)."""
+    return (Path(path) / "config.json").is_file()
+
+
+def read_hf_config(path: str | Path) -> ModelConfig:
+    """The model shape of an HF folder's config.json; another architecture, or a feature growlm does not
+    compute (biases, another RoPE scaling, sliding-window attention), is refused naming the key and value."""
+    config_file = Path(path) / "config.json"
+    try:
+        raw = json.loads(config_file.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise UnsupportedModel(f"{config_file} cannot be read as JSON: {err}") from None
+    if raw.get("model_type") != "llama":
+        raise UnsupportedModel(f"{config_file}: model_type={raw.get('model_type')!r} is not supported; growlm "
+                               "builds Llama-family models (model_type='llama')")
+    for key in ("sliding_window", "use_sliding_window"):
+        if raw.get(key):
+            raise UnsupportedModel(f"{config_file}: {key}={raw[key]!r}: growlm's attention is full causal, "
+                                   "not sliding-window")
+    try:
+        return from_hf_config(LlamaConfig.from_pretrained(path))
+    except UnsupportedModel as err:
+        raise UnsupportedModel(f"{config_file}: {err}") from None
+
+
+class HFWeights(Mapping[str, torch.Tensor]):
+    """An HF folder's weights under growlm's names, read one tensor at a time (as fp32) from its safetensors
+    file or shards: a caller that copies them parameter by parameter (ZeRO-3) never holds the whole model."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        index = self.path / "model.safetensors.index.json"
+        if index.is_file():
+            weight_map = json.loads(index.read_text())["weight_map"]
+        elif (self.path / "model.safetensors").is_file():
+            with safe_open(self.path / "model.safetensors", "pt") as f:
+                weight_map = {name: "model.safetensors" for name in f.keys()}
+        else:
+            raise FileNotFoundError(f"{self.path} holds no model.safetensors or model.safetensors.index.json")
+        top = {v: k for k, v in _TOP_LEVEL.items()}
+        per_layer = {v: k for k, v in _PER_LAYER.items()}
+        self._source = {_rename(k, top, per_layer, _HF_LAYER, "layers."): (k, shard)
+                        for k, shard in weight_map.items() if not _HF_DERIVED.fullmatch(k)}
+        if "output.weight" not in self._source and "tok_embeddings.weight" in self._source:
+            self._source["output.weight"] = self._source["tok_embeddings.weight"]  # tied: HF dropped the copy
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        hf_name, shard = self._source[name]
+        with safe_open(self.path / shard, "pt") as f:
+            return f.get_tensor(hf_name).float()
+
+    def __iter__(self):
+        return iter(self._source)
+
+    def __len__(self) -> int:
+        return len(self._source)
 
 
 def _rename(key: str, top: dict[str, str], per_layer: dict[str, str], layer_re: re.Pattern, prefix: str) -> str:
@@ -127,11 +206,13 @@ def save_hf_folder(
     state_dict: dict[str, torch.Tensor],
     cfg: ModelConfig,
     out_dir: str | Path,
-    tokenizer_model: str | Path | None = None,
+    tokenizer_files: dict[str, Path] | None = None,
     overwrite: bool = False,
 ) -> Path:
-    """Write a folder `LlamaForCausalLM.from_pretrained` (and, with a tokenizer, `LlamaTokenizer`) loads.
+    """Write a folder `LlamaForCausalLM.from_pretrained` (and, with a tokenizer, `AutoTokenizer`) loads.
 
+    `tokenizer_files` (name -> file) is a sentencepiece `tokenizer.model` (a LlamaTokenizer config is written
+    for it) or an HF tokenizer's files, copied as they are, whose BOS/EOS ids go into the model's config.
     Written into a temp dir beside out_dir and renamed into place, so readers never see a half-written folder.
     """
     out_dir = Path(out_dir)
@@ -147,6 +228,9 @@ def save_hf_folder(
         hf_sd.pop("lm_head.weight", None)
     hf_cfg = to_hf_config(cfg)
     hf_cfg.dtype = next(iter(hf_sd.values())).dtype
+    tokenizer_files = dict(tokenizer_files or {})
+    if "tokenizer.json" in tokenizer_files:
+        hf_cfg.bos_token_id, hf_cfg.eos_token_id = _special_ids(tokenizer_files)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
@@ -154,14 +238,26 @@ def save_hf_folder(
                   metadata={"format": "pt"})
         hf_cfg.save_pretrained(tmp)
         GenerationConfig.from_model_config(hf_cfg).save_pretrained(tmp)
-        if tokenizer_model is not None:
-            shutil.copyfile(tokenizer_model, tmp / "tokenizer.model")
-            tok_cfg = hf_tokenizer_config(Path(tokenizer_model).read_bytes(), cfg.max_seq_len)
+        for name, file in tokenizer_files.items():
+            shutil.copyfile(file, tmp / name)
+        if "tokenizer.model" in tokenizer_files:
+            tok_cfg = hf_tokenizer_config(tokenizer_files["tokenizer.model"].read_bytes(), cfg.max_seq_len)
             (tmp / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2) + "\n")
         _replace_dir(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
+
+
+def _special_ids(tokenizer_files: dict[str, Path]) -> tuple[int | None, int | None]:
+    """(bos, eos) ids of an HF tokenizer, read by transformers from its files."""
+    from transformers import AutoTokenizer
+
+    with tempfile.TemporaryDirectory() as folder:
+        for name, file in tokenizer_files.items():
+            shutil.copyfile(file, Path(folder) / name)
+        tok = AutoTokenizer.from_pretrained(folder)
+    return tok.bos_token_id, tok.eos_token_id
 
 
 def _export_file(path: Path) -> bool:
@@ -209,17 +305,9 @@ def _replace_dir(src: Path, dst: Path) -> None:
 
 
 def load_hf_folder(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
-    """Read an HF Llama folder (single or sharded safetensors) into our config and state dict."""
-    path = Path(path)
-    cfg = from_hf_config(LlamaConfig.from_pretrained(path))
-    index = path / "model.safetensors.index.json"
-    if index.exists():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-    elif (path / "model.safetensors").exists():
-        shards = ["model.safetensors"]
-    else:
-        raise FileNotFoundError(f"{path} holds no model.safetensors or model.safetensors.index.json")
-    hf_sd: dict[str, torch.Tensor] = {}
-    for shard in shards:
-        hf_sd.update(load_file(path / shard))
-    return cfg, from_hf_state_dict(hf_sd)
+    """Read an HF Llama folder (single or sharded safetensors; fp32, fp16 or bf16) into our config and an
+    fp32 state dict (a tied head shares the embedding tensor)."""
+    cfg, weights = read_hf_config(path), HFWeights(path)
+    sd = {name: weights[name] for name in weights if name != "output.weight" or not cfg.tie_embeddings}
+    sd["output.weight"] = sd["tok_embeddings.weight"] if cfg.tie_embeddings else weights["output.weight"]
+    return cfg, sd

@@ -42,10 +42,25 @@ class RMSNorm(nn.Module):
         return self.weight * xf.to(x.dtype)
 
 
-def rope_cos_sin(seq_len: int, head_dim: int, theta: float, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin tables [seq, head_dim] in fp32, in the "rotate half" layout HF Llama uses (no permutation needed)."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim))
-    freqs = torch.outer(torch.arange(seq_len, device=device, dtype=torch.float32), inv_freq)
+def rope_inv_freq(cfg: ModelConfig, device: torch.device | None = None) -> torch.Tensor:
+    """Rotary frequencies [head_width / 2], with Llama-3's scaling when the config has it."""
+    hd = cfg.head_width
+    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, hd, 2, device=device, dtype=torch.float32) / hd))
+    s = cfg.rope_scaling
+    if s is None:
+        return inv_freq
+    wavelen = 2 * math.pi / inv_freq
+    long_wavelen = s.original_max_position_embeddings / s.low_freq_factor  # beyond it: divided by factor
+    short_wavelen = s.original_max_position_embeddings / s.high_freq_factor  # below it: unchanged
+    smooth = (s.original_max_position_embeddings / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor)
+    between = (1 - smooth) * inv_freq / s.factor + smooth * inv_freq
+    scaled = torch.where(wavelen > long_wavelen, inv_freq / s.factor, inv_freq)
+    return torch.where((wavelen >= short_wavelen) & (wavelen <= long_wavelen), between, scaled)
+
+
+def rope_cos_sin(seq_len: int, cfg: ModelConfig, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin tables [seq, head_width] in fp32, in the "rotate half" layout HF Llama uses (no permutation)."""
+    freqs = torch.outer(torch.arange(seq_len, device=device, dtype=torch.float32), rope_inv_freq(cfg, device))
     emb = torch.cat((freqs, freqs), dim=-1)
     return emb.cos(), emb.sin()
 
@@ -60,11 +75,11 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-        self.wq = nn.Linear(cfg.dim, cfg.n_heads * cfg.head_dim, bias=False)
-        self.wk = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
-        self.wv = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
-        self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_width
+        self.wq = nn.Linear(cfg.dim, cfg.n_heads * cfg.head_width, bias=False)
+        self.wk = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_width, bias=False)
+        self.wv = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_width, bias=False)
+        self.wo = nn.Linear(cfg.n_heads * cfg.head_width, cfg.dim, bias=False)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         b, t, _ = x.shape
@@ -156,7 +171,7 @@ class Llama(nn.Module):
         if seq_len > self.config.max_seq_len:
             raise ValueError(f"sequence length {seq_len} exceeds model.max_seq_len={self.config.max_seq_len}")
         # Recomputed per call, never a buffer: a bf16 cast of the module would otherwise round the tables.
-        cos, sin = rope_cos_sin(seq_len, self.config.head_dim, self.config.rope_theta, tokens.device)
+        cos, sin = rope_cos_sin(seq_len, self.config, tokens.device)
         h = self.tok_embeddings(tokens)
         hidden = [h] if return_hidden_states else None
         for layer in self.layers:

@@ -20,6 +20,7 @@ import random
 import re
 import shutil
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -387,15 +388,24 @@ def model_config_of(ckpt: Path) -> ModelConfig:
     return ModelConfig(**OmegaConf.to_container(OmegaConf.load(ckpt / "config.yaml").model))
 
 
-def load_weights(path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
-    """(config, fp32 state dict) from a weights folder (growth output) or a training checkpoint."""
+def load_weights(path: Path, lazy: bool = False) -> tuple[ModelConfig, Mapping[str, torch.Tensor]]:
+    """(config, fp32 state dict) from a weights folder (growth output), a training checkpoint or a
+    transformers Llama folder. `lazy`: an HF folder's tensors are read only when looked up (model.hf.HFWeights),
+    so a partitioned model can be filled one parameter at a time."""
+    from model.hf import HFWeights, UnsupportedModel, load_hf_folder, read_hf_config  # transformers: only here
+
     path = locate(path)
+    if (path / "config.json").is_file() and not (path / MANIFEST).is_file():
+        try:
+            return (read_hf_config(path), HFWeights(path)) if lazy else load_hf_folder(path)
+        except UnsupportedModel as err:
+            raise CheckpointError(str(err)) from None
     if (path / WEIGHTS).is_file():
         return model_config_of(path), torch.load(path / WEIGHTS, map_location="cpu", weights_only=True)
     if not (path / MANIFEST).is_file():
         raise CheckpointError(
-            f"{path} is neither a weights folder ({WEIGHTS} + {WEIGHTS_CONFIG}) nor a complete checkpoint "
-            f"({MANIFEST})"
+            f"{path} is neither a weights folder ({WEIGHTS} + {WEIGHTS_CONFIG}), a complete checkpoint "
+            f"({MANIFEST}) nor a transformers model folder (config.json + safetensors)"
         )
     return model_config_of(path), consolidated_state_dict(path)
 

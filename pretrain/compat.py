@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from pathlib import Path
 from typing import Any
 
 from pretrain.config import Config, get_dotted
+from pretrain.data.tokenizer import tokenizer_fingerprint
 
 SAMPLE_SEQUENCE = ("data.source", "data.text_field", "data.hf_split", "data.seq_len", "data.val_fraction")
 """Settings that decide which windows there are and in which order they come; with the global batch they decide
@@ -22,7 +22,7 @@ def run_meta(cfg: Config, tokenizer_path: Path, world_size: int | None) -> dict[
         sequence[GLOBAL_BATCH] = cfg.train.micro_batch_size * cfg.train.grad_accum * world_size
     return {"model": dataclasses.asdict(cfg.model), "zero_stage": cfg.deepspeed.zero_stage,
             "precision": cfg.train.precision, "world_size": world_size,
-            "tokenizer_sha256": hashlib.sha256(Path(tokenizer_path).read_bytes()).hexdigest(),
+            "tokenizer_sha256": tokenizer_fingerprint(tokenizer_path),
             "sample_sequence": sequence}
 
 

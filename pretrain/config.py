@@ -313,14 +313,28 @@ def _resolve_model_preset(layer: DictConfig, base_dir: Path) -> DictConfig:
     value = layer.get("model") if "model" in layer else None
     if not isinstance(value, str):
         return layer
+    layer = layer.copy()
+    if (base_dir / value / "config.json").is_file():
+        layer.model = OmegaConf.create(_hf_model_fields(base_dir / value, value))
+        return layer
     candidates = [base_dir / value, MODEL_PRESETS / f"{value}.yaml", MODEL_PRESETS / value]
     found = next((c for c in candidates if c.is_file()), None)
     if found is None:
         presets = sorted(p.stem for p in MODEL_PRESETS.glob("*.yaml"))
-        raise ConfigError(f"model={value!r} is neither a model YAML file nor a preset; presets: {presets}")
-    layer = layer.copy()
+        raise ConfigError(f"model={value!r} is neither a model YAML file, a transformers model folder (with "
+                          f"config.json) nor a preset; presets: {presets}")
     layer.model = OmegaConf.load(found)
     return layer
+
+
+def _hf_model_fields(folder: Path, value: str) -> dict[str, Any]:
+    """Every model field from a transformers Llama folder's config.json (unsupported features refused)."""
+    from model.hf import UnsupportedModel, read_hf_config
+
+    try:
+        return dataclasses.asdict(read_hf_config(folder))
+    except (UnsupportedModel, ModelConfigError) as err:
+        raise ConfigError(f"model={value!r}: {err}") from None
 
 
 def _explain(err: ConfigKeyError | ValidationError) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import deepspeed
@@ -73,11 +74,12 @@ def is_partitioned(model: nn.Module) -> bool:
     return any(hasattr(p, "ds_id") for p in model.parameters())
 
 
-def load_weights_into(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """`load_state_dict(strict=True)` that also fills a partitioned model, one gathered parameter at a time.
-    Collective under ZeRO-3: every rank calls it with the same state."""
+def load_weights_into(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    """`load_state_dict(strict=True)` that also fills a partitioned model, one gathered parameter at a time
+    (a lazy `state` is then read one tensor at a time). Collective under ZeRO-3: every rank calls it with the
+    same state."""
     if not is_partitioned(model):
-        model.load_state_dict(state, strict=True)
+        model.load_state_dict(dict(state), strict=True)
         return
     params = dict(model.named_parameters())
     expected = set(model.state_dict())  # a tied head is a key here but one parameter above
@@ -85,10 +87,12 @@ def load_weights_into(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
         raise ValueError(f"weights differ from the model: missing {sorted(expected - set(state))}, "
                          f"unexpected {sorted(set(state) - expected)}")
     for name, p in params.items():
-        if tuple(state[name].shape) != tuple(p.ds_shape):
-            raise ValueError(f"weight {name}: shape {tuple(state[name].shape)}, model {tuple(p.ds_shape)}")
+        tensor = state[name]
+        if tuple(tensor.shape) != tuple(p.ds_shape):
+            raise ValueError(f"weight {name}: shape {tuple(tensor.shape)}, model {tuple(p.ds_shape)}")
         with deepspeed.zero.GatheredParameters([p], modifier_rank=0):
-            p.data.copy_(state[name])
+            p.data.copy_(tensor)
+        del tensor
 
 
 def enable_activation_checkpointing(model: nn.Module) -> None:

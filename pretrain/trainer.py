@@ -27,6 +27,7 @@ from pretrain import checkpoint, compat, dist, hybrid, precision, runlock
 from pretrain.callbacks import Callback, Validation, due
 from pretrain.config import Config, ConfigError, save_config
 from pretrain.data import PackedData, StepSampler, get_batch, prepare_data
+from pretrain.data.tokenizer import tokenizer_files
 from pretrain.engine import build_engine, build_model, load_weights_into
 from pretrain.faults import NonFiniteError, Preemption, diagnose
 from pretrain.hybrid import freeze_all_but, trainable_names
@@ -122,7 +123,8 @@ class Trainer:
         if self.is_main:  # only once the run is known to go ahead: a refused resume leaves the run as it was
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.run_dir / "config.yaml")
-            atomic_write_bytes(self.run_dir / "tokenizer.model", Path(self.data.tokenizer_path).read_bytes())
+            for name, file in tokenizer_files(self.data.tokenizer_path).items():  # checkpoints copy them from here
+                atomic_write_bytes(self.run_dir / name, file.read_bytes())
         self._build_engine(model, manifest["step"] if manifest else 0)
         if resume_from is not None:
             self._resume(resume_from, universal=manifest.get("meta", {}).get("world_size", self.world) != self.world)
@@ -142,7 +144,7 @@ class Trainer:
 
     # ---- setup helpers -------------------------------------------------------------------------------
     def _init_weights(self, model: Llama, source: Path) -> None:
-        src_cfg, state = checkpoint.load_weights(source)
+        src_cfg, state = checkpoint.load_weights(source, lazy=True)
         if src_cfg != self.cfg.model:
             raise ConfigError(
                 f"train.init_from={source} holds a model of shape {src_cfg}, but model is {self.cfg.model}"
@@ -413,7 +415,8 @@ class Trainer:
             "world_size": self.world,
             "zero_stage": self.cfg.deepspeed.zero_stage,
         }
-        extra = {"config.yaml": self.run_dir / "config.yaml", "tokenizer.model": self.run_dir / "tokenizer.model"}
+        extra = {"config.yaml": self.run_dir / "config.yaml"}
+        extra |= {name: self.run_dir / name for name in tokenizer_files(self.data.tokenizer_path)}
         path = checkpoint.save(self.engine, self.ckpt_root, self.step, client, extra, self.cfg.checkpoint.keep,
                                meta=compat.run_meta(self.cfg, self.data.tokenizer_path, self.world))
         for cb in self.callbacks:

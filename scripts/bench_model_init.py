@@ -6,8 +6,15 @@ Run under the deepspeed launcher (each rank reports its own peak RSS; rank 0 pri
     DS_ACCELERATOR=cpu deepspeed --num_gpus 2 scripts/bench_model_init.py model=1b
     DS_ACCELERATOR=cpu deepspeed --num_gpus 2 scripts/bench_model_init.py model=1b deepspeed.zero_init=false
 
-Figures are peak RSS (GB) after imports, after building the model and after `deepspeed.initialize`, plus the
-wall time of each; fp32, so the unpartitioned build holds 4 bytes per parameter on every rank.
+With `--init-from DIR` (an HF folder) the weights are loaded after the build, as `train.init_from` does: one
+tensor at a time from the safetensors (`--full-copy`: the whole fp32 state dict on every rank first, the
+naive way). `--write-hf-folder DIR` writes a random bf16 HF folder of the config's model shape and exits:
+
+    python scripts/bench_model_init.py --write-hf-folder /tmp/hf-1b model=1b
+    DS_ACCELERATOR=cpu deepspeed --num_gpus 2 scripts/bench_model_init.py --init-from /tmp/hf-1b model=1b
+
+Figures are peak RSS (GB) after imports, after building the model (and loading the weights) and after
+`deepspeed.initialize`, plus the wall time of each; fp32, so an unpartitioned copy holds 4 bytes per parameter.
 """
 from __future__ import annotations
 
@@ -25,7 +32,10 @@ import torch  # noqa: E402
 
 from pretrain import dist  # noqa: E402
 from pretrain.config import load_config  # noqa: E402
-from pretrain.engine import build_engine, build_model  # noqa: E402
+from model import Llama  # noqa: E402
+from model.hf import save_hf_folder  # noqa: E402
+from pretrain.checkpoint import load_weights  # noqa: E402
+from pretrain.engine import build_engine, build_model, load_weights_into  # noqa: E402
 from pretrain.trainer import init_distributed  # noqa: E402
 
 
@@ -37,16 +47,29 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="configs/tiny.yaml")
     p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # passed by the launcher
+    p.add_argument("--init-from", type=Path, help="an HF folder to load after the build")
+    p.add_argument("--full-copy", action="store_true", help="with --init-from: read the whole state dict first")
+    p.add_argument("--write-hf-folder", type=Path, help="write a random bf16 HF folder of the model shape; exit")
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. model=1b deepspeed.zero_init=false")
     args = p.parse_args()
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
     cfg = load_config(args.config, ["deepspeed.zero_stage=3", "train.precision=fp32",
                                     f"run.out_dir={tempfile.mkdtemp()}", *args.overrides])
+    if args.write_hf_folder:
+        write_hf_folder(cfg.model, args.write_hf_folder)
+        return
     init_distributed()
     rows = [("imports", peak_gb(), 0.0)]
     t0 = time.perf_counter()
     model = build_model(cfg)
     rows.append(("model built", peak_gb(), time.perf_counter() - t0))
+    if args.init_from:
+        t0 = time.perf_counter()
+        _, state = load_weights(args.init_from, lazy=not args.full_copy)
+        load_weights_into(model, state)
+        del state
+        rows.append((f"weights loaded ({'full copy' if args.full_copy else 'tensor by tensor'})", peak_gb(),
+                     time.perf_counter() - t0))
     t0 = time.perf_counter()
     build_engine(model, cfg)
     rows.append(("engine built", peak_gb(), time.perf_counter() - t0))
@@ -60,6 +83,15 @@ def main() -> None:
         print("|---|" + "---:|" * (len(gathered) + 1))
         for i, (name, _, seconds) in enumerate(rows):
             print(f"| {name} | " + " | ".join(f"{g[0, i].item():.2f}" for g in gathered) + f" | {seconds:.1f} |")
+
+
+def write_hf_folder(cfg, out: Path) -> None:
+    """A random model of this shape as a bf16 HF folder (built in bf16: 2 bytes per parameter in memory)."""
+    torch.set_default_dtype(torch.bfloat16)
+    model = Llama(cfg)
+    torch.set_default_dtype(torch.float32)
+    save_hf_folder(model.state_dict(), cfg, out)
+    print(f"wrote {out}: {cfg.num_params() / 1e9:.2f}B parameters, bf16")
 
 
 if __name__ == "__main__":

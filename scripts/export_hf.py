@@ -5,7 +5,10 @@
     python scripts/export_hf.py runs/tiny/checkpoints /tmp/tiny-hf      # the checkpoint `latest` names
     python scripts/export_hf.py runs/tiny/checkpoints/latest /tmp/tiny-hf   # the same
 
-The folder loads with `LlamaForCausalLM.from_pretrained` and `LlamaTokenizer.from_pretrained`.
+    python scripts/export_hf.py path/to/hf-model /tmp/copy        # a transformers Llama folder (round trip)
+
+The folder loads with `AutoModelForCausalLM.from_pretrained` and `AutoTokenizer.from_pretrained` (the run's
+sentencepiece model as a LlamaTokenizer, or the HF tokenizer files it was trained with).
 """
 from __future__ import annotations
 
@@ -17,11 +20,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from model.hf import save_hf_folder  # noqa: E402
 from pretrain import checkpoint  # noqa: E402
+from pretrain.data.tokenizer import find_tokenizer, tokenizer_files  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", type=Path, help="a checkpoints/step_<N> dir, a checkpoints/ root or its latest file, or a weights folder")
+    p.add_argument("checkpoint", type=Path, help="a checkpoints/step_<N> dir, a checkpoints/ root or its latest file, a weights folder or an HF folder")
     p.add_argument("out", type=Path, help="output folder (must not exist or be empty)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     args = p.parse_args(argv)
@@ -31,9 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     except checkpoint.CheckpointError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    tokenizer = source / "tokenizer.model"
+    tokenizer = find_tokenizer(source)
     try:
-        save_hf_folder(state, cfg, args.out, tokenizer_model=tokenizer if tokenizer.is_file() else None,
+        save_hf_folder(state, cfg, args.out, tokenizer_files=tokenizer_files(tokenizer) if tokenizer else None,
                        overwrite=args.overwrite)
     except FileExistsError as err:
         print(f"error: {err}", file=sys.stderr)

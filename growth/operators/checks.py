@@ -23,11 +23,11 @@ def check_target(cfg: ModelConfig, target: ModelConfig, kind: str, operator: str
         if f.name not in grown and tgt != src:
             raise GrowthError(f"{kind} operator {operator!r} keeps model.{f.name}: source {src!r}, target {tgt!r} "
                               f"(it may grow only {', '.join(grown)})")
-    if kind == "width" and target.head_dim != cfg.head_dim:
+    if kind == "width" and target.head_width != cfg.head_width:
         raise GrowthError(
-            f"width growth keeps head_dim (RoPE frequencies are per head_dim): source head_dim={cfg.head_dim}, "
-            f"target model.dim/model.n_heads={target.dim}/{target.n_heads}={target.head_dim}; "
-            f"grow n_heads with dim (n_heads={target.dim // cfg.head_dim} for dim={target.dim})"
+            f"width growth keeps head_dim (RoPE frequencies are per head_dim): source head_dim={cfg.head_width}, "
+            f"target model.dim/model.n_heads={target.dim}/{target.n_heads}={target.head_width}; "
+            f"grow n_heads with dim (n_heads={target.dim // cfg.head_width} for dim={target.dim})"
         )
 
 

@@ -82,7 +82,7 @@ def net2net(cfg: ModelConfig, state: StateDict, target: ModelConfig, *,
     q_heads = (kv_heads[:, None] * n_rep + torch.arange(n_rep_t) % n_rep).flatten()
     units = {"resid": torch.arange(target.dim) % cfg.dim, "q": q_heads, "kv": kv_heads,
              "ffn": torch.arange(target.ffn_dim) % cfg.ffn_dim}
-    index = {"resid": units["resid"], "q": _channels(q_heads, cfg.head_dim), "kv": _channels(kv_heads, cfg.head_dim),
+    index = {"resid": units["resid"], "q": _channels(q_heads, cfg.head_width), "kv": _channels(kv_heads, cfg.head_width),
              "ffn": units["ffn"], "vocab": torch.arange(cfg.vocab_size)}
     counts = {s: torch.bincount(i)[i].to(torch.float32) for s, i in index.items()}
 
@@ -132,7 +132,7 @@ def fusion(cfg: ModelConfig, state: StateDict, target: ModelConfig, *, opt_state
                 raise GrowthError(f"opt_state and other_opt_state differ for {name!r}: "
                                   f"{sorted(entries)} vs {sorted(other_opt_state.get(name, {}))}")
         opt_states = [opt_state, other_opt_state]
-    sizes = {"resid": target.dim, "q": target.n_heads * cfg.head_dim, "kv": target.n_kv_heads * cfg.head_dim,
+    sizes = {"resid": target.dim, "q": target.n_heads * cfg.head_width, "kv": target.n_kv_heads * cfg.head_width,
              "ffn": target.ffn_dim}
     counts = {s: torch.full((n,), 2.0) for s, n in sizes.items()} | {"vocab": torch.ones(cfg.vocab_size)}
 

@@ -30,7 +30,8 @@ import pyarrow.compute as pc
 from pretrain.data.config import DataConfig
 from pretrain.data.errors import DataError
 from pretrain.data.sources import load_documents, map_procs, resolve_source
-from pretrain.data.tokenizer import encode_batch, load_tokenizer, tokenizer_cache_path, train_tokenizer
+from pretrain.data.tokenizer import (encode_batch, load_tokenizer, tokenizer_cache_path, tokenizer_fingerprint,
+                                     train_tokenizer)
 
 log = logging.getLogger(__name__)
 
@@ -73,12 +74,12 @@ def prepare_data(cfg: DataConfig, vocab_size: int, seed: int = 0) -> PackedData:
     else:
         tok_path = tokenizer_cache_path(cfg.cache_dir, fingerprint, vocab_size, cfg.tokenizer_type,
                                         cfg.tokenizer_sample_bytes).resolve()
-    if tok_path.is_file():
+    if tok_path.exists():  # a .model file, or an HF tokenizer's folder or tokenizer.json
         cached = _load(_key_dir(cfg, fingerprint, tok_path, vocab_size, seed), tok_path, start)
         if cached:
             return cached
     docs, counts = load_documents(cfg, source)
-    if not tok_path.is_file():
+    if not cfg.tokenizer and not tok_path.is_file():  # only growlm's own cached tokenizer is ever trained
         train_tokenizer(_tokenizer_sample(docs, cfg), tok_path, vocab_size, cfg.tokenizer_type)
         load_tokenizer(tok_path, vocab_size)
     key_dir = _key_dir(cfg, fingerprint, tok_path, vocab_size, seed)
@@ -96,7 +97,7 @@ def _as_config(cfg) -> DataConfig:
 
 
 def _key_dir(cfg: DataConfig, fingerprint: str, tok_path: Path, vocab_size: int, seed: int) -> Path:
-    tok_hash = hashlib.sha256(tok_path.read_bytes()).hexdigest()
+    tok_hash = tokenizer_fingerprint(tok_path)
     parts = [fingerprint, tok_hash, cfg.seq_len, cfg.val_fraction, cfg.text_field, seed, _dtype(vocab_size).str,
              _PACK_VERSION]
     return Path(cfg.cache_dir) / "packed" / hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]

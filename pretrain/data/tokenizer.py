@@ -1,4 +1,5 @@
-"""Sentencepiece tokenizer: train one on a corpus sample (cached) or load an existing .model.
+"""Sentencepiece tokenizer: train one on a corpus sample (cached) or load an existing .model (an HF
+tokenizer.json is handed to pretrain.data.hf_tokenizer).
 
 Ids: unk=0, bos=1, eos=2, no pad. Each document is encoded WITHOUT a BOS and followed by one EOS; packed
 windows therefore read `doc EOS doc EOS ...`, and EOS is the only document boundary the model sees (as GPT-2's
@@ -25,6 +26,7 @@ from typing import Iterable, Iterator
 
 import sentencepiece as spm
 
+from pretrain.data import hf_tokenizer
 from pretrain.data.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -35,9 +37,48 @@ _CHUNK_CHARS = 2048  # training "sentences" are runs of whole lines up to this s
 _SETTINGS_VERSION = 1  # bump when the trainer arguments below change, so cached tokenizers are retrained
 
 
-def load_tokenizer(path: str | Path, vocab_size: int) -> spm.SentencePieceProcessor:
-    """Load a .model and check it fits the model's embedding (a mismatch would index out of range)."""
+SENTENCEPIECE_FILE = "tokenizer.model"
+
+
+def tokenizer_files(path: str | Path) -> dict[str, Path]:
+    """The files that are the tokenizer, by the names they keep in a run, a checkpoint and an exported folder
+    (`tokenizer.model`, or an HF tokenizer's tokenizer.json and its configs)."""
+    return hf_tokenizer.files(path) if hf_tokenizer.is_hf_tokenizer(path) else {SENTENCEPIECE_FILE: Path(path)}
+
+
+def tokenizer_fingerprint(path: str | Path) -> str:
+    """sha256 of what decides how text becomes ids (the resume check compares it)."""
+    if hf_tokenizer.is_hf_tokenizer(path):
+        return hf_tokenizer.fingerprint(path)
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def find_tokenizer(folder: str | Path) -> Path | None:
+    """The tokenizer a run, checkpoint, weights or model folder carries (a `tokenizer.model`, or the folder
+    itself when it holds an HF tokenizer.json), or None."""
+    folder = Path(folder)
+    if (folder / SENTENCEPIECE_FILE).is_file():
+        return folder / SENTENCEPIECE_FILE
+    return folder if hf_tokenizer.is_hf_tokenizer(folder) and folder.is_dir() else None
+
+
+def copy_tokenizer(source: str | Path, folder: str | Path) -> Path:
+    """Copy a tokenizer's files into `folder` (each written whole, then renamed); returns what
+    `data.tokenizer` should name there."""
+    folder = Path(folder)
+    for name, file in tokenizer_files(source).items():
+        tmp = folder / f".{name}.tmp"
+        tmp.write_bytes(file.read_bytes())
+        tmp.rename(folder / name)
+    return find_tokenizer(folder)
+
+
+def load_tokenizer(path: str | Path, vocab_size: int):
+    """Load a sentencepiece .model or an HF tokenizer and check it fits the model's embedding (a mismatch
+    would index out of range)."""
     path = Path(path)
+    if hf_tokenizer.is_hf_tokenizer(path):
+        return hf_tokenizer.load(path, vocab_size)
     if not path.is_file():
         raise DataError(f"data.tokenizer={str(path)!r}: no such file")
     try:
@@ -121,7 +162,10 @@ def _processor(path: str) -> spm.SentencePieceProcessor:
 
 
 def encode_batch(batch: dict, *, tokenizer_path: str, text_field: str) -> dict:
-    """datasets.map function: each document's ids followed by EOS (no BOS; see module docstring)."""
+    """datasets.map function: each document's ids followed by EOS (no BOS; see module docstring). An HF
+    tokenizer encodes as its model family does (hf_tokenizer.encode_batch)."""
+    if hf_tokenizer.is_hf_tokenizer(tokenizer_path):
+        return hf_tokenizer.encode_batch(batch, tokenizer_path=tokenizer_path, text_field=text_field)
     ids = _processor(tokenizer_path).encode(batch[text_field])
     for doc in ids:
         doc.append(EOS_ID)

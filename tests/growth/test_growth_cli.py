@@ -50,7 +50,8 @@ def test_zero_block_folder_loads_and_keeps_the_function(source, tmp_path, tokens
 def test_target_from_a_model_yaml_copies_the_mapped_layers(source, tmp_path):
     folder, small = source
     spec = tmp_path / "big.yaml"
-    spec.write_text("".join(f"{k}: {v}\n" for k, v in vars(TINY).items() if k != "n_layers") + "n_layers: 4\n")
+    fields = {k: "null" if v is None else v for k, v in vars(TINY).items() if k != "n_layers"}
+    spec.write_text("".join(f"{k}: {v}\n" for k, v in fields.items()) + "n_layers: 4\n")
     out = tmp_path / "stacked"
     assert main(["grow", "--from", str(folder), "--op", "stack", "--to", str(spec), "--out", str(out)]) == 0
     big = grown_model(out)

@@ -84,8 +84,8 @@ def test_config_round_trip_and_special_ids() -> None:
     [
         ({"attention_bias": True}, "attention_bias"),
         ({"hidden_act": "gelu"}, "hidden_act"),
-        ({"rope_parameters": {"rope_type": "linear", "rope_theta": 1e4, "factor": 2.0}}, "rope_type"),
-        ({"head_dim": 32}, "head_dim"),
+        ({"rope_parameters": {"rope_type": "linear", "rope_theta": 1e4, "factor": 2.0}}, "rope_type='linear'"),
+        ({"mlp_bias": True}, "mlp_bias=True"),
     ],
 )
 def test_from_hf_config_refuses_what_we_cannot_compute(override: dict, field: str) -> None:
@@ -124,7 +124,7 @@ def greedy(model: Llama, prompt: torch.Tensor, n_new: int, eos_id: int) -> torch
 def test_saved_folder_loads_and_generates_our_greedy_continuation(tmp_path: Path, tie: bool) -> None:
     cfg = small_cfg(tie)
     ours = our_model(cfg)
-    folder = save_hf_folder(ours.state_dict(), cfg, tmp_path / "hf", tokenizer_model=train_tokenizer(tmp_path))
+    folder = save_hf_folder(ours.state_dict(), cfg, tmp_path / "hf", tokenizer_files={"tokenizer.model": train_tokenizer(tmp_path)})
     hf = LlamaForCausalLM.from_pretrained(folder).eval()
     assert hf.dtype == torch.float32
     assert (hf.generation_config.bos_token_id, hf.generation_config.eos_token_id) == (1, 2)
@@ -137,7 +137,7 @@ def test_saved_folder_loads_and_generates_our_greedy_continuation(tmp_path: Path
 def test_saved_tokenizer_matches_sentencepiece(tmp_path: Path, add_dummy_prefix: bool) -> None:
     sp_path = train_tokenizer(tmp_path, add_dummy_prefix=add_dummy_prefix)
     cfg = small_cfg(True)
-    folder = save_hf_folder(our_model(cfg).state_dict(), cfg, tmp_path / "hf", tokenizer_model=sp_path)
+    folder = save_hf_folder(our_model(cfg).state_dict(), cfg, tmp_path / "hf", tokenizer_files={"tokenizer.model": sp_path})
     tok = LlamaTokenizer.from_pretrained(folder)
     sp = spm.SentencePieceProcessor(model_file=str(sp_path))
     assert (tok.unk_token_id, tok.bos_token_id, tok.eos_token_id) == (0, 1, 2)
@@ -155,7 +155,7 @@ def test_unigram_tokenizer_is_refused_before_anything_is_written(tmp_path: Path)
     sp_path = train_tokenizer(tmp_path, model_type="unigram")
     cfg = small_cfg(True)
     with pytest.raises(ValueError, match="BPE"):
-        save_hf_folder(our_model(cfg).state_dict(), cfg, tmp_path / "hf", tokenizer_model=sp_path)
+        save_hf_folder(our_model(cfg).state_dict(), cfg, tmp_path / "hf", tokenizer_files={"tokenizer.model": sp_path})
     assert not (tmp_path / "hf").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".hf")]
 
@@ -198,7 +198,7 @@ def test_save_refuses_to_overwrite_and_replaces_when_asked(tmp_path: Path) -> No
 def test_failed_save_leaves_nothing_behind(tmp_path: Path) -> None:
     cfg = small_cfg(True)
     with pytest.raises(FileNotFoundError):
-        save_hf_folder(our_model(cfg).state_dict(), cfg, tmp_path / "hf", tokenizer_model=tmp_path / "missing.model")
+        save_hf_folder(our_model(cfg).state_dict(), cfg, tmp_path / "hf", tokenizer_files={"tokenizer.model": tmp_path / "missing.model"})
     assert list(tmp_path.iterdir()) == []
 
 

@@ -26,7 +26,7 @@ def test_hidden_states_are_the_residual_stream() -> None:
     x = tokens()
     with torch.no_grad():
         out = model(x, return_hidden_states=True)
-        cos, sin = rope_cos_sin(x.shape[1], CFG.head_dim, CFG.rope_theta, x.device)
+        cos, sin = rope_cos_sin(x.shape[1], CFG, x.device)
         assert len(out.hidden_states) == CFG.n_layers + 1
         assert torch.equal(out.hidden_states[0], model.tok_embeddings(x))
         for layer, (h_in, h_out) in zip(model.layers, zip(out.hidden_states, out.hidden_states[1:])):

@@ -90,7 +90,7 @@ def test_export_from_zero3_matches_live_validation_loss(zero_runs, tmp_path):
     run = zero_runs[3]
     ckpt = run / "checkpoints" / f"step_{STEPS}"
     cfg, state = checkpoint.load_weights(ckpt)
-    save_hf_folder(state, cfg, tmp_path / "hf", tokenizer_model=ckpt / "tokenizer.model")
+    save_hf_folder(state, cfg, tmp_path / "hf", tokenizer_files={"tokenizer.model": ckpt / "tokenizer.model"})
     hf = LlamaForCausalLM.from_pretrained(tmp_path / "hf").eval()
 
     run_cfg = load_config(run / "config.yaml")

@@ -29,7 +29,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Llama]:
         for name, p in ours.named_parameters():
             if name.endswith("norm.weight"):
                 p.uniform_(0.3, 2.0)
-    folder = save_hf_folder(ours.state_dict(), cfg, tmp / "hf", tokenizer_model=sp_path)
+    folder = save_hf_folder(ours.state_dict(), cfg, tmp / "hf", tokenizer_files={"tokenizer.model": sp_path})
     return folder, ours
 
 

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from pretrain.checkpoint import CheckpointError, load_weights
+from pretrain.data.tokenizer import find_tokenizer, tokenizer_files
 from pretrain.checkpoint import locate as checkpoint_path
 from pretrain.jobs.lm_eval import results as res
 from pretrain.jobs.lm_eval.settings import OFFLINE_ENV, LmEvalError, LmEvalSettings, check_settings
@@ -65,18 +66,19 @@ def checkpoint_tokens(ckpt: Path) -> int | None:
 
 
 def load_hf_model(ckpt: Path, device: str, workdir: Path) -> tuple[Any, Any]:
-    """(LlamaForCausalLM, LlamaTokenizer) of a checkpoint, through a Hugging Face folder in `workdir`."""
-    from transformers import LlamaForCausalLM, LlamaTokenizer
+    """(LlamaForCausalLM, its tokenizer) of a checkpoint, through a Hugging Face folder in `workdir`."""
+    from transformers import AutoTokenizer, LlamaForCausalLM
 
     from model.hf import save_hf_folder
 
-    tokenizer = ckpt / "tokenizer.model"
-    if not tokenizer.is_file():
-        raise LmEvalError(f"{ckpt} has no tokenizer.model: lm-eval needs the tokenizer the model was trained with")
+    tokenizer = find_tokenizer(ckpt)
+    if tokenizer is None:
+        raise LmEvalError(f"{ckpt} has no tokenizer.model (nor an HF tokenizer.json): lm-eval needs the tokenizer "
+                          "the model was trained with")
     cfg, state = load_weights(ckpt)
-    folder = save_hf_folder(state, cfg, workdir / "hf", tokenizer_model=tokenizer)
+    folder = save_hf_folder(state, cfg, workdir / "hf", tokenizer_files=tokenizer_files(tokenizer))
     model = LlamaForCausalLM.from_pretrained(folder, dtype=torch.float32).to(device).eval()
-    return model, LlamaTokenizer.from_pretrained(folder)
+    return model, AutoTokenizer.from_pretrained(folder)
 
 
 @contextlib.contextmanager

@@ -94,7 +94,7 @@ def record(model: Llama, windows: torch.Tensor, batch_windows: int) -> Recording
     chunks = [model(inputs[i:i + batch_windows], return_hidden_states=True).hidden_states
               for i in range(0, len(inputs), batch_windows)]
     cfg = model.config
-    rope = rope_cos_sin(inputs.shape[1], cfg.head_dim, cfg.rope_theta, inputs.device)
+    rope = rope_cos_sin(inputs.shape[1], cfg, inputs.device)
     return Recording([torch.cat(parts) for parts in zip(*chunks)], targets, rope)
 
 

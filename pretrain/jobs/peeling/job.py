@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from model import Llama, ModelConfig
 from pretrain.checkpoint import MANIFEST, CheckpointError, load_weights
+from pretrain.data.tokenizer import find_tokenizer
 from pretrain.checkpoint import locate as checkpoint_path
 from pretrain.config import Config, load_config
 from pretrain.data import prepare_data
@@ -45,15 +46,16 @@ def locate(path: Path) -> tuple[Path, int | None, Path]:
 def run_config(ckpt: Path, config: Config | str | Path | None) -> Config:
     """The config that names the calibration data: given, the checkpoint's own, or the embedded default.
 
-    A checkpoint's own tokenizer.model is used when the config names none, so the calibration windows hold
-    the token ids the model was trained on wherever the job runs (no retraining in another cache).
+    A checkpoint's own tokenizer (tokenizer.model, or an HF tokenizer.json) is used when the config names
+    none, so the calibration windows hold the token ids the model was trained on wherever the job runs (no
+    retraining in another cache).
     """
     if not isinstance(config, Config):
         if config is None and (ckpt / "config.yaml").is_file():
             config = ckpt / "config.yaml"
         config = load_config(config)
-    if config.data.tokenizer is None and (ckpt / "tokenizer.model").is_file():
-        data = dataclasses.replace(config.data, tokenizer=str((ckpt / "tokenizer.model").resolve()))
+    if config.data.tokenizer is None and (own := find_tokenizer(ckpt)) is not None:
+        data = dataclasses.replace(config.data, tokenizer=str(own.resolve()))
         config = dataclasses.replace(config, data=data)
     return config
 
