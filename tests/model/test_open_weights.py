@@ -168,6 +168,6 @@ def test_grown_runs_get_the_folder_shape_back_as_overrides(tmp_path):
     from growth.runs import model_overrides
 
     cfg, _ = checkpoint.load_weights(save_hf_llama(tmp_path, 512, tie=True))
-    assert load_config(None, model_overrides(cfg)).model == cfg
+    assert load_config(None, [*model_overrides(cfg), "data.seq_len=32"]).model == cfg
     plain = load_config(None, []).model  # head_dim and rope_scaling unset
     assert load_config(None, model_overrides(plain)).model == plain
