@@ -8,7 +8,8 @@ from typing import Any
 from pretrain.config import Config, get_dotted
 from pretrain.data.tokenizer import tokenizer_fingerprint
 
-SAMPLE_SEQUENCE = ("data.source", "data.text_field", "data.hf_split", "data.seq_len", "data.val_fraction")
+SAMPLE_SEQUENCE = ("data.source", "data.sources", "data.text_field", "data.hf_split", "data.seq_len",
+                   "data.val_fraction")
 """Settings that decide which windows there are and in which order they come; with the global batch they decide
 what each step trains on, so a resume that changes one continues on another sample sequence."""
 GLOBAL_BATCH = "global batch (train.micro_batch_size x train.grad_accum x ranks)"
@@ -18,6 +19,7 @@ def run_meta(cfg: Config, tokenizer_path: Path, world_size: int | None) -> dict[
     """What a resume must agree with; stored in every checkpoint's manifest. `world_size` None (a check made
     before the ranks exist) leaves the global batch out: another world size is fine when the batch is kept."""
     sequence = {key: get_dotted(cfg, key) for key in SAMPLE_SEQUENCE}
+    sequence["data.sources"] = [dataclasses.asdict(s) for s in cfg.data.sources]  # JSON for the manifest
     if world_size is not None:
         sequence[GLOBAL_BATCH] = cfg.train.micro_batch_size * cfg.train.grad_accum * world_size
     return {"model": dataclasses.asdict(cfg.model), "zero_stage": cfg.deepspeed.zero_stage,

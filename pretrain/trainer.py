@@ -27,6 +27,8 @@ from pretrain import checkpoint, compat, dist, hybrid, precision, runlock
 from pretrain.callbacks import Callback, Validation, due
 from pretrain.config import Config, ConfigError, save_config
 from pretrain.data import PackedData, StepSampler, get_batch, prepare_data
+from pretrain.data.corpora import prepare_mixture
+from pretrain.data.mixture import MixtureSampler
 from pretrain.data.tokenizer import tokenizer_files
 from pretrain.engine import build_engine, build_model, load_weights_into
 from pretrain.faults import NonFiniteError, Preemption, diagnose
@@ -67,7 +69,10 @@ def init_distributed(timeout_s: float = 600.0, rendezvous_bind: str = "master_ad
 
 
 def load_data(cfg: Config) -> PackedData:
-    """Rank 0 builds the tokenizer and caches first; the others then hit the cache."""
+    """Rank 0 builds the tokenizer and caches first; the others then hit the cache. Pre-tokenized sources
+    (data.sources) are only opened, on every rank at once."""
+    if cfg.data.sources:
+        return prepare_mixture(cfg.data, cfg.model.vocab_size)
     if dist.is_main():
         data = prepare_data(cfg.data, cfg.model.vocab_size)
     dist.barrier()
@@ -103,8 +108,12 @@ class Trainer:
         self.need_log_z_grad = any(r.needs_log_z_grad for r in self.regularizers)
 
         t = cfg.train
-        self.sampler = StepSampler(len(self.data.train), t.micro_batch_size, t.grad_accum, self.world,
-                                   dist.rank(), cfg.run.seed)
+        if self.data.mixture:
+            self.sampler = MixtureSampler(self.data.mixture, t.micro_batch_size, t.grad_accum, self.world,
+                                          dist.rank(), cfg.run.seed)
+        else:
+            self.sampler = StepSampler(len(self.data.train), t.micro_batch_size, t.grad_accum, self.world,
+                                       dist.rank(), cfg.run.seed)
         self.global_batch = t.micro_batch_size * t.grad_accum * self.world
         self.tokens_per_step = self.global_batch * cfg.data.seq_len
         self.step = 0
@@ -262,8 +271,7 @@ class Trainer:
         return sums, len(micro_batches)
 
     def _window(self) -> tuple[int, int]:
-        state = self.sampler.state_dict()
-        return state["epoch"], state["position"]
+        return self.sampler.window_key()
 
     def fit(self) -> None:
         try:
@@ -405,6 +413,8 @@ class Trainer:
             out["mfu"] = out["tflops"] / self.peak_tflops
         out["mem_gb"] = memory_gb()
         out["nonfinite_steps"] = self.nonfinite_steps
+        if self.data.mixture:
+            out.update(self.sampler.realized(self.cfg.data.seq_len))
         return out
 
     def save(self) -> Path:

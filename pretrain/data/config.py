@@ -1,12 +1,48 @@
 """The `data` section of a run config: one typed dataclass, validated on construction."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional
 
 from pretrain.data.errors import DataError
 
 TOKENIZER_TYPES = ("bpe", "unigram")
+
+
+SOURCE_FORMATS = ("auto", "growlm", "megatron")
+POSITIONS = ("window", "document")
+
+
+@dataclass
+class SourceSpec:
+    """One pre-tokenized corpus of a mixture."""
+
+    path: str = ""
+    """A growlm shard directory (`python -m pretrain.data prepare`), or Megatron/gpt-neox data: a `<prefix>`
+    of `<prefix>.bin` + `<prefix>.idx`, or a glob of such .bin files."""
+    weight: float = 1.0
+    """Relative share of training windows drawn from this source (normalized over the list)."""
+    name: Optional[str] = None
+    """Label in metrics (`data/<name>/tokens`); default: the path's last component."""
+    format: str = "auto"
+    """auto | growlm | megatron."""
+    val_fraction: float = 0.01
+    """Formats without separate validation data: the last fraction of each file's windows is held out."""
+
+    def __post_init__(self) -> None:
+        if not str(self.path).strip():
+            raise DataError("data.sources[].path must name a corpus")
+        if self.format not in SOURCE_FORMATS:
+            raise DataError(f"data.sources[].format={self.format!r} for {self.path!r}; valid: {list(SOURCE_FORMATS)}")
+        if isinstance(self.weight, bool) or not isinstance(self.weight, (int, float)) or self.weight < 0:
+            raise DataError(f"data.sources[].weight={self.weight!r} for {self.path!r} must be a number >= 0")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise DataError(f"data.sources[].val_fraction={self.val_fraction!r} for {self.path!r} must be in (0, 1)")
+
+    @property
+    def label(self) -> str:
+        return self.name or Path(self.path.rstrip("/")).name.replace("*", "_")
 
 
 @dataclass
@@ -22,7 +58,8 @@ class DataConfig:
     hf_split: str = "train"
     """Split of a hub dataset to read (only for `hf:` sources)."""
     tokenizer: Optional[str] = None
-    """Path to an existing sentencepiece .model; None trains one on the corpus and caches it."""
+    """An existing sentencepiece .model, or an HF tokenizer (its folder or tokenizer.json); None trains a
+    sentencepiece model on the corpus and caches it (with `sources`: a growlm shard directory's own)."""
     tokenizer_type: str = "bpe"
     """Sentencepiece model type when training one: bpe | unigram."""
     tokenizer_sample_bytes: int = 4_000_000
@@ -37,6 +74,13 @@ class DataConfig:
     """Where the embedded corpus, trained tokenizers and packed windows are cached."""
     embedded_max_bytes: int = 3_000_000
     """Size cap of the embedded corpus (pydoc topics first, then standard-library sources by name)."""
+    sources: List[SourceSpec] = field(default_factory=list)
+    """Pre-tokenized corpora mixed by weight; when given, `source` is not read (see pretrain/data/mixture.py)."""
+    document_masking: bool = False
+    """Attention stays inside each document of a packed window (block-causal; documents end in EOS), and the
+    loss of predicting a next document's first token from the EOS before it is masked."""
+    document_positions: str = "window"
+    """window (RoPE positions count through the window) | document (they restart at 0 in each document)."""
 
     def __post_init__(self) -> None:
         self.validate()
@@ -55,6 +99,10 @@ class DataConfig:
             raise DataError(
                 f"data.val_fraction={self.val_fraction!r} must be in (0, 1): both a train and a val split are needed"
             )
+        if self.document_positions not in POSITIONS:
+            raise DataError(f"data.document_positions={self.document_positions!r}; valid: {list(POSITIONS)}")
+        if self.sources and sum(s.weight for s in self.sources) <= 0:
+            raise DataError(f"data.sources weights {[s.weight for s in self.sources]} must sum to a positive number")
         for name in ("source", "text_field", "cache_dir"):
             if not str(getattr(self, name)).strip():
                 raise DataError(f"data.{name} must not be empty")

@@ -56,6 +56,8 @@ class PackedData:
     tokenizer_path: Path
     stats: dict
     """{train,val}_{docs,tokens,windows,bytes}, records, skipped_empty, cache_hit, build_seconds, ..."""
+    mixture: list | None = None
+    """With data.sources: the MixtureSource of each corpus, whose windows lie end to end in `train`."""
 
 
 def prepare_data(cfg: DataConfig, vocab_size: int, seed: int = 0) -> PackedData:

@@ -43,7 +43,7 @@ def fingerprint(path: str | Path) -> str:
 
 
 @functools.lru_cache(maxsize=4)
-def _load(folder: str):
+def load_cached(folder: str):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(folder)
@@ -59,7 +59,7 @@ def load(path: str | Path, vocab_size: int):
         raise DataError(f"data.tokenizer={str(path)!r}: {FILES[0]} without a tokenizer_config.json beside it names "
                         "no EOS token; give the model's tokenizer folder")
     try:
-        tok = _load(str(folder_of(path).resolve()))
+        tok = load_cached(str(folder_of(path).resolve()))
     except Exception as err:  # transformers raises many types for a bad file
         raise DataError(f"data.tokenizer={str(path)!r} cannot be loaded by transformers: {err}") from None
     if tok.eos_token_id is None:
@@ -73,7 +73,7 @@ def load(path: str | Path, vocab_size: int):
 
 def encode_batch(batch: dict, *, tokenizer_path: str, text_field: str) -> dict:
     """datasets.map function: each document as the family encodes it (its BOS, if any), then its EOS."""
-    tok = _load(str(folder_of(tokenizer_path).resolve()))
+    tok = load_cached(str(folder_of(tokenizer_path).resolve()))
     ids = tok(batch[text_field], add_special_tokens=True)["input_ids"]
     for doc in ids:
         if not doc or doc[-1] != tok.eos_token_id:

@@ -56,6 +56,10 @@ class StepSampler:
         return [batch[(g * self.world_size + self.rank) * self.micro:][:self.micro].copy()
                 for g in range(self.grad_accum)]
 
+    def window_key(self) -> tuple[int, int]:
+        """Where the next step's windows come from, as the trainer's skip list records it."""
+        return self.epoch, self.position
+
     def state_dict(self) -> dict:
         """Global position in the sample sequence; identical on every rank."""
         return {"epoch": self.epoch, "position": self.position, "seed": self.seed, "samples_seen": self.samples_seen}

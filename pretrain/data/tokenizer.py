@@ -73,6 +73,17 @@ def copy_tokenizer(source: str | Path, folder: str | Path) -> Path:
     return find_tokenizer(folder)
 
 
+def vocab_size_of(path: str | Path) -> int:
+    """The number of ids a tokenizer produces (sentencepiece pieces, or an HF tokenizer's length)."""
+    if hf_tokenizer.is_hf_tokenizer(path):
+        return len(hf_tokenizer.load_cached(str(hf_tokenizer.folder_of(path).resolve())))
+    try:
+        return spm.SentencePieceProcessor(model_file=str(path)).vocab_size()
+    except (OSError, RuntimeError) as exc:
+        raise DataError(f"tokenizer {str(path)!r} is neither an HF tokenizer nor a sentencepiece model: {exc}") \
+            from None
+
+
 def load_tokenizer(path: str | Path, vocab_size: int):
     """Load a sentencepiece .model or an HF tokenizer and check it fits the model's embedding (a mismatch
     would index out of range)."""
