@@ -72,6 +72,23 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return (x * cos + rotated * sin).to(x.dtype)
 
 
+def block_causal_mask(documents: torch.Tensor) -> torch.Tensor:
+    """[batch, 1, seq, seq] bool: a token attends to earlier tokens of its own document only."""
+    t = documents.shape[1]
+    causal = torch.ones(t, t, dtype=torch.bool, device=documents.device).tril()
+    return (causal & (documents[:, :, None] == documents[:, None, :])).unsqueeze(1)
+
+
+def document_layout(tokens: torch.Tensor, eos_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(document id, position within the document) of every token of packed windows [batch, seq] whose
+    documents each end in `eos_id`: a document starts at the window's start and after every EOS."""
+    ends = (tokens == eos_id).long()
+    documents = torch.cumsum(ends, dim=1) - ends  # the EOS belongs to the document it ends
+    index = torch.arange(tokens.shape[1], device=tokens.device).expand_as(tokens)
+    starts = torch.where(documents != F.pad(documents, (1, 0), value=-1)[:, :-1], index, 0)
+    return documents, index - torch.cummax(starts, dim=1).values
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -81,14 +98,16 @@ class Attention(nn.Module):
         self.wv = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_width, bias=False)
         self.wo = nn.Linear(cfg.n_heads * cfg.head_width, cfg.dim, bias=False)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        """`mask` [batch, 1, seq, seq] (True: may attend) replaces the causal mask, e.g. block-causal per document."""
         b, t, _ = x.shape
         q = self.wq(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.wk(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = self.wv(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         out = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, enable_gqa=self.n_kv_heads != self.n_heads
+            q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=self.n_kv_heads != self.n_heads
         )
         return self.wo(out.transpose(1, 2).reshape(b, t, -1))
 
@@ -114,8 +133,9 @@ class Block(nn.Module):
         self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.feed_forward = FeedForward(cfg)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        h = x + self.attention(self.attention_norm(x), cos, sin)
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        h = x + self.attention(self.attention_norm(x), cos, sin, mask)
         return h + self.feed_forward(self.ffn_norm(h))
 
 
@@ -162,23 +182,28 @@ class Llama(nn.Module):
             p.normal_(0.0, cfg.init_std)
 
     def forward(self, tokens: torch.Tensor, return_hidden_states: bool = False, targets: torch.Tensor | None = None,
-                loss_chunk: int = 0, log_z_grad: bool = True) -> LlamaOutput:
+                loss_chunk: int = 0, log_z_grad: bool = True, documents: torch.Tensor | None = None,
+                positions: torch.Tensor | None = None) -> LlamaOutput:
         """tokens [batch, seq] -> logits [batch, seq, vocab] (+ h_0..h_L when asked). With `targets` [batch, seq]
         the head computes per-token cross-entropy and log Z in chunks of `loss_chunk` tokens instead, and no
         logits are returned (model/loss.py); `log_z_grad=False` (nothing differentiates log Z) takes the
-        faster path."""
+        faster path. `documents` [batch, seq] (a document id per token) keeps attention inside each document;
+        `positions` [batch, seq] replaces 0..seq-1 as RoPE positions (e.g. restarting per document)."""
         seq_len = tokens.shape[1]
         if seq_len > self.config.max_seq_len:
             raise ValueError(f"sequence length {seq_len} exceeds model.max_seq_len={self.config.max_seq_len}")
         # Recomputed per call, never a buffer: a bf16 cast of the module would otherwise round the tables.
         cos, sin = rope_cos_sin(seq_len, self.config, tokens.device)
+        if positions is not None:  # [batch, 1 (heads), seq, head_width]
+            cos, sin = cos[positions].unsqueeze(1), sin[positions].unsqueeze(1)
+        mask = None if documents is None else block_causal_mask(documents)
         h = self.tok_embeddings(tokens)
         hidden = [h] if return_hidden_states else None
         for layer in self.layers:
             if self.checkpoint_fn is not None and self.training and torch.is_grad_enabled():
-                h = self.checkpoint_fn(layer, h, cos, sin)
+                h = self.checkpoint_fn(layer, h, cos, sin, mask)
             else:
-                h = layer(h, cos, sin)
+                h = layer(h, cos, sin, mask)
             if hidden is not None:
                 hidden.append(h)
         normed = self.norm(h)

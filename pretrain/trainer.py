@@ -23,13 +23,14 @@ import torch.nn.functional as F
 
 import regularizers as regs
 from model import Llama
+from model.llama import document_layout
 from pretrain import checkpoint, compat, dist, hybrid, precision, runlock
 from pretrain.callbacks import Callback, Validation, due
 from pretrain.config import Config, ConfigError, save_config
 from pretrain.data import PackedData, StepSampler, get_batch, prepare_data
 from pretrain.data.corpora import prepare_mixture
 from pretrain.data.mixture import MixtureSampler
-from pretrain.data.tokenizer import tokenizer_files
+from pretrain.data.tokenizer import eos_id_of, tokenizer_files
 from pretrain.engine import build_engine, build_model, load_weights_into
 from pretrain.faults import NonFiniteError, Preemption, diagnose
 from pretrain.hybrid import freeze_all_but, trainable_names
@@ -95,6 +96,7 @@ class Trainer:
         self._run_lock = self._lock_run_dir()
 
         self.data = load_data(cfg)
+        self.eos_id = eos_id_of(self.data.tokenizer_path)
 
         torch.manual_seed(cfg.run.seed)
         np.random.seed(cfg.run.seed)
@@ -220,14 +222,28 @@ class Trainer:
     def lm_forward(self, inputs: torch.Tensor, targets: torch.Tensor,
                 hidden_states: bool = False) -> tuple[torch.Tensor, Any]:
         """(mean lm loss, the model's output): the plain head + cross-entropy, or with `train.loss_chunk` the
-        fused chunked head (no full logits; the output carries per-token log Z instead)."""
-        chunk = self.cfg.train.loss_chunk
+        fused chunked head (no full logits; the output carries per-token log Z instead). With
+        data.document_masking, attention stays within documents and predictions from an EOS (of the next
+        document's first token) are left out of the mean."""
+        chunk, kwargs, keep = self.cfg.train.loss_chunk, {}, None
+        if self.cfg.data.document_masking:
+            documents, positions = document_layout(inputs, self.eos_id)
+            kwargs = {"documents": documents}
+            if self.cfg.data.document_positions == "document":
+                kwargs["positions"] = positions
+            keep = (inputs != self.eos_id).float()
         if chunk:
             out = self.engine(inputs, return_hidden_states=hidden_states, targets=targets, loss_chunk=chunk,
-                              log_z_grad=self.need_log_z_grad)
-            return out.token_loss.mean(), out
-        out = self.engine(inputs, return_hidden_states=hidden_states)
-        return F.cross_entropy(out.logits.float().flatten(0, 1), targets.flatten()), out
+                              log_z_grad=self.need_log_z_grad, **kwargs)
+            token_loss = out.token_loss
+        else:
+            out = self.engine(inputs, return_hidden_states=hidden_states, **kwargs)
+            token_loss = F.cross_entropy(out.logits.float().flatten(0, 1), targets.flatten(), reduction="none")
+        token_loss = token_loss.view(-1)
+        if keep is None:
+            return token_loss.mean(), out
+        keep = keep.view(-1)
+        return (token_loss * keep).sum() / keep.sum().clamp(min=1.0), out
 
     def lm_loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         return self.lm_forward(*batch)[0]

@@ -2,7 +2,8 @@
 
 A corpus is a list of 1-D token files; training windows of `seq_len + 1` tokens are cut from each file in
 order (a file's tail shorter than a window is dropped), so the index is one cumulative count per file, O(#files),
-and nothing is read until a window is: a corpus of 10^10 tokens opens in milliseconds with constant memory.
+and nothing is read until a window is (one pread per window): a corpus of 10^10 tokens opens in milliseconds,
+with memory that does not grow with the corpus or with the batches read.
 
 growlm's layout (written by `python -m pretrain.data prepare`):
     <dir>/meta.json                     tokenizer fingerprint, vocab size, dtype, planned shard count
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import glob
 import json
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +29,7 @@ from pretrain.data.errors import DataError
 META = "meta.json"
 SHARD = "shard_{:05d}.npy"
 FORMAT = "growlm-shards-v1"
+MAX_OPEN = 256
 _MEGATRON_MAGIC = b"MMIDIDX\x00\x00"
 _MEGATRON_DTYPES = {1: np.uint8, 2: np.int8, 3: np.int16, 4: np.int32, 5: np.int64, 6: np.float64, 7: np.float32,
                     8: np.uint16}
@@ -42,12 +45,21 @@ class TokenFile:
     offset: int = 0  # bytes before the first token (an .npy header)
 
     def open(self) -> np.ndarray:
+        """The whole file as a read-only memory map (for scans; batches are read with `read`)."""
+        if self.tokens == 0:  # mmap refuses empty files
+            return np.empty(0, dtype=self.dtype)
         return np.memmap(self.path, dtype=self.dtype, mode="r", offset=self.offset, shape=(self.tokens,))
+
+    def read(self, fd: int, start: int, count: int) -> np.ndarray:
+        """`count` tokens from token `start`: one pread of exactly those bytes. Random windows through a memory
+        map would fault in the kernel's readahead around each and grow the resident set with every batch."""
+        nbytes = count * self.dtype.itemsize
+        return np.frombuffer(os.pread(fd, nbytes, self.offset + start * self.dtype.itemsize), dtype=self.dtype)
 
 
 class Windows:
     """Windows of `window` tokens over token files, addressed by a global index; `windows[idx]` gathers rows
-    into a [len(idx), window] array. Only the files a batch touches are opened (and then kept open)."""
+    into a [len(idx), window] array. Only the files a batch touches are opened."""
 
     def __init__(self, files: list[TokenFile], window: int, keep: tuple[float, float] = (0.0, 1.0)):
         """`keep`: the fraction range of each file's windows to expose ((0, 0.99) for train, (0.99, 1) for val)."""
@@ -59,7 +71,7 @@ class Windows:
             self.first.append(lo)
             counts.append(hi - lo)
         self.starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        self._open: dict[int, np.ndarray] = {}
+        self._fds: dict[int, int] = {}
 
     def __len__(self) -> int:
         return int(self.starts[-1])
@@ -68,10 +80,18 @@ class Windows:
     def shape(self) -> tuple[int, int]:
         return len(self), self.window
 
-    def _file(self, i: int) -> np.ndarray:
-        if i not in self._open:
-            self._open[i] = self.files[i].open()
-        return self._open[i]
+    def _fd(self, i: int) -> int:
+        """An open descriptor of file i; at most MAX_OPEN stay open (the oldest is closed), so thousands of
+        shards never meet the process's file limit."""
+        if i not in self._fds:
+            if len(self._fds) >= MAX_OPEN:
+                os.close(self._fds.pop(next(iter(self._fds))))
+            self._fds[i] = os.open(self.files[i].path, os.O_RDONLY)
+        return self._fds[i]
+
+    def __del__(self) -> None:
+        for fd in getattr(self, "_fds", {}).values():
+            os.close(fd)
 
     def __getitem__(self, indices) -> np.ndarray:
         idx = np.atleast_1d(np.asarray(indices, dtype=np.int64))
@@ -81,7 +101,7 @@ class Windows:
         out = np.empty((len(idx), self.window), dtype=self.files[0].dtype if self.files else np.int64)
         for row, (f, i) in enumerate(zip(files, idx)):
             start = (self.first[f] + i - self.starts[f]) * self.window
-            out[row] = self._file(int(f))[start:start + self.window]
+            out[row] = self.files[f].read(self._fd(int(f)), int(start), self.window)
         return out if np.ndim(indices) else out[0]
 
 

@@ -73,6 +73,13 @@ def copy_tokenizer(source: str | Path, folder: str | Path) -> Path:
     return find_tokenizer(folder)
 
 
+def eos_id_of(path: str | Path) -> int:
+    """The id that ends every document in the packed data (growlm's sentencepiece models: EOS_ID)."""
+    if hf_tokenizer.is_hf_tokenizer(path):
+        return int(hf_tokenizer.load_cached(str(hf_tokenizer.folder_of(path).resolve())).eos_token_id)
+    return EOS_ID
+
+
 def vocab_size_of(path: str | Path) -> int:
     """The number of ids a tokenizer produces (sentencepiece pieces, or an HF tokenizer's length)."""
     if hf_tokenizer.is_hf_tokenizer(path):
