@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 LATEST = "latest"
 WEIGHTS = "model.pt"
+RANK_STATE = "rank_state"
 WEIGHTS_CONFIG = "model_config.json"
 HASHES = "xxh3_64"
 """Manifest key of the per-file content hashes (manifests written before it have sizes only)."""
@@ -59,11 +60,12 @@ def tag_for(step: int) -> str:
 
 
 def save(engine, root: Path, step: int, client_state: dict[str, Any], extra_files: dict[str, Path], keep: int,
-         meta: dict[str, Any] | None = None) -> Path:
+         meta: dict[str, Any] | None = None, rank_state: dict[str, Any] | None = None) -> Path:
     """Save a checkpoint collectively (every rank must call this), then publish it as `latest`.
 
     `meta` (model shape, ZeRO stage, world size, tokenizer hash, ...) goes into the manifest, so a resume can
-    check compatibility before DeepSpeed reads anything."""
+    check compatibility before DeepSpeed reads anything. `rank_state` (JSON data that differs per rank, e.g.
+    a data stream's position) is written by each rank to `rank_state/rank_<r>.json`; `load` returns it."""
     tag = tag_for(step)
     ckpt = root / tag
     if dist.is_main():
@@ -71,6 +73,9 @@ def save(engine, root: Path, step: int, client_state: dict[str, Any], extra_file
     dist.barrier()
     engine.save_checkpoint(str(root), tag=tag, client_state=client_state, save_latest=False)
     _save_rng(ckpt / "rng" / f"rank_{dist.rank()}.pt")
+    if rank_state is not None:
+        (ckpt / RANK_STATE).mkdir(exist_ok=True)
+        atomic_write_json(ckpt / RANK_STATE / f"rank_{dist.rank()}.json", rank_state)
     dist.barrier()
     if dist.is_main():
         for name, src in extra_files.items():
@@ -306,6 +311,8 @@ def load(engine, ckpt: Path, universal: bool = False) -> dict[str, Any]:
     rng_file = ckpt / "rng" / f"rank_{dist.rank()}.pt"
     if rng_file.is_file():
         _load_rng(rng_file)
+    rank_file = ckpt / RANK_STATE / f"rank_{dist.rank()}.json"
+    client_state[RANK_STATE] = json.loads(rank_file.read_text()) if rank_file.is_file() else None
     return client_state
 
 

@@ -22,6 +22,8 @@ def run_meta(cfg: Config, tokenizer_path: Path, world_size: int | None) -> dict[
     sequence["data.sources"] = [dataclasses.asdict(s) for s in cfg.data.sources]  # JSON for the manifest
     if world_size is not None:
         sequence[GLOBAL_BATCH] = cfg.train.micro_batch_size * cfg.train.grad_accum * world_size
+        if cfg.data.streaming:  # each rank streams its own part of the source
+            sequence["ranks (data.streaming splits the source by rank)"] = world_size
     return {"model": dataclasses.asdict(cfg.model), "zero_stage": cfg.deepspeed.zero_stage,
             "precision": cfg.train.precision, "world_size": world_size,
             "tokenizer_sha256": tokenizer_fingerprint(tokenizer_path),

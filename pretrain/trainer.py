@@ -30,6 +30,7 @@ from pretrain.config import Config, ConfigError, save_config
 from pretrain.data import PackedData, StepSampler, get_batch, prepare_data
 from pretrain.data.corpora import prepare_mixture
 from pretrain.data.mixture import MixtureSampler
+from pretrain.data.streaming import StagedWindows, StreamSampler, TokenStream
 from pretrain.data.tokenizer import eos_id_of, tokenizer_files
 from pretrain.engine import build_engine, build_model, load_weights_into
 from pretrain.faults import NonFiniteError, Preemption, diagnose
@@ -110,7 +111,11 @@ class Trainer:
         self.need_log_z_grad = any(r.needs_log_z_grad for r in self.regularizers)
 
         t = cfg.train
-        if self.data.mixture:
+        if cfg.data.streaming:
+            stream = TokenStream(cfg.data, self.data.tokenizer_path, dist.rank(), self.world, cfg.run.seed)
+            self.sampler = StreamSampler(stream, t.micro_batch_size, t.grad_accum)
+            self.data.train = StagedWindows(self.sampler)
+        elif self.data.mixture:
             self.sampler = MixtureSampler(self.data.mixture, t.micro_batch_size, t.grad_accum, self.world,
                                           dist.rank(), cfg.run.seed)
         else:
@@ -207,7 +212,10 @@ class Trainer:
     def _resume(self, ckpt: Path, universal: bool = False) -> None:
         client = checkpoint.load(self.engine, ckpt, universal=universal)
         self.step, self.tokens = client["step"], client["tokens"]
-        self.sampler.load_state_dict(client["sampler"])
+        if self.cfg.data.streaming:
+            self.sampler.load_state_dict(client["sampler"], client.get(checkpoint.RANK_STATE))
+        else:
+            self.sampler.load_state_dict(client["sampler"])
         log.info("resumed from %s at step %d", ckpt, self.step)
 
     # ---- one batch -----------------------------------------------------------------------------------
@@ -444,7 +452,8 @@ class Trainer:
         extra = {"config.yaml": self.run_dir / "config.yaml"}
         extra |= {name: self.run_dir / name for name in tokenizer_files(self.data.tokenizer_path)}
         path = checkpoint.save(self.engine, self.ckpt_root, self.step, client, extra, self.cfg.checkpoint.keep,
-                               meta=compat.run_meta(self.cfg, self.data.tokenizer_path, self.world))
+                               meta=compat.run_meta(self.cfg, self.data.tokenizer_path, self.world),
+                               rank_state=self.sampler.rank_state() if self.cfg.data.streaming else None)
         for cb in self.callbacks:
             cb.on_checkpoint_saved(self, path)
         return path

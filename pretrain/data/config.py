@@ -76,6 +76,11 @@ class DataConfig:
     """Size cap of the embedded corpus (pydoc topics first, then standard-library sources by name)."""
     sources: List[SourceSpec] = field(default_factory=list)
     """Pre-tokenized corpora mixed by weight; when given, `source` is not read (see pretrain/data/mixture.py)."""
+    streaming: bool = False
+    """Read `source` with `datasets` streaming, tokenizing and packing on the fly (nothing cached: for sources
+    larger than the disk); needs `tokenizer`; a resume needs the same number of ranks."""
+    stream_val_windows: int = 64
+    """With streaming: validation windows taken from the start of the stream's held-out documents."""
     document_masking: bool = False
     """Attention stays inside each document of a packed window (block-causal; documents end in EOS), and the
     loss of predicting a next document's first token from the EOS before it is masked."""
@@ -87,7 +92,7 @@ class DataConfig:
 
     def validate(self) -> None:
         """Raise DataError naming the first bad key; also called by prepare_data on merged configs."""
-        for name in ("seq_len", "num_proc", "tokenizer_sample_bytes", "embedded_max_bytes"):
+        for name in ("seq_len", "num_proc", "tokenizer_sample_bytes", "embedded_max_bytes", "stream_val_windows"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise DataError(f"data.{name} must be a positive integer, got {value!r}")
@@ -99,6 +104,9 @@ class DataConfig:
             raise DataError(
                 f"data.val_fraction={self.val_fraction!r} must be in (0, 1): both a train and a val split are needed"
             )
+        if self.streaming and (self.sources or not self.tokenizer):
+            raise DataError("data.streaming reads data.source with a given data.tokenizer (set it; streaming "
+                            "trains no tokenizer) and cannot be combined with data.sources")
         if self.document_positions not in POSITIONS:
             raise DataError(f"data.document_positions={self.document_positions!r}; valid: {list(POSITIONS)}")
         if self.sources and sum(s.weight for s in self.sources) <= 0:

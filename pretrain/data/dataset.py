@@ -68,6 +68,15 @@ def prepare_data(cfg: DataConfig, vocab_size: int, seed: int = 0) -> PackedData:
     """
     start = time.perf_counter()
     cfg = _as_config(cfg)
+    if cfg.streaming:  # validation windows only: training windows are read as steps need them
+        from pretrain.data.streaming import validation_windows
+
+        tok_path = Path(cfg.tokenizer).resolve()
+        load_tokenizer(tok_path, vocab_size)
+        val = validation_windows(cfg, tok_path, seed)
+        return PackedData(train=None, val=val, tokenizer_path=tok_path,
+                          stats={"streaming": True, "val_windows": len(val),
+                                 "load_seconds": round(time.perf_counter() - start, 4)})
     source = resolve_source(cfg)
     fingerprint = source.fingerprint(cfg)
     if cfg.tokenizer:
