@@ -179,6 +179,10 @@ def _growlm_corpus(folder: Path) -> Corpus:
                         "(finished shards are kept)")
     files = {split: [npy_file(folder / split / SHARD.format(i)) for i in range(meta["num_shards"])]
              for split in ("train", "val")}
+    wrong = [f.path for split in files.values() for f in split if f.dtype != np.dtype(meta["dtype"])]
+    if wrong:
+        raise DataError(f"{wrong[0]} holds {npy_file(wrong[0]).dtype} token ids, but {folder / META} says "
+                        f"{meta['dtype']}: not written by this prepare run")
     return Corpus(str(folder), files["train"], files["val"], vocab_size=meta["vocab_size"],
                   tokenizer=meta["tokenizer_sha256"])
 

@@ -142,6 +142,14 @@ def test_mixture_refusals(tmp_path, shards, embedded):
     cfg = load_config(None, [f"data.sources=[{{path: {shards}}}, {{path: {empty}}}]", "data.seq_len=64"])
     with pytest.raises(DataError, match="no validation window"):
         prepare_mixture(cfg.data, 512)
+    foreign = shards / "val" / "shard_00001.npy"
+    original = foreign.read_bytes()
+    np.save(foreign, np.load(foreign).astype(np.uint32))
+    try:
+        with pytest.raises(DataError, match="holds uint32 token ids, but .* says uint16"):
+            open_corpus(str(shards))
+    finally:
+        foreign.write_bytes(original)
     (shards / "val" / "shard_00003.npy").rename(tmp_path / "moved.npy")
     try:
         (shards / "train" / "shard_00003.npy").rename(tmp_path / "moved_train.npy")
