@@ -241,7 +241,7 @@ def validate(cfg: Config) -> None:
         if value not in valid:
             raise ConfigError(f"{key}={value!r} is not valid; choose one of {list(valid)}")
     positive = ["train.steps", "train.micro_batch_size", "train.grad_accum", "log.every", "checkpoint.keep"]
-    positive.append("deepspeed.collective_timeout_s")
+    positive += ["deepspeed.collective_timeout_s", "monitors.jump.batches"]
     non_negative = ["train.loss_chunk", "train.trainable.after_step", "train.warmup_steps", "eval.every", "eval.batches", "checkpoint.every", "train.grad_clip",
                     "train.weight_decay"]
     for key in positive + non_negative:

@@ -1,7 +1,8 @@
 """In-training monitors (callbacks built from the `monitors:` config section).
 
 JumpMonitor logs the per-layer displacement profile Psi_1..Psi_L and the jump strength zeta_L (METHODS.md §1)
-on one fixed validation batch, for every run, so JREG and baseline runs are compared on the same curves.
+averaged over fixed validation batches (the windows Validation uses, the same at every step), for every run,
+so JREG and baseline runs are compared on the same curves and the curves are not one micro-batch's noise.
 """
 from __future__ import annotations
 
@@ -29,6 +30,8 @@ class JumpMonitorConfig:
     final_norm: str = "include"
     """include: h_L is taken after the final RMSNorm, as HF's output_hidden_states and the analyses of
     open-weight models (and scripts/jump_profile.py) do | exclude: the raw residual stream h_L."""
+    batches: int = 8
+    """Validation micro-batches per rank the profile is averaged over (zeta_L is taken from the mean profile)."""
 
 
 @dataclass
@@ -48,15 +51,18 @@ class JumpMonitor(Callback):
             record.update(self.measure(trainer))
 
     def measure(self, trainer: "Trainer") -> dict[str, float]:
-        micro = trainer.cfg.train.micro_batch_size
-        indices = (np.arange(micro) + dist.rank() * micro) % len(trainer.data.val)
-        inputs, _ = trainer.batch(indices, trainer.data.val)
+        micro, world, rank = trainer.cfg.train.micro_batch_size, dist.world_size(), dist.rank()
+        profiles = []
         trainer.engine.eval()
         with torch.no_grad():
-            out = trainer.engine(inputs, return_hidden_states=True)
+            for b in range(self.cfg.batches):  # Validation's windows: batch b of rank r starts at (b*world + r)*micro
+                indices = (np.arange(micro) + (b * world + rank) * micro) % len(trainer.data.val)
+                inputs, _ = trainer.batch(indices, trainer.data.val)
+                out = trainer.engine(inputs, return_hidden_states=True)
+                final = out.final_normed if self.cfg.final_norm == "include" else None
+                profiles.append(displacement_profile(out.hidden_states, form=self.cfg.form, final=final))
         trainer.engine.train()
-        final = out.final_normed if self.cfg.final_norm == "include" else None
-        profile = dist.all_reduce_mean(displacement_profile(out.hidden_states, form=self.cfg.form, final=final))
+        profile = dist.all_reduce_mean(torch.stack(profiles).mean(dim=0))
         metrics = {f"jump/psi_{l}": v for l, v in enumerate(profile.tolist(), start=1)}
         metrics["jump/zeta_L"] = zeta_final(profile).item() if len(profile) > 1 else 0.0
         return metrics

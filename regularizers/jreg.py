@@ -23,9 +23,12 @@ class JReg(Regularizer):
     needs_hidden_states = True
     needs_logits = False
 
-    variant: Literal["final", "weighted"] = "final"
+    variant: Literal["final", "weighted", "rise"] = "final"
     """"final": S = {L}, w = 1 (the paper's regularizer). "weighted": S = all layers with depth weights, so
-    the penalty cannot simply move the jump to layer L-1 (which `final` was seen to do in METHODS' probe)."""
+    the penalty cannot simply move the jump to layer L-1 (which `final` was seen to do in METHODS' probe).
+    "rise": the positive increments sum_{l in S} max(0, Psi_l - Psi_{l-1}) over S = 2..L by default, i.e. a
+    differentiable zeta_2 / 100: a jump is penalized wherever in the top layers it rises, and a profile that
+    only climbs gently costs little (Psi_1, the embedding's large first step, has no predecessor to rise from)."""
     form: Literal["cosine", "angular"] = "cosine"
     """Psi as (1 - cos)/2 (the paper's metric) or arccos(cos)/pi (linear in the angle, stronger gradient
     for small displacements)."""
@@ -62,7 +65,8 @@ class JReg(Regularizer):
     def selection(self, n_layers: int) -> tuple[list[int], list[float]]:
         """S (1-based, resolved) and its weights w_l for a model with `n_layers` blocks."""
         if self.layers is None:
-            layers = [n_layers] if self.variant == "final" else list(range(1, n_layers + 1))
+            layers = {"final": [n_layers], "weighted": list(range(1, n_layers + 1)),
+                      "rise": list(range(2, n_layers + 1))}[self.variant]
         else:
             layers = [l if l > 0 else n_layers + 1 + l for l in self.layers]
             bad = [given for given, l in zip(self.layers, layers) if not 1 <= l <= n_layers]
@@ -73,7 +77,10 @@ class JReg(Regularizer):
                 )
             if len(set(layers)) != len(layers):
                 raise RegularizerConfigError(f"jreg.layers: {self.layers} names a layer twice (L={n_layers})")
-        if self.variant == "final" or self.depth_weights == "uniform":
+        if self.variant == "rise" and (not layers or min(layers) < 2):
+            raise RegularizerConfigError(f"jreg variant rise: layers {self.layers} must be 2..L (L={n_layers}): "
+                                         "Psi_1 has no Psi_0 to rise from")
+        if self.variant in ("final", "rise") or self.depth_weights == "uniform":
             weights = [1.0] * len(layers)
         elif isinstance(self.depth_weights, list):
             if len(self.depth_weights) != len(layers):
@@ -99,10 +106,15 @@ class JReg(Regularizer):
         def psi(l: int) -> Tensor:
             return displacement(states[l - 1], states[l], inputs.mask, self.form)
 
-        penalized = {l: psi(l) for l in layers}
+        needed = set(layers) | ({l - 1 for l in layers} if self.variant == "rise" else set())
+        penalized = {l: psi(l) for l in sorted(needed)}
         with torch.no_grad():
             monitored = {l: penalized[l] if l in penalized else psi(l) for l in (n_layers - 1, n_layers) if l >= 1}
-        loss = torch.stack([w * penalized[l] for l, w in zip(layers, weights)]).sum()
+        if self.variant == "rise":
+            terms = [w * torch.relu(penalized[l] - penalized[l - 1]) for l, w in zip(layers, weights)]
+        else:
+            terms = [w * penalized[l] for l, w in zip(layers, weights)]
+        loss = torch.stack(terms).sum()
         metrics = {"psi_L": monitored[n_layers]}
         if n_layers >= 2:
             metrics["zeta_L"] = zeta_final(torch.stack([monitored[n_layers - 1], monitored[n_layers]]))

@@ -38,6 +38,8 @@ STATES = [tok(E1), tok(E1), tok(E2), tok(-E2)]
         ({"variant": "weighted", "depth_weights": "uniform"}, 1.5),
         ({"variant": "weighted", "layers": [-1, 2], "depth_weights": [2.0, 3.0]}, 2 * 1.0 + 3 * 0.5),
         ({"layers": [2]}, 0.5),
+        ({"variant": "rise"}, (0.5 - 0.0) + (1.0 - 0.5)),  # increments of Psi = [0, 0.5, 1] from layer 2
+        ({"variant": "rise", "layers": [-1]}, 0.5),
     ],
 )
 def test_penalty_values(params: dict, expected: float) -> None:
@@ -59,7 +61,7 @@ def test_forms_and_final_norm_differ_as_defined() -> None:
 
 
 @pytest.mark.parametrize("form", ["cosine", "angular"])
-@pytest.mark.parametrize("variant", ["final", "weighted"])
+@pytest.mark.parametrize("variant", ["final", "weighted", "rise"])
 @pytest.mark.parametrize("final_norm", ["include", "exclude"])
 def test_gradients_match_finite_differences(form: str, variant: str, final_norm: str) -> None:
     g = torch.Generator().manual_seed(0)
@@ -72,6 +74,20 @@ def test_gradients_match_finite_differences(form: str, variant: str, final_norm:
         return reg.penalty(inputs_for(list(ts[:-1]), final=ts[-1], mask=mask))[0]
 
     assert torch.autograd.gradcheck(loss, tensors)
+
+
+def test_rise_penalizes_only_increments() -> None:
+    """A falling profile costs nothing; a jump that moved to L-1 still costs its rise there."""
+    h = [tok(E1), tok(E2), tok(E2 + 0.2 * E3), tok(E2 + 0.25 * E3)]  # Psi_1 = 0.5, then small, falling
+    falling, _ = JReg(variant="rise", final_norm="exclude").penalty(inputs_for(h))
+    moved = [tok(E1), tok(E1), tok(E2), tok(E2)]  # Psi = [0, 0.5, 0]: the jump sits at L-1
+    rise, _ = JReg(variant="rise", final_norm="exclude").penalty(inputs_for(moved))
+    final, _ = JReg(final_norm="exclude").penalty(inputs_for(moved))
+    psi = [float(JReg(final_norm="exclude", layers=[l]).penalty(inputs_for(h))[0]) for l in (1, 2, 3)]
+    assert psi[0] > psi[1] > psi[2] and falling.item() == pytest.approx(0.0, abs=1e-12)
+    assert rise.item() == pytest.approx(0.5) and final.item() == pytest.approx(0.0)
+    with pytest.raises(RegularizerConfigError, match="rise: layers \\[1\\] must be 2..L"):
+        JReg(variant="rise", layers=[1], final_norm="exclude").penalty(inputs_for(STATES))
 
 
 def test_only_needed_layers_are_computed(monkeypatch: pytest.MonkeyPatch) -> None:
