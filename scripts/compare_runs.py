@@ -6,8 +6,9 @@
 Runs whose resolved configs are equal except for the seed, name and output paths form one arm; an arm is
 labelled by its regularizers ("baseline", "jreg final w=0.1"), plus the config keys that tell apart arms
 that would otherwise share a label, or by `--label-by KEY,...`. Writes <out>/compare.md (final val loss,
-zeta_L, mean middle-layer Psi and any eval/<task>/<metric>, mean ± sample std over seeds) and loss.png,
-zeta.png, profile.png (mean over seeds, band = ± one std).
+zeta_L, mean middle-layer Psi and any eval/<task>/<metric>: mean and 95% t interval over seeds; against the
+baseline arm, each difference with its 95% Welch interval and Welch t-test p-value, marked "within noise" when
+p >= 0.05) and loss.png, zeta.png, profile.png (mean over seeds, band = the 95% interval).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import json
 import math
 import statistics
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Optional
@@ -26,6 +28,8 @@ IGNORED_KEYS = frozenset({"run.name", "run.seed", "run.out_dir", "data.cache_dir
 """Config keys that do not make runs different arms: the seed, and where the run and its caches live."""
 REG_KEY = "regularizers"
 PSI_PREFIX = "jump/psi_"
+LEVEL = 0.95
+"""Confidence level of every interval in the report."""
 
 
 @dataclass
@@ -148,50 +152,100 @@ def mean_std(values: Iterable[float]) -> tuple[float, float, int]:
     return statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else math.nan, len(xs)
 
 
+def ci_halfwidth(std: float, n: int, level: float = LEVEL) -> float:
+    """Half-width of the t confidence interval of a mean over n seeds (nan below two)."""
+    from scipy import stats
+
+    return float(stats.t.ppf(0.5 + level / 2, n - 1) * std / math.sqrt(n)) if n > 1 else math.nan
+
+
+@dataclass(frozen=True)
+class Difference:
+    """arm - baseline: the difference of means, its Welch confidence interval and the Welch t-test p-value."""
+
+    diff: float
+    low: float
+    high: float
+    p: float
+
+    @property
+    def within_noise(self) -> bool:
+        return not self.p < 1 - LEVEL
+
+
+def welch(arm: Iterable[float], baseline: Iterable[float], level: float = LEVEL) -> Optional[Difference]:
+    """Welch's unequal-variance t-test of arm against baseline (None with fewer than two seeds on a side)."""
+    from scipy import stats
+
+    a, b = ([v for v in xs if math.isfinite(v)] for xs in (arm, baseline))
+    if len(a) < 2 or len(b) < 2:
+        return None
+    with warnings.catch_warnings():  # identical seeds: scipy warns and answers nan, reported as such
+        warnings.simplefilter("ignore", RuntimeWarning)
+        test = stats.ttest_ind(a, b, equal_var=False)
+    ci = test.confidence_interval(level)
+    return Difference(statistics.fmean(a) - statistics.fmean(b), float(ci.low), float(ci.high), float(test.pvalue))
+
+
 def curve(records: list[dict[str, Any]], key: str) -> dict[int, float]:
     """step -> value of `key` at the steps where it was logged."""
     return {int(r["step"]): float(r[key]) for r in records if key in r}
 
 
 def band(runs: list[Run], key: str) -> tuple[list[int], list[float], list[float]]:
-    """(steps logged in every run, mean, std over runs; std 0 for a single run)."""
+    """(steps logged in every run, mean, half-width of the 95% t interval over runs; 0 for a single run)."""
     curves = [curve(r.records, key) for r in runs]
     steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
     stats = [mean_std(c[s] for c in curves) for s in steps]
-    return steps, [m for m, _, _ in stats], [0.0 if math.isnan(s) else s for _, s, _ in stats]
+    return steps, [m for m, _, _ in stats], [0.0 if n < 2 else ci_halfwidth(s, n) for _, s, n in stats]
 
 
-def summarize(arms: dict[str, list[Run]]) -> dict[str, dict[str, tuple[float, float, int]]]:
-    """label -> metric -> (mean, std, n) over the arm's seeds, for the compare.md tables."""
+def final_values(arms: dict[str, list[Run]]) -> dict[str, dict[str, list[float]]]:
+    """label -> metric -> each seed's final value (val loss, zeta_L, middle Psi, every eval/<task>/<metric>)."""
     out = {}
     for label, runs in arms.items():
         profiles = [final_profile(r.records) for r in runs]
         row = {
-            "final step": mean_std(last_value(r.records, "step") for r in runs),
-            "val/loss": mean_std(last_value(r.records, "val/loss") for r in runs),
-            "zeta_L": mean_std(last_value(r.records, "jump/zeta_L") for r in runs),
-            "middle Psi": mean_std(middle_psi(p) for p in profiles),
+            "final step": [last_value(r.records, "step") for r in runs],
+            "val/loss": [last_value(r.records, "val/loss") for r in runs],
+            "zeta_L": [last_value(r.records, "jump/zeta_L") for r in runs],
+            "middle Psi": [middle_psi(p) for p in profiles],
         }
         for key in sorted({k for r in runs for rec in r.records for k in rec if k.startswith("eval/")}):
-            row[key] = mean_std(last_value(r.records, key) for r in runs)
+            row[key] = [last_value(r.records, key) for r in runs]
         out[label] = row
     return out
 
 
+def summarize(arms: dict[str, list[Run]]) -> dict[str, dict[str, tuple[float, float, int]]]:
+    """label -> metric -> (mean, std, n) over the arm's seeds, for the compare.md tables."""
+    return {label: {k: mean_std(v) for k, v in row.items()} for label, row in final_values(arms).items()}
+
+
 def fmt(stat: tuple[float, float, int], digits: int = 4) -> str:
-    """'mean ± std' ('mean' for one seed, 'n/a' for none)."""
+    """'mean ± h' with h the half-width of the 95% t interval ('mean' for one seed, 'n/a' for none)."""
     mean, std, n = stat
     if n == 0:
         return "n/a"
-    return f"{mean:.{digits}f}" if n < 2 else f"{mean:.{digits}f} ± {std:.{digits}f}"
+    return f"{mean:.{digits}f}" if n < 2 else f"{mean:.{digits}f} ± {ci_halfwidth(std, n):.{digits}f}"
 
 
-def render_markdown(arms: dict[str, list[Run]]) -> str:
-    """compare.md: the main table (one row per arm) and, when logged, the downstream eval table."""
+def fmt_diff(d: Optional[Difference], digits: int = 4) -> str:
+    if d is None:
+        return "n/a (< 2 seeds)"
+    if math.isnan(d.p):  # no variance on either side: scipy gives no test
+        return f"{d.diff:+.{digits}f} (no seed-to-seed variance: no test)"
+    verdict = "within noise" if d.within_noise else "differs"
+    return f"{d.diff:+.{digits}f} [{d.low:+.{digits}f}, {d.high:+.{digits}f}], p={d.p:.3g}, {verdict}"
+
+
+def render_markdown(arms: dict[str, list[Run]], baseline: Optional[str] = None) -> str:
+    """compare.md: the main table (one row per arm), the downstream eval table when logged, and each arm's
+    difference from the baseline arm with its interval and Welch p-value."""
     summary = summarize(arms)
     lines = ["# Run comparison", "",
-             "Mean ± sample std over seeds of each run's last logged value; middle Psi = mean of Psi_2..Psi_{L-1} "
-             "of the last jump profile.", "",
+             "Mean ± half-width of the 95% t confidence interval over seeds of each run's last logged value; "
+             "middle Psi = mean of Psi_2..Psi_{L-1} of the last jump profile.", "",
              "| arm | seeds | final step | val loss | zeta_L | middle Psi |", "|---|---|---|---|---|---|"]
     for label, runs in arms.items():
         s = summary[label]
@@ -204,9 +258,28 @@ def render_markdown(arms: dict[str, list[Run]]) -> str:
         for label in arms:
             cells = [fmt(summary[label].get(k, (math.nan, math.nan, 0))) for k in evals]
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    if baseline is not None:
+        lines += differences(arms, baseline)
     lines += ["", "## Runs", ""]
     lines += [f"- {label}: " + ", ".join(str(r.path) for r in runs) for label, runs in arms.items()]
     return "\n".join(lines) + "\n"
+
+
+def differences(arms: dict[str, list[Run]], baseline: str) -> list[str]:
+    """Markdown lines: per arm and metric, arm - baseline [95% Welch interval], p, and whether that is noise."""
+    if baseline not in arms:
+        raise ValueError(f"--baseline {baseline!r} is not an arm; arms: {sorted(arms)}")
+    values = final_values(arms)
+    metrics = [k for k in values[baseline] if k != "final step"]
+    lines = ["", f"## Against {baseline}", "",
+             f"arm − {baseline}: difference of means [95% Welch interval], Welch t-test p-value; \"within noise\" "
+             "when p ≥ 0.05 (the interval contains 0).", "",
+             "| arm | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
+    for label in arms:
+        if label != baseline:
+            cells = [fmt_diff(welch(values[label].get(k, []), values[baseline][k])) for k in metrics]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _pyplot():
@@ -237,15 +310,15 @@ def _decorate(ax, title: str, xlabel: str, ylabel: str) -> None:
 
 
 def plot_all(arms: dict[str, list[Run]], out: Path) -> list[Path]:
-    """loss.png (train and val), zeta.png and profile.png; bands are mean ± one std over seeds."""
+    """loss.png (train and val), zeta.png and profile.png; bands are the 95% t intervals over seeds."""
     plt = _pyplot()
     paths = [out / "loss.png", out / "zeta.png", out / "profile.png"]
     fig, (train_ax, val_ax) = plt.subplots(1, 2, figsize=(11, 4.2))
-    _plot_bands(train_ax, arms, "loss", "Train loss (mean ± std over seeds)", "loss (incl. regularizers)")
-    _plot_bands(val_ax, arms, "val/loss", "Validation loss (mean ± std over seeds)", "val loss (LM cross-entropy)")
+    _plot_bands(train_ax, arms, "loss", "Train loss (mean, 95% CI over seeds)", "loss (incl. regularizers)")
+    _plot_bands(val_ax, arms, "val/loss", "Validation loss (mean, 95% CI over seeds)", "val loss (LM cross-entropy)")
     _save(fig, paths[0])
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    _plot_bands(ax, arms, "jump/zeta_L", "Jump strength zeta_L (mean ± std over seeds)",
+    _plot_bands(ax, arms, "jump/zeta_L", "Jump strength zeta_L (mean, 95% CI over seeds)",
                 "zeta_L = 100 max(0, Psi_L - Psi_(L-1))")
     _save(fig, paths[1])
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
@@ -255,9 +328,9 @@ def plot_all(arms: dict[str, list[Run]], out: Path) -> list[Path]:
         stats = [mean_std(p[l] for p in profiles) for l in range(depth)]
         if stats:
             ax.errorbar(range(1, depth + 1), [m for m, _, _ in stats],
-                        yerr=[0.0 if math.isnan(s) else s for _, s, _ in stats], marker="o", capsize=3,
+                        yerr=[0.0 if n < 2 else ci_halfwidth(s, n) for _, s, n in stats], marker="o", capsize=3,
                         label=f"{label} (n={len(profiles)})")
-    _decorate(ax, "Final displacement profile (mean ± std over seeds)", "layer l", "Psi_l")
+    _decorate(ax, "Final displacement profile (mean, 95% CI over seeds)", "layer l", "Psi_l")
     ax.xaxis.get_major_locator().set_params(integer=True)
     _save(fig, paths[2])
     return paths
@@ -269,12 +342,16 @@ def _save(fig, path: Path) -> None:
     _pyplot().close(fig)
 
 
-def compare(run_dirs: list[Path], out: Path, label_by: Optional[list[str]] = None) -> Path:
-    """Load, group, write compare.md and the plots into `out`; returns compare.md's path."""
+def compare(run_dirs: list[Path], out: Path, label_by: Optional[list[str]] = None,
+            baseline: Optional[str] = None) -> Path:
+    """Load, group, write compare.md and the plots into `out`; returns compare.md's path. The baseline arm
+    (default: the one labelled "baseline", if any) is what the differences are taken against."""
     arms = group_runs([load_run(d) for d in run_dirs], label_by)
+    if baseline is None and "baseline" in arms:
+        baseline = "baseline"
     out.mkdir(parents=True, exist_ok=True)
     report = out / "compare.md"
-    report.write_text(render_markdown(arms))
+    report.write_text(render_markdown(arms, baseline))
     plot_all(arms, out)
     return report
 
@@ -284,9 +361,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("runs", nargs="+", type=Path, help="run directories (each with config.yaml and metrics.jsonl)")
     p.add_argument("--out", type=Path, required=True, help="folder for compare.md and the PNGs")
     p.add_argument("--label-by", help="comma-separated config keys to label arms by, e.g. train.lr")
+    p.add_argument("--baseline", help="the arm differences are taken against (default: the arm 'baseline')")
     args = p.parse_args(argv)
     try:
-        report = compare(args.runs, args.out, args.label_by.split(",") if args.label_by else None)
+        report = compare(args.runs, args.out, args.label_by.split(",") if args.label_by else None, args.baseline)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

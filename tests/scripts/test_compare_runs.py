@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from scipy import stats
 
 import compare_runs as cr
 
@@ -95,22 +96,46 @@ def test_mean_std_skips_missing_values_and_has_no_std_for_one_seed() -> None:
     mean, std, n = cr.mean_std([5.0])
     assert (mean, n) == (5.0, 1) and math.isnan(std)
     assert cr.fmt((5.0, math.nan, 1)) == "5.0000" and cr.fmt((math.nan, math.nan, 0)) == "n/a"
-    assert cr.fmt((4.1, 0.1414, 2), 2) == "4.10 ± 0.14"
+    half = stats.t.interval(0.95, 1, loc=4.1, scale=0.1414 / math.sqrt(2))[1] - 4.1  # scipy's own t interval
+    assert cr.fmt((4.1, 0.1414, 2), 2) == f"4.10 ± {half:.2f}" and half > 1.0  # two seeds: a wide interval
+
+
+def test_confidence_intervals_and_welch_agree_with_scipy_on_fixed_numbers() -> None:
+    a, b = [3.91, 3.95, 3.88, 3.99], [4.10, 4.02, 4.15]
+    mean, std, n = cr.mean_std(a)
+    low, high = stats.t.interval(0.95, n - 1, loc=mean, scale=stats.sem(a))
+    assert cr.ci_halfwidth(std, n) == pytest.approx((high - low) / 2, rel=1e-12)
+    d = cr.welch(a, b)
+    ref = stats.ttest_ind(a, b, equal_var=False)
+    assert d.p == pytest.approx(ref.pvalue, rel=1e-12) and d.diff == pytest.approx(sum(a) / 4 - sum(b) / 3)
+    # the Welch interval by hand: Welch-Satterthwaite degrees of freedom and the t quantile
+    va, vb = stats.tvar(a) / len(a), stats.tvar(b) / len(b)
+    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    half = stats.t.ppf(0.975, df) * math.sqrt(va + vb)
+    assert (d.low, d.high) == pytest.approx((d.diff - half, d.diff + half), rel=1e-9)
+    assert not d.within_noise and d.p < 0.05
+    close = cr.welch([4.0, 4.2, 4.1], [4.05, 4.15, 4.12])
+    assert close.within_noise and close.low < 0 < close.high
+    assert cr.welch([1.0], [2.0, 3.0]) is None  # one seed has no interval
 
 
 def test_band_uses_steps_logged_in_every_run(tmp_path: Path) -> None:
     a = cr.Run(tmp_path, {}, [{"step": 10, "loss": 2.0}, {"step": 20, "loss": 1.0}, {"step": 30, "loss": 0.5}])
     b = cr.Run(tmp_path, {}, [{"step": 10, "loss": 4.0}, {"step": 20, "loss": 3.0}])
-    steps, mean, std = cr.band([a, b], "loss")
-    assert steps == [10, 20] and mean == [3.0, 2.0] and std == pytest.approx([math.sqrt(2.0)] * 2)
+    steps, mean, half = cr.band([a, b], "loss")
+    expected = stats.t.interval(0.95, 1, loc=3.0, scale=stats.sem([2.0, 4.0]))[1] - 3.0
+    assert steps == [10, 20] and mean == [3.0, 2.0] and half == pytest.approx([expected] * 2)
 
 
 def test_main_writes_tables_and_plots(two_arms: list[Path], tmp_path: Path) -> None:
     out = tmp_path / "cmp"
     assert cr.main([*map(str, two_arms), "--out", str(out)]) == 0
     md = (out / "compare.md").read_text()
-    assert "| baseline | 2 (0, 1) | 20 ± 0 | 4.1000 ± 0.1414 | 6.000 ± 0.000 | 0.0300 ± 0.0000 |" in md
-    assert "## Downstream" in md and "| jreg final w=0.1 | 0.6000 ± 0.1414 |" in md and "| baseline | n/a |" in md
+    half = cr.ci_halfwidth(math.sqrt(0.02), 2)  # two seeds 0.2 apart
+    assert f"| baseline | 2 (0, 1) | 20 ± 0 | 4.1000 ± {half:.4f} | 6.000 ± 0.000 | 0.0300 ± 0.0000 |" in md
+    assert "## Downstream" in md and f"| jreg final w=0.1 | 0.6000 ± {half:.4f} |" in md and "| baseline | n/a |" in md
+    p = stats.ttest_ind([4.1, 3.9], [4.0, 4.2], equal_var=False).pvalue
+    assert "## Against baseline" in md and f"| jreg final w=0.1 | -0.1000 [" in md and f"p={p:.3g}, within noise" in md
     assert all((out / f).stat().st_size > 0 for f in ("loss.png", "zeta.png", "profile.png"))
 
 
