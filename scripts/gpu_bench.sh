@@ -17,6 +17,7 @@
 #               checkpointing, and ZeRO-2 with the optimizer offloaded (MEMORY_PRESETS="zero3-ckpt" runs some)
 #   loss        scripts/bench_loss.py: the fused chunked LM head vs plain cross-entropy, 32k vocab, 8k tokens
 #   1b-run-chunked   1b-run-compile with train.loss_chunk=1024 (the fused head): MFU against 1b-run-compile
+#   jreg-125m   configs/experiments/jreg_125m_gpu.yaml: baseline vs JREG final vs rise at 125m, 600 steps each
 #   docmask     scripts/bench_document_masking.py on 125m, seq 2048: block-causal SDPA (no flash kernel) vs causal
 #   7b          configs/7b.yaml on one H200, 4 steps per recipe: ZeRO-3 + activation checkpointing,
 #               ZeRO-2 + offloaded optimizer + checkpointing, ZeRO-1 + checkpointing (SEVEN_B="zero3-ckpt")
@@ -113,6 +114,8 @@ for j in "${jobs[@]}"; do
     1b-run-chunked) job 1b-run-chunked 220 run_1b train.steps=20 log.every=5 train.compile=true train.loss_chunk=1024 \
             run.name=1b-run-chunked
             summarize /tmp/gpu_runs/1b-run-chunked/metrics.jsonl ;;
+    jreg-125m) job jreg-125m 540 python3 scripts/run_experiment.py configs/experiments/jreg_125m_gpu.yaml \
+            --out /tmp/gpu_runs/jreg_125m ;;
     docmask) job docmask 90 python3 scripts/bench_document_masking.py model=125m data.seq_len=2048 \
             train.micro_batch_size=8 ;;
     7b) job 7b 420 seven_b ;;
