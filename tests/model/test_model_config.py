@@ -55,9 +55,10 @@ def test_num_params_counts_the_built_model(shape: dict) -> None:
     assert cfg.num_params(include_embedding=False) == cfg.num_params() - model.tok_embeddings.weight.numel()
 
 
-def math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, is_causal: bool = False,
-                   enable_gqa: bool = False) -> torch.Tensor:
+def math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None = None,
+                   is_causal: bool = False, enable_gqa: bool = False) -> torch.Tensor:
     """SDPA spelled out in matmuls, so FlopCounterMode sees the attention FLOPs (it skips CPU SDPA kernels)."""
+    assert attn_mask is None and is_causal  # the plain causal model is what is counted
     rep = q.shape[1] // k.shape[1]
     k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
     scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
