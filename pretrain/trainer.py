@@ -246,12 +246,13 @@ class Trainer:
             token_loss = out.token_loss
         else:
             out = self.engine(inputs, return_hidden_states=hidden_states, **kwargs)
+            if keep is None:  # the fused mean: the numerics every unmasked run has always had
+                return F.cross_entropy(out.logits.float().flatten(0, 1), targets.flatten()), out
             token_loss = F.cross_entropy(out.logits.float().flatten(0, 1), targets.flatten(), reduction="none")
-        token_loss = token_loss.view(-1)
         if keep is None:
             return token_loss.mean(), out
         keep = keep.view(-1)
-        return (token_loss * keep).sum() / keep.sum().clamp(min=1.0), out
+        return (token_loss.view(-1) * keep).sum() / keep.sum().clamp(min=1.0), out
 
     def lm_loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         return self.lm_forward(*batch)[0]
