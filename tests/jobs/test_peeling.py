@@ -151,3 +151,32 @@ def test_plan_roles_and_removals():
 def test_bad_settings_are_refused_by_name(change, message):
     with pytest.raises(PeelingError, match=message.replace("[", r"\[").replace("]", r"\]")):
         check_settings(PeelingSettings(**change), n_layers=4)
+
+
+def test_held_out_scoring_decides_the_verdicts(lazy_model, calib):
+    """Rows fitted on the calibration windows are scored again on other windows, and only those scores flag."""
+    s = PeelingSettings(variants=["fp"], permutations=["forward"], steps=30, batch_windows=16)
+    holdout = markov_windows(16, seed=4)
+    bounds = compute_bounds(lazy_model, calib, s, holdout=holdout)
+    assert bounds.scored_on == "held-out" and all(r.holdout_bound is not None for r in bounds.rows)
+    rec = record(lazy_model, holdout, batch_windows=16)
+    assert bounds.holdout_model_loss == pytest.approx(lm_loss_from(lazy_model, rec.hidden[0], list(lazy_model.layers),
+                                                                   rec, batch_windows=16))
+    assert LAZY in bounds.lazy_layers  # the identity block's work is done by its neighbour on any windows
+    for v in bounds.layers:
+        removing = [r for r in bounds.rows if v.layer in r.removes]
+        if removing:
+            assert v.removal_bound == min(r.holdout_bound for r in removing)
+            assert v.margin == pytest.approx(bounds.holdout_model_loss - v.removal_bound)
+
+
+def test_verdicts_ignore_in_sample_bounds_when_held_out_ones_exist():
+    from pretrain.jobs.peeling.bounds import Row, verdicts
+
+    row = Row(layer=1, offset=1, permutation="forward", variant="fp", bound=1.0, model_loss=2.0, fit_mse=0.0,
+              init_mse=0.0, removes=[2], seconds=0.0, holdout_bound=2.5)
+    in_sample = verdicts([row], 2, model_loss=2.0, tolerance=1e-3)
+    held_out = verdicts([row], 2, model_loss=2.0, tolerance=1e-3, holdout_model_loss=2.2)
+    assert in_sample[1].lazy and in_sample[1].removal_bound == 1.0
+    assert not held_out[1].lazy and held_out[1].removal_bound == 2.5
+    assert held_out[1].margin == pytest.approx(2.2 - 2.5)

@@ -58,7 +58,8 @@ def test_cli_writes_outputs_and_leaves_the_checkpoint_alone(weights, run_config,
     assert {"method", "checkpoint", "step", "model_loss", "settings", "rows", "layers", "lazy_layers",
             "calib_windows", "seconds"} <= set(data)
     assert {"layer", "offset", "permutation", "variant", "bound", "model_loss", "fit_mse", "init_mse", "removes",
-            "seconds"} == set(data["rows"][0])
+            "seconds", "holdout_bound"} == set(data["rows"][0])
+    assert data["verdicts_scored_on"] == "held-out" and data["holdout_model_loss"] > 0
     # layers 1, 2 x offsets {0, 1} -> forward rows (1,0) (1,1) (2,0) (2,1), backward/swap (1,1) (2,1)
     assert len(data["rows"]) == 8 * 2 and {r["variant"] for r in data["rows"]} == {"fp", "binary"}
     assert data["calib_windows"] == 4 and data["model_loss"] > 0

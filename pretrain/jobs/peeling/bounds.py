@@ -5,6 +5,10 @@ them in place of blocks l..l+j and measure the LM loss: the bound R. Splicing ru
 recorded X_{l-1} and then the model's own later blocks, final norm and head: the spliced copy's loss exactly,
 since its earlier blocks are unchanged, without copying the model. A layer is flagged lazy when some row that
 removes it (one block does its work) reaches the model's loss within `tolerance`.
+
+Blocks fitted and scored on the same windows give an in-sample, optimistic bound. With held-out windows
+(`holdout_windows`, taken after the calibration windows), every row is also scored there and the verdicts
+use only the held-out bounds against the model's held-out loss.
 """
 from __future__ import annotations
 
@@ -47,6 +51,8 @@ class Row:
     """Mean over the row's fits of the initial block's MSE."""
     removes: list[int]
     seconds: float
+    holdout_bound: float | None = None
+    """The same fitted blocks scored on the held-out windows (None when there are none)."""
 
     @property
     def label(self) -> str:
@@ -72,8 +78,14 @@ class Bounds:
     layers: list[LayerVerdict]
     settings: PeelingSettings
     seconds: float
+    holdout_model_loss: float | None = None
+    """The trained model's loss on the held-out windows (None when there are none)."""
     meta: dict = field(default_factory=dict)
     """Where the numbers come from: checkpoint, step, calibration windows, ..."""
+
+    @property
+    def scored_on(self) -> str:
+        return "held-out" if self.holdout_model_loss is not None else "calibration (in-sample)"
 
     @property
     def lazy_layers(self) -> list[int]:
@@ -81,7 +93,8 @@ class Bounds:
 
     def to_json(self) -> dict:
         return {"method": "peeling bounds, our reconstruction of arXiv 2605.02853 (METHODS.md §3)",
-                **self.meta, "model_loss": self.model_loss, "seconds": self.seconds,
+                **self.meta, "model_loss": self.model_loss, "holdout_model_loss": self.holdout_model_loss,
+                "verdicts_scored_on": self.scored_on, "seconds": self.seconds,
                 "settings": dataclasses.asdict(self.settings), "lazy_layers": self.lazy_layers,
                 "rows": [dataclasses.asdict(r) for r in self.rows],
                 "layers": [dataclasses.asdict(v) for v in self.layers]}
@@ -114,8 +127,8 @@ def lm_loss_from(model: Llama, h: torch.Tensor, blocks: Sequence[nn.Module], rec
 
 
 def measure_row(model: Llama, rec: Recording, proj: Projection, variant: str, settings: PeelingSettings,
-                model_loss: float) -> Row:
-    """Fit the row's blocks in one variant and measure the spliced model's loss."""
+                model_loss: float, holdout: Recording | None = None) -> Row:
+    """Fit the row's blocks in one variant and measure the spliced model's loss (also on `holdout`)."""
     start = time.perf_counter()
     bits = parse_variant(variant)
     fitted = []
@@ -126,37 +139,51 @@ def measure_row(model: Llama, rec: Recording, proj: Projection, variant: str, se
     last = proj.layer + proj.offset
     blocks = [f.block for f in fitted] + list(model.layers[last:])
     bound = lm_loss_from(model, rec.hidden[proj.layer - 1], blocks, rec, settings.batch_windows)
+    held = None if holdout is None else \
+        lm_loss_from(model, holdout.hidden[proj.layer - 1], blocks, holdout, settings.batch_windows)
     return Row(proj.layer, proj.offset, proj.permutation, variant, bound, model_loss,
                fit_mse=sum(f.mse for f in fitted) / len(fitted),
                init_mse=sum(f.init_mse for f in fitted) / len(fitted),
-               removes=proj.removed, seconds=time.perf_counter() - start)
+               removes=proj.removed, seconds=time.perf_counter() - start, holdout_bound=held)
 
 
-def verdicts(rows: Sequence[Row], n_layers: int, model_loss: float, tolerance: float) -> list[LayerVerdict]:
-    """Per layer: the best bound of a row that removes it, and whether that reaches the model's loss."""
+def verdicts(rows: Sequence[Row], n_layers: int, model_loss: float, tolerance: float,
+             holdout_model_loss: float | None = None) -> list[LayerVerdict]:
+    """Per layer: the best bound of a row that removes it, and whether that reaches the model's loss. With a
+    held-out model loss, held-out bounds against it (the in-sample ones are not looked at)."""
+    def score(row: Row) -> float:
+        return row.bound if holdout_model_loss is None else row.holdout_bound
+
+    reference = model_loss if holdout_model_loss is None else holdout_model_loss
     out = []
     for layer in range(1, n_layers + 1):
         removing = [r for r in rows if layer in r.removes]
         if not removing:
             out.append(LayerVerdict(layer, None, None, None, False))
             continue
-        best = min(removing, key=lambda r: r.bound)
-        out.append(LayerVerdict(layer, best.bound, f"l={best.layer} {best.label}", model_loss - best.bound,
-                                best.bound <= model_loss + tolerance))
+        best = min(removing, key=score)
+        out.append(LayerVerdict(layer, score(best), f"l={best.layer} {best.label}", reference - score(best),
+                                score(best) <= reference + tolerance))
     return out
 
 
 def compute_bounds(model: Llama, windows: torch.Tensor, settings: PeelingSettings,
-                   progress: Callable[[Iterable, int], Iterable] = lambda it, total: it) -> Bounds:
-    """Every planned row in every variant on `windows` [N, seq_len + 1]; `progress` wraps the work loop."""
+                   progress: Callable[[Iterable, int], Iterable] = lambda it, total: it,
+                   holdout: torch.Tensor | None = None) -> Bounds:
+    """Every planned row in every variant fitted on `windows` [N, seq_len + 1] and scored there and, when given,
+    on the held-out windows `holdout` (which then decide the verdicts); `progress` wraps the work loop."""
     start = time.perf_counter()
     n_layers = model.config.n_layers
     check_settings(settings, n_layers)
     model.eval()
     rec = record(model, windows, settings.batch_windows)
     model_loss = lm_loss_from(model, rec.hidden[0], list(model.layers), rec, settings.batch_windows)
+    held, held_loss = None, None
+    if holdout is not None and len(holdout):
+        held = record(model, holdout, settings.batch_windows)
+        held_loss = lm_loss_from(model, held.hidden[0], list(model.layers), held, settings.batch_windows)
     work = [(p, v) for p in plan(settings.layers, settings.offsets, settings.permutations, n_layers)
             for v in settings.variants]
-    rows = [measure_row(model, rec, p, v, settings, model_loss) for p, v in progress(work, len(work))]
-    return Bounds(model_loss, rows, verdicts(rows, n_layers, model_loss, settings.tolerance), settings,
-                  time.perf_counter() - start)
+    rows = [measure_row(model, rec, p, v, settings, model_loss, held) for p, v in progress(work, len(work))]
+    return Bounds(model_loss, rows, verdicts(rows, n_layers, model_loss, settings.tolerance, held_loss), settings,
+                  time.perf_counter() - start, holdout_model_loss=held_loss)

@@ -67,7 +67,8 @@ def calibration_windows(cfg: Config, model_cfg: ModelConfig, n: int) -> torch.Te
                            f"model.max_seq_len={model_cfg.max_seq_len}")
     val = prepare_data(cfg.data, model_cfg.vocab_size, seed=cfg.run.seed).val
     if len(val) < n:
-        log.warning("only %d validation windows; using all of them instead of calib_windows=%d", len(val), n)
+        log.warning("only %d validation windows; using all of them instead of calib_windows + holdout_windows=%d",
+                    len(val), n)
     return torch.from_numpy(np.asarray(val[:n], dtype=np.int64))
 
 
@@ -83,8 +84,12 @@ def run_job(checkpoint: str | Path, settings: PeelingSettings, config: Config | 
     model = Llama(model_cfg)
     model.load_state_dict(state)
     model.to(device).eval()
-    windows = calibration_windows(cfg, model_cfg, settings.calib_windows).to(device)
-    log.info("peeling %s: %d calibration windows of %d tokens", ckpt, len(windows), windows.shape[1] - 1)
+    windows = calibration_windows(cfg, model_cfg, settings.calib_windows + settings.holdout_windows).to(device)
+    windows, holdout = windows[:settings.calib_windows], windows[settings.calib_windows:]
+    if settings.holdout_windows and not len(holdout):
+        log.warning("no validation window is left for held-out scoring: the verdicts are in-sample")
+    log.info("peeling %s: %d calibration and %d held-out windows of %d tokens", ckpt, len(windows), len(holdout),
+             windows.shape[1] - 1)
 
     def progress(work, total):
         return tqdm(work, total=total, desc=f"peeling {ckpt.name}", unit="row", disable=None)
@@ -92,10 +97,11 @@ def run_job(checkpoint: str | Path, settings: PeelingSettings, config: Config | 
     threads = torch.get_num_threads()
     torch.set_num_threads(settings.threads or threads)
     try:
-        bounds = compute_bounds(model, windows, settings, progress)
+        bounds = compute_bounds(model, windows, settings, progress, holdout)
     finally:  # inline in a trainer, the process's setting is the trainer's
         torch.set_num_threads(threads)
     bounds.meta = {"checkpoint": str(ckpt), "step": step, "calib_windows": len(windows),
+                   "holdout_windows": len(holdout),
                    "seq_len": windows.shape[1] - 1, "data_source": cfg.data.source}
     write_outputs(bounds, out)
     return bounds, out

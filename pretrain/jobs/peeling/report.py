@@ -36,10 +36,12 @@ def write_outputs(bounds: Bounds, out: Path) -> None:
 
 def bars_figure(bounds: Bounds) -> Figure:
     """Per window-start layer, grouped bars: the trained model's loss, then every row's bound."""
+    held = bounds.holdout_model_loss is not None  # draw what the verdicts use
+    model_loss = bounds.holdout_model_loss if held else bounds.model_loss
     labels = list(dict.fromkeys(r.label for r in bounds.rows))
     layers = sorted({r.layer for r in bounds.rows})
-    by_key = {(r.layer, r.label): r.bound for r in bounds.rows}
-    series = [("trained model", {l: bounds.model_loss for l in layers})]
+    by_key = {(r.layer, r.label): r.holdout_bound if held else r.bound for r in bounds.rows}
+    series = [("trained model", {l: model_loss for l in layers})]
     series += [(label, {l: by_key[(l, label)] for l in layers if (l, label) in by_key}) for label in labels]
     width = 0.8 / len(series)
     fig = Figure(figsize=(max(6.0, 1.2 * len(layers) * len(series) ** 0.5), 4.5), layout="constrained")
@@ -47,13 +49,13 @@ def bars_figure(bounds: Bounds) -> Figure:
     for i, (name, values) in enumerate(series):
         xs = [layers.index(l) + (i - (len(series) - 1) / 2) * width for l in values]
         ax.bar(xs, list(values.values()), width, label=name, color="black" if i == 0 else _COLORS(i % 20))
-    ax.axhline(bounds.model_loss, color="black", lw=0.8, ls="--")
+    ax.axhline(model_loss, color="black", lw=0.8, ls="--")
     lazy = set(bounds.lazy_layers)
     ax.set_xticks(range(len(layers)), [f"l={l}" + (" (lazy)" if l in lazy else "") for l in layers])
     values = [v for _, vals in series for v in vals.values()]
     pad = 0.05 * (max(values) - min(values)) or 0.05
     ax.set_ylim(min(values) - pad, max(values) + pad)
-    ax.set_ylabel("LM loss on the calibration windows")
+    ax.set_ylabel(f"LM loss on the {bounds.scored_on} windows")
     ax.set_title(f"peeling bounds R(l, j) vs the trained model{_step_suffix(bounds.meta.get('step'))}")
     ax.legend(fontsize="x-small", ncol=2, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return fig
@@ -78,16 +80,27 @@ def write_summary(peeling_dir: Path) -> Path | None:
     axes = fig.subplots(1, n_layers, squeeze=False)[0]
     steps = [d["step"] for d in runs]
     for layer, ax in enumerate(axes, start=1):
-        ax.plot(steps, [d["model_loss"] for d in runs], "k-o", ms=3, label="trained model")
+        ax.plot(steps, [_reference(d) for d in runs], "k-o", ms=3, label="trained model")
         for variant, points in sorted(_removal_bounds(runs, layer).items()):
             ax.plot(*zip(*points), "-o", ms=3, label=f"removal bound, {variant}")
         ax.set_title(f"layer {layer}")
         ax.set_xlabel("step")
-    axes[0].set_ylabel("LM loss (calibration)")
+    axes[0].set_ylabel("LM loss (held-out where measured)")
     axes[-1].legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
     out = peeling_dir / SUMMARY_PNG
     _save(fig, out)
     return out
+
+
+def _reference(data: dict) -> float:
+    """The model loss a checkpoint's verdicts compare with: held-out when measured, else calibration."""
+    held = data.get("holdout_model_loss")
+    return data["model_loss"] if held is None else held
+
+
+def _score(row: dict) -> float:
+    held = row.get("holdout_bound")
+    return row["bound"] if held is None else held
 
 
 def _removal_bounds(runs: list[dict], layer: int) -> dict[str, list[tuple[int, float]]]:
@@ -97,7 +110,7 @@ def _removal_bounds(runs: list[dict], layer: int) -> dict[str, list[tuple[int, f
         best: dict[str, float] = {}
         for r in d["rows"]:
             if layer in r["removes"]:
-                best[r["variant"]] = min(best.get(r["variant"], float("inf")), r["bound"])
+                best[r["variant"]] = min(best.get(r["variant"], float("inf")), _score(r))
         for variant, bound in best.items():
             points[variant].append((d["step"], bound))
     return points
@@ -105,14 +118,19 @@ def _removal_bounds(runs: list[dict], layer: int) -> dict[str, list[tuple[int, f
 
 def format_table(bounds: Bounds) -> str:
     """The rows and the per-layer verdicts as fixed-width text."""
-    head = f"{'l':>3} {'j':>2} {'permutation':<11} {'variant':<7} {'bound':>8} {'-model':>8} {'fit_mse':>10} " \
-           f"{'init_mse':>10} {'removes':<8} {'s':>6}"
-    lines = [f"model loss {bounds.model_loss:.4f} on the calibration windows", head, "-" * len(head)]
+    held = bounds.holdout_model_loss is not None
+    head = f"{'l':>3} {'j':>2} {'permutation':<11} {'variant':<7} {'bound':>8} {'-model':>8} " \
+           + (f"{'held-out':>8} {'-model':>8} " if held else "") + \
+           f"{'fit_mse':>10} {'init_mse':>10} {'removes':<8} {'s':>6}"
+    lines = [f"model loss {bounds.model_loss:.4f} on the calibration windows (fitted there: in-sample)"
+             + (f", {bounds.holdout_model_loss:.4f} on the held-out windows" if held else ""), head, "-" * len(head)]
     for r in bounds.rows:
+        out_of_sample = f"{r.holdout_bound:>8.4f} {r.holdout_bound - bounds.holdout_model_loss:>+8.4f} " if held else ""
         lines.append(f"{r.layer:>3} {r.offset:>2} {r.permutation:<11} {r.variant:<7} {r.bound:>8.4f} "
-                     f"{r.bound - bounds.model_loss:>+8.4f} {r.fit_mse:>10.3e} {r.init_mse:>10.3e} "
+                     f"{r.bound - bounds.model_loss:>+8.4f} {out_of_sample}{r.fit_mse:>10.3e} {r.init_mse:>10.3e} "
                      f"{','.join(map(str, r.removes)) or '-':<8} {r.seconds:>6.1f}")
     lines.append("")
+    lines.append(f"verdicts on the {bounds.scored_on} windows")
     lines.append(f"{'layer':>5} {'removal bound':>13} {'margin':>8}  verdict (row)")
     for v in bounds.layers:
         if v.removal_bound is None:

@@ -39,6 +39,8 @@ class PeelingSettings:
     lr: float = _doc(1e-3, "Adam learning rate")
     lstsq_rounds: int = _doc(3, "lstsq: alternate solve / recompute the MLP input this many times")
     calib_windows: int = _doc(16, "validation windows in the fixed calibration set (the first N)")
+    holdout_windows: int = _doc(16, "validation windows after the calibration set on which every fitted row is "
+                                    "scored again; the verdicts use these out-of-sample bounds (0: in-sample)")
     batch_windows: int = _doc(8, "windows per forward pass when recording hidden states and measuring losses")
     tolerance: float = _doc(1e-3, "a layer is flagged lazy when a bound that removes it is <= model loss + this")
     device: str = _doc("cpu", "torch device for the job (cpu keeps it off the training GPUs)")
@@ -70,8 +72,9 @@ def check_settings(s: PeelingSettings, n_layers: int | None = None) -> None:
     for name in ("steps", "lstsq_rounds", "calib_windows", "batch_windows"):
         if getattr(s, name) <= 0:
             raise PeelingError(f"{name}={getattr(s, name)} must be > 0")
-    if s.threads < 0:
-        raise PeelingError(f"threads={s.threads} must be >= 0")
+    for name in ("threads", "holdout_windows"):
+        if getattr(s, name) < 0:
+            raise PeelingError(f"{name}={getattr(s, name)} must be >= 0")
     if s.lr <= 0 or s.tolerance < 0:
         raise PeelingError(f"lr={s.lr} must be > 0 and tolerance={s.tolerance} >= 0")
 
