@@ -30,6 +30,7 @@ REG_KEY = "regularizers"
 PSI_PREFIX = "jump/psi_"
 LEVEL = 0.95
 """Confidence level of every interval in the report."""
+SIGNED_JUMP = "100 (Psi_L - Psi_(L-1))"
 
 
 @dataclass
@@ -188,8 +189,17 @@ def welch(arm: Iterable[float], baseline: Iterable[float], level: float = LEVEL)
 
 
 def curve(records: list[dict[str, Any]], key: str) -> dict[int, float]:
-    """step -> value of `key` at the steps where it was logged."""
+    """step -> value of `key` at the steps where it was logged (SIGNED_JUMP: derived from the profile)."""
+    if key == SIGNED_JUMP:
+        return {int(r["step"]): signed_jump(r) for r in records if f"{PSI_PREFIX}2" in r}
     return {int(r["step"]): float(r[key]) for r in records if key in r}
+
+
+def signed_jump(record: dict[str, Any]) -> float:
+    """100 (Psi_L - Psi_{L-1}) of a logged profile: zeta_L before its max(0, .), so the plot shows a jump
+    approaching (negative, rising) as well as one that has formed."""
+    n = sum(1 for k in record if k.startswith(PSI_PREFIX))
+    return 100.0 * (float(record[f"{PSI_PREFIX}{n}"]) - float(record[f"{PSI_PREFIX}{n - 1}"]))
 
 
 def band(runs: list[Run], key: str) -> tuple[list[int], list[float], list[float]]:
@@ -310,16 +320,19 @@ def _decorate(ax, title: str, xlabel: str, ylabel: str) -> None:
 
 
 def plot_all(arms: dict[str, list[Run]], out: Path) -> list[Path]:
-    """loss.png (train and val), zeta.png and profile.png; bands are the 95% t intervals over seeds."""
+    """loss.png (train and val), zeta.png (zeta_L and the signed 100 (Psi_L - Psi_(L-1))) and profile.png;
+    bands are the 95% t intervals over seeds."""
     plt = _pyplot()
     paths = [out / "loss.png", out / "zeta.png", out / "profile.png"]
     fig, (train_ax, val_ax) = plt.subplots(1, 2, figsize=(11, 4.2))
     _plot_bands(train_ax, arms, "loss", "Train loss (mean, 95% CI over seeds)", "loss (incl. regularizers)")
     _plot_bands(val_ax, arms, "val/loss", "Validation loss (mean, 95% CI over seeds)", "val loss (LM cross-entropy)")
     _save(fig, paths[0])
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    _plot_bands(ax, arms, "jump/zeta_L", "Jump strength zeta_L (mean, 95% CI over seeds)",
+    fig, (zeta_ax, signed_ax) = plt.subplots(1, 2, figsize=(11, 4.2))
+    _plot_bands(zeta_ax, arms, "jump/zeta_L", "Jump strength zeta_L (mean, 95% CI over seeds)",
                 "zeta_L = 100 max(0, Psi_L - Psi_(L-1))")
+    _plot_bands(signed_ax, arms, SIGNED_JUMP, "Before the max: the jump forming (mean, 95% CI)", SIGNED_JUMP)
+    signed_ax.axhline(0.0, color="black", lw=0.8)
     _save(fig, paths[1])
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for label, runs in arms.items():

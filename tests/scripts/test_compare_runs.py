@@ -119,6 +119,12 @@ def test_confidence_intervals_and_welch_agree_with_scipy_on_fixed_numbers() -> N
     assert cr.welch([1.0], [2.0, 3.0]) is None  # one seed has no interval
 
 
+def test_signed_jump_is_zeta_before_the_max() -> None:
+    rec = {"step": 5, "jump/psi_1": 0.4, "jump/psi_2": 0.05, "jump/psi_3": 0.03}
+    assert cr.signed_jump(rec) == pytest.approx(-2.0)  # 100 * (0.03 - 0.05): no jump yet, zeta_L would be 0
+    assert cr.curve([rec, {"step": 6, "loss": 1.0}], cr.SIGNED_JUMP) == {5: pytest.approx(-2.0)}
+
+
 def test_band_uses_steps_logged_in_every_run(tmp_path: Path) -> None:
     a = cr.Run(tmp_path, {}, [{"step": 10, "loss": 2.0}, {"step": 20, "loss": 1.0}, {"step": 30, "loss": 0.5}])
     b = cr.Run(tmp_path, {}, [{"step": 10, "loss": 4.0}, {"step": 20, "loss": 3.0}])
