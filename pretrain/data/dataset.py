@@ -109,12 +109,13 @@ def _as_config(cfg) -> DataConfig:
 
 def _key_dir(cfg: DataConfig, fingerprint: str, tok_path: Path, vocab_size: int, seed: int) -> Path:
     tok_hash = tokenizer_fingerprint(tok_path)
-    parts = [fingerprint, tok_hash, cfg.seq_len, cfg.val_fraction, cfg.text_field, seed, _dtype(vocab_size).str,
+    parts = [fingerprint, tok_hash, cfg.seq_len, cfg.val_fraction, cfg.text_field, seed, token_dtype(vocab_size).str,
              _PACK_VERSION]
     return Path(cfg.cache_dir) / "packed" / hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
 
 
-def _dtype(vocab_size: int) -> np.dtype:
+def token_dtype(vocab_size: int) -> np.dtype:
+    """The smallest unsigned dtype that holds every id of the vocabulary (packed windows and token shards)."""
     return np.dtype(np.uint16 if vocab_size <= 1 << 16 else np.uint32)
 
 
@@ -175,6 +176,12 @@ def doc_hash(text: str, seed: int) -> int:
     return int.from_bytes(digest, "little") >> 1
 
 
+def is_val_document(text: str, seed: int, val_fraction: float) -> bool:
+    """The per-document split rule of a source read in pieces (shards, streams): the hash below val_fraction of
+    its 63-bit range, so the split depends on the text alone, not on how the source was cut."""
+    return doc_hash(text, seed) < val_fraction * (1 << 63)
+
+
 def split_by_hash(hashes: np.ndarray, val_fraction: float) -> dict[str, np.ndarray]:
     """Indices of train and val documents: the round(val_fraction * n) smallest hashes (at least one) go to val.
 
@@ -204,7 +211,7 @@ def _build(cfg: DataConfig, docs: datasets.Dataset, counts: dict, tok_path: Path
     tokens, nbytes = (columns[c].to_numpy() for c in ("num_tokens", "num_bytes"))
     split = split_by_hash(columns["doc_hash"].to_numpy(), cfg.val_fraction)
     stats: dict = {"source": cfg.source, "tokenizer": str(tok_path), "vocab_size": vocab_size,
-                   "seq_len": cfg.seq_len, "dtype": _dtype(vocab_size).name, **counts}
+                   "seq_len": cfg.seq_len, "dtype": token_dtype(vocab_size).name, **counts}
     for name, idx in split.items():
         n_tokens = int(tokens[idx].sum())
         stats.update({f"{name}_docs": len(idx), f"{name}_tokens": n_tokens, f"{name}_windows": n_tokens // window,
@@ -219,7 +226,7 @@ def _build(cfg: DataConfig, docs: datasets.Dataset, counts: dict, tok_path: Path
     try:
         for name, idx in split.items():
             _write_windows(tokenized.select(idx), tmp / f"{name}.npy", stats[f"{name}_windows"], window,
-                           _dtype(vocab_size))
+                           token_dtype(vocab_size))
         stats["build_seconds"] = round(time.perf_counter() - start, 3)
         (tmp / "manifest.json").write_text(json.dumps(stats, indent=1))
         try:

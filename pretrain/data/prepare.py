@@ -19,16 +19,13 @@ from pathlib import Path
 import numpy as np
 
 from pretrain.data.config import DataConfig
-from pretrain.data.dataset import doc_hash
+from pretrain.data.dataset import is_val_document, token_dtype
 from pretrain.data.errors import DataError
 from pretrain.data.shards import FORMAT, META, SHARD
 from pretrain.data.sources import load_documents, resolve_source
 from pretrain.data.tokenizer import copy_tokenizer, encode_batch, load_tokenizer, tokenizer_fingerprint
 
 log = logging.getLogger(__name__)
-_HASH_RANGE = 1 << 63  # doc_hash is a 63-bit integer
-
-
 @dataclass(frozen=True)
 class PrepareJob:
     source: str
@@ -44,14 +41,10 @@ class PrepareJob:
     cache_dir: str = ".cache/growlm"
 
 
-def dtype_for(vocab_size: int) -> np.dtype:
-    return np.dtype(np.uint16 if vocab_size <= 1 << 16 else np.uint32)
-
-
 def write_meta(job: PrepareJob) -> None:
     """meta.json and the tokenizer files, once; a rerun with other settings is refused rather than mixing."""
     meta = {"format": FORMAT, "num_shards": job.num_shards, "vocab_size": job.vocab_size,
-            "dtype": dtype_for(job.vocab_size).name, "tokenizer_sha256": tokenizer_fingerprint(job.tokenizer),
+            "dtype": token_dtype(job.vocab_size).name, "tokenizer_sha256": tokenizer_fingerprint(job.tokenizer),
             "source": job.source, "text_field": job.text_field, "val_fraction": job.val_fraction, "seed": job.seed}
     path = job.out / META
     if path.is_file():
@@ -87,12 +80,13 @@ def tokenize_shard(job: PrepareJob, index: int) -> tuple[int, int, int]:
     cfg = DataConfig(source=job.source, text_field=job.text_field, cache_dir=job.cache_dir, num_proc=1)
     docs, _ = load_documents(cfg, resolve_source(cfg))  # datasets' Arrow cache: memory-mapped, shared
     part = docs.shard(num_shards=job.num_shards, index=index, contiguous=True)
-    dtype, threshold = dtype_for(job.vocab_size), job.val_fraction * _HASH_RANGE
+    dtype = token_dtype(job.vocab_size)
     splits: dict[str, list[np.ndarray]] = {"train": [], "val": []}
     for batch in part.iter(batch_size=1024):
         ids = encode_batch(batch, tokenizer_path=str(job.tokenizer), text_field=job.text_field)["ids"]
         for text, doc in zip(batch[job.text_field], ids):
-            splits["val" if doc_hash(text, job.seed) < threshold else "train"].append(np.asarray(doc, dtype=dtype))
+            split = "val" if is_val_document(text, job.seed, job.val_fraction) else "train"
+            splits[split].append(np.asarray(doc, dtype=dtype))
     arrays = {s: np.concatenate(parts) if parts else np.empty(0, dtype) for s, parts in splits.items()}
     _save(job.out / "val" / SHARD.format(index), arrays["val"])
     _save(job.out / "train" / SHARD.format(index), arrays["train"])

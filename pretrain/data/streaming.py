@@ -23,9 +23,6 @@ from pretrain.data.sources import BUILDERS, resolve_source
 from pretrain.data.tokenizer import encode_batch
 
 log = logging.getLogger(__name__)
-_HASH_RANGE = 1 << 63
-
-
 def open_stream(cfg: DataConfig) -> datasets.IterableDataset:
     """The source as a streaming dataset of records (local files of one type, or a hub dataset)."""
     source = resolve_source(cfg)
@@ -45,12 +42,10 @@ class DocumentStream:
     """One split's documents of a stream as token ids, in order; records that are empty are skipped."""
 
     def __init__(self, ds: datasets.IterableDataset, cfg: DataConfig, tokenizer: Path, seed: int, split: str):
-        from pretrain.data.dataset import doc_hash
+        from pretrain.data.dataset import is_val_document
 
         self.ds, self.cfg, self.tokenizer, self.split = ds, cfg, str(tokenizer), split
-        threshold = cfg.val_fraction * _HASH_RANGE
-        self._wanted = (lambda text: doc_hash(text, seed) < threshold) if split == "val" else \
-            (lambda text: doc_hash(text, seed) >= threshold)
+        self._wanted = lambda text: is_val_document(text, seed, cfg.val_fraction) == (split == "val")
         self.epoch, self._it, self._found = 0, None, False
 
     def next_document(self) -> list[int]:
