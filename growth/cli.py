@@ -9,9 +9,9 @@ from pathlib import Path
 
 from growth import GrowthError, available_operators
 from growth.folders import grow_folder, parse_params, source_info
-from pretrain.data.tokenizer import find_tokenizer
 from growth.runs import RunError, model_overrides
-from pretrain.checkpoint import CheckpointError
+from model.folders import CheckpointError
+from model.tokenizer_files import find_tokenizer
 
 _OPS = ", ".join(available_operators())
 

@@ -1,6 +1,6 @@
 """From a checkpoint to a grown weights folder: resolve the target shape, grow, write the folder and its record.
 
-The folder is `pretrain.checkpoint.save_weights`' format (model.pt + model_config.json + record.json) plus the
+The folder is `model.weights.save_weights`' format (model.pt + model_config.json + record.json) plus the
 source's tokenizer.model when it has one, so a run that starts from it (`train.init_from=DIR`) can be pinned to
 the tokenizer the weights were trained with (`data.tokenizer=DIR/tokenizer.model`).
 """
@@ -18,8 +18,9 @@ from omegaconf import OmegaConf
 from growth import GrowthError, GrowthResult, get_operator, grow
 from model import ModelConfig
 from model.config import ModelConfigError
-from pretrain.checkpoint import MANIFEST, WEIGHTS, CheckpointError, load_weights, locate, save_weights
-from pretrain.data.tokenizer import copy_tokenizer, find_tokenizer
+from model.folders import MANIFEST, WEIGHTS, CheckpointError, locate
+from model.tokenizer_files import copy_tokenizer, find_tokenizer
+from model.weights import load_weights, save_weights
 
 MODEL_PRESETS = Path(__file__).resolve().parent.parent / "configs" / "model"
 

@@ -20,9 +20,9 @@ from typing import Any, Mapping, Sequence
 from growth import GrowthError
 from growth.report import write_lag_report
 from growth.folders import check_operator, grow_folder, is_grown_folder, parse_params, source_info
-from pretrain.data.tokenizer import copy_tokenizer, find_tokenizer
 from growth.runs import check_user_overrides, claim_experiment, model_overrides, train_phase, val_curve
 from model import ModelConfig
+from model.tokenizer_files import copy_tokenizer, find_tokenizer
 
 Curves = Mapping[str, Mapping[int, float]]
 

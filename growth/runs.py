@@ -20,7 +20,7 @@ from typing import Any, Sequence
 
 from growth import GrowthError
 from model import ModelConfig
-from pretrain.checkpoint import CheckpointError, latest
+from model.folders import CheckpointError, latest
 
 MANAGED = ("model.", "run.name", "run.out_dir", "train.init_from", "train.steps", "train.resume")
 """Override keys growth sets itself for the runs it starts; a user's value for them would be silently lost."""

@@ -25,6 +25,7 @@ from growth import GrowthError
 from growth.lag import LagPlan, parse_pool, run_lag
 from growth.report import plot_curves
 from growth.runs import check_user_overrides, claim_experiment, train_phase, val_curve
+from model.folders import tag_for
 
 DEFAULT_POOL = "stack_top,stack_middle,stack"
 
@@ -117,7 +118,7 @@ def run_stacking(plan: StackingPlan) -> dict[str, Any]:
         print(f"[growth] stage {i}/{len(plan.stages)}: at step {stage.at_step} grow to {stage.depth} layers by LAG "
               f"over {plan.pool}, then train to step {end}", flush=True)
         summary = run_lag(LagPlan(
-            source=run / "checkpoints" / f"step_{local_end}", target=[f"n_layers={stage.depth}"],
+            source=run / "checkpoints" / tag_for(local_end), target=[f"n_layers={stage.depth}"],
             pool=parse_pool(plan.pool), lag_steps=plan.lag_steps, config=plan.config, out=out / f"stage{i}",
             overrides=plan.overrides, ranks=plan.ranks, continue_steps=end - stage.at_step,
             continue_final=i == len(plan.stages)))

@@ -5,9 +5,10 @@ from importlib import import_module
 from typing import Any
 
 from model.config import ModelConfig, ModelConfigError
-from model.llama import Llama, LlamaOutput
 
-# Importing transformers costs seconds; every training rank imports `model`, few use HF conversion.
+# Imported when first used: torch (the run config imports `model.config` and must not pull it in), and
+# transformers, which costs seconds and which few of the processes that import `model` need.
+_LAZY_LLAMA = ("Llama", "LlamaOutput")
 _LAZY_HF = (
     "from_hf_config",
     "from_hf_state_dict",
@@ -18,10 +19,12 @@ _LAZY_HF = (
     "to_hf_state_dict",
 )
 
-__all__ = ["ModelConfig", "ModelConfigError", "Llama", "LlamaOutput", *_LAZY_HF]
+__all__ = ["ModelConfig", "ModelConfigError", *_LAZY_LLAMA, *_LAZY_HF]
 
 
 def __getattr__(name: str) -> Any:
+    if name in _LAZY_LLAMA:
+        return getattr(import_module("model.llama"), name)
     if name in _LAZY_HF:
         return getattr(import_module("model.hf"), name)
     raise AttributeError(f"module 'model' has no attribute {name!r}")

@@ -10,8 +10,8 @@ import logging
 import os
 import sys
 
+from model.folders import CheckpointError
 from pretrain.config import ConfigError, load_config, to_yaml
-from pretrain.checkpoint import CheckpointError
 from pretrain.data import DataError
 from pretrain.dist import CollectiveTimeout
 
@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def check_resume(cfg, tokenizer_path) -> None:
     """Refuse, before any rank starts, to resume a checkpoint this config cannot continue."""
+    from model.folders import verify
     from pretrain import checkpoint, compat
 
     if cfg.train.resume != "auto":
@@ -72,7 +73,7 @@ def check_resume(cfg, tokenizer_path) -> None:
     ckpt = checkpoint.resumable(cfg.run_dir / "checkpoints", cfg.checkpoint.fallback)
     if ckpt is None:
         return
-    saved = checkpoint.verify(ckpt).get("meta", {})
+    saved = verify(ckpt).get("meta", {})
     found = compat.problems(saved, compat.run_meta(cfg, tokenizer_path, world_size=None))
     if found:
         raise ConfigError(f"cannot resume from {ckpt}: " + "; ".join(found))

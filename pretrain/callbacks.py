@@ -2,7 +2,9 @@
 
 Hooks run on every rank (under ZeRO-3 every rank must run the same forward passes); a callback that only
 writes files does so on rank 0 (`trainer.is_main`). `on_step_end` may add keys to `record`, which is logged
-to metrics.jsonl / TensorBoard whenever any key beyond step and tokens is present.
+to metrics.jsonl / TensorBoard whenever any key beyond step and tokens is present. A callback that holds
+state across steps returns it from `state_dict`; it is saved in every checkpoint and handed back to
+`load_state_dict` when a run resumes from that checkpoint (as OLMo-core's callbacks do).
 """
 from __future__ import annotations
 
@@ -31,6 +33,18 @@ class Callback:
     def on_train_abort(self, trainer: "Trainer", error: BaseException) -> None:
         """Training is dying of `error` (it is re-raised after every callback had its say): say what is
         left behind; collectives may no longer work here."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs to continue exactly (tensors, numbers, lists, dicts); {}: nothing."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `state_dict` returned at the checkpoint the run resumes from."""
+
+    @property
+    def state_key(self) -> str:
+        """Where the checkpoint keeps this callback's state."""
+        return f"{type(self).__module__}.{type(self).__qualname__}"
 
 
 def due(step: int, every: int, last_step: int) -> bool:

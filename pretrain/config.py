@@ -9,19 +9,17 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import importlib.util
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from model.config import ModelConfig, ModelConfigError
 from pretrain.data.config import DataConfig
 from pretrain.data.errors import DataError
-from pretrain.jobs.schedule import JobsConfig
-from pretrain.monitors import MonitorsConfig
+from pretrain.plugins import JOBS, MONITORS
 
 MODEL_PRESETS = Path(__file__).resolve().parent.parent / "configs" / "model"
 
@@ -173,13 +171,15 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
     deepspeed: DeepSpeedSection = field(default_factory=DeepSpeedSection)
-    monitors: MonitorsConfig = field(default_factory=MonitorsConfig)
-    jobs: JobsConfig = field(default_factory=JobsConfig)
-    """Periodic jobs on saved checkpoints (peeling bounds, downstream evaluation)."""
+    monitors: Any = field(default_factory=MONITORS.defaults)
+    """In-training monitors, one section per registered monitor (pretrain/plugins.py): jump, trajectory, ..."""
+    jobs: Any = field(default_factory=JOBS.defaults)
+    """Periodic jobs on saved checkpoints, one section per registered job: peeling, lm_eval, ..."""
     regularizers: List[Dict[str, Any]] = field(default_factory=list)
     """Active regularizers, each `{name, weight, start_step, warmup_steps, ...params}` (see regularizers/)."""
     imports: List[str] = field(default_factory=list)
-    """Python modules imported on every rank before anything is built: register your own regularizers here."""
+    """Python modules imported on every rank before the config is parsed: register your own regularizers, jobs
+    and monitors there."""
 
     @property
     def run_dir(self) -> Path:
@@ -193,11 +193,8 @@ CHOICES = {
     "log.wandb.mode": ("offline", "online"),
     "deepspeed.zero_stage": (0, 1, 2, 3),
     "deepspeed.rendezvous_bind": ("master_addr", "all"),
-    "monitors.jump.form": ("cosine", "angular"),
     "train.trainable.mode": ("all", "norms_only"),
     "train.on_nonfinite": ("skip", "stop", "rollback"),
-    "monitors.trajectory.granularity": ("component", "layer", "model", "param"),
-    "monitors.jump.final_norm": ("include", "exclude"),
 }
 
 
@@ -216,7 +213,8 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value (e.g. train.steps=100)")
         layers.append((f"override {item!r}", _resolve_model_preset(OmegaConf.from_dotlist([item]), Path.cwd())))
-    merged = OmegaConf.structured(Config)
+    _import_plugins(layers)
+    merged = OmegaConf.structured(Config)  # after the imports: their jobs and monitors are sections now
     for source, layer in layers:  # one at a time, so an error can name the file or override it came from
         try:
             merged = OmegaConf.merge(merged, layer)
@@ -241,7 +239,7 @@ def validate(cfg: Config) -> None:
         if value not in valid:
             raise ConfigError(f"{key}={value!r} is not valid; choose one of {list(valid)}")
     positive = ["train.steps", "train.micro_batch_size", "train.grad_accum", "log.every", "checkpoint.keep"]
-    positive += ["deepspeed.collective_timeout_s", "monitors.jump.batches"]
+    positive += ["deepspeed.collective_timeout_s"]
     non_negative = ["train.loss_chunk", "train.trainable.after_step", "train.warmup_steps", "eval.every", "eval.batches", "checkpoint.every", "train.grad_clip",
                     "train.weight_decay"]
     for key in positive + non_negative:
@@ -257,6 +255,11 @@ def validate(cfg: Config) -> None:
             f"data.seq_len={cfg.data.seq_len} exceeds model.max_seq_len={cfg.model.max_seq_len}; "
             "lower data.seq_len or raise model.max_seq_len"
         )
+    for registry in (JOBS, MONITORS):
+        try:
+            registry.check(getattr(cfg, registry.section))
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
     _check_regularizers(cfg)
     if cfg.log.wandb.project and importlib.util.find_spec("wandb") is None:
         raise ConfigError("log.wandb.project is set but wandb is not installed: pip install 'growlm[wandb]' "
@@ -270,15 +273,24 @@ def validate(cfg: Config) -> None:
         )
 
 
+def _import_plugins(layers: list[tuple[str, DictConfig]]) -> None:
+    """Import the config's `imports:` (the last layer that sets them wins, as in the merge), so the plug-ins
+    they register type their config sections."""
+    source, modules = next(((src, layer.get("imports")) for src, layer in reversed(layers) if "imports" in layer),
+                           ("", []))
+    if not isinstance(modules, (ListConfig, list)) or not all(isinstance(m, str) for m in modules):
+        raise ConfigError(f"{source}: imports must be a list of Python module names, got {modules!r}")
+    for module in modules:
+        try:
+            importlib.import_module(str(module))
+        except ImportError as err:
+            raise ConfigError(f"imports: cannot import {module!r}: {err}") from None
+
+
 def _check_regularizers(cfg: Config) -> None:
     """Build the regularizers once so a bad name or parameter is refused before any rank starts."""
     import regularizers
 
-    for module in cfg.imports:
-        try:
-            importlib.import_module(module)
-        except ImportError as err:
-            raise ConfigError(f"imports: cannot import {module!r}: {err}") from None
     try:
         built = regularizers.build_regularizers(cfg.regularizers)
     except regularizers.RegularizerConfigError as err:
@@ -353,11 +365,12 @@ def _fields(cls: type) -> list[str]:
 
 
 def _fields_at(dotted: str) -> list[str]:
-    """Field names of the dataclass section at a dotted path (the top level when empty)."""
-    cls: type = Config
+    """Field names of the dataclass section at a dotted path (the top level when empty), registered plug-in
+    sections included."""
+    section: Any = Config()
     for part in filter(None, dotted.split(".")):
-        hint = typing.get_type_hints(cls).get(part)
-        if not dataclasses.is_dataclass(hint):
+        value = getattr(section, part, None)
+        if not dataclasses.is_dataclass(value):
             break
-        cls = hint
-    return _fields(cls)
+        section = value
+    return _fields(type(section))

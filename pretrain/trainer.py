@@ -22,8 +22,10 @@ import torch
 import torch.nn.functional as F
 
 import regularizers as regs
-from model import Llama
+from model import Llama, folders
 from model.llama import document_layout
+from model.tokenizer_files import tokenizer_files
+from model.weights import load_weights
 from pretrain import checkpoint, compat, dist, hybrid, precision, runlock
 from pretrain.callbacks import Callback, Validation, due
 from pretrain.config import Config, ConfigError, save_config
@@ -31,14 +33,13 @@ from pretrain.data import PackedData, StepSampler, get_batch, prepare_data
 from pretrain.data.corpora import prepare_mixture
 from pretrain.data.mixture import MixtureSampler
 from pretrain.data.streaming import StagedWindows, StreamSampler, TokenStream
-from pretrain.data.tokenizer import eos_id_of, tokenizer_files
+from pretrain.data.tokenizer import eos_id_of
 from pretrain.engine import build_engine, build_model, load_weights_into
 from pretrain.faults import NonFiniteError, Preemption, diagnose
 from pretrain.hybrid import freeze_all_but, trainable_names
 from pretrain.io import atomic_write_bytes, atomic_write_json
-from pretrain.jobs.schedule import build_jobs
-from pretrain.monitors import build_monitors
 from pretrain.metrics import MetricsLogger, detect_peak_tflops, memory_gb
+from pretrain.plugins import JOBS, MONITORS
 
 log = logging.getLogger("growlm")
 
@@ -95,6 +96,8 @@ class Trainer:
         self.run_dir = cfg.run_dir
         self.ckpt_root = self.run_dir / "checkpoints"
         self._run_lock = self._lock_run_dir()
+        self.callbacks: list[Callback] = []
+        self._callback_states: dict[str, dict] = {}  # from the checkpoint resumed from
 
         self.data = load_data(cfg)
         self.eos_id = eos_id_of(self.data.tokenizer_path)
@@ -133,7 +136,7 @@ class Trainer:
         self._load_fault_state()
 
         resume_from = self._resume_checkpoint()
-        manifest = checkpoint.verify(resume_from) if resume_from else None
+        manifest = folders.verify(resume_from) if resume_from else None
         if manifest is not None:
             self._check_compatible(resume_from, manifest.get("meta", {}))
         if self.is_main:  # only once the run is known to go ahead: a refused resume leaves the run as it was
@@ -147,12 +150,12 @@ class Trainer:
         self.preemption = Preemption()
         self.preempted = False
 
-        self.callbacks: list[Callback] = []
         if cfg.eval.every > 0:
             self.callbacks.append(Validation(cfg.eval.every, cfg.eval.batches))
-        self.callbacks.extend(build_monitors(cfg.monitors))
-        self.callbacks.extend(build_jobs(cfg.jobs))
+        self.callbacks.extend(MONITORS.build(cfg.monitors))
+        self.callbacks.extend(JOBS.build(cfg.jobs))
         self.callbacks.extend(callbacks)
+        self._load_callback_states()
         self.flops_per_token = cfg.model.flops_per_token(cfg.data.seq_len)
         self.peak_tflops = cfg.log.peak_tflops or detect_peak_tflops()
         self.logger = MetricsLogger(self.run_dir, t.steps, self.step, self.is_main, cfg.log.tensorboard,
@@ -160,7 +163,7 @@ class Trainer:
 
     # ---- setup helpers -------------------------------------------------------------------------------
     def _init_weights(self, model: Llama, source: Path) -> None:
-        src_cfg, state = checkpoint.load_weights(source, lazy=True)
+        src_cfg, state = load_weights(source, lazy=True)
         if src_cfg != self.cfg.model:
             raise ConfigError(
                 f"train.init_from={source} holds a model of shape {src_cfg}, but model is {self.cfg.model}"
@@ -212,11 +215,19 @@ class Trainer:
     def _resume(self, ckpt: Path, universal: bool = False) -> None:
         client = checkpoint.load(self.engine, ckpt, universal=universal)
         self.step, self.tokens = client["step"], client["tokens"]
+        self._callback_states = client.get("callbacks", {})
+        self._load_callback_states()  # on a rollback; at start-up the callbacks are built later
         if self.cfg.data.streaming:
             self.sampler.load_state_dict(client["sampler"], client.get(checkpoint.RANK_STATE))
         else:
             self.sampler.load_state_dict(client["sampler"])
         log.info("resumed from %s at step %d", ckpt, self.step)
+
+    def _load_callback_states(self) -> None:
+        """Hand each callback the state the checkpoint we resumed from saved for it (none on a fresh run)."""
+        for cb in self.callbacks:
+            if cb.state_key in self._callback_states:
+                cb.load_state_dict(self._callback_states[cb.state_key])
 
     # ---- one batch -----------------------------------------------------------------------------------
     def batch(self, indices: np.ndarray, windows: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -359,7 +370,7 @@ class Trainer:
             log.warning("%s; continuing (%d skipped so far)", message, self.nonfinite_steps)
             self._save_fault_state()
             return False
-        ckpt = checkpoint.latest(self.ckpt_root)
+        ckpt = folders.latest(self.ckpt_root)
         if ckpt is None:
             raise NonFiniteError(message + "; no checkpoint to roll back to")
         self._rollbacks[ckpt.name] = self._rollbacks.get(ckpt.name, 0) + 1
@@ -371,7 +382,7 @@ class Trainer:
         self._save_fault_state()
         del self.engine, self.optimizer, self.scheduler
         gc.collect()
-        self._build_engine(build_model(self.cfg), checkpoint.verify(ckpt)["step"])
+        self._build_engine(build_model(self.cfg), folders.verify(ckpt)["step"])
         self._resume(ckpt)
         self.logger.rewind(self.step)
         return True
@@ -449,6 +460,7 @@ class Trainer:
             "sampler": self.sampler.state_dict(),
             "world_size": self.world,
             "zero_stage": self.cfg.deepspeed.zero_stage,
+            "callbacks": {cb.state_key: state for cb in self.callbacks if (state := cb.state_dict())},
         }
         extra = {"config.yaml": self.run_dir / "config.yaml"}
         extra |= {name: self.run_dir / name for name in tokenizer_files(self.data.tokenizer_path)}

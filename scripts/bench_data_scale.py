@@ -21,12 +21,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from model.tokenizer_files import copy_tokenizer  # noqa: E402
 from pretrain.data import DataConfig, prepare_data  # noqa: E402
 from pretrain.data.config import SourceSpec  # noqa: E402
 from pretrain.data.corpora import prepare_mixture  # noqa: E402
 from pretrain.data.mixture import MixtureSampler  # noqa: E402
 from pretrain.data.shards import FORMAT, META, SHARD  # noqa: E402
-from pretrain.data.tokenizer import copy_tokenizer, tokenizer_fingerprint  # noqa: E402
+from pretrain.data.tokenizer import tokenizer_fingerprint  # noqa: E402
 
 VOCAB = 512
 

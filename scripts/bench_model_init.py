@@ -34,7 +34,7 @@ from pretrain import dist  # noqa: E402
 from pretrain.config import load_config  # noqa: E402
 from model import Llama  # noqa: E402
 from model.hf import save_hf_folder  # noqa: E402
-from pretrain.checkpoint import load_weights  # noqa: E402
+from model.weights import load_weights  # noqa: E402
 from pretrain.engine import build_engine, build_model, load_weights_into  # noqa: E402
 from pretrain.trainer import init_distributed  # noqa: E402
 

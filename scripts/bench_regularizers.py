@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pretrain import dist  # noqa: E402
 from pretrain.config import load_config  # noqa: E402
-from pretrain.monitors import JumpMonitor  # noqa: E402
+from pretrain.monitors.jump import JumpMonitor  # noqa: E402
 from pretrain.trainer import Trainer, init_distributed  # noqa: E402
 
 

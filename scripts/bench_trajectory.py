@@ -20,7 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pretrain.config import load_config  # noqa: E402
 from pretrain.trainer import Trainer, init_distributed  # noqa: E402
-from pretrain.trajectory import TrajectoryConfig, TrajectorySketch  # noqa: E402
+from pretrain.trajectory.online import TrajectorySketch  # noqa: E402
+from pretrain.trajectory.settings import TrajectoryConfig  # noqa: E402
 
 
 def bench(args: argparse.Namespace) -> tuple[float, float, float]:

@@ -18,9 +18,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from model.folders import CheckpointError, locate  # noqa: E402
 from model.hf import save_hf_folder  # noqa: E402
-from pretrain import checkpoint  # noqa: E402
-from pretrain.data.tokenizer import find_tokenizer, tokenizer_files  # noqa: E402
+from model.tokenizer_files import find_tokenizer, tokenizer_files  # noqa: E402
+from model.weights import load_weights  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,9 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     args = p.parse_args(argv)
     try:
-        source = checkpoint.locate(args.checkpoint)
-        cfg, state = checkpoint.load_weights(source)
-    except checkpoint.CheckpointError as err:
+        source = locate(args.checkpoint)
+        cfg, state = load_weights(source)
+    except CheckpointError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     tokenizer = find_tokenizer(source)

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import compare_runs as cr  # noqa: E402
 from model import Llama  # noqa: E402
-from pretrain import checkpoint  # noqa: E402
+from model.weights import load_weights  # noqa: E402
 from pretrain.config import load_config  # noqa: E402
 from pretrain.data import get_batch, prepare_data  # noqa: E402
 from regularizers.jump import displacement_profile, zeta_final  # noqa: E402
@@ -43,7 +43,7 @@ def relative_change(model: Llama, init: Llama, layer: int) -> float:
 def anatomy(run_dir: Path, batches: int, ranks: int = 2) -> dict[str, float]:
     """The run's numbers on its final checkpoint (see the module docstring)."""
     cfg = load_config(run_dir / "config.yaml")
-    model_cfg, state = checkpoint.load_weights(run_dir / "checkpoints")
+    model_cfg, state = load_weights(run_dir / "checkpoints")
     model = Llama(model_cfg).eval()
     model.load_state_dict(dict(state))
     torch.manual_seed(cfg.run.seed)  # the trainer's init: same seed, same construction order

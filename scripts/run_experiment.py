@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import compare_runs  # noqa: E402
-from pretrain import checkpoint  # noqa: E402
+from model import folders  # noqa: E402
 from pretrain.config import load_config  # noqa: E402
 
 SPEC_KEYS = {"base", "ranks", "seeds", "overrides", "arms"}
@@ -61,10 +61,10 @@ class Job:
     def is_complete(self) -> bool:
         """checkpoints/latest names a complete checkpoint at the final step."""
         try:
-            ckpt = checkpoint.latest(self.run_dir / "checkpoints")
-        except checkpoint.CheckpointError:
+            ckpt = folders.latest(self.run_dir / "checkpoints")
+        except folders.CheckpointError:
             return False
-        return ckpt is not None and checkpoint.verify(ckpt)["step"] >= self.steps
+        return ckpt is not None and folders.verify(ckpt)["step"] >= self.steps
 
 
 def to_overrides(mapping: Optional[dict[str, Any]], where: str) -> list[str]:

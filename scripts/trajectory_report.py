@@ -27,9 +27,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from pretrain.checkpoint import complete_checkpoints  # noqa: E402
-from pretrain.trajectory import (GRANULARITIES, Trajectory, load_sketches, mds, sketch_trajectory,  # noqa: E402
-                                 stream_trajectory)
+from model.folders import complete_checkpoints  # noqa: E402
+from pretrain.trajectory.maps import Trajectory, mds  # noqa: E402
+from pretrain.trajectory.online import load_sketches, sketch_trajectory  # noqa: E402
+from pretrain.trajectory.settings import GRANULARITIES  # noqa: E402
+from pretrain.trajectory.stream import stream_trajectory  # noqa: E402
 from pretrain.trajectory.groups import layer_component  # noqa: E402
 from pretrain.trajectory.online import SKETCH_FILE  # noqa: E402
 

@@ -30,6 +30,7 @@ import pyarrow.compute as pc
 from pretrain.data.config import DataConfig
 from pretrain.data.errors import DataError
 from pretrain.data.sources import load_documents, map_procs, resolve_source
+from pretrain.data.split import doc_hash, split_by_hash
 from pretrain.data.tokenizer import (encode_batch, load_tokenizer, tokenizer_cache_path, tokenizer_fingerprint,
                                      train_tokenizer)
 
@@ -168,28 +169,6 @@ def _tokenizer_sample(docs: datasets.Dataset, cfg: DataConfig) -> Iterator[str]:
             left -= len(data)
             if left <= 0:
                 return
-
-
-def doc_hash(text: str, seed: int) -> int:
-    """63-bit hash of a document's text salted with the seed (63 bits so arrow stores it as int64)."""
-    digest = hashlib.blake2b(f"{seed}\0".encode() + text.encode("utf-8"), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
-
-
-def is_val_document(text: str, seed: int, val_fraction: float) -> bool:
-    """The per-document split rule of a source read in pieces (shards, streams): the hash below val_fraction of
-    its 63-bit range, so the split depends on the text alone, not on how the source was cut."""
-    return doc_hash(text, seed) < val_fraction * (1 << 63)
-
-
-def split_by_hash(hashes: np.ndarray, val_fraction: float) -> dict[str, np.ndarray]:
-    """Indices of train and val documents: the round(val_fraction * n) smallest hashes (at least one) go to val.
-
-    Equal texts have equal hashes and so share a split: a duplicated document never sits on both sides.
-    """
-    k = max(1, round(val_fraction * len(hashes)))
-    is_val = hashes <= np.sort(hashes)[k - 1]
-    return {"train": np.flatnonzero(~is_val), "val": np.flatnonzero(is_val)}
 
 
 def _encode(batch: dict, *, tokenizer_path: str, text_field: str, seed: int) -> dict:

@@ -11,27 +11,8 @@ import functools
 import hashlib
 from pathlib import Path
 
+from model.tokenizer_files import FILES, files, folder_of
 from pretrain.data.errors import DataError
-
-FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
-"""What a tokenizer folder holds for `AutoTokenizer`; tokenizer.json is the one required."""
-
-
-def is_hf_tokenizer(path: str | Path) -> bool:
-    path = Path(path)
-    return (path / FILES[0]).is_file() if path.is_dir() else path.suffix == ".json"
-
-
-def folder_of(path: str | Path) -> Path:
-    """The folder of a tokenizer given as a folder or as its tokenizer.json."""
-    path = Path(path)
-    return path if path.is_dir() else path.parent
-
-
-def files(path: str | Path) -> dict[str, Path]:
-    """name -> file of the tokenizer's files present in its folder."""
-    folder = folder_of(path)
-    return {name: folder / name for name in FILES if (folder / name).is_file()}
 
 
 def fingerprint(path: str | Path) -> str:

@@ -18,12 +18,14 @@ from pathlib import Path
 
 import numpy as np
 
+from model.tokenizer_files import copy_tokenizer
 from pretrain.data.config import DataConfig
-from pretrain.data.dataset import is_val_document, token_dtype
+from pretrain.data.dataset import token_dtype
 from pretrain.data.errors import DataError
 from pretrain.data.shards import FORMAT, META, SHARD
 from pretrain.data.sources import load_documents, resolve_source
-from pretrain.data.tokenizer import copy_tokenizer, encode_batch, load_tokenizer, tokenizer_fingerprint
+from pretrain.data.split import is_val_document
+from pretrain.data.tokenizer import encode_batch, load_tokenizer, tokenizer_fingerprint
 
 log = logging.getLogger(__name__)
 @dataclass(frozen=True)

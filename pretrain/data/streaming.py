@@ -20,6 +20,7 @@ from datasets.distributed import split_dataset_by_node
 from pretrain.data.config import DataConfig
 from pretrain.data.errors import DataError
 from pretrain.data.sources import BUILDERS, resolve_source
+from pretrain.data.split import is_val_document
 from pretrain.data.tokenizer import encode_batch
 
 log = logging.getLogger(__name__)
@@ -42,8 +43,6 @@ class DocumentStream:
     """One split's documents of a stream as token ids, in order; records that are empty are skipped."""
 
     def __init__(self, ds: datasets.IterableDataset, cfg: DataConfig, tokenizer: Path, seed: int, split: str):
-        from pretrain.data.dataset import is_val_document
-
         self.ds, self.cfg, self.tokenizer, self.split = ds, cfg, str(tokenizer), split
         self._wanted = lambda text: is_val_document(text, seed, cfg.val_fraction) == (split == "val")
         self.epoch, self._it, self._found = 0, None, False

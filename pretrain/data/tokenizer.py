@@ -26,6 +26,7 @@ from typing import Iterable, Iterator
 
 import sentencepiece as spm
 
+from model.tokenizer_files import folder_of, is_hf_tokenizer
 from pretrain.data import hf_tokenizer
 from pretrain.data.errors import DataError
 
@@ -37,53 +38,24 @@ _CHUNK_CHARS = 2048  # training "sentences" are runs of whole lines up to this s
 _SETTINGS_VERSION = 1  # bump when the trainer arguments below change, so cached tokenizers are retrained
 
 
-SENTENCEPIECE_FILE = "tokenizer.model"
-
-
-def tokenizer_files(path: str | Path) -> dict[str, Path]:
-    """The files that are the tokenizer, by the names they keep in a run, a checkpoint and an exported folder
-    (`tokenizer.model`, or an HF tokenizer's tokenizer.json and its configs)."""
-    return hf_tokenizer.files(path) if hf_tokenizer.is_hf_tokenizer(path) else {SENTENCEPIECE_FILE: Path(path)}
-
-
 def tokenizer_fingerprint(path: str | Path) -> str:
     """sha256 of what decides how text becomes ids (the resume check compares it)."""
-    if hf_tokenizer.is_hf_tokenizer(path):
+    if is_hf_tokenizer(path):
         return hf_tokenizer.fingerprint(path)
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def find_tokenizer(folder: str | Path) -> Path | None:
-    """The tokenizer a run, checkpoint, weights or model folder carries (a `tokenizer.model`, or the folder
-    itself when it holds an HF tokenizer.json), or None."""
-    folder = Path(folder)
-    if (folder / SENTENCEPIECE_FILE).is_file():
-        return folder / SENTENCEPIECE_FILE
-    return folder if hf_tokenizer.is_hf_tokenizer(folder) and folder.is_dir() else None
-
-
-def copy_tokenizer(source: str | Path, folder: str | Path) -> Path:
-    """Copy a tokenizer's files into `folder` (each written whole, then renamed); returns what
-    `data.tokenizer` should name there."""
-    folder = Path(folder)
-    for name, file in tokenizer_files(source).items():
-        tmp = folder / f".{name}.tmp"
-        tmp.write_bytes(file.read_bytes())
-        tmp.rename(folder / name)
-    return find_tokenizer(folder)
-
-
 def eos_id_of(path: str | Path) -> int:
     """The id that ends every document in the packed data (growlm's sentencepiece models: EOS_ID)."""
-    if hf_tokenizer.is_hf_tokenizer(path):
-        return int(hf_tokenizer.load_cached(str(hf_tokenizer.folder_of(path).resolve())).eos_token_id)
+    if is_hf_tokenizer(path):
+        return int(hf_tokenizer.load_cached(str(folder_of(path).resolve())).eos_token_id)
     return EOS_ID
 
 
 def vocab_size_of(path: str | Path) -> int:
     """The number of ids a tokenizer produces (sentencepiece pieces, or an HF tokenizer's length)."""
-    if hf_tokenizer.is_hf_tokenizer(path):
-        return len(hf_tokenizer.load_cached(str(hf_tokenizer.folder_of(path).resolve())))
+    if is_hf_tokenizer(path):
+        return len(hf_tokenizer.load_cached(str(folder_of(path).resolve())))
     try:
         return spm.SentencePieceProcessor(model_file=str(path)).vocab_size()
     except (OSError, RuntimeError) as exc:
@@ -95,7 +67,7 @@ def load_tokenizer(path: str | Path, vocab_size: int):
     """Load a sentencepiece .model or an HF tokenizer and check it fits the model's embedding (a mismatch
     would index out of range)."""
     path = Path(path)
-    if hf_tokenizer.is_hf_tokenizer(path):
+    if is_hf_tokenizer(path):
         return hf_tokenizer.load(path, vocab_size)
     if not path.is_file():
         raise DataError(f"data.tokenizer={str(path)!r}: no such file")
@@ -182,7 +154,7 @@ def _processor(path: str) -> spm.SentencePieceProcessor:
 def encode_batch(batch: dict, *, tokenizer_path: str, text_field: str) -> dict:
     """datasets.map function: each document's ids followed by EOS (no BOS; see module docstring). An HF
     tokenizer encodes as its model family does (hf_tokenizer.encode_batch)."""
-    if hf_tokenizer.is_hf_tokenizer(tokenizer_path):
+    if is_hf_tokenizer(tokenizer_path):
         return hf_tokenizer.encode_batch(batch, tokenizer_path=tokenizer_path, text_field=text_field)
     ids = _processor(tokenizer_path).encode(batch[text_field])
     for doc in ids:

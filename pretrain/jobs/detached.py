@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 from pretrain.callbacks import Callback
 from pretrain.checkpoint import hold_for_reading
+from pretrain.jobs.cli import to_argv
+from pretrain.jobs.location import target_of
 
 if TYPE_CHECKING:
     from pretrain.trainer import Trainer
@@ -27,7 +29,12 @@ log = logging.getLogger("growlm")
 
 
 class CheckpointJob(Callback):
-    """Subclasses name the job and its module and say where it writes, how it runs inline, and its CLI args."""
+    """The one job base. Subclasses name the job and the module `python -m` runs, and say how it runs inline.
+
+    `cfg` is the job's settings with the schedule mixed in (pretrain.jobs.schedule.JobSchedule); its CLI
+    fields become the detached job's flags. Its schedule derives from the step alone, so a job has no state to
+    checkpoint: a resumed run schedules the same checkpoints.
+    """
 
     name: str
     module: str
@@ -38,10 +45,10 @@ class CheckpointJob(Callback):
         self.running: list[tuple[subprocess.Popen, Path]] = []
 
     def output_dir(self, trainer: "Trainer", ckpt: Path) -> Path:
-        raise NotImplementedError
+        return target_of(ckpt, self.name).out
 
     def argv(self, ckpt: Path, out: Path) -> list[str]:
-        raise NotImplementedError
+        return to_argv(self.cfg)
 
     def run_inline(self, trainer: "Trainer", ckpt: Path, out: Path) -> None:
         raise NotImplementedError

@@ -9,9 +9,8 @@ from __future__ import annotations
 import re
 from typing import Iterable
 
-GRANULARITIES = ("component", "layer", "model", "param")
-"""component: L<i>.{q,k,v,o,mlp,norms}, embed, final_norm, head | layer: L<i>, embed, final_norm, head |
-model: one group | param: every parameter alone."""
+from pretrain.trajectory.settings import GRANULARITIES  # component: L<i>.{q,k,v,o,mlp,norms}, embed, final_norm,
+# head | layer: L<i>, embed, final_norm, head | model: one group | param: every parameter alone
 
 _LAYER = re.compile(r"^layers\.(\d+)\.(.+)$")
 _COMPONENT = {

@@ -4,13 +4,13 @@ Each parameter's fp32 value is sketched (sketch.py: seeded, d numbers per parame
 size kept); a group's sketch is the sum of its parameters'. The run-long MDS of each group's parameter and
 update trajectory is kept up to date in O(T d) per sketch and logged as traj/<group>/mds and
 traj/<group>/mds_update. The per-parameter sketches (T x d each) go to <run>/jobs/trajectory/sketches.pt at
-every checkpoint, so a resumed run continues them and scripts/trajectory_report.py --from-sketches plots them.
+every checkpoint for scripts/trajectory_report.py --from-sketches; the checkpoint carries them too (state_dict),
+so a resumed run continues them.
 """
 from __future__ import annotations
 
 import io
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,35 +18,15 @@ import torch
 
 from pretrain.callbacks import Callback, due
 from pretrain.io import atomic_write_bytes
-from pretrain.trajectory.groups import GRANULARITIES, group_params
+from pretrain.trajectory.groups import group_params
 from pretrain.trajectory.maps import Trajectory, trajectory_of
+from pretrain.trajectory.settings import TrajectoryConfig
 from pretrain.trajectory.sketch import count_sketch, param_key
 
 if TYPE_CHECKING:
     from pretrain.trainer import Trainer
 
 SKETCH_FILE = Path("jobs") / "trajectory" / "sketches.pt"
-
-
-@dataclass
-class TrajectoryConfig:
-    every: int = 0
-    """Sketch the parameters every this many steps (0 disables); also at step 0 and at the last step."""
-    dim: int = 256
-    """Sketch dimension d: estimated cosines are off by about (1 - cos^2) / sqrt(d) (0.06 at 256 for cos 0)."""
-    seed: int = 0
-    """Seed of the random projection; a resumed run must keep it (and dim)."""
-    granularity: str = "component"
-    """Groups logged as traj/<group>/...: component (L<i>.q/k/v/o/mlp/norms, embed, final_norm, head) |
-    layer | model | param."""
-
-    def __post_init__(self) -> None:
-        if self.granularity not in GRANULARITIES:
-            raise ValueError(f"monitors.trajectory.granularity={self.granularity!r} is not valid; "
-                             f"choose one of {list(GRANULARITIES)}")
-        if self.dim <= 0 or self.every < 0:
-            raise ValueError(f"monitors.trajectory needs dim > 0 and every >= 0, got dim={self.dim}, "
-                             f"every={self.every}")
 
 
 class RunningMDS:
@@ -76,24 +56,15 @@ class TrajectorySketch(Callback):
 
     def __init__(self, cfg: TrajectoryConfig):
         self.cfg = cfg
+        self._reset()
+
+    def _reset(self) -> None:
         self.steps: list[int] = []
         self.sketches: dict[str, list[torch.Tensor]] = {}
         self._params: dict[str, RunningMDS] = {}
         self._updates: dict[str, RunningMDS] = {}
 
     # ---- hooks -----------------------------------------------------------------------------------------
-    def on_train_start(self, trainer: "Trainer") -> None:
-        path = trainer.run_dir / SKETCH_FILE
-        if path.is_file():
-            saved = load_sketches(path)
-            if (saved["dim"], saved["seed"]) != (self.cfg.dim, self.cfg.seed):
-                raise ValueError(f"{path} was sketched with dim={saved['dim']}, seed={saved['seed']}, but "
-                                 f"monitors.trajectory has dim={self.cfg.dim}, seed={self.cfg.seed}; keep them "
-                                 "or move the file away to start the sketch afresh")
-            for t, step in enumerate(saved["steps"]):
-                if step <= trainer.step:  # sketches past the checkpoint we resume from are replayed anew
-                    self._add(step, {n: s[t] for n, s in saved["sketches"].items()})
-
     def on_step_end(self, trainer: "Trainer", record: dict[str, Any]) -> None:
         step = trainer.step
         if not due(step, self.cfg.every, trainer.cfg.train.steps) or (self.steps and self.steps[-1] >= step):
@@ -128,11 +99,24 @@ class TrajectorySketch(Callback):
                     out[f"traj/{g}/{key}"] = running.value
         return out
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"version": 1, "dim": self.cfg.dim, "seed": self.cfg.seed, "steps": list(self.steps),
+                "sketches": {n: torch.stack(s) for n, s in self.sketches.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """The sketches up to the checkpoint a run resumes from (later ones are sketched anew)."""
+        if (state["dim"], state["seed"]) != (self.cfg.dim, self.cfg.seed):
+            raise ValueError(f"the checkpoint's trajectory sketch has dim={state['dim']}, seed={state['seed']}, "
+                             f"but monitors.trajectory has dim={self.cfg.dim}, seed={self.cfg.seed}; keep them "
+                             "or set monitors.trajectory.every=0")
+        self._reset()  # a rollback replaces what was sketched past the checkpoint
+        for t, step in enumerate(state["steps"]):
+            self._add(step, {n: s[t] for n, s in state["sketches"].items()})
+
     def save(self, path: Path) -> None:
-        state = {"version": 1, "dim": self.cfg.dim, "seed": self.cfg.seed, "steps": self.steps,
-                 "sketches": {n: torch.stack(s) for n, s in self.sketches.items()}}
+        """The sketches so far as a file scripts/trajectory_report.py --from-sketches reads."""
         buf = io.BytesIO()
-        torch.save(state, buf)
+        torch.save(self.state_dict(), buf)
         atomic_write_bytes(path, buf.getvalue())
 
 

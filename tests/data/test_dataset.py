@@ -12,7 +12,7 @@ import sentencepiece as spm
 
 import pretrain.data.dataset as dataset_module
 from pretrain.data import DataConfig, DataError, prepare_data
-from pretrain.data.dataset import doc_hash, split_by_hash
+from pretrain.data.split import doc_hash, split_by_hash
 from pretrain.data.tokenizer import EOS_ID
 
 

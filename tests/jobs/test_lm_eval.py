@@ -21,13 +21,14 @@ import torch.nn.functional as F
 pytest.importorskip("lm_eval", reason="lm-evaluation-harness is not installed: pip install 'growlm[eval]'")
 
 from model import Llama, ModelConfig  # noqa: E402
-from pretrain.checkpoint import being_read, save_weights  # noqa: E402
+from model.weights import save_weights  # noqa: E402
+from pretrain.checkpoint import being_read  # noqa: E402
 from pretrain.data.tokenizer import EOS_ID, train_tokenizer  # noqa: E402
 from pretrain.jobs.lm_eval import run as run_module  # noqa: E402
 from pretrain.jobs.lm_eval.__main__ import main  # noqa: E402
 from pretrain.jobs.lm_eval.results import write_results  # noqa: E402
 from pretrain.jobs.lm_eval.run import run_job  # noqa: E402
-from pretrain.jobs.lm_eval.schedule import LmEvalJob, build_lm_eval_job  # noqa: E402
+from pretrain.jobs.lm_eval.callback import LmEvalJob  # noqa: E402
 from pretrain.jobs.lm_eval.settings import SHIPPED_TASKS, LmEvalConfig, LmEvalError, LmEvalSettings  # noqa: E402
 
 CFG = ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=128, vocab_size=512, max_seq_len=64)
@@ -196,11 +197,10 @@ def test_cli_names_an_unknown_task(tmp_path, models, tokenizer, capsys):
 
 
 def test_config_refuses_bad_settings():
-    for kwargs, message in (({"mode": "thread"}, "mode='thread'"), ({"every": -1}, "every=-1"),
+    for kwargs, message in (({"mode": "thread"}, "mode='thread'"),
                             ({"every": 1, "limit": 0}, "limit=0"), ({"every": 1, "tasks": []}, "tasks=")):
-        with pytest.raises(LmEvalError, match=message):
-            LmEvalConfig(**kwargs)
-    assert build_lm_eval_job(LmEvalConfig()) == []
+        with pytest.raises(ValueError, match=message):
+            LmEvalConfig(**kwargs).check()
 
 
 def fake_trainer(run_dir: Path, step: int) -> SimpleNamespace:
@@ -213,7 +213,7 @@ def test_schedule_runs_detached_jobs_and_reports_failures(tmp_path, models, toke
     good = checkpoint(run_dir, 10, models["random"], tokenizer)
     bad = checkpoint(run_dir, 20, models["random"], tokenizer)
     (bad / "tokenizer.model").unlink()
-    job = build_lm_eval_job(LmEvalConfig(every=1, limit=8, threads=THREADS))[0]
+    job = LmEvalJob(LmEvalConfig(every=1, limit=8, threads=THREADS))
     job.on_train_start(fake_trainer(run_dir, 0))
     for ckpt, step in ((good, 10), (bad, 20)):
         job.on_checkpoint_saved(fake_trainer(run_dir, step), ckpt)  # returns at once

@@ -15,8 +15,7 @@ from model import Llama, ModelConfig
 from pretrain.jobs.peeling.bounds import compute_bounds, lm_loss_from, record
 from pretrain.jobs.peeling.fit import fit_block
 from pretrain.jobs.peeling.plan import plan
-from pretrain.jobs.peeling.quant import parse_variant
-from pretrain.jobs.peeling.settings import PeelingError, PeelingSettings, check_settings
+from pretrain.jobs.peeling.settings import PeelingError, PeelingSettings, check_settings, parse_variant
 
 VOCAB, SEQ, LAZY = 32, 32, 2
 CFG = ModelConfig(dim=64, n_layers=4, n_heads=4, n_kv_heads=2, ffn_dim=160, vocab_size=VOCAB, max_seq_len=SEQ)

@@ -13,10 +13,12 @@ import pytest
 import torch
 
 from model import Llama, ModelConfig
-from pretrain.checkpoint import save_weights
+from model.weights import save_weights
 from pretrain.config import load_config
 from pretrain.jobs.peeling.__main__ import main
-from pretrain.jobs.schedule import JobsConfig, PeelingConfig, PeelingJob, build_jobs
+from pretrain.jobs.peeling.callback import PeelingJob
+from pretrain.jobs.peeling.settings import PeelingConfig
+from pretrain.plugins import JOBS
 
 ROOT = Path(__file__).resolve().parents[2]
 VOCAB = 512
@@ -101,11 +103,12 @@ def trainer(run_dir: Path, config_path: Path | None, step: int) -> SimpleNamespa
 def test_inline_job_runs_on_schedule(weights, run_config, tmp_path):
     job = PeelingJob(PeelingConfig(every=2, mode="inline", offsets=[1], permutations=["forward"], variants=["fp"],
                                    steps=3, calib_windows=4, threads=1))
+    out = weights.parent / "jobs" / "peeling" / weights.name  # where the CLI writes by default, too
     for step in (10, 20):
         job.on_checkpoint_saved(trainer(tmp_path, run_config, step), weights)
-        ran = (tmp_path / "jobs" / "peeling" / "tiny" / "bounds.json").is_file()
+        ran = (out / "bounds.json").is_file()
         assert ran == (step == 20)  # every 2nd checkpoint (checkpoint.every=10): step 20, not step 10
-    assert json.loads((tmp_path / "jobs" / "peeling" / "tiny" / "bounds.json").read_text())["rows"]
+    assert json.loads((out / "bounds.json").read_text())["rows"]
 
 
 def test_failed_process_job_is_logged_and_never_raises(tmp_path, caplog):
@@ -120,5 +123,7 @@ def test_failed_process_job_is_logged_and_never_raises(tmp_path, caplog):
 
 
 def test_jobs_config_builds_the_callback():
-    assert build_jobs(JobsConfig()) == []
-    assert isinstance(build_jobs(JobsConfig(PeelingConfig(every=3)))[0], PeelingJob)
+    section = JOBS.defaults()
+    assert JOBS.build(section) == []
+    section.peeling.every = 3
+    assert [type(job) for job in JOBS.build(section)] == [PeelingJob]

@@ -11,8 +11,7 @@ import torch
 
 from launching import ROOT
 from hf_folders import BOS, EOS, open_weight_folder, save_hf_llama, train_hf_tokenizer
-from model import Llama
-from pretrain import checkpoint
+from model import Llama, folders, weights
 from pretrain.config import ConfigError, load_config
 from pretrain.data import DataError, prepare_data
 
@@ -44,10 +43,10 @@ def tokenizer_dir(tmp_path_factory) -> Path:
 def test_hf_folder_loads_as_the_same_function(tmp_path, tie, dtype, shard):
     folder = save_hf_llama(tmp_path, 512, tie=tie, dtype=dtype, shard=shard)
     assert shard == (tmp_path / "model.safetensors.index.json").is_file()
-    cfg, state = checkpoint.load_weights(folder)
+    cfg, state = weights.load_weights(folder)
     assert (cfg.head_dim, cfg.head_width, cfg.tie_embeddings, cfg.rope_scaling.factor) == (24, 24, tie, 4.0)
     assert torch.allclose(our_logits(cfg, state), hf_logits(folder), atol=1e-5, rtol=0)
-    lazy_cfg, lazy = checkpoint.load_weights(folder, lazy=True)  # what a ZeRO-3 run reads tensor by tensor
+    lazy_cfg, lazy = weights.load_weights(folder, lazy=True)  # what a ZeRO-3 run reads tensor by tensor
     assert lazy_cfg == cfg and set(lazy) == set(state)
     assert all(torch.equal(lazy[name], state[name]) for name in state)
 
@@ -57,7 +56,7 @@ def test_llama3_rope_scaling_matters_and_matches_transformers(tmp_path):
     import dataclasses
 
     folder = save_hf_llama(tmp_path, 512)
-    cfg, state = checkpoint.load_weights(folder)
+    cfg, state = weights.load_weights(folder)
     plain = our_logits(dataclasses.replace(cfg, rope_scaling=None), state)
     assert (plain - hf_logits(folder)).abs().max() > 1e-3
 
@@ -87,8 +86,8 @@ def test_unsupported_features_are_refused_naming_key_and_value(tmp_path, change,
     (folder / "config.json").write_text(json.dumps({k: v for k, v in raw.items() if v is not None}))
     with pytest.raises(ConfigError, match=f"model=.*{message}"):
         load_config(None, [f"model={folder}"])
-    with pytest.raises(checkpoint.CheckpointError, match=message):
-        checkpoint.load_weights(folder)
+    with pytest.raises(folders.CheckpointError, match=message):
+        weights.load_weights(folder)
 
 
 @pytest.mark.parametrize("form", ["folder", "tokenizer.json"])
@@ -141,7 +140,7 @@ def test_zero_block_growth_from_an_hf_folder_preserves_logits(tmp_path):
     source = open_weight_folder(tmp_path / "src", tie=False)
     assert growth_main(["grow", "--from", str(source), "--op", "zero_block", "--to", "model.n_layers=4",
                         "--out", str(tmp_path / "grown")]) == 0
-    cfg, state = checkpoint.load_weights(tmp_path / "grown")
+    cfg, state = weights.load_weights(tmp_path / "grown")
     assert cfg.n_layers == 4 and cfg.head_dim == 24 and cfg.rope_scaling is not None
     assert torch.allclose(our_logits(cfg, state), hf_logits(source), atol=1e-5, rtol=0)
     assert (tmp_path / "grown" / "tokenizer.json").is_file()  # the source's tokenizer travels with it
@@ -167,7 +166,7 @@ def test_grown_runs_get_the_folder_shape_back_as_overrides(tmp_path):
     """growth and LAG pin each run's model by overrides; head_dim and the RoPE scaling must survive them."""
     from growth.runs import model_overrides
 
-    cfg, _ = checkpoint.load_weights(save_hf_llama(tmp_path, 512, tie=True))
+    cfg, _ = weights.load_weights(save_hf_llama(tmp_path, 512, tie=True))
     assert load_config(None, [*model_overrides(cfg), "data.seq_len=32"]).model == cfg
     plain = load_config(None, []).model  # head_dim and rope_scaling unset
     assert load_config(None, model_overrides(plain)).model == plain

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pretrain import checkpoint, pickles
+from model import folders, pickles, weights
+from pretrain import checkpoint
 from pretrain.metrics import MetricsLogger
 
 
@@ -32,14 +33,14 @@ def flip_a_byte(path: Path) -> None:
 @pytest.mark.distributed
 def test_same_size_corruption_is_named_and_fallback_resumes_the_previous(ckpts):
     manifest = json.loads((ckpts / "step_6" / "manifest.json").read_text())
-    assert set(manifest[checkpoint.HASHES]) == set(manifest["files"])  # every file is hashed at save
+    assert set(manifest[folders.HASHES]) == set(manifest["files"])  # every file is hashed at save
     victim = ckpts / "step_6" / "mp_rank_00_model_states.pt"
     flip_a_byte(victim)
-    with pytest.raises(checkpoint.CheckpointError, match=f"{victim} is corrupted"):
-        checkpoint.verify(ckpts / "step_6")
-    with pytest.raises(checkpoint.CheckpointError, match="corrupted"):  # nor exported or grown from
-        checkpoint.load_weights(ckpts)
-    with pytest.raises(checkpoint.CheckpointError, match="checkpoint.fallback=true"):
+    with pytest.raises(folders.CheckpointError, match=f"{victim} is corrupted"):
+        folders.verify(ckpts / "step_6")
+    with pytest.raises(folders.CheckpointError, match="corrupted"):  # nor exported or grown from
+        weights.load_weights(ckpts)
+    with pytest.raises(folders.CheckpointError, match="checkpoint.fallback=true"):
         checkpoint.resumable(ckpts, fallback=False)
     assert checkpoint.resumable(ckpts, fallback=True) == ckpts / "step_3"
 
@@ -47,8 +48,8 @@ def test_same_size_corruption_is_named_and_fallback_resumes_the_previous(ckpts):
 @pytest.mark.distributed
 def test_garbled_manifest_is_a_named_error_and_fallback_resumes_the_previous(ckpts):
     (ckpts / "step_6" / "manifest.json").write_text('{"step": 6, "files": {"mp_rank')
-    with pytest.raises(checkpoint.CheckpointError, match="manifest.json is damaged"):
-        checkpoint.verify(ckpts / "step_6")
+    with pytest.raises(folders.CheckpointError, match="manifest.json is damaged"):
+        folders.verify(ckpts / "step_6")
     assert checkpoint.resumable(ckpts, fallback=True) == ckpts / "step_3"
 
 
@@ -68,14 +69,14 @@ def test_a_pickle_that_would_run_code_is_refused_before_deepspeed_loads_it(ckpts
     torch.save(state, optim)
     manifest = json.loads((ckpts / "step_6" / "manifest.json").read_text())
     checkpoint._write_manifest(ckpts / "step_6", 6, manifest["meta"])
-    with pytest.raises(checkpoint.CheckpointError, match=rf"{optim} would run code .*'posix\.system'.*GROWLM_TRUST"):
-        checkpoint.verify(ckpts / "step_6")
-    with pytest.raises(checkpoint.CheckpointError, match="would run code"):  # nor exported or grown from
-        checkpoint.load_weights(ckpts)
+    with pytest.raises(folders.CheckpointError, match=rf"{optim} would run code .*'posix\.system'.*GROWLM_TRUST"):
+        folders.verify(ckpts / "step_6")
+    with pytest.raises(folders.CheckpointError, match="would run code"):  # nor exported or grown from
+        weights.load_weights(ckpts)
     assert checkpoint.resumable(ckpts, fallback=True) == ckpts / "step_3"
     monkeypatch.setenv(pickles.TRUST_ENV, "1")  # the user's own checkpoint, their call
-    checkpoint._VERIFIED.clear()
-    assert checkpoint.verify(ckpts / "step_6")["step"] == 6
+    folders._VERIFIED.clear()
+    assert folders.verify(ckpts / "step_6")["step"] == 6
 
 
 @pytest.mark.distributed
@@ -118,13 +119,13 @@ def test_a_universal_conversion_of_an_earlier_save_is_not_reused(ckpts):
     """A step saved again (e.g. after a rollback) gets a new manifest: its old conversion is stale."""
     ckpt = ckpts / "step_3"
     first = checkpoint.to_universal(ckpt)
-    assert (first / checkpoint.UNIVERSAL_SOURCE).read_text() == checkpoint.file_hash(ckpt / "manifest.json")
+    assert (first / checkpoint.UNIVERSAL_SOURCE).read_text() == folders.file_hash(ckpt / "manifest.json")
     stamp = (first / checkpoint.UNIVERSAL_SOURCE).stat().st_mtime_ns
     assert checkpoint.to_universal(ckpt) == first and (first / checkpoint.UNIVERSAL_SOURCE).stat().st_mtime_ns == stamp
     manifest = json.loads((ckpt / "manifest.json").read_text())
     (ckpt / "manifest.json").write_text(json.dumps({**manifest, "time": time.time() + 1}))  # saved again
     again = checkpoint.to_universal(ckpt)
-    assert (again / checkpoint.UNIVERSAL_SOURCE).read_text() == checkpoint.file_hash(ckpt / "manifest.json")
+    assert (again / checkpoint.UNIVERSAL_SOURCE).read_text() == folders.file_hash(ckpt / "manifest.json")
 
 
 def test_a_torn_last_metrics_line_is_dropped_on_resume(tmp_path, caplog):

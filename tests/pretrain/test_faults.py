@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from launching import ROOT, ZERO_RUN, ZERO_RUN_STEPS, command, environment, launch, losses, metrics
-from pretrain import checkpoint
+from model import folders, weights
 
 SHORT = ["train.steps=4", "checkpoint.every=2", "checkpoint.keep=3", "eval.every=0", "monitors.jump.every=0"]
 
@@ -43,9 +43,9 @@ def test_kill_during_checkpoint_write_keeps_latest_on_previous(killed_in_save):
     ckpts = run / "checkpoints"
     assert (ckpts / "latest").read_text().strip() == "step_2"
     assert (ckpts / "step_4").is_dir() and not (ckpts / "step_4" / "manifest.json").exists()  # partial
-    assert [step for step, _ in checkpoint.complete_checkpoints(ckpts)] == [2]
-    with pytest.raises(checkpoint.CheckpointError, match="manifest.json is missing"):
-        checkpoint.verify(ckpts / "step_4")
+    assert [step for step, _ in folders.complete_checkpoints(ckpts)] == [2]
+    with pytest.raises(folders.CheckpointError, match="manifest.json is missing"):
+        folders.verify(ckpts / "step_4")
 
 
 def test_resume_after_kill_in_save_replaces_the_partial_checkpoint(killed_in_save, runs_root):
@@ -53,7 +53,7 @@ def test_resume_after_kill_in_save_replaces_the_partial_checkpoint(killed_in_sav
     resumed = runs_root / "killed_in_save_resumed"
     shutil.copytree(run, resumed)
     launch(resumed, SHORT, ranks=None)
-    assert checkpoint.latest(resumed / "checkpoints").name == "step_4"
+    assert folders.latest(resumed / "checkpoints").name == "step_4"
     assert digest(resumed / "checkpoints" / "step_2") == step2  # nothing earlier was touched
     reference = runs_root / "uninterrupted_single"
     launch(reference, SHORT, ranks=None)
@@ -77,7 +77,7 @@ def test_out_of_disk_while_saving_fails_loudly_and_keeps_older_checkpoints(runs_
     run = runs_root / "disk_full"
     proc = launch(run, SHORT, ranks=None, check=False, fault="enospc_in_save:4")
     assert proc.returncode != 0 and "No space left on device" in proc.stderr
-    assert checkpoint.latest(run / "checkpoints").name == "step_2"  # verifies: complete and untouched
+    assert folders.latest(run / "checkpoints").name == "step_2"  # verifies: complete and untouched
     assert not (run / "checkpoints" / "step_4" / "manifest.json").exists()
 
 
@@ -115,7 +115,7 @@ def test_nonfinite_policies(runs_root, policy):
         return
     assert proc.returncode == 0, proc.stderr[-3000:]
     records = {r["step"]: r for r in metrics(run) if "loss" in r}
-    final = checkpoint.load_weights(run / "checkpoints" / "step_4")[1]
+    final = weights.load_weights(run / "checkpoints" / "step_4")[1]
     assert all(np.isfinite(t.numpy()).all() for t in final.values())  # the NaN update was never applied
     if policy == "skip":
         assert not np.isfinite(records[3]["grad_norm"]) and records[4]["nonfinite_steps"] == 1
@@ -131,7 +131,7 @@ def test_a_requeued_run_skips_the_window_it_rolled_back_from(runs_root, tmp_path
     rollback = [*SHORT, "train.on_nonfinite=rollback"]
     proc = launch(run, rollback, ranks=None, check=False, fault=f"nan_at:3:{memo},kill_rank:0:4")
     assert proc.returncode != 0 and "rolling back" in proc.stderr
-    assert checkpoint.latest(run / "checkpoints").name == "step_2"  # killed before saving step 4
+    assert folders.latest(run / "checkpoints").name == "step_2"  # killed before saving step 4
     saved = json.loads((run / "faults.json").read_text())
     assert saved["skip_windows"] == [json.loads(memo.read_text())] and saved["nonfinite_steps"] == 1
     proc = launch(run, rollback, ranks=None, check=False, fault=f"nan_at:3:{memo}")
@@ -145,7 +145,7 @@ def test_rank_killed_mid_training_resumes_to_the_same_losses(zero_runs, runs_roo
     run = runs_root / "rank_killed"
     proc = launch(run, ["deepspeed.zero_stage=1", *ZERO_RUN], check=False, fault="kill_rank:1:5")
     assert proc.returncode != 0
-    assert checkpoint.latest(run / "checkpoints").name == "step_3"
+    assert folders.latest(run / "checkpoints").name == "step_3"
     launch(run, ["deepspeed.zero_stage=1", *ZERO_RUN])
     full, resumed = losses(zero_runs[1]), losses(run)
     assert resumed == full  # every step, bitwise (fp32 on CPU), with no repeated or missing records
@@ -173,7 +173,7 @@ def test_preemption_signal_saves_and_exits_zero_and_the_run_dir_is_locked_meanwh
     assert proc.returncode == 0, out[-3000:]
     last = max(r["step"] for r in metrics(run))
     assert 3 <= last < 1000
-    assert checkpoint.latest(run / "checkpoints").name == f"step_{last}"
+    assert folders.latest(run / "checkpoints").name == f"step_{last}"
 
 
 @pytest.mark.distributed
@@ -231,7 +231,7 @@ def test_a_signal_to_the_process_group_lets_a_long_save_complete(runs_root):
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out[-3000:]
     last = max(r["step"] for r in metrics(run))
-    assert checkpoint.latest(run / "checkpoints").name == f"step_{last}"  # complete: manifest written after 35 s
+    assert folders.latest(run / "checkpoints").name == f"step_{last}"  # complete: manifest written after 35 s
 
 
 @pytest.mark.distributed

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from launching import launch, losses, metrics
-from pretrain import checkpoint
+from model import weights
 from pretrain.config import TrainConfig
 from pretrain.hybrid import NORM
 from pretrain.optim import lr_factor
@@ -42,8 +42,8 @@ def hybrid_runs(runs_root):
 @pytest.mark.parametrize("key", RUNS)
 def test_only_norms_change_after_t0(hybrid_runs, key):
     ckpts = hybrid_runs[key] / "checkpoints"
-    _, at_t0 = checkpoint.load_weights(ckpts / f"step_{T0}")
-    _, at_end = checkpoint.load_weights(ckpts / f"step_{STEPS}")
+    _, at_t0 = weights.load_weights(ckpts / f"step_{T0}")
+    _, at_end = weights.load_weights(ckpts / f"step_{STEPS}")
     norms = [n for n in at_t0 if NORM.search(n)]
     assert len(norms) == 2 * 2 + 1  # two per block (tiny test model: 2 layers) + the final norm
     for name, before in at_t0.items():
@@ -66,7 +66,7 @@ def test_schedule_continues_across_the_switch(hybrid_runs):
 def test_bf16_zero1_checkpoint_consolidates_to_the_masters(hybrid_runs):
     """The fp32 masters read back from BF16_Optimizer files round to exactly the bf16 module weights."""
     ckpt = hybrid_runs["zero1-bf16"] / "checkpoints" / f"step_{STEPS}"
-    _, masters = checkpoint.load_weights(ckpt)
+    _, masters = weights.load_weights(ckpt)
     module = torch.load(ckpt / "mp_rank_00_model_states.pt", weights_only=False)["module"]
     assert set(masters) == set(module)
     for name, weight in module.items():

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from launching import ZERO_RUN, ZERO_RUN_STEPS, launch, losses, metrics
-from pretrain import checkpoint
+from model import folders, weights
 
 pytestmark = pytest.mark.distributed
 
@@ -76,7 +76,7 @@ def test_run_directory_contract(zero_runs):
     assert record["loss"] == pytest.approx(record["lm_loss"] + record["reg/jreg"], rel=1e-5)
     assert metrics(run)[0]["step"] == 0 and "val/loss" in metrics(run)[0]  # the model at init is measured too
     assert record["tokens"] == STEPS * 4 * 2 * 32  # micro * world * seq_len per step
-    assert checkpoint.verify(run / "checkpoints" / "step_3")["step"] == 3
+    assert folders.verify(run / "checkpoints" / "step_3")["step"] == 3
 
 
 def test_export_from_zero3_matches_live_validation_loss(zero_runs, tmp_path):
@@ -89,7 +89,7 @@ def test_export_from_zero3_matches_live_validation_loss(zero_runs, tmp_path):
 
     run = zero_runs[3]
     ckpt = run / "checkpoints" / f"step_{STEPS}"
-    cfg, state = checkpoint.load_weights(ckpt)
+    cfg, state = weights.load_weights(ckpt)
     save_hf_folder(state, cfg, tmp_path / "hf", tokenizer_files={"tokenizer.model": ckpt / "tokenizer.model"})
     hf = LlamaForCausalLM.from_pretrained(tmp_path / "hf").eval()
 
@@ -136,7 +136,7 @@ def test_every_tool_takes_the_three_checkpoint_forms(zero_runs, tmp_path):
     root = zero_runs[1] / "checkpoints"
     final = root / f"step_{STEPS}"
     for form in (root, root / "latest", final):
-        assert checkpoint.locate(form) == final
+        assert folders.locate(form) == final
         assert peeling_locate(form)[:2] == (final, STEPS)
         assert lm_eval_locate(form).checkpoint == final
         assert source_info(form)["path"] == str(final.resolve())

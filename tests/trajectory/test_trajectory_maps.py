@@ -8,10 +8,10 @@ import torch
 
 from model import Llama
 from model.config import ModelConfig
-from pretrain.checkpoint import save_weights
-from pretrain.trajectory import (cosine_map, group_of, group_params, mds, qkv_heterogeneity, stream_trajectory,
-                                 trajectory_of)
-from pretrain.trajectory.groups import trajectory_names
+from model.weights import save_weights
+from pretrain.trajectory.groups import group_of, group_params, trajectory_names
+from pretrain.trajectory.maps import cosine_map, mds, qkv_heterogeneity, trajectory_of
+from pretrain.trajectory.stream import stream_trajectory
 
 CFG = ModelConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=64, vocab_size=64, max_seq_len=16)
 

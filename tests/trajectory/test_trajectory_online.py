@@ -9,8 +9,9 @@ import torch
 
 from model import Llama
 from model.config import ModelConfig
-from pretrain.trajectory import TrajectoryConfig, TrajectorySketch, load_sketches, sketch_trajectory, trajectory_of
-from pretrain.trajectory.online import SKETCH_FILE, sketch_parameters
+from pretrain.trajectory.maps import trajectory_of
+from pretrain.trajectory.online import SKETCH_FILE, TrajectorySketch, load_sketches, sketch_parameters, sketch_trajectory
+from pretrain.trajectory.settings import TrajectoryConfig
 from pretrain.trajectory.sketch import count_sketch, param_key
 
 CFG = ModelConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=64, vocab_size=64, max_seq_len=16)
@@ -87,9 +88,10 @@ def test_online_callback_logs_mds_saves_and_resumes(tmp_path):
     cfg = TrajectoryConfig(every=2, dim=D, seed=1)
 
     cb, trainer = TrajectorySketch(cfg), _fake_trainer(model, tmp_path, steps=11)
-    cb.on_train_start(trainer)
+    assert cb.state_dict()["steps"] == []
     records = _train(cb, trainer, direction, until=6, checkpoint_at=(6,))
     at_checkpoint = {k: v.clone() for k, v in model.state_dict().items()}
+    state_at_checkpoint = cb.state_dict()
     records += _train(cb, trainer, direction, until=11, checkpoint_at=(11,))
     assert [r["step"] for r in records if len(r) > 1][0] == 4  # first MDS once two sketches exist
     last = records[-1]  # step 11 is the last step: sketched although 11 % 2 != 0
@@ -109,15 +111,15 @@ def test_online_callback_logs_mds_saves_and_resumes(tmp_path):
         for s in cb.steps])}).summary()["groups"]["L1.mlp"]["mds_params"]
     assert last["traj/L1.mlp/mds"] == pytest.approx(exact, abs=4.5 / math.sqrt(D))
 
-    # resume from the checkpoint at step 6 (sketches.pt was last saved at step 11): replay 7..11
+    # resume from the checkpoint at step 6 (its state, not sketches.pt, which was last saved at step 11)
     model.load_state_dict(at_checkpoint)
     resumed, trainer = TrajectorySketch(cfg), _fake_trainer(model, tmp_path, steps=11)
     trainer.step = 6
-    resumed.on_train_start(trainer)
+    resumed.load_state_dict(state_at_checkpoint)
     assert resumed.steps == [2, 4, 6]
     again = _train(resumed, trainer, direction, until=11)
     assert resumed.steps == cb.steps
     assert again[-1] == last  # bitwise: same weights, same projection
 
     with pytest.raises(ValueError, match="seed"):
-        TrajectorySketch(TrajectoryConfig(every=2, dim=D, seed=2)).on_train_start(trainer)
+        TrajectorySketch(TrajectoryConfig(every=2, dim=D, seed=2)).load_state_dict(state_at_checkpoint)

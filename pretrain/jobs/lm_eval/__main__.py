@@ -13,23 +13,15 @@ import logging
 import os
 import sys
 
+from pretrain.jobs.cli import add_arguments, from_args
 from pretrain.jobs.lm_eval.settings import OFFLINE_ENV, LmEvalError, LmEvalSettings
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    d = LmEvalSettings()
     p = argparse.ArgumentParser(prog="python -m pretrain.jobs.lm_eval", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="checkpoint dir, checkpoints/ root, or weights folder")
-    p.add_argument("--tasks", default=",".join(d.tasks),
-                   help=f"comma-separated lm-eval task names (default: {','.join(d.tasks)})")
-    p.add_argument("--include-path", default=None,
-                   help="folder of task YAMLs, searched recursively (default: configs/eval_tasks)")
-    p.add_argument("--limit", type=int, default=None, help="only the first N documents of each task (default: all)")
-    p.add_argument("--batch-size", type=int, default=d.batch_size,
-                   help=f"sequences per forward pass (default: {d.batch_size})")
-    p.add_argument("--device", default=d.device, help=f"torch device (default: {d.device})")
-    p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads (default: 0, torch's choice)")
+    add_arguments(p, LmEvalSettings)
     return p.parse_args(argv)
 
 
@@ -38,10 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     for key, value in OFFLINE_ENV.items():  # before datasets / huggingface_hub are imported: they read it once
         os.environ.setdefault(key, value)
     logging.basicConfig(level=logging.INFO, format="[lm_eval %(asctime)s] %(message)s", datefmt="%H:%M:%S")
-    settings = LmEvalSettings(tasks=[t.strip() for t in args.tasks.split(",") if t.strip()],
-                              include_path=args.include_path, limit=args.limit, batch_size=args.batch_size,
-                              device=args.device, threads=args.threads)
-    from pretrain.checkpoint import CheckpointError
+    settings = from_args(LmEvalSettings, args)
+    from model.folders import CheckpointError
     from pretrain.jobs.lm_eval.run import run_job
 
     try:

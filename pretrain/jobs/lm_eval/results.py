@@ -11,17 +11,16 @@ from __future__ import annotations
 import fcntl
 import json
 import math
-import re
 from pathlib import Path
 from typing import Any
 
+from model.folders import step_of
 from pretrain.io import atomic_write_json, atomic_write_text
 
 RESULTS = "results.json"
 METRICS = "metrics.jsonl"
 PER_TASK = ("scores", "results", "n_samples", "versions")
 """The payload entries keyed by task (scores by eval/<task>/<metric>), merged across evaluations."""
-_STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
 def scores(task_results: dict[str, dict[str, Any]]) -> dict[str, float]:
@@ -71,7 +70,7 @@ def collect(jobs_dir: Path) -> list[dict[str, Any]]:
     """One metrics record per `step_<N>/results.json` under jobs_dir, sorted by step."""
     records = []
     for path in jobs_dir.glob(f"step_*/{RESULTS}"):
-        if _STEP_DIR.match(path.parent.name):
+        if step_of(path.parent) is not None:
             data = json.loads(path.read_text())
             records.append({"step": data["step"], "tokens": data["tokens"], **data["scores"]})
     return sorted(records, key=lambda r: r["step"])

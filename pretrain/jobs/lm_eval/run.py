@@ -11,50 +11,23 @@ import contextlib
 import logging
 import os
 import random
-import re
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 import torch
 
-from pretrain.checkpoint import CheckpointError, load_weights
-from pretrain.data.tokenizer import find_tokenizer, tokenizer_files
-from pretrain.checkpoint import locate as checkpoint_path
+from model.tokenizer_files import find_tokenizer, tokenizer_files
+from model.weights import load_weights
 from pretrain.jobs.lm_eval import results as res
+from pretrain.jobs.location import locate
 from pretrain.jobs.lm_eval.settings import OFFLINE_ENV, LmEvalError, LmEvalSettings, check_settings
 from pretrain.jobs.lm_eval.tasks import plan
 
 log = logging.getLogger(__name__)
-_STEP = re.compile(r"^step_(\d+)$")
-
-
-@dataclass
-class Target:
-    """What is evaluated and where its results go."""
-
-    checkpoint: Path
-    step: int | None
-    out: Path
-    run_dir: Path | None
-    """The training run the checkpoint belongs to (`<run>/checkpoints/step_<N>`), else None."""
-
-
-def locate(path: Path) -> Target:
-    """A checkpoint dir, a `checkpoints/` root or its `latest` file, or a weights folder -> its Target."""
-    try:
-        path = checkpoint_path(path)
-    except CheckpointError as err:
-        raise LmEvalError(str(err)) from None
-    m = _STEP.match(path.name)
-    step = int(m.group(1)) if m else None
-    if step is not None and path.parent.name == "checkpoints":
-        run_dir = path.parent.parent
-        return Target(path, step, run_dir / "jobs" / "lm_eval" / path.name, run_dir)
-    return Target(path, step, path.parent / "jobs" / "lm_eval" / path.name, None)
 
 
 def checkpoint_tokens(ckpt: Path) -> int | None:
@@ -106,7 +79,7 @@ def run_job(checkpoint: str | Path, settings: LmEvalSettings) -> tuple[dict[str,
     for key, value in OFFLINE_ENV.items():
         os.environ.setdefault(key, value)
     check_settings(settings)
-    target = locate(Path(checkpoint))
+    target = locate(checkpoint, "lm_eval")
     manager, specs = plan(settings)
     import lm_eval
     from lm_eval.models.huggingface import HFLM

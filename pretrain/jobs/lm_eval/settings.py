@@ -1,17 +1,19 @@
 """What an lm_eval job evaluates and how: one dataclass shared by the CLI, the trainer's schedule and the job.
 
-Import-light (no lm_eval, no torch) because the run config imports it; lm_eval is imported by the job alone.
+Settings only (no lm_eval, no torch) because the run config imports it; lm_eval is imported by the job alone.
 """
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
+from pretrain.jobs.cli import setting
+from pretrain.jobs.schedule import JobSchedule
+
 SHIPPED_TASKS = Path(__file__).resolve().parents[3] / "configs" / "eval_tasks"
 """The shipped example tasks (local JSONL): the default include path."""
-MODES = ("process", "inline")
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 """Set unless already set: without them `datasets` pings the Hub (harmless offline, but noisy and slow)."""
 
@@ -24,44 +26,32 @@ class LmEvalError(ValueError):
 class LmEvalSettings:
     """Downstream evaluation of one checkpoint through lm-evaluation-harness."""
 
-    tasks: List[str] = field(default_factory=lambda: ["growlm_capitals", "growlm_paragraphs"])
-    """lm-eval task (or tag/group) names: local ones from include_path, else lm-eval's built-ins."""
-    include_path: Optional[str] = None
-    """Folder of task YAMLs (searched recursively); None: configs/eval_tasks, the shipped examples."""
-    limit: Optional[int] = None
-    """Evaluate only the first N documents of each task (None: all), for quick checks."""
-    batch_size: int = 8
-    """Sequences per forward pass."""
-    device: str = "cpu"
-    """torch device for the job (cpu keeps it off the training accelerators)."""
-    threads: int = 0
-    """torch CPU threads (0: torch's default); beside CPU training ranks a few keep it from starving them."""
+    tasks: List[str] = setting(["growlm_capitals", "growlm_paragraphs"],
+                               "lm-eval task (or tag/group) names: local ones from include_path, else lm-eval's "
+                               "built-ins")
+    include_path: Optional[str] = setting(None, "folder of task YAMLs, searched recursively (None: "
+                                                "configs/eval_tasks, the shipped examples)")
+    limit: Optional[int] = setting(None, "evaluate only the first N documents of each task (None: all), for "
+                                         "quick checks")
+    batch_size: int = setting(8, "sequences per forward pass")
+    device: str = setting("cpu", "torch device for the job (cpu keeps it off the training accelerators)")
+    threads: int = setting(0, "torch CPU threads (0: torch's default); beside CPU training ranks a few keep it "
+                              "from starving them")
 
     def tasks_dir(self) -> Path:
         return Path(self.include_path).expanduser().resolve() if self.include_path else SHIPPED_TASKS
 
 
 @dataclass
-class LmEvalConfig(LmEvalSettings):
+class LmEvalConfig(JobSchedule, LmEvalSettings):
     """When the trainer runs the lm_eval job (the `jobs.lm_eval` config section), plus the job's settings."""
 
-    every: int = 0
-    """Run after every this-many-th checkpoint save, and after the final one (0 disables)."""
-    mode: str = "process"
-    """process: a detached subprocess per checkpoint (never blocks training) | inline: inside rank 0."""
-
-    def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise LmEvalError(f"jobs.lm_eval.mode={self.mode!r}: choose one of {list(MODES)}")
-        if self.every < 0:
-            raise LmEvalError(f"jobs.lm_eval.every={self.every} must be >= 0")
+    def check(self) -> None:
+        self.check_schedule()
         if self.every > 0:
-            try:
-                check_settings(self)
-            except LmEvalError as err:
-                raise LmEvalError(f"jobs.lm_eval.{err}") from None
+            check_settings(self)
             if importlib.util.find_spec("lm_eval") is None:
-                raise LmEvalError("jobs.lm_eval.every > 0 needs lm-evaluation-harness: pip install 'growlm[eval]'")
+                raise LmEvalError("every > 0 needs lm-evaluation-harness: pip install 'growlm[eval]'")
 
 
 def check_settings(s: LmEvalSettings) -> None:
@@ -76,10 +66,3 @@ def check_settings(s: LmEvalSettings) -> None:
         raise LmEvalError(f"batch_size={s.batch_size} must be > 0")
     if s.threads < 0:
         raise LmEvalError(f"threads={s.threads} must be >= 0")
-
-
-def to_argv(s: LmEvalSettings) -> list[str]:
-    """The CLI flags that reproduce `s`, for a job started in another process."""
-    argv = ["--tasks", ",".join(s.tasks), "--include-path", str(s.tasks_dir()), "--batch-size", str(s.batch_size),
-            "--device", s.device, "--threads", str(s.threads)]
-    return argv + (["--limit", str(s.limit)] if s.limit is not None else [])

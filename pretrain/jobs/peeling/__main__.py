@@ -10,22 +10,13 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import typing
 
-from pretrain.checkpoint import CheckpointError
+from model.folders import CheckpointError
 from pretrain.config import ConfigError
 from pretrain.data import DataError
+from pretrain.jobs.cli import add_arguments, from_args
 from pretrain.jobs.peeling.errors import PeelingError
-from pretrain.jobs.peeling.settings import PeelingSettings, check_settings, settings_fields
-
-
-def _list_of(kind: type):
-    def parse(text: str) -> list:
-        try:
-            return [kind(item) for item in text.split(",") if item.strip()]
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of {kind.__name__}") from None
-    return parse
+from pretrain.jobs.peeling.settings import PeelingSettings, check_settings
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -36,22 +27,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="run config naming the calibration data (default: the checkpoint's config.yaml, "
                         "else the embedded default)")
     p.add_argument("--out", default=None, help="output folder (default: <run>/jobs/peeling/step_<N>)")
-    hints = typing.get_type_hints(PeelingSettings)
-    defaults = PeelingSettings()
-    for f in settings_fields():
-        hint = hints[f.name]
-        kind = _list_of(typing.get_args(hint)[0]) if typing.get_origin(hint) is list else hint
-        default = getattr(defaults, f.name)
-        shown = (",".join(map(str, default)) or "all") if isinstance(default, list) else default
-        p.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=default,
-                       help=f"{f.metadata['help']} (default: {shown})")
+    add_arguments(p, PeelingSettings)
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[peeling %(asctime)s] %(message)s", datefmt="%H:%M:%S")
-    settings = PeelingSettings(**{f.name: getattr(args, f.name) for f in settings_fields()})
+    settings = from_args(PeelingSettings, args)
     from pretrain.jobs.peeling.job import run_job
     from pretrain.jobs.peeling.report import format_table
 

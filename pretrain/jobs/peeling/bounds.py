@@ -24,8 +24,7 @@ from torch import nn
 from model.llama import Llama, rope_cos_sin
 from pretrain.jobs.peeling.fit import Rope, fit_block, fresh_block
 from pretrain.jobs.peeling.plan import Projection, plan
-from pretrain.jobs.peeling.quant import parse_variant
-from pretrain.jobs.peeling.settings import PeelingSettings, check_settings
+from pretrain.jobs.peeling.settings import PeelingSettings, check_settings, parse_variant
 
 
 @dataclass

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import re
 from pathlib import Path
 
 import numpy as np
@@ -16,31 +15,17 @@ import torch
 from tqdm import tqdm
 
 from model import Llama, ModelConfig
-from pretrain.checkpoint import MANIFEST, CheckpointError, load_weights
-from pretrain.data.tokenizer import find_tokenizer
-from pretrain.checkpoint import locate as checkpoint_path
+from model.tokenizer_files import find_tokenizer
+from model.weights import load_weights
 from pretrain.config import Config, load_config
 from pretrain.data import prepare_data
+from pretrain.jobs.location import locate
 from pretrain.jobs.peeling.bounds import Bounds, compute_bounds
 from pretrain.jobs.peeling.errors import PeelingError
 from pretrain.jobs.peeling.report import write_outputs
 from pretrain.jobs.peeling.settings import PeelingSettings, check_settings
 
 log = logging.getLogger(__name__)
-_STEP = re.compile(r"^step_(\d+)$")
-
-
-def locate(path: Path) -> tuple[Path, int | None, Path]:
-    """(checkpoint or weights dir, its step when known, the default output folder)."""
-    try:
-        path = checkpoint_path(path)
-    except CheckpointError as err:
-        raise PeelingError(str(err)) from None
-    m = _STEP.match(path.name)
-    step = int(m.group(1)) if m else None
-    if (path / MANIFEST).is_file() and path.parent.name == "checkpoints":  # <run>/checkpoints/step_<N>
-        return path, step, path.parent.parent / "jobs" / "peeling" / path.name
-    return path, step, path.parent / "jobs" / "peeling" / path.name
 
 
 def run_config(ckpt: Path, config: Config | str | Path | None) -> Config:
@@ -75,8 +60,9 @@ def calibration_windows(cfg: Config, model_cfg: ModelConfig, n: int) -> torch.Te
 def run_job(checkpoint: str | Path, settings: PeelingSettings, config: Config | str | Path | None = None,
             out: str | Path | None = None) -> tuple[Bounds, Path]:
     """Compute and write the bounds of one checkpoint; returns them and the output folder."""
-    ckpt, step, default_out = locate(Path(checkpoint))
-    out = Path(out) if out is not None else default_out
+    target = locate(checkpoint, "peeling")
+    ckpt, step = target.checkpoint, target.step
+    out = Path(out) if out is not None else target.out
     model_cfg, state = load_weights(ckpt)
     check_settings(settings, model_cfg.n_layers)
     cfg = run_config(ckpt, config)

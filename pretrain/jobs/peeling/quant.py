@@ -10,27 +10,9 @@ straight through. `bake` then replaces each latent weight by its quantized value
 """
 from __future__ import annotations
 
-import re
-
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
-
-from pretrain.jobs.peeling.errors import PeelingError
-
-_KBIT = re.compile(r"^(\d+)bit$")
-
-
-def parse_variant(name: str) -> int | None:
-    """Bits of a variant name: None for fp, 1 for binary, k for `<k>bit`; raises naming the valid forms."""
-    if name == "fp":
-        return None
-    if name == "binary":
-        return 1
-    m = _KBIT.match(name)
-    if m and 2 <= int(m.group(1)) <= 16:
-        return int(m.group(1))
-    raise PeelingError(f"variant {name!r} is not valid: use fp, binary or <k>bit with 2 <= k <= 16 (e.g. 4bit)")
 
 
 def quantize(w: torch.Tensor, bits: int) -> torch.Tensor:

@@ -1,52 +1,60 @@
 """What a peeling job fits and measures: one dataclass shared by the CLI, the scheduler and the core.
 
-Each field's `help` is its documentation; the CLI builds one `--flag` per field from it, and the scheduler
-turns a settings object back into those flags, so the two can never drift apart.
+Each field's `help` is its documentation; the CLI and the scheduler's argv are both built from the fields
+(pretrain/jobs/cli.py). Settings only: the run config imports this module.
 """
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
-from typing import Any, List
+import re
+from dataclasses import dataclass
+from typing import List
 
+from pretrain.jobs.cli import setting
 from pretrain.jobs.peeling.errors import PeelingError
 from pretrain.jobs.peeling.plan import PERMUTATIONS
-from pretrain.jobs.peeling.quant import parse_variant
+from pretrain.jobs.schedule import JobSchedule
 
 SOLVERS = ("adam", "lstsq")
 INITS = ("block", "fresh")
+_KBIT = re.compile(r"^(\d+)bit$")
 
 
-def _doc(default: Any, text: str) -> Any:
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"help": text})
-    return field(default=default, metadata={"help": text})
+def parse_variant(name: str) -> int | None:
+    """Bits of a variant name: None for fp, 1 for binary, k for `<k>bit`; raises naming the valid forms."""
+    if name == "fp":
+        return None
+    if name == "binary":
+        return 1
+    m = _KBIT.match(name)
+    if m and 2 <= int(m.group(1)) <= 16:
+        return int(m.group(1))
+    raise PeelingError(f"variant {name!r} is not valid: use fp, binary or <k>bit with 2 <= k <= 16 (e.g. 4bit)")
 
 
 @dataclass
 class PeelingSettings:
     """Peeling bounds (METHODS.md §3, our reconstruction of arXiv 2605.02853): what to fit and how."""
 
-    layers: List[int] = _doc([], "1-based layers l whose windows l..l+j are peeled; empty = every layer")
-    offsets: List[int] = _doc([0, 1], "offsets j: a block is fitted to X_{l+j} (0 = the layer's own output)")
-    permutations: List[str] = _doc(
+    layers: List[int] = setting([], "1-based layers l whose windows l..l+j are peeled; empty = every layer")
+    offsets: List[int] = setting([0, 1], "offsets j: a block is fitted to X_{l+j} (0 = the layer's own output)")
+    permutations: List[str] = setting(
         ["forward", "backward", "swap"],
         "role assignments within a window (see pretrain/jobs/peeling/plan.py); forward is R(l, j) itself")
-    variants: List[str] = _doc(["fp", "binary", "4bit"], "weight variants: fp | binary | <k>bit (2 <= k <= 16)")
-    solver: str = _doc("adam", "adam: fit the whole block by MSE | lstsq: closed-form solve of wo and w2")
-    init: str = _doc("block", "block: start each fit from the source block's weights | fresh: a new random block")
-    steps: int = _doc(200, "Adam steps per fit (full batch over the calibration windows)")
-    lr: float = _doc(1e-3, "Adam learning rate")
-    lstsq_rounds: int = _doc(3, "lstsq: alternate solve / recompute the MLP input this many times")
-    calib_windows: int = _doc(16, "validation windows in the fixed calibration set (the first N)")
-    holdout_windows: int = _doc(16, "validation windows after the calibration set on which every fitted row is "
+    variants: List[str] = setting(["fp", "binary", "4bit"], "weight variants: fp | binary | <k>bit (2 <= k <= 16)")
+    solver: str = setting("adam", "adam: fit the whole block by MSE | lstsq: closed-form solve of wo and w2")
+    init: str = setting("block", "block: start each fit from the source block's weights | fresh: a new random block")
+    steps: int = setting(200, "Adam steps per fit (full batch over the calibration windows)")
+    lr: float = setting(1e-3, "Adam learning rate")
+    lstsq_rounds: int = setting(3, "lstsq: alternate solve / recompute the MLP input this many times")
+    calib_windows: int = setting(16, "validation windows in the fixed calibration set (the first N)")
+    holdout_windows: int = setting(16, "validation windows after the calibration set on which every fitted row is "
                                     "scored again; the verdicts use these out-of-sample bounds (0: in-sample)")
-    batch_windows: int = _doc(8, "windows per forward pass when recording hidden states and measuring losses")
-    tolerance: float = _doc(1e-3, "a layer is flagged lazy when a bound that removes it is <= model loss + this")
-    device: str = _doc("cpu", "torch device for the job (cpu keeps it off the training GPUs)")
-    threads: int = _doc(0, "torch CPU threads for the job (0: torch's default); beside CPU training ranks, "
+    batch_windows: int = setting(8, "windows per forward pass when recording hidden states and measuring losses")
+    tolerance: float = setting(1e-3, "a layer is flagged lazy when a bound that removes it is <= model loss + this")
+    device: str = setting("cpu", "torch device for the job (cpu keeps it off the training GPUs)")
+    threads: int = setting(0, "torch CPU threads for the job (0: torch's default); beside CPU training ranks, "
                            "a few threads keep it from starving them")
-    seed: int = _doc(0, "seed of fresh inits")
+    seed: int = setting(0, "seed of fresh inits")
 
 
 def check_settings(s: PeelingSettings, n_layers: int | None = None) -> None:
@@ -79,14 +87,11 @@ def check_settings(s: PeelingSettings, n_layers: int | None = None) -> None:
         raise PeelingError(f"lr={s.lr} must be > 0 and tolerance={s.tolerance} >= 0")
 
 
-def settings_fields() -> list[dataclasses.Field]:
-    return list(dataclasses.fields(PeelingSettings))
+@dataclass
+class PeelingConfig(JobSchedule, PeelingSettings):
+    """When to run peeling bounds during training (the `jobs.peeling` section, METHODS.md §3), plus the job's
+    settings."""
 
-
-def to_argv(s: PeelingSettings) -> list[str]:
-    """The CLI flags that reproduce `s` (lists comma-joined), for a job started in another process."""
-    argv = []
-    for f in settings_fields():
-        value = getattr(s, f.name)
-        argv += [f"--{f.name.replace('_', '-')}", ",".join(map(str, value)) if isinstance(value, list) else str(value)]
-    return argv
+    def check(self) -> None:
+        self.check_schedule()
+        check_settings(self)

@@ -1,4 +1,4 @@
-"""The trainer's side of the lm_eval job (scheduling in pretrain/jobs/detached.py).
+"""The trainer's side of the lm_eval job (scheduling in pretrain/jobs/detached.py, settings in settings.py).
 
 The job itself writes the scores (results.json, `jobs/lm_eval/metrics.jsonl`, TensorBoard `tb/lm_eval`), so
 a job finishing after training ended still lands.
@@ -9,9 +9,8 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pretrain.callbacks import Callback
 from pretrain.jobs.detached import CheckpointJob
-from pretrain.jobs.lm_eval.settings import LmEvalConfig, LmEvalError, to_argv
+from pretrain.jobs.lm_eval.settings import LmEvalError
 
 if TYPE_CHECKING:
     from pretrain.trainer import Trainer
@@ -22,14 +21,6 @@ log = logging.getLogger("growlm")
 class LmEvalJob(CheckpointJob):
     name = "lm_eval"
     module = "pretrain.jobs.lm_eval"
-
-    def output_dir(self, trainer: "Trainer", ckpt: Path) -> Path:
-        from pretrain.jobs.lm_eval.run import locate
-
-        return locate(ckpt).out
-
-    def argv(self, ckpt: Path, out: Path) -> list[str]:
-        return to_argv(self.cfg)
 
     def run_inline(self, trainer: "Trainer", ckpt: Path, out: Path) -> None:
         from pretrain.jobs.lm_eval.run import run_job
@@ -47,8 +38,3 @@ class LmEvalJob(CheckpointJob):
         except LmEvalError as err:
             self.enabled = False
             log.error("lm_eval job disabled for this run: %s", err)
-
-
-def build_lm_eval_job(cfg: LmEvalConfig) -> list[Callback]:
-    """The callback a `jobs.lm_eval` section enables (none when every == 0)."""
-    return [LmEvalJob(cfg)] if cfg.every > 0 else []
