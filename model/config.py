@@ -5,10 +5,30 @@ from dataclasses import dataclass
 from typing import Optional
 
 ROPE_SCALING_TYPES = ("llama3",)
+QUANT_SCOPES = {"blocks": ("attention", "feed_forward"), "attention": ("attention",), "mlp": ("feed_forward",)}
+"""Which submodules of every block train with low-bit weights; embeddings, norms and the LM head never do."""
 
 
 class ModelConfigError(ValueError):
     """A model shape that cannot be built; the message names the field and what would be valid."""
+
+
+@dataclass
+class QuantizationConfig:
+    """Quantization-aware training (model/quant.py): the block projections use binary or k-bit weights in the
+    forward, latent fp32 weights in the optimizer, a straight-through gradient."""
+
+    bits: Optional[int] = None
+    """None: full precision | 1: binary, sign(w) * mean|w| per output channel | 2..16: symmetric per output
+    channel, 2^k - 1 levels."""
+    scope: str = "blocks"
+    """blocks: the attention and MLP projections of every block | attention | mlp."""
+
+    def __post_init__(self) -> None:
+        if self.bits is not None and not 1 <= self.bits <= 16:
+            raise ModelConfigError(f"train.quantization.bits={self.bits}: use 1 (binary), 2..16, or null (off)")
+        if self.scope not in QUANT_SCOPES:
+            raise ModelConfigError(f"train.quantization.scope={self.scope!r}: choose one of {list(QUANT_SCOPES)}")
 
 
 @dataclass

@@ -14,6 +14,7 @@ from torch import nn
 
 from model.config import ModelConfig
 from model.loss import chunked_linear_cross_entropy
+from model.quant import QuantLinear
 
 
 class LlamaOutput(NamedTuple):
@@ -93,10 +94,10 @@ class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_width
-        self.wq = nn.Linear(cfg.dim, cfg.n_heads * cfg.head_width, bias=False)
-        self.wk = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_width, bias=False)
-        self.wv = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_width, bias=False)
-        self.wo = nn.Linear(cfg.n_heads * cfg.head_width, cfg.dim, bias=False)
+        self.wq = QuantLinear(cfg.dim, cfg.n_heads * cfg.head_width, bias=False)
+        self.wk = QuantLinear(cfg.dim, cfg.n_kv_heads * cfg.head_width, bias=False)
+        self.wv = QuantLinear(cfg.dim, cfg.n_kv_heads * cfg.head_width, bias=False)
+        self.wo = QuantLinear(cfg.n_heads * cfg.head_width, cfg.dim, bias=False)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -117,9 +118,9 @@ class FeedForward(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.w1 = nn.Linear(cfg.dim, cfg.ffn_dim, bias=False)
-        self.w2 = nn.Linear(cfg.ffn_dim, cfg.dim, bias=False)
-        self.w3 = nn.Linear(cfg.dim, cfg.ffn_dim, bias=False)
+        self.w1 = QuantLinear(cfg.dim, cfg.ffn_dim, bias=False)
+        self.w2 = QuantLinear(cfg.ffn_dim, cfg.dim, bias=False)
+        self.w3 = QuantLinear(cfg.dim, cfg.ffn_dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.w2(F.silu(self.w1(x)) * self.w3(x))

@@ -15,8 +15,9 @@ from pathlib import Path
 import torch
 
 from model import pickles
-from model.config import ModelConfig
+from model.config import ModelConfig, QuantizationConfig
 from model.folders import MANIFEST, WEIGHTS, WEIGHTS_CONFIG, CheckpointError, locate, verify
+from model.quant import quantized_state_dict
 
 
 def consolidated_state_dict(ckpt: Path) -> dict[str, torch.Tensor]:
@@ -75,10 +76,23 @@ def model_config_of(ckpt: Path) -> ModelConfig:
     return ModelConfig(**OmegaConf.to_container(OmegaConf.load(ckpt / "config.yaml").model))
 
 
+def quantization_of(ckpt: Path) -> QuantizationConfig | None:
+    """The quantization-aware training a checkpoint's run used (`train.quantization` of its config.yaml)."""
+    if not (ckpt / "config.yaml").is_file():
+        return None
+    from omegaconf import OmegaConf
+
+    section = OmegaConf.select(OmegaConf.load(ckpt / "config.yaml"), "train.quantization")
+    if section is None or section.get("bits") is None:
+        return None
+    return QuantizationConfig(**OmegaConf.to_container(section))
+
+
 def load_weights(path: Path, lazy: bool = False) -> tuple[ModelConfig, Mapping[str, torch.Tensor]]:
     """(config, fp32 state dict) from a weights folder (growth output), a training checkpoint or a
     transformers Llama folder. `lazy`: an HF folder's tensors are read only when looked up (model.hf.HFWeights),
-    so a partitioned model can be filled one parameter at a time."""
+    so a partitioned model can be filled one parameter at a time. A quantization-aware training checkpoint
+    gives its quantized weights (what the model computed with), not the latent ones its optimizer kept."""
     from model.hf import HFWeights, UnsupportedModel, load_hf_folder, read_hf_config  # transformers: only here
 
     path = locate(path)
@@ -94,7 +108,9 @@ def load_weights(path: Path, lazy: bool = False) -> tuple[ModelConfig, Mapping[s
             f"{path} is neither a weights folder ({WEIGHTS} + {WEIGHTS_CONFIG}), a complete checkpoint "
             f"({MANIFEST}) nor a transformers model folder (config.json + safetensors)"
         )
-    return model_config_of(path), consolidated_state_dict(path)
+    state = consolidated_state_dict(path)
+    quantization = quantization_of(path)
+    return model_config_of(path), quantized_state_dict(state, quantization) if quantization else state
 
 
 def save_weights(out: Path, cfg: ModelConfig, state_dict: dict[str, torch.Tensor], record: dict | None = None) -> None:

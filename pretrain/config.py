@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from model.config import ModelConfig, ModelConfigError
+from model.config import ModelConfig, ModelConfigError, QuantizationConfig
 from pretrain.data.config import DataConfig
 from pretrain.data.errors import DataError
 from pretrain.plugins import JOBS, MONITORS
@@ -97,6 +97,10 @@ class TrainConfig:
     and skip the batch window that caused it)."""
     trainable: TrainableConfig = field(default_factory=TrainableConfig)
     """Which parameters train: all, or only the norm gains after a step (norm-only hybrid mode)."""
+    quantization: QuantizationConfig = field(default_factory=QuantizationConfig)
+    """Quantization-aware training: binary or k-bit block weights in the forward, fp32 latent weights in the
+    optimizer, straight-through gradients (model/quant.py). Checkpoints keep the latent weights; whatever reads
+    their weights (jobs, export, growth, init_from) gets the quantized ones."""
 
 
 @dataclass

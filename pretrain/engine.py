@@ -13,6 +13,7 @@ from deepspeed.runtime.bf16_optimizer import BF16_Optimizer
 from torch import nn
 
 from model import Llama
+from model.quant import quantize_model
 from pretrain import dist
 from pretrain.config import Config
 from pretrain.optim import build_optimizer, build_scheduler
@@ -59,14 +60,17 @@ def offloads_optimizer(ds_config: dict[str, Any]) -> bool:
 def build_model(cfg: Config) -> Llama:
     """The model for this run. Under ZeRO-3 (with `deepspeed.zero_init`) it is born partitioned: each rank
     allocates its 1/world share, and the Llama init runs one gathered parameter at a time in the same order as
-    `Llama.reset_parameters`, so the weights equal an unpartitioned build with the same seed."""
+    `Llama.reset_parameters`, so the weights equal an unpartitioned build with the same seed. With
+    `train.quantization` its block projections compute with low-bit weights."""
     if cfg.deepspeed.zero_stage != 3 or not cfg.deepspeed.zero_init:
-        return Llama(cfg.model)
-    with deepspeed.zero.Init(config_dict_or_path=deepspeed_config(cfg), mem_efficient_linear=False):
-        model = Llama(cfg.model)  # its own reset_parameters met empty shards: the init happens below
-    for name, p in model.named_parameters():
-        with deepspeed.zero.GatheredParameters([p], modifier_rank=0):
-            model.init_parameter(name, p)
+        model = Llama(cfg.model)
+    else:
+        with deepspeed.zero.Init(config_dict_or_path=deepspeed_config(cfg), mem_efficient_linear=False):
+            model = Llama(cfg.model)  # its own reset_parameters met empty shards: the init happens below
+        for name, p in model.named_parameters():
+            with deepspeed.zero.GatheredParameters([p], modifier_rank=0):
+                model.init_parameter(name, p)
+    quantize_model(model, cfg.train.quantization)
     return model
 
 

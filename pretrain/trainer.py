@@ -24,6 +24,7 @@ import torch.nn.functional as F
 import regularizers as regs
 from model import Llama, folders
 from model.llama import document_layout
+from model.quant import quantize_model
 from model.tokenizer_files import tokenizer_files
 from model.weights import load_weights
 from pretrain import checkpoint, compat, dist, hybrid, precision, runlock
@@ -423,6 +424,7 @@ class Trainer:
         del self.engine, self.optimizer, self.scheduler
         gc.collect()
         model = Llama(self.cfg.model)
+        quantize_model(model, self.cfg.train.quantization)
         model.load_state_dict(weights, strict=False)  # named_parameters() lists a tied head only once
         self._build_engine(model, self.step)
         hybrid.restore_masters(self.engine, weights)

@@ -8,6 +8,18 @@ import pytest
 from launching import ZERO_RUN, launch
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """In-process tiny models: thread hand-offs cost more than tiny matmuls save, and on a loaded machine (other
+    tests, launched ranks) they cost 10x the run time; opt in with `pytestmark = pytest.mark.usefixtures(...)`."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def runs_root(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("runs")

@@ -32,13 +32,20 @@ def markov_windows(n: int, seed: int) -> torch.Tensor:
     return toks
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matmuls: thread hand-offs cost more than they save, and far more on a loaded machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def train_on_markov(model: Llama, steps: int = 200) -> float:
+    """Plain AdamW (fp32) on the Markov source, the parameters that require grad; returns the last batch's loss."""
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.0)
+    data, gen = markov_windows(2048, seed=1), torch.Generator().manual_seed(2)
+    for _ in range(steps):
+        batch = data[torch.randint(0, len(data), (32,), generator=gen)]
+        loss = F.cross_entropy(model(batch[:, :-1]).logits.flatten(0, 1), batch[:, 1:].flatten())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return loss.item()
 
 
 @pytest.fixture(scope="module")
@@ -49,16 +56,8 @@ def lazy_model(one_thread) -> Llama:
     for linear in (lazy.attention.wo, lazy.feed_forward.w2):
         linear.weight.data.zero_()
         linear.weight.requires_grad_(False)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.0)
-    data = markov_windows(2048, seed=1)
-    gen = torch.Generator().manual_seed(2)
-    for _ in range(200):
-        batch = data[torch.randint(0, len(data), (32,), generator=gen)]
-        loss = F.cross_entropy(model(batch[:, :-1]).logits.flatten(0, 1), batch[:, 1:].flatten())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    assert loss.item() < 1.6, f"the fixture model did not learn (loss {loss.item():.3f}); detection is moot"
+    loss = train_on_markov(model)
+    assert loss < 1.6, f"the fixture model did not learn (loss {loss:.3f}); detection is moot"
     return model.eval()
 
 

@@ -5,7 +5,7 @@ Each block is refitted locally against the trained model's intermediate outputs 
 swapped roles), in full precision or low-bit; the spliced model's loss is a reference bound. A bound that
 removes a block yet reaches the model's loss exposes a layer the aggregate loss hides as under-optimized.
 
-Modules: plan (which fits), quant (binary / k-bit with STE), fit (adam / lstsq), bounds (the pure core),
+Modules: plan (which fits), fit (adam / lstsq; binary / k-bit weights from model/quant.py), bounds (the pure core),
 report (json / png / table), job (a checkpoint on disk -> outputs), __main__ (the CLI).
 """
 from pretrain.jobs.peeling.errors import PeelingError

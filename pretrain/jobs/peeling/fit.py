@@ -6,7 +6,7 @@ Two solvers (our reconstruction of the paper's "lightweight layer-specific refer
 - lstsq: the block's output is x + wo·a + w2·f, linear in the output projections (wo, w2) once their inputs
   a (attention heads) and f (SwiGLU hidden) are fixed. Solve that ridge least-squares problem in closed form,
   recompute f (it depends on wo through the residual), and repeat `lstsq_rounds` times, keeping the best.
-Low-bit variants quantize every Linear weight with a straight-through estimator (see quant.py); with lstsq the
+Low-bit variants quantize every Linear weight with a straight-through estimator (model/quant.py); with lstsq the
 solve sees quantized upstream weights and its solution is then quantized (no gradient steps).
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ from torch import nn
 
 from model.config import ModelConfig
 from model.llama import Block, Llama
-from pretrain.jobs.peeling.quant import attach, bake, latent_weight
+from model.quant import bake, set_weight_bits
 from pretrain.jobs.peeling.settings import PeelingSettings
 
 _RIDGE = 1e-6
@@ -56,7 +56,7 @@ def fit_block(init: Block, x: torch.Tensor, y: torch.Tensor, rope: Rope, bits: i
               settings: PeelingSettings) -> FitResult:
     """Fit a copy of `init` (never modified) to map x -> y, in the variant with `bits` (None = fp)."""
     block = copy.deepcopy(init)
-    attach(block, bits)
+    set_weight_bits(block, bits)
     block.requires_grad_(True)
     init_mse = block_mse(block, x, y, rope)
     if settings.solver == "adam":
@@ -102,7 +102,7 @@ def _projection_inputs(block: Block, x: torch.Tensor, rope: Rope) -> tuple[torch
 
 @torch.no_grad()
 def _fit_lstsq(block: Block, x: torch.Tensor, y: torch.Tensor, rope: Rope, rounds: int) -> None:
-    wo, w2 = latent_weight(block.attention.wo), latent_weight(block.feed_forward.w2)
+    wo, w2 = block.attention.wo.weight, block.feed_forward.w2.weight  # the latent weights when quantized
     best, best_state = block_mse(block, x, y, rope), _snapshot(block)
     residual = (y - x).flatten(0, -2).double()
     for _ in range(rounds):

@@ -57,6 +57,12 @@ class PeelingSettings:
     seed: int = setting(0, "seed of fresh inits")
 
 
+THOROUGH = {"offsets": [0, 1], "permutations": ["forward", "backward", "swap"], "variants": ["fp", "binary", "4bit"],
+            "steps": 200}
+"""The opt-in thorough profile (`--offsets 0,1 --permutations forward,backward,swap --variants fp,binary,4bit
+--steps 200`): every role assignment and weight variant, fitted to convergence."""
+
+
 def check_settings(s: PeelingSettings, n_layers: int | None = None) -> None:
     """Refuse settings that cannot run (on a model with `n_layers` blocks, when known), naming the setting."""
     bad_layers = [l for l in s.layers if l < 1 or (n_layers is not None and l > n_layers)]
