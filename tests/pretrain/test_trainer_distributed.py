@@ -129,22 +129,22 @@ def test_every_tool_takes_the_three_checkpoint_forms(zero_runs, tmp_path):
     import runpy
 
     from growth.folders import source_info
-    from pretrain.jobs.lm_eval.run import locate as lm_eval_locate
-    from pretrain.jobs.peeling.job import PeelingError
-    from pretrain.jobs.peeling.job import locate as peeling_locate
+    from pretrain.jobs.location import locate as job_locate
 
     root = zero_runs[1] / "checkpoints"
     final = root / f"step_{STEPS}"
     for form in (root, root / "latest", final):
         assert folders.locate(form) == final
-        assert peeling_locate(form)[:2] == (final, STEPS)
-        assert lm_eval_locate(form).checkpoint == final
+        for job in ("peeling", "lm_eval"):
+            target = job_locate(form, job)
+            assert (target.checkpoint, target.step, target.run_dir) == (final, STEPS, zero_runs[1])
+            assert target.out == zero_runs[1] / "jobs" / job / final.name
         assert source_info(form)["path"] == str(final.resolve())
     export = runpy.run_path(str(Path(__file__).resolve().parents[2] / "scripts" / "export_hf.py"))["main"]
     assert export([str(root / "latest"), str(tmp_path / "hf")]) == 0
     assert (tmp_path / "hf" / "config.json").is_file() and (tmp_path / "hf" / "tokenizer.model").is_file()
-    with pytest.raises(PeelingError, match="step_99"):
-        peeling_locate(root / "step_99")
+    with pytest.raises(folders.CheckpointError, match="step_99"):
+        job_locate(root / "step_99", "peeling")
 
 
 def test_chunked_loss_head_matches_the_plain_head_under_zero3(zero_runs, runs_root):
