@@ -8,7 +8,7 @@ interval (target for the default: <= 0.25). One process, one rank: the per-rank 
 step (the same micro-batch per rank) without its communication. On a shared CPU pin the threads.
 
     OMP_NUM_THREADS=1 python scripts/bench_peeling.py                        # configs/tiny.yaml
-    OMP_NUM_THREADS=1 python scripts/bench_peeling.py model.n_layers=8 model.tie_embeddings=false
+    OMP_NUM_THREADS=1 python scripts/bench_peeling.py --profiles default model.n_layers=8 model.tie_embeddings=false
 """
 from __future__ import annotations
 
@@ -35,6 +35,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="configs/tiny.yaml", help="run config giving model, data, train, checkpoint")
     p.add_argument("--steps", type=int, default=10, help="timed training steps after two warm-up steps")
+    p.add_argument("--profiles", default="default,thorough", help="comma-separated: default, thorough")
     p.add_argument("--json", default=None, help="also write the results here")
     p.add_argument("overrides", nargs="*", help="config overrides key=value")
     args = p.parse_args()
@@ -59,7 +60,9 @@ def main() -> None:
     results = {"step_s": step_s, "checkpoint_every": cfg.checkpoint.every, "interval_s": interval_s, "profiles": {}}
     print(f"training: {step_s * 1e3:.1f} ms/step x {cfg.checkpoint.every} steps = {interval_s:.1f} s between "
           f"checkpoints ({cfg.model.n_layers} layers, dim {cfg.model.dim}, seq {cfg.data.seq_len})")
-    for name, settings in (("default", PeelingSettings()), ("thorough", PeelingSettings(**THOROUGH))):
+    profiles = {"default": PeelingSettings(), "thorough": PeelingSettings(**THOROUGH)}
+    for name in args.profiles.split(","):
+        settings = profiles[name]
         windows = calibration_windows(cfg, cfg.model, settings.calib_windows + settings.holdout_windows)
         start = time.perf_counter()
         bounds = compute_bounds(model, windows[:settings.calib_windows], settings,

@@ -14,7 +14,7 @@ from pretrain.jobs.peeling.settings import PeelingSettings
 from test_peeling import SEQ, VOCAB, markov_windows, train_on_markov
 
 CFG = ModelConfig(dim=64, n_layers=3, n_heads=4, n_kv_heads=2, ffn_dim=160, vocab_size=VOCAB, max_seq_len=SEQ)
-SETTINGS = PeelingSettings(variants=["fp"], permutations=["forward", "backward"], steps=60, batch_windows=16)
+SETTINGS = PeelingSettings(batch_windows=16)  # the job's defaults, the cheap detector
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -31,7 +31,8 @@ def trained(one_thread) -> Llama:
 
 
 def peel(model: Llama):
-    return compute_bounds(model, markov_windows(16, seed=3), SETTINGS, holdout=markov_windows(16, seed=4))
+    return compute_bounds(model, markov_windows(SETTINGS.calib_windows, seed=3), SETTINGS,
+                          holdout=markov_windows(SETTINGS.holdout_windows, seed=4))
 
 
 def test_negative_control_a_trained_model_has_no_lazy_layer(trained):

@@ -53,7 +53,8 @@ def tree_hash(folder: Path) -> dict[str, str]:
 
 def test_cli_writes_outputs_and_leaves_the_checkpoint_alone(weights, run_config, capsys):
     before = tree_hash(weights)
-    assert main(["--checkpoint", str(weights), "--config", str(run_config), "--layers", "1,2", *FAST]) == 0
+    assert main(["--checkpoint", str(weights), "--config", str(run_config), "--layers", "1,2", *FAST,
+                 "--offsets", "0,1", "--permutations", "forward,backward,swap"]) == 0
     assert tree_hash(weights) == before
     out = weights.parent / "jobs" / "peeling" / "tiny"
     data = json.loads((out / "bounds.json").read_text())

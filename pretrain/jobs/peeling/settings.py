@@ -36,18 +36,18 @@ class PeelingSettings:
     """Peeling bounds (METHODS.md §3, our reconstruction of arXiv 2605.02853): what to fit and how."""
 
     layers: List[int] = setting([], "1-based layers l whose windows l..l+j are peeled; empty = every layer")
-    offsets: List[int] = setting([0, 1], "offsets j: a block is fitted to X_{l+j} (0 = the layer's own output)")
+    offsets: List[int] = setting([1], "offsets j: a block is fitted to X_{l+j} (0 = the layer's own output)")
     permutations: List[str] = setting(
-        ["forward", "backward", "swap"],
+        ["forward", "backward"],
         "role assignments within a window (see pretrain/jobs/peeling/plan.py); forward is R(l, j) itself")
-    variants: List[str] = setting(["fp", "binary", "4bit"], "weight variants: fp | binary | <k>bit (2 <= k <= 16)")
+    variants: List[str] = setting(["fp"], "weight variants: fp | binary | <k>bit (2 <= k <= 16)")
     solver: str = setting("adam", "adam: fit the whole block by MSE | lstsq: closed-form solve of wo and w2")
     init: str = setting("block", "block: start each fit from the source block's weights | fresh: a new random block")
-    steps: int = setting(200, "Adam steps per fit (full batch over the calibration windows)")
+    steps: int = setting(10, "Adam steps per fit (full batch over the calibration windows)")
     lr: float = setting(1e-3, "Adam learning rate")
     lstsq_rounds: int = setting(3, "lstsq: alternate solve / recompute the MLP input this many times")
-    calib_windows: int = setting(16, "validation windows in the fixed calibration set (the first N)")
-    holdout_windows: int = setting(16, "validation windows after the calibration set on which every fitted row is "
+    calib_windows: int = setting(8, "validation windows in the fixed calibration set (the first N)")
+    holdout_windows: int = setting(8, "validation windows after the calibration set on which every fitted row is "
                                     "scored again; the verdicts use these out-of-sample bounds (0: in-sample)")
     batch_windows: int = setting(8, "windows per forward pass when recording hidden states and measuring losses")
     tolerance: float = setting(1e-3, "a layer is flagged lazy when a bound that removes it is <= model loss + this")
@@ -58,9 +58,15 @@ class PeelingSettings:
 
 
 THOROUGH = {"offsets": [0, 1], "permutations": ["forward", "backward", "swap"], "variants": ["fp", "binary", "4bit"],
-            "steps": 200}
+            "steps": 200, "calib_windows": 16, "holdout_windows": 16}
 """The opt-in thorough profile (`--offsets 0,1 --permutations forward,backward,swap --variants fp,binary,4bit
---steps 200`): every role assignment and weight variant, fitted to convergence."""
+--steps 200 --calib-windows 16 --holdout-windows 16`): every role assignment and weight variant, fitted much
+longer. The defaults are the cheap detector (scripts/bench_peeling.py: 0.1-0.25x the training time between two
+checkpoints of configs/tiny.yaml at 4 and 8 layers, where this profile costs ~27x at 4): one fp block refitted
+to do the work of two neighbours (forward and backward, j = 1, so every layer is tested for removal) with 10
+Adam steps on 8 windows, scored on 8 others. What they
+give up: low-bit bounds, role swaps, the j = 0 sanity rows, and tightness: a short fit only reaches the model's
+loss where a layer is already nearly redundant, so they flag fewer layers than the thorough fits would."""
 
 
 def check_settings(s: PeelingSettings, n_layers: int | None = None) -> None:
