@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from scipy import stats
+
 from growth import GrowthError
 from growth.report import write_lag_report
 from growth.folders import check_operator, grow_folder, is_grown_folder, parse_params, source_info
@@ -68,34 +70,46 @@ def ranks(values: Mapping[str, float]) -> dict[str, int]:
 
 def spearman(x: Sequence[float], y: Sequence[float]) -> float:
     """Spearman's rank correlation (average ranks for ties); NaN when undefined (< 3 points or a constant)."""
+    return _rank_correlation(stats.spearmanr, x, y)
+
+
+def kendall(x: Sequence[float], y: Sequence[float]) -> float:
+    """Kendall's tau-b (ties accounted for); NaN when undefined (< 3 points or a constant)."""
+    return _rank_correlation(stats.kendalltau, x, y)
+
+
+def _rank_correlation(statistic: Any, x: Sequence[float], y: Sequence[float]) -> float:
     if len(x) != len(y):
-        raise LagError(f"spearman needs paired values, got {len(x)} and {len(y)}")
-    if len(x) < 3:
+        raise LagError(f"rank correlations need paired values, got {len(x)} and {len(y)}")
+    if len(x) < 3 or len(set(x)) < 2 or len(set(y)) < 2:
         return math.nan
-    rx, ry = _average_ranks(x), _average_ranks(y)
-    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
-    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
-    var = math.sqrt(sum((a - mx) ** 2 for a in rx) * sum((b - my) ** 2 for b in ry))
-    return cov / var if var else math.nan
+    return float(statistic(x, y).statistic)
 
 
-def _average_ranks(values: Sequence[float]) -> list[float]:
-    order = sorted(range(len(values)), key=lambda i: values[i])
-    out = [0.0] * len(values)
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
-            j += 1
-        for t in range(i, j + 1):
-            out[order[t]] = (i + j) / 2 + 1
-        i = j + 1
-    return out
+def selection_by_step(curves: Curves, m: int) -> list[dict[str, Any]]:
+    """LAG as a measurement: for every step s <= m that every candidate logged, how well the loss at s predicts
+    the loss at the horizon m -- its Spearman and Kendall correlation with it, the candidate choosing at s
+    would pick, and that choice's top-1 regret (its loss at m minus the best loss at m)."""
+    at_m = losses_at(curves, m)
+    finite = [v for v in at_m.values() if not math.isnan(v)]
+    if not finite:
+        raise LagError(f"every candidate's validation loss at step {m} is NaN: {sorted(at_m)}")
+    best, names = min(finite), list(curves)
+    logged = sorted(set.intersection(*(set(c) for c in curves.values())))
+    rows = []
+    for step in (s for s in logged if s <= m):
+        at_s = losses_at(curves, step)
+        pick = argmin(at_s)
+        x, y = [at_s[n] for n in names], [at_m[n] for n in names]
+        rows.append({"step": step, "spearman": spearman(x, y), "kendall": kendall(x, y), "choice": pick,
+                     "regret": at_m[pick] - best})
+    return rows
 
 
 def summarize(curves: Curves, k: int, validate_steps: int | None = None) -> dict[str, Any]:
     """The LAG decision and what it rests on: losses and ranks at 0 and k (and at the validation horizon m,
-    with the rank correlations of the step-0 and step-k losses with the step-m loss). `winner_by_init` is what
+    with the rank correlations of the step-0 and step-k losses with the step-m loss, and `by_step`: the same
+    correlations and the top-1 regret of choosing at every logged step). `winner_by_init` is what
     choosing at growth would pick: reported beside LAG's choice, never used for it."""
     at0, atk = losses_at(curves, 0), losses_at(curves, k)
     summary: dict[str, Any] = {
@@ -108,7 +122,8 @@ def summarize(curves: Curves, k: int, validate_steps: int | None = None) -> dict
         summary |= {"m": validate_steps, "loss_m": atm, "rank_m": ranks(atm),
                     "best_at_m": argmin(atm),
                     "spearman_0_m": spearman([at0[n] for n in names], [atm[n] for n in names]),
-                    "spearman_k_m": spearman([atk[n] for n in names], [atm[n] for n in names])}
+                    "spearman_k_m": spearman([atk[n] for n in names], [atm[n] for n in names]),
+                    "by_step": selection_by_step(curves, validate_steps)}
     return summary
 
 

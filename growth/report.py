@@ -15,6 +15,8 @@ def write_lag_report(out: Path, summary: dict[str, Any]) -> None:
     (out / "lag.md").write_text(lag_markdown(summary))
     plot_curves(out / "lag.png", {c["name"]: c["curve"] for c in summary["candidates"]}, summary["winner"],
                 [summary["k"]], f"LAG: val loss after growth (lag k={summary['k']})")
+    if "by_step" in summary:
+        plot_selection(out / "lag_by_step.png", summary["by_step"], summary["k"], summary["m"])
 
 
 def lag_markdown(summary: dict[str, Any]) -> str:
@@ -41,6 +43,13 @@ def lag_markdown(summary: dict[str, Any]) -> str:
         lines += ["", f"Validation at step {m}: best `{summary['best_at_m']}`. Spearman rank correlation with the "
                   f"step-{m} loss over {len(names)} candidates: step-0 loss ρ = {_f(summary['spearman_0_m'], 3)}, "
                   f"step-{k} loss ρ = {_f(summary['spearman_k_m'], 3)}."]
+    if "by_step" in summary:
+        lines += ["", f"## Choosing at step s, judged at step {m}", "",
+                  f"Rank correlation of the loss at s with the loss at {m}, and the top-1 regret of picking the "
+                  f"argmin at s (its loss at {m} minus the best loss at {m}); plot: `lag_by_step.png`.", "",
+                  "| s | Spearman ρ | Kendall τ | choice | regret |", "|---|---|---|---|---|"]
+        lines += [f"| {r['step']} | {_f(r['spearman'], 3)} | {_f(r['kendall'], 3)} | {r['choice']} | "
+                  f"{_f(r['regret'])} |" for r in summary["by_step"]]
     if "continued" in summary:
         lines += ["", f"The winner was continued to step {summary['continued']['steps']}: "
                   f"`{summary['continued']['run']}`."]
@@ -74,6 +83,31 @@ def plot_curves(path: Path, curves: dict[str, dict[str, float]], highlight: str 
     ax.set(xlabel=xlabel, ylabel="validation loss", title=title)
     ax.grid(alpha=0.3)
     ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_selection(path: Path, by_step: Sequence[dict[str, Any]], k: int, m: int) -> None:
+    """Spearman and Kendall (left axis) and the top-1 regret (right) of choosing at step s, against s: where a
+    phase transition is, the correlations jump and the regret falls to zero."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r["step"] for r in by_step]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for key, label in (("spearman", "Spearman ρ"), ("kendall", "Kendall τ")):
+        ax.plot(steps, [r[key] for r in by_step], marker="o", markersize=2.5, label=label)
+    ax.set(xlabel="choosing step s", ylabel=f"rank correlation with the loss at step {m}", ylim=(-1.05, 1.05))
+    regret = ax.twinx()
+    regret.plot(steps, [r["regret"] for r in by_step], color="black", linestyle="--", label="top-1 regret")
+    regret.set_ylabel(f"regret (val loss at step {m})")
+    ax.axvline(k, color="grey", linestyle=":")
+    handles = ax.get_legend_handles_labels()[0] + regret.get_legend_handles_labels()[0]
+    ax.legend(handles, [h.get_label() for h in handles], loc="lower right")
+    ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -10,7 +10,7 @@ import yaml
 
 from growth import GrowthError
 from growth.cli import main
-from growth.lag import LagError, LagPlan, choose, parse_pool, ranks, spearman, summarize
+from growth.lag import LagError, LagPlan, choose, kendall, parse_pool, ranks, selection_by_step, spearman, summarize
 from growth.stacking import Stage, StackingPlan, parse_schedule
 from launching import launch, metrics
 
@@ -55,6 +55,39 @@ def test_ranks_share_ties_and_spearman_matches_hand_values():
     # ranks x = 1,2,3,4 and y = 1,2.5,2.5,4 (a tie): rho = 4.5 / sqrt(5 * 4.5)
     assert spearman([1, 2, 3, 4], [1, 5, 5, 9]) == pytest.approx(4.5 / math.sqrt(5 * 4.5))
     assert math.isnan(spearman([1, 2], [2, 1]))
+
+
+def test_kendall_matches_hand_values_with_ties():
+    # 4 points, y tied once: concordant 5, discordant 0, tied in y only 1 -> tau_b = 5 / sqrt(6 * 5)
+    assert kendall([1, 2, 3, 4], [1, 5, 5, 9]) == pytest.approx(5 / math.sqrt(6 * 5))
+    assert kendall([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    assert math.isnan(kendall([1, 2, 3], [5, 5, 5]))  # a constant side: undefined, not 0
+
+
+def test_choosing_at_each_step_is_judged_at_the_horizon():
+    curves = {n: {**c, 9: c[3] - 0.5} for n, c in CURVES.items()}  # the step-3 order holds at step 9
+    by_step = {r["step"]: r for r in selection_by_step(curves, 9)}
+    assert sorted(by_step) == [0, 1, 2, 3, 9]
+    # step 0 picks zero_block, the worst at step 9: regret = 3.55 - 3.30; from step 3 on, the right choice
+    assert by_step[0]["choice"] == "zero_block" and by_step[0]["regret"] == pytest.approx(0.25)
+    assert by_step[0]["spearman"] == pytest.approx(-1.0) and by_step[0]["kendall"] == pytest.approx(-1.0)
+    assert by_step[3]["choice"] == "interleave" and by_step[3]["regret"] == 0.0
+    assert by_step[3]["kendall"] == pytest.approx(1.0)
+    assert by_step[2]["spearman"] == pytest.approx(spearman([4.1, 4.0, 4.0], [3.55, 3.40, 3.30]))
+
+
+def test_the_report_tables_and_plots_the_choice_at_every_step(tmp_path):
+    from growth.report import write_lag_report
+
+    curves = {n: {**c, 9: c[3] - 0.5} for n, c in CURVES.items()}
+    summary = summarize(curves, 3, validate_steps=9) | {
+        "source": "src", "source_step": 100, "target": ["n_layers=4"], "config": "cfg.yaml", "overrides": [],
+        "candidates": [{"name": n, "function_preserving": n == "zero_block", "curve": {str(k): v for k, v in c.items()}}
+                       for n, c in curves.items()]}
+    write_lag_report(tmp_path, summary)
+    md = (tmp_path / "lag.md").read_text()
+    assert "| 0 | -1.000 | -1.000 | zero_block | 0.2500 |" in md and "| 3 | 1.000 | 1.000 | interleave | 0.0000 |" in md
+    assert (tmp_path / "lag_by_step.png").stat().st_size > 10_000
 
 
 def test_validation_sweep_reports_both_correlations():
