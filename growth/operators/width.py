@@ -57,7 +57,7 @@ _FOLDED = ("norm.weight", "output.weight")
 
 @register_operator("net2net", kind="width")
 def net2net(cfg: ModelConfig, state: StateDict, target: ModelConfig, *,
-            opt_state: OptState | None = None) -> GrowthResult:
+            opt_state: OptState | None = None, noise: float = 0.0, seed: int = 0) -> GrowthResult:
     """Function-preserving widening by unit duplication (Net2Net, Chen et al. 2016; bert2BERT's FPI).
 
     Residual units are duplicated cyclically (new unit t copies t mod dim) by an integer factor k =
@@ -65,8 +65,14 @@ def net2net(cfg: ModelConfig, state: StateDict, target: ModelConfig, *,
     duplication would change the RMS; LEMON corrects that, we refuse it). With head_dim fixed, n_heads grows by
     the same k; key/value heads grow by m (m divides k) and whole GQA groups are copied, so each copied query
     head still attends with a copy of its own key/value head. ffn_dim may grow by any amount (unit t copies
-    t mod ffn_dim; uneven counts are split exactly). Copies stay identical under training unless something
-    breaks the symmetry (dropout, noise): this operator adds none, so that it preserves the function exactly.
+    t mod ffn_dim; uneven counts are split exactly).
+
+    Copies stay identical under training unless something breaks the symmetry. `noise` > 0 does, without
+    giving up the function: every tensor that sums over copies of an input unit gets noise of std `noise` x
+    its own std on those copies' weights, made zero-sum over each unit's copies (one copy's +e is another's
+    -e, the halves-with-opposite-noise trick). The copies see the same input, so their sum -- the output --
+    is unchanged up to float rounding, while each copy now sends a different gradient back. A tied head is
+    left alone (its noise would be the embedding's, which changes the function).
     """
     k = target.dim // cfg.dim
     if target.dim % cfg.dim:
@@ -95,8 +101,31 @@ def net2net(cfg: ModelConfig, state: StateDict, target: ModelConfig, *,
               "units": {"resid": units["resid"].tolist(), "q_heads": q_heads.tolist(),
                         "kv_heads": kv_heads.tolist(), "ffn": units["ffn"].tolist()},
               "note": "new unit/head i copies source unit/head units[space][i]"}
-    return _build(target, [state], [opt_state] if opt_state is not None else None, gather, counts,
-                  split_reads=lambda p: True, record=record)
+    if noise < 0:
+        raise GrowthError(f"net2net noise={noise} must be >= 0 (a std relative to each tensor's std)")
+    record["symmetry_noise"] = noise
+    result = _build(target, [state], [opt_state] if opt_state is not None else None, gather, counts,
+                    split_reads=lambda p: True, record=record)
+    if noise > 0:
+        _break_symmetry(result.state_dict, target, units | {"q": index["q"]}, noise, seed)
+    return result
+
+
+def _break_symmetry(state: StateDict, target: ModelConfig, source_unit: dict[str, Tensor], noise: float,
+                    seed: int) -> None:
+    """Add zero-sum noise over the copies of each input unit to every tensor that reads copied units (in place)."""
+    gen = torch.Generator().manual_seed(seed)
+    for name, weight in state.items():
+        suffix = name.split(".", 2)[-1] if name.startswith("layers.") else name
+        param = _PARAMS[suffix]
+        if param.reads is None or (name == "output.weight" and target.tie_embeddings):
+            continue
+        axis = param.axes.index(param.reads)
+        groups = source_unit[param.reads]
+        eps = torch.randn(weight.shape, generator=gen).movedim(axis, -1) * noise * weight.float().std()
+        group_sum = torch.zeros(*eps.shape[:-1], int(groups.max()) + 1).index_add_(-1, groups, eps)
+        eps -= (group_sum / torch.bincount(groups))[..., groups]
+        state[name] = (weight.float() + eps.movedim(-1, axis)).to(weight.dtype)
 
 
 @register_operator("fusion", kind="width")

@@ -93,3 +93,33 @@ def test_width_then_depth_chains_and_preserves(width_op, tokens):
     deep = growth.grow(wide.config, wide.state_dict, "zero_block", replace(wide.config, n_layers=3))
     assert deep.config.dim == 64 and deep.config.n_layers == 3
     assert max_diff(small, load(deep), tokens) < TOL
+
+
+def _lm_grads(model, tokens) -> dict[str, torch.Tensor]:
+    model.zero_grad()
+    out = model(tokens[:, :-1]).logits
+    torch.nn.functional.cross_entropy(out.flatten(0, 1), tokens[:, 1:].flatten()).backward()
+    return {n: p.grad.detach().clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_net2net_noise_breaks_the_symmetry_and_keeps_the_function(tied, tokens):
+    source = tiny(tie_embeddings=tied)
+    small = random_model(source)
+    target = tiny(dim=64, n_heads=8, ffn_dim=80, tie_embeddings=tied)  # ffn 48 -> 80: uneven copy counts
+    plain = load(growth.grow(source, state_of(small), "net2net", target))
+    result = growth.grow(source, state_of(small), "net2net", target, noise=0.1, seed=1)
+    noisy = load(result)
+    assert result.record["symmetry_noise"] == 0.1
+    error = max_diff(small, noisy, tokens)
+    assert error < 10 * TOL, f"zero-sum noise changed the logits by {error}"
+    w1, w2 = noisy.layers[0].feed_forward.w1.weight, noisy.layers[0].feed_forward.w2.weight
+    # residual unit 3 and its copy 35 read by w1 (columns), ffn unit 5 and its copy 53 read by w2
+    assert not torch.equal(w1[:, 3], w1[:, 35]) and not torch.equal(w2[:, 5], w2[:, 53])
+    assert torch.allclose(w2[:, 5] + w2[:, 53], plain.layers[0].feed_forward.w2.weight[:, [5, 53]].sum(1), atol=1e-6)
+    # the copies of ffn unit 5 now receive different gradients (without noise they are identical)
+    same, broken = _lm_grads(plain, tokens), _lm_grads(noisy, tokens)
+    name = "layers.0.feed_forward.w1.weight"
+    assert torch.equal(same[name][5], same[name][53])
+    assert (broken[name][5] - broken[name][53]).abs().max() > 1e-3 * broken[name][5].abs().max()
+    assert torch.equal(noisy.output.weight, noisy.tok_embeddings.weight) == tied
