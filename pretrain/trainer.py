@@ -417,10 +417,12 @@ class Trainer:
             log.warning("%s: skipping %d batch window(s) that produced non-finite steps before", path, len(windows))
 
     def train_subset_only(self) -> dict[str, int]:
-        """Rebuild the engine over the trainable subset, carrying the fp32 weights and the lr schedule."""
+        """Rebuild the engine over the trainable subset, carrying the fp32 weights, the lr schedule and (ZeRO-1/2)
+        the subset's Adam moments."""
         trainable = self.cfg.train.trainable
         names = trainable_names(self.engine.module, trainable)
         weights = hybrid.full_weights(self.engine)
+        moments = hybrid.carry_moments(self.engine, names)
         del self.engine, self.optimizer, self.scheduler
         gc.collect()
         model = Llama(self.cfg.model)
@@ -428,8 +430,11 @@ class Trainer:
         model.load_state_dict(weights, strict=False)  # named_parameters() lists a tied head only once
         self._build_engine(model, self.step)
         hybrid.restore_masters(self.engine, weights)
+        if moments is not None:
+            hybrid.restore_moments(self.engine, moments)
         n_train = sum(weights[n].numel() for n in names)
-        log.info("step %d: training only %d parameters (%s) from now on", self.step, n_train, trainable.mode)
+        log.info("step %d: training only %d parameters (%s) from now on, Adam moments %s", self.step, n_train,
+                 trainable.mode, "carried" if moments is not None else "restarted")
         return {"hybrid/trainable_params": n_train, "hybrid/frozen_params": sum(w.numel() for w in weights.values()) - n_train}
 
     def _run_step_end_hooks(self, record: dict[str, Any]) -> None:

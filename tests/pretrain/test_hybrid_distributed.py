@@ -117,3 +117,23 @@ def test_trajectory_report_of_two_checkpoints_draws_the_parameter_map(hybrid_run
     assert (tmp_path / "params.png").is_file() and not (tmp_path / "updates.png").exists()
     assert "an update map needs at least 3" in capsys.readouterr().out
     assert json.loads((tmp_path / "summary.json").read_text())["steps"] == [STEPS - 1, STEPS]
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_adam_moments_carry_across_t0(runs_root, stage):
+    """Without clipping (whose norm is the subset's after t0) a norm gain's first update after t0 depends only on
+    its gradient, its Adam moments and step count, and the lr: all equal in a run that never switches, so the
+    gains must come out equal there (with the moments restarted instead, this test fails)."""
+    common = [f"train.steps={T0 + 1}", "train.grad_clip=0", "checkpoint.every=1", f"checkpoint.keep={T0 + 1}",
+              "eval.every=0", "monitors.jump.every=0", "train.precision=fp32", f"deepspeed.zero_stage={stage}"]
+    full, hybrid = runs_root / f"carry_full_zero{stage}", runs_root / f"carry_hybrid_zero{stage}"
+    launch(full, common)
+    launch(hybrid, [*common, "train.trainable.mode=norms_only", f"train.trainable.after_step={T0}"])
+    _, ref = weights.load_weights(full / "checkpoints" / f"step_{T0 + 1}")
+    _, got = weights.load_weights(hybrid / "checkpoints" / f"step_{T0 + 1}")
+    _, at_t0 = weights.load_weights(hybrid / "checkpoints" / f"step_{T0}")
+    norms = [n for n in ref if NORM.search(n)]
+    for name in norms:
+        assert not got[name].equal(at_t0[name])
+        assert torch.allclose(got[name], ref[name], rtol=0, atol=1e-6), name
+    assert all(got[n].equal(at_t0[n]) for n in ref if n not in norms)
