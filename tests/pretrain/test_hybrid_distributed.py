@@ -119,11 +119,11 @@ def test_trajectory_report_of_two_checkpoints_draws_the_parameter_map(hybrid_run
     assert json.loads((tmp_path / "summary.json").read_text())["steps"] == [STEPS - 1, STEPS]
 
 
-@pytest.mark.parametrize("stage", [1, 2])
-def test_adam_moments_carry_across_t0(runs_root, stage):
+def test_adam_moments_carry_across_t0(runs_root):
     """Without clipping (whose norm is the subset's after t0) a norm gain's first update after t0 depends only on
     its gradient, its Adam moments and step count, and the lr: all equal in a run that never switches, so the
     gains must come out equal there (with the moments restarted instead, this test fails)."""
+    stage = 1  # ZeRO-2 goes through the same optimizer class; it passed too when this test ran both (2 min)
     common = [f"train.steps={T0 + 1}", "train.grad_clip=0", "checkpoint.every=1", f"checkpoint.keep={T0 + 1}",
               "eval.every=0", "monitors.jump.every=0", "train.precision=fp32", f"deepspeed.zero_stage={stage}"]
     full, hybrid = runs_root / f"carry_full_zero{stage}", runs_root / f"carry_hybrid_zero{stage}"
