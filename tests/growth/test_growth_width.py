@@ -5,7 +5,8 @@ from dataclasses import replace
 
 import pytest
 import torch
-from growth_testlib import NET2NET, TINY, TOL, fused, load, logits, max_diff, random_model, state_of, tiny, tokens  # noqa: F401 (fixture)
+from growth_testlib import (NET2NET, TINY, TOL, fused, grads_as_moments, load, logits, max_diff,  # noqa: F401
+                            random_model, state_of, tiny, tokens)  # tokens: a fixture
 
 import growth
 
@@ -95,13 +96,6 @@ def test_width_then_depth_chains_and_preserves(width_op, tokens):
     assert max_diff(small, load(deep), tokens) < TOL
 
 
-def _lm_grads(model, tokens) -> dict[str, torch.Tensor]:
-    model.zero_grad()
-    out = model(tokens[:, :-1]).logits
-    torch.nn.functional.cross_entropy(out.flatten(0, 1), tokens[:, 1:].flatten()).backward()
-    return {n: p.grad.detach().clone() for n, p in model.named_parameters()}
-
-
 @pytest.mark.parametrize("tied", [False, True])
 def test_net2net_noise_breaks_the_symmetry_and_keeps_the_function(tied, tokens):
     source = tiny(tie_embeddings=tied)
@@ -118,7 +112,7 @@ def test_net2net_noise_breaks_the_symmetry_and_keeps_the_function(tied, tokens):
     assert not torch.equal(w1[:, 3], w1[:, 35]) and not torch.equal(w2[:, 5], w2[:, 53])
     assert torch.allclose(w2[:, 5] + w2[:, 53], plain.layers[0].feed_forward.w2.weight[:, [5, 53]].sum(1), atol=1e-6)
     # the copies of ffn unit 5 now receive different gradients (without noise they are identical)
-    same, broken = _lm_grads(plain, tokens), _lm_grads(noisy, tokens)
+    (same, _), (broken, _) = grads_as_moments(plain, tokens), grads_as_moments(noisy, tokens)
     name = "layers.0.feed_forward.w1.weight"
     assert torch.equal(same[name][5], same[name][53])
     assert (broken[name][5] - broken[name][53]).abs().max() > 1e-3 * broken[name][5].abs().max()
