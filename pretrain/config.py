@@ -41,7 +41,9 @@ class RunConfig:
 @dataclass
 class TrainableConfig:
     mode: str = "all"
-    """all: every parameter trains | norms_only: from `after_step` on only RMSNorm gains and `groups` train."""
+    """all: every parameter trains | norms_only: from `after_step` on only RMSNorm gains and `groups` train |
+    random: from `after_step` on as many individual weights as norms_only would train, drawn at random from the
+    other parameters (seeded by run.seed) with no weight decay: norms_only's control (ZeRO 0-2)."""
     after_step: int = 0
     """t0: the step after which the subset alone trains (0: from the start)."""
     groups: List[str] = field(default_factory=list)
@@ -197,7 +199,7 @@ CHOICES = {
     "log.wandb.mode": ("offline", "online"),
     "deepspeed.zero_stage": (0, 1, 2, 3),
     "deepspeed.rendezvous_bind": ("master_addr", "all"),
-    "train.trainable.mode": ("all", "norms_only"),
+    "train.trainable.mode": ("all", "norms_only", "random"),
     "train.on_nonfinite": ("skip", "stop", "rollback"),
 }
 
@@ -259,6 +261,9 @@ def validate(cfg: Config) -> None:
             f"data.seq_len={cfg.data.seq_len} exceeds model.max_seq_len={cfg.model.max_seq_len}; "
             "lower data.seq_len or raise model.max_seq_len"
         )
+    if cfg.train.trainable.mode == "random" and cfg.deepspeed.zero_stage == 3:
+        raise ConfigError("train.trainable.mode=random masks gradients of whole parameters, which ZeRO-3 partitions; "
+                          "use deepspeed.zero_stage 0, 1 or 2 (or mode norms_only)")
     for registry in (JOBS, MONITORS):
         try:
             registry.check(getattr(cfg, registry.section))

@@ -37,7 +37,7 @@ from pretrain.data.streaming import StagedWindows, StreamSampler, TokenStream
 from pretrain.data.tokenizer import eos_id_of
 from pretrain.engine import build_engine, build_model, load_weights_into
 from pretrain.faults import NonFiniteError, Preemption, diagnose
-from pretrain.hybrid import freeze_all_but, trainable_names
+from pretrain.hybrid import freeze_all_but
 from pretrain.io import atomic_write_bytes, atomic_write_json
 from pretrain.metrics import MetricsLogger, detect_peak_tflops, memory_gb
 from pretrain.plugins import JOBS, MONITORS
@@ -201,10 +201,16 @@ class Trainer:
     def _build_engine(self, model: Llama, start_step: int) -> None:
         """A DeepSpeed engine for the phase `start_step` is in (all parameters, or the norm-only subset)."""
         self.subset_only = self._subset_phase(start_step)
+        cfg, subset = self.cfg, None
         if self.subset_only:
-            freeze_all_but(model, trainable_names(model, self.cfg.train.trainable))
-        lr_offset = self.cfg.train.trainable.after_step if self.subset_only else 0
-        self.engine, self.optimizer, self.scheduler = build_engine(model, self.cfg, lr_offset)
+            subset = hybrid.subset_of(model, cfg.train.trainable, cfg.run.seed)
+            freeze_all_but(model, subset.names)
+            if subset.masks:  # the unchosen elements of a trainable tensor must not decay either
+                cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, weight_decay=0.0))
+        lr_offset = cfg.train.trainable.after_step if self.subset_only else 0
+        self.engine, self.optimizer, self.scheduler = build_engine(model, cfg, lr_offset)
+        if subset is not None and subset.masks:
+            hybrid.mask_gradients(self.engine.module, subset.masks)
         dist.set_collective_timeout(self.cfg.deepspeed.collective_timeout_s)  # the engine made new groups
         self._skipped_seen = 0
 
@@ -420,9 +426,11 @@ class Trainer:
         """Rebuild the engine over the trainable subset, carrying the fp32 weights, the lr schedule and (ZeRO-1/2)
         the subset's Adam moments."""
         trainable = self.cfg.train.trainable
-        names = trainable_names(self.engine.module, trainable)
+        subset = hybrid.subset_of(self.engine.module, trainable, self.cfg.run.seed)
         weights = hybrid.full_weights(self.engine)
-        moments = hybrid.carry_moments(self.engine, names)
+        moments = hybrid.carry_moments(self.engine, subset.names)
+        if moments is not None and subset.masks:
+            moments = hybrid.mask_moments(moments, subset.masks)
         del self.engine, self.optimizer, self.scheduler
         gc.collect()
         model = Llama(self.cfg.model)
@@ -432,7 +440,7 @@ class Trainer:
         hybrid.restore_masters(self.engine, weights)
         if moments is not None:
             hybrid.restore_moments(self.engine, moments)
-        n_train = sum(weights[n].numel() for n in names)
+        n_train = subset.size(weights)
         log.info("step %d: training only %d parameters (%s) from now on, Adam moments %s", self.step, n_train,
                  trainable.mode, "carried" if moments is not None else "restarted")
         return {"hybrid/trainable_params": n_train, "hybrid/frozen_params": sum(w.numel() for w in weights.values()) - n_train}

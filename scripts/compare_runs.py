@@ -24,6 +24,8 @@ from typing import Any, Iterable, Optional
 
 import yaml
 
+import compare_trajectory  # its sections use this module's helpers, at call time only
+
 IGNORED_KEYS = frozenset({"run.name", "run.seed", "run.out_dir", "data.cache_dir"})
 """Config keys that do not make runs different arms: the seed, and where the run and its caches live."""
 REG_KEY = "regularizers"
@@ -97,8 +99,15 @@ def _short(value: Any) -> str:
     return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
 
 
-def group_runs(runs: Iterable[Run], label_by: Optional[list[str]] = None) -> dict[str, list[Run]]:
-    """label -> the runs of one arm, in order of first appearance (runs within an arm sorted by seed)."""
+def group_runs(runs: Iterable[Run], label_by: Optional[list[str]] = None,
+               names: Optional[dict[Path, str]] = None) -> dict[str, list[Run]]:
+    """label -> the runs of one arm, in order of first appearance (runs within an arm sorted by seed); `names`
+    (run directory -> arm name, as an experiment spec has them) labels and groups instead of the configs."""
+    if names is not None:
+        named: dict[str, list[Run]] = {}
+        for run in runs:
+            named.setdefault(names[run.path], []).append(run)
+        return {label: sorted(rs, key=lambda r: str(r.seed)) for label, rs in named.items()}
     arms: dict[str, list[Run]] = {}
     configs: dict[str, dict[str, Any]] = {}
     for run in runs:
@@ -204,7 +213,11 @@ def signed_jump(record: dict[str, Any]) -> float:
 
 def band(runs: list[Run], key: str) -> tuple[list[int], list[float], list[float]]:
     """(steps logged in every run, mean, half-width of the 95% t interval over runs; 0 for a single run)."""
-    curves = [curve(r.records, key) for r in runs]
+    return band_of([curve(r.records, key) for r in runs])
+
+
+def band_of(curves: list[dict[int, float]]) -> tuple[list[int], list[float], list[float]]:
+    """`band` of curves given as step -> value."""
     steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
     stats = [mean_std(c[s] for c in curves) for s in steps]
     return steps, [m for m, _, _ in stats], [0.0 if n < 2 else ci_halfwidth(s, n) for _, s, n in stats]
@@ -270,6 +283,7 @@ def render_markdown(arms: dict[str, list[Run]], baseline: Optional[str] = None) 
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
     if baseline is not None:
         lines += differences(arms, baseline)
+    lines += compare_trajectory.lines(arms, baseline)
     lines += ["", "## Runs", ""]
     lines += [f"- {label}: " + ", ".join(str(r.path) for r in runs) for label, runs in arms.items()]
     return "\n".join(lines) + "\n"
@@ -356,16 +370,19 @@ def _save(fig, path: Path) -> None:
 
 
 def compare(run_dirs: list[Path], out: Path, label_by: Optional[list[str]] = None,
-            baseline: Optional[str] = None) -> Path:
+            baseline: Optional[str] = None, names: Optional[list[str]] = None) -> Path:
     """Load, group, write compare.md and the plots into `out`; returns compare.md's path. The baseline arm
-    (default: the one labelled "baseline", if any) is what the differences are taken against."""
-    arms = group_runs([load_run(d) for d in run_dirs], label_by)
+    (default: the one labelled "baseline", if any) is what the differences are taken against; `names` gives
+    each run directory's arm name (else arms are told apart by their configs)."""
+    runs = [load_run(d) for d in run_dirs]
+    arms = group_runs(runs, label_by, None if names is None else {r.path: n for r, n in zip(runs, names)})
     if baseline is None and "baseline" in arms:
         baseline = "baseline"
     out.mkdir(parents=True, exist_ok=True)
     report = out / "compare.md"
     report.write_text(render_markdown(arms, baseline))
     plot_all(arms, out)
+    compare_trajectory.plot(arms, out)
     return report
 
 

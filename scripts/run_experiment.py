@@ -50,6 +50,7 @@ class Job:
     """One arm x seed run: what to launch and how to tell it is already finished."""
 
     name: str
+    arm: str
     run_dir: Path
     overrides: list[str]
     steps: int
@@ -107,7 +108,7 @@ def plan(spec: Spec, out: Path, arms: Optional[list[str]] = None, seeds: Optiona
             overrides = [f"run.out_dir={out / 'runs'}", f"run.name={name}", f"run.seed={seed}",
                          *spec.overrides, *spec.arms[arm], *extra]
             steps = load_config(spec.base, overrides).train.steps
-            jobs.append(Job(name, out / "runs" / name, overrides, steps))
+            jobs.append(Job(name, arm, out / "runs" / name, overrides, steps))
     return jobs
 
 
@@ -154,7 +155,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     except RuntimeError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    report = compare_runs.compare([job.run_dir for job in jobs], out)
+    report = compare_runs.compare([job.run_dir for job in jobs], out, names=[job.arm for job in jobs])
     print(report.read_text())
     return 0
 
