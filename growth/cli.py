@@ -1,5 +1,5 @@
-"""`python -m growth {grow,lag,stack} ...`: grow a checkpoint with one operator, choose one by LAG, or train
-with adaptive gradual stacking. Every command refuses bad input before writing anything, naming the problem."""
+"""`python -m growth {grow,lag,experiment,stack} ...`: grow a checkpoint with one operator, choose one by LAG,
+measure LAG over seeds, or train with adaptive gradual stacking. Every command refuses bad input before writing anything, naming the problem."""
 from __future__ import annotations
 
 import argparse
@@ -27,6 +27,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     g.add_argument("--to", nargs="+", required=True,
                    help="target shape: a model YAML, a preset name, or overrides of the source's (n_layers=8)")
     g.add_argument("--out", required=True, type=Path, help="new weights folder to write")
+    g.add_argument("--carry", action="store_true",
+                   help="also map the source's Adam moments and keep its step and data position (carry.pt), so a "
+                        "run with train.carry continues its training")
     g.add_argument("--param", action="append", default=[], metavar="K=V",
                    help="operator parameter, e.g. block=2 (stack_middle), position=interleave (zero_block)")
 
@@ -36,11 +39,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     lag.add_argument("--pool", required=True,
                      help=f"comma-separated candidates, each OP or OP:k=v[:k=v] (operators: {_OPS})")
     lag.add_argument("--lag-steps", type=int, required=True, help="k: steps each candidate trains before the choice")
+    lag.add_argument("--carry", action="store_true",
+                     help="candidates continue the source's Adam moments, step and data order (train.carry) instead "
+                          "of a fresh optimizer and a new warmup")
     lag.add_argument("--validate-steps", type=int, help="also train every candidate to this step and report the "
                                                         "rank correlation of step-0 and step-k loss with it")
     lag.add_argument("--continue-steps", type=int,
                      help="continue the winner's run to this step (its run dir resumed with a larger train.steps; "
                           "with --validate-steps M >= this, the winner is already there)")
+
+    ex = sub.add_parser("experiment", help="LAG measured over seeds, optimizer modes and a from-scratch control")
+    ex.add_argument("spec", type=Path, help="experiment spec YAML (e.g. configs/experiments/lag_cpu.yaml)")
+    ex.add_argument("--out", type=Path, required=True, help="experiment directory (re-run to resume)")
+    ex.add_argument("--growths", help="comma-separated growth names of the spec to run (default: all)")
 
     st = sub.add_parser("stack", help="adaptive gradual stacking: LAG chooses the stacking at every stage")
     st.add_argument("--config", type=Path, required=True, help="run config; its model is the stage-0 model")
@@ -65,7 +76,7 @@ def _source_and_run_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_grow(args: argparse.Namespace) -> int:
-    result = grow_folder(args.source, args.op, args.to, args.out, parse_params(args.param))
+    result = grow_folder(args.source, args.op, args.to, args.out, parse_params(args.param), carry=args.carry)
     rec = result.record
     print(f"grew {rec['source']} (step {rec['source_step']}) with {rec['operator']} -> {args.out}: "
           f"{rec['source_config']['n_layers']} -> {result.config.n_layers} layers, dim {result.config.dim}, "
@@ -78,7 +89,10 @@ def cmd_grow(args: argparse.Namespace) -> int:
     cmd = ["python", "-m", "launch", "--num_gpus", "2", str(config) if config.is_file() else "CONFIG.yaml",
            f"train.init_from={args.out.resolve()}", *model_overrides(result.config), *tokenizer,
            f"run.name={args.out.name}"]
-    print("next, train it (fresh optimizer):\n  " + shlex.join(cmd))
+    if args.carry:
+        cmd += ["train.carry.optimizer=true", "train.carry.schedule=continue"]
+    print(f"next, train it ({'carried optimizer, continued schedule' if args.carry else 'fresh optimizer'}):\n  "
+          + shlex.join(cmd))
     return 0
 
 
@@ -87,8 +101,19 @@ def cmd_lag(args: argparse.Namespace) -> int:
 
     plan = LagPlan(source=args.source, target=args.to, pool=parse_pool(args.pool), lag_steps=args.lag_steps,
                    config=args.config or _source_config(args.source), out=args.out, overrides=args.overrides,
-                   ranks=args.ranks, validate_steps=args.validate_steps, continue_steps=args.continue_steps)
+                   ranks=args.ranks, validate_steps=args.validate_steps, continue_steps=args.continue_steps,
+                   carry=args.carry)
     run_lag(plan)
+    return 0
+
+
+def cmd_experiment(args: argparse.Namespace) -> int:
+    from growth.experiment import LagExperiment, run_experiment
+
+    spec = LagExperiment.load(args.spec)
+    spec.select(args.growths.split(",") if args.growths else None)
+    run_experiment(spec, args.out)
+    print(f"[growth] report: {args.out / 'experiment.md'}", flush=True)
     return 0
 
 
@@ -109,7 +134,7 @@ def _source_config(source: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    commands = {"grow": cmd_grow, "lag": cmd_lag, "stack": cmd_stack}
+    commands = {"grow": cmd_grow, "lag": cmd_lag, "experiment": cmd_experiment, "stack": cmd_stack}
     try:
         return commands[args.command](args)
     except (GrowthError, CheckpointError, RunError) as err:

@@ -19,6 +19,7 @@ from growth import GrowthError, GrowthResult, get_operator, grow
 from model import ModelConfig
 from model.config import ModelConfigError
 from model.folders import MANIFEST, WEIGHTS, CheckpointError, locate
+from model.carry import save_carry, source_optimizer, source_progress
 from model.tokenizer_files import copy_tokenizer, find_tokenizer
 from model.weights import load_weights, save_weights
 
@@ -101,8 +102,10 @@ def parse_params(items: Sequence[str]) -> dict[str, Any]:
 
 
 def grow_folder(source: Path, op: str, target_spec: Sequence[str], out: Path,
-                params: dict[str, Any] | None = None) -> GrowthResult:
-    """Grow the checkpoint at `source` with operator `op` into the shape `target_spec` and write it to `out`.
+                params: dict[str, Any] | None = None, carry: bool = False) -> GrowthResult:
+    """Grow the checkpoint at `source` with operator `op` into the shape `target_spec` and write it to `out`;
+    `carry` also maps the source's Adam moments and writes them, with its step and sampler position, as
+    carry.pt (model/carry.py) for a run that continues training (`train.carry`).
 
     Every check (operator name, output folder, checkpoint, target shape, operator parameters) runs before
     anything is written, so a refused request leaves no folder behind."""
@@ -114,11 +117,21 @@ def grow_folder(source: Path, op: str, target_spec: Sequence[str], out: Path,
     info = source_info(source)
     cfg, state = load_weights(Path(info["path"]))
     target = resolve_target(cfg, target_spec)
+    if carry:
+        if not (Path(info["path"]) / MANIFEST).is_file():
+            raise GrowthError(f"--carry needs a training checkpoint (with optimizer state); {info['path']} is a "
+                              "weights folder")
+        moments, optimizer_step = source_optimizer(Path(info["path"]))
+        params["opt_state"] = moments
     result = grow(cfg, state, op, target, **params)
+    params.pop("opt_state", None)
     result.record |= {"source": info["path"], "source_step": info["step"], "source_config": dataclasses.asdict(cfg),
                       "params": params | result.record.get("params", {}),
                       "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    save_weights(out, target, result.state_dict, result.record)
+    def write_carry(folder: Path) -> None:
+        save_carry(folder, result.opt_state, optimizer_step, source_progress(Path(info["path"])))
+
+    save_weights(out, target, result.state_dict, result.record, write_carry if carry else None)
     if info["tokenizer"]:
         copy_tokenizer(info["tokenizer"], out)
     return result

@@ -176,6 +176,9 @@ class LagPlan:
     continue_final: bool = True
     """Whether the winner's continuation is its run's last phase (the config's schedule) or, inside gradual
     stacking, an intermediate stage (constant lr)."""
+    carry: bool = False
+    """Grow with the source's mapped Adam moments and let every candidate continue the source's optimizer, step
+    and data position (train.carry: no fresh Adam, no new warmup); steps and curves stay counted from growth."""
 
     def check(self) -> None:
         if self.lag_steps < 1:
@@ -192,7 +195,8 @@ class LagPlan:
     def identity(self) -> dict[str, Any]:
         """What must not change when an experiment directory is re-used (the pool may grow)."""
         return {"source": source_info(self.source)["path"], "target": self.target, "lag_steps": self.lag_steps,
-                "config": str(Path(self.config).resolve()), "overrides": self.overrides, "ranks": self.ranks}
+                "config": str(Path(self.config).resolve()), "overrides": self.overrides, "ranks": self.ranks,
+                "carry": self.carry}
 
 
 def run_lag(plan: LagPlan) -> dict[str, Any]:
@@ -201,22 +205,27 @@ def run_lag(plan: LagPlan) -> dict[str, Any]:
     out = Path(plan.out)
     claim_experiment(out, plan.identity())
     common = [*plan.overrides, *_pinned_tokenizer(plan.source, out)]
+    if plan.carry:
+        common += ["train.carry.optimizer=true", "train.carry.schedule=continue"]
     records: dict[str, dict] = {}
     for cand in plan.pool:
         folder = out / "grown" / cand.name
         if not is_grown_folder(folder):
             print(f"[growth] {cand.name}: growing {plan.source} with {cand.op} {cand.params or ''}", flush=True)
-            grow_folder(plan.source, cand.op, plan.target, folder, cand.params)
+            grow_folder(plan.source, cand.op, plan.target, folder, cand.params, carry=plan.carry)
         records[cand.name] = json.loads((folder / "record.json").read_text())
         _warn_if_same_model(cand.name, records)
+    # A carried run counts its steps from the source's start; the plan's steps (and the curves) from growth.
+    origin = int(records[plan.pool[0].name]["source_step"] or 0) if plan.carry else 0
     for i, cand in enumerate(plan.pool, 1):
-        train_phase(out / "runs" / cand.name, plan.config, _run_overrides(out, cand.name, common), plan.lag_steps,
-                    final=False, ranks=plan.ranks, label=f"[{i}/{len(plan.pool)}] {cand.name} lag", eval_every=1)
+        train_phase(out / "runs" / cand.name, plan.config, _run_overrides(out, cand.name, common),
+                    origin + plan.lag_steps, final=False, ranks=plan.ranks,
+                    label=f"[{i}/{len(plan.pool)}] {cand.name} lag", eval_every=1)
     for i, cand in enumerate(plan.pool if plan.validate_steps else [], 1):
         train_phase(out / "runs" / cand.name, plan.config, _run_overrides(out, cand.name, common),
-                    plan.validate_steps, final=True, ranks=plan.ranks,
+                    origin + plan.validate_steps, final=True, ranks=plan.ranks,
                     label=f"[{i}/{len(plan.pool)}] {cand.name} validation")
-    curves = {c.name: val_curve(out / "runs" / c.name) for c in plan.pool}
+    curves = {c.name: {s - origin: v for s, v in val_curve(out / "runs" / c.name).items()} for c in plan.pool}
     summary = summarize(curves, plan.lag_steps, plan.validate_steps)
     summary |= {"source": plan.identity()["source"], "source_step": records[plan.pool[0].name]["source_step"],
                 "target": plan.target, "config": str(plan.config), "overrides": plan.overrides,
@@ -229,7 +238,7 @@ def run_lag(plan: LagPlan) -> dict[str, Any]:
     print(f"[growth] LAG winner at step {plan.lag_steps}: {winner} (by the loss at growth it would be "
           f"{summary['winner_by_init']})", flush=True)
     if plan.continue_steps:
-        train_phase(out / "runs" / winner, plan.config, _run_overrides(out, winner, common), plan.continue_steps,
+        train_phase(out / "runs" / winner, plan.config, _run_overrides(out, winner, common), origin + plan.continue_steps,
                     final=plan.continue_final, ranks=plan.ranks, label=f"winner {winner} continued")
         summary["continued"] = {"run": str(out / "runs" / winner), "steps": plan.continue_steps}
     write_lag_report(out, summary)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
@@ -113,8 +113,10 @@ def load_weights(path: Path, lazy: bool = False) -> tuple[ModelConfig, Mapping[s
     return model_config_of(path), quantized_state_dict(state, quantization) if quantization else state
 
 
-def save_weights(out: Path, cfg: ModelConfig, state_dict: dict[str, torch.Tensor], record: dict | None = None) -> None:
-    """Write a portable weights folder atomically (temp dir + rename); refuses to overwrite one."""
+def save_weights(out: Path, cfg: ModelConfig, state_dict: dict[str, torch.Tensor], record: dict | None = None,
+                 extra: Callable[[Path], None] | None = None) -> None:
+    """Write a portable weights folder atomically (temp dir + rename); refuses to overwrite one. `extra(tmp)`
+    writes more files into the folder before it is renamed into place."""
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise CheckpointError(f"{out} exists and is not empty; choose a new output folder")
@@ -125,6 +127,8 @@ def save_weights(out: Path, cfg: ModelConfig, state_dict: dict[str, torch.Tensor
     (tmp / WEIGHTS_CONFIG).write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
     if record is not None:
         (tmp / "record.json").write_text(json.dumps(record, indent=2, default=str))
+    if extra is not None:
+        extra(tmp)
     if out.exists():
         out.rmdir()
     tmp.rename(out)

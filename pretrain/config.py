@@ -51,6 +51,17 @@ class TrainableConfig:
 
 
 @dataclass
+class CarryConfig:
+    optimizer: bool = False
+    """Load the source's Adam moments (mapped through the growth operator) and step count into the engine
+    (ZeRO 1-3) instead of starting Adam from zero."""
+    schedule: str = "rewarm"
+    """rewarm: the run starts at step 0 with its own warmup and data order | continue: it goes on from the
+    source's step, so the lr schedule (no new warmup) and the data order continue where the source stopped, and
+    train.steps counts from the source run's start."""
+
+
+@dataclass
 class TrainConfig:
     steps: int = 200
     """Number of optimizer steps."""
@@ -92,7 +103,10 @@ class TrainConfig:
     resume: str = "auto"
     """auto: continue from `checkpoints/latest` when present | never | a checkpoint directory."""
     init_from: Optional[str] = None
-    """Start from the weights of this checkpoint directory (e.g. a grown model), with a fresh optimizer."""
+    """Start from the weights of this checkpoint directory (e.g. a grown model), with a fresh optimizer unless
+    `carry` says otherwise."""
+    carry: CarryConfig = field(default_factory=CarryConfig)
+    """What a run started from a grown folder (`python -m growth grow --carry`) takes over from the source run."""
     on_nonfinite: str = "skip"
     """A step with a non-finite loss or gradient norm is never applied (DeepSpeed skips it); then:
     skip (count it, log it, go on) | stop (raise with a diagnostic) | rollback (reload the last checkpoint
@@ -200,6 +214,7 @@ CHOICES = {
     "deepspeed.zero_stage": (0, 1, 2, 3),
     "deepspeed.rendezvous_bind": ("master_addr", "all"),
     "train.trainable.mode": ("all", "norms_only", "random"),
+    "train.carry.schedule": ("rewarm", "continue"),
     "train.on_nonfinite": ("skip", "stop", "rollback"),
 }
 
@@ -261,6 +276,13 @@ def validate(cfg: Config) -> None:
             f"data.seq_len={cfg.data.seq_len} exceeds model.max_seq_len={cfg.model.max_seq_len}; "
             "lower data.seq_len or raise model.max_seq_len"
         )
+    carry = cfg.train.carry
+    if (carry.optimizer or carry.schedule != "rewarm") and not cfg.train.init_from:
+        raise ConfigError("train.carry takes over a grown folder's optimizer state or step; set train.init_from to "
+                          "that folder (or leave train.carry at its defaults)")
+    if carry.optimizer and cfg.deepspeed.zero_stage == 0:
+        raise ConfigError("train.carry.optimizer=true loads Adam state through ZeRO's optimizer; use "
+                          "deepspeed.zero_stage 1, 2 or 3")
     if cfg.train.trainable.mode == "random" and cfg.deepspeed.zero_stage == 3:
         raise ConfigError("train.trainable.mode=random masks gradients of whole parameters, which ZeRO-3 partitions; "
                           "use deepspeed.zero_stage 0, 1 or 2 (or mode norms_only)")

@@ -7,10 +7,8 @@ DeepSpeed builds its flat optimizer partitions from the parameters that require 
 created, so freezing mid-run means a new engine over the trainable subset: the frozen parameters' fp32
 masters and Adam moments are dropped (memory falls, and the clipped gradient norm is the subset's own);
 the trainable ones keep their exact fp32 masters, and the lr schedule continues where it was.
-Under ZeRO-1/2 the trainable ones also keep their Adam moments and step count (`carry_moments`): DeepSpeed
-creates a fresh engine's Adam state only at its first step and links each parameter's fragment of it after
-that step, so the state is created and linked here, then filled. Under ZeRO-0 and ZeRO-3 the moments
-restart at t0.
+Under ZeRO-1/2 the trainable ones also keep their Adam moments and step count (`optimizer_state.carry_moments`
+and `restore_moments`); under ZeRO-0 and ZeRO-3 the moments restart at t0.
 Every function that touches the engine is collective: all ranks call it in the same order.
 """
 from __future__ import annotations
@@ -19,14 +17,12 @@ import re
 from dataclasses import dataclass, field
 
 import torch
-from deepspeed.utils import (safe_get_full_fp32_param, safe_get_full_optimizer_state, safe_set_full_fp32_param,
-                             safe_set_full_optimizer_state)
+from deepspeed.utils import safe_get_full_fp32_param, safe_set_full_fp32_param
 from torch import nn
 
 from pretrain.config import TrainableConfig
 
 NORM = re.compile(r"(^|\.)(attention_norm|ffn_norm|norm)\.weight$")
-MOMENTS = ("exp_avg", "exp_avg_sq")
 
 
 def trainable_names(model: nn.Module, cfg: TrainableConfig) -> set[str]:
@@ -126,39 +122,3 @@ def restore_masters(engine, weights: dict[str, torch.Tensor]) -> None:
     for n, p in engine.module.named_parameters():
         if p.requires_grad:
             safe_set_full_fp32_param(p, weights[n].to(p.device))
-
-
-def carry_moments(engine, names: set[str]) -> tuple[dict[str, dict[str, torch.Tensor]], int] | None:
-    """The Adam moments of the parameters `names` (full fp32, on CPU) and the optimizer's step count, to put into
-    the next engine with `restore_moments`; None outside ZeRO-1/2 or before the first step. Collective."""
-    if engine.zero_optimization_stage() not in (1, 2):
-        return None
-    steps = [state["step"] for state in engine.optimizer.optimizer.state.values() if "step" in state]
-    if not steps:
-        return None
-    _link_optimizer_state(engine)
-    moments = {n: {key: safe_get_full_optimizer_state(p, key).cpu().clone() for key in MOMENTS}
-               for n, p in engine.module.named_parameters() if n in names}
-    return moments, int(steps[0])
-
-
-def restore_moments(engine, carried: tuple[dict[str, dict[str, torch.Tensor]], int]) -> None:
-    """Create the new engine's Adam state as its first step would (at the carried step count), link DeepSpeed's
-    per-parameter views of it, and fill in the carried moments. Collective."""
-    moments, step = carried
-    inner = engine.optimizer.optimizer
-    for group in inner.param_groups:
-        for flat in group["params"]:
-            inner.state[flat] = {"step": torch.tensor(float(step)), "exp_avg": torch.zeros_like(flat),
-                                 "exp_avg_sq": torch.zeros_like(flat)}
-    _link_optimizer_state(engine)
-    for n, p in engine.module.named_parameters():
-        for key, value in moments.get(n, {}).items():
-            safe_set_full_optimizer_state(p, value.to(p.device), key)
-
-
-def _link_optimizer_state(engine) -> None:
-    """Point every parameter's optimizer-state fragment at the current Adam state tensors (DeepSpeed 0.19.8 does
-    it only on some of its step paths, so `safe_*_full_optimizer_state` can find none)."""
-    engine.optimizer._hp_optimizer_states_linked = False
-    engine.optimizer._lazy_init_hp_params_optimizer_state()

@@ -25,9 +25,10 @@ import regularizers as regs
 from model import Llama, folders
 from model.llama import document_layout
 from model.quant import quantize_model
+from model.carry import load_carry
 from model.tokenizer_files import tokenizer_files
 from model.weights import load_weights
-from pretrain import checkpoint, compat, dist, hybrid, precision, runlock
+from pretrain import checkpoint, compat, dist, hybrid, optimizer_state, precision, runlock
 from pretrain.callbacks import Callback, Validation, due
 from pretrain.config import Config, ConfigError, save_config
 from pretrain.data import PackedData, StepSampler, get_batch, prepare_data
@@ -106,8 +107,12 @@ class Trainer:
         torch.manual_seed(cfg.run.seed)
         np.random.seed(cfg.run.seed)
         model = build_model(cfg)
+        self.carried: dict[str, Any] | None = None
+        """What the grown folder train.init_from carries (model/carry.py), when train.carry takes any of it."""
         if cfg.train.init_from:
             self._init_weights(model, Path(cfg.train.init_from))
+            if cfg.train.carry.optimizer or cfg.train.carry.schedule == "continue":
+                self.carried = load_carry(Path(cfg.train.init_from))
         for module in cfg.imports:
             importlib.import_module(module)
         self.regularizers = regs.build_regularizers(cfg.regularizers)
@@ -145,9 +150,11 @@ class Trainer:
             save_config(cfg, self.run_dir / "config.yaml")
             for name, file in tokenizer_files(self.data.tokenizer_path).items():  # checkpoints copy them from here
                 atomic_write_bytes(self.run_dir / name, file.read_bytes())
-        self._build_engine(model, manifest["step"] if manifest else 0)
+        self._build_engine(model, manifest["step"] if manifest else self.origin_step)
         if resume_from is not None:
             self._resume(resume_from, universal=manifest.get("meta", {}).get("world_size", self.world) != self.world)
+        elif self.carried is not None:
+            self._take_over(self.carried)
         self.preemption = Preemption()
         self.preempted = False
 
@@ -207,12 +214,36 @@ class Trainer:
             freeze_all_but(model, subset.names)
             if subset.masks:  # the unchosen elements of a trainable tensor must not decay either
                 cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, weight_decay=0.0))
-        lr_offset = cfg.train.trainable.after_step if self.subset_only else 0
+        lr_offset = cfg.train.trainable.after_step if self.subset_only else self.origin_step
         self.engine, self.optimizer, self.scheduler = build_engine(model, cfg, lr_offset)
         if subset is not None and subset.masks:
             hybrid.mask_gradients(self.engine.module, subset.masks)
         dist.set_collective_timeout(self.cfg.deepspeed.collective_timeout_s)  # the engine made new groups
         self._skipped_seen = 0
+
+    @property
+    def origin_step(self) -> int:
+        """The step this run's own training starts at: the source's with train.carry.schedule=continue, else 0.
+        Its scheduler counts from there, on a resume too."""
+        if self.carried is not None and self.cfg.train.carry.schedule == "continue":
+            return int(self.carried["step"])
+        return 0
+
+    def _take_over(self, carried: dict[str, Any]) -> None:
+        """A fresh start from a grown folder: go on from the source's step and data position, and load the
+        mapped Adam moments, as train.carry asks. Collective."""
+        carry = self.cfg.train.carry
+        if carry.schedule == "continue":
+            if self.cfg.train.steps <= carried["step"]:
+                raise ConfigError(f"train.steps={self.cfg.train.steps} but train.carry.schedule=continue starts at "
+                                  f"the source's step {carried['step']}: train.steps counts from the source run's "
+                                  "start, so raise it")
+            self.step, self.tokens = int(carried["step"]), int(carried["tokens"])
+            self.sampler.load_state_dict(carried["sampler"])
+        if carry.optimizer:
+            optimizer_state.restore_moments(self.engine, (carried["moments"], int(carried["optimizer_step"])))
+        log.info("continuing %s: step %d, Adam moments %s", self.cfg.train.init_from, self.step,
+                 f"carried (optimizer step {carried['optimizer_step']})" if carry.optimizer else "fresh")
 
     def _subset_phase(self, step: int) -> bool:
         """True once the norm-only hybrid mode's t0 is reached (the switch happens right after step t0)."""
@@ -333,7 +364,7 @@ class Trainer:
             cb.on_train_start(self)
         window_time, window_tokens = 0.0, 0
         record: dict[str, Any] = {"step": self.step, "tokens": self.tokens}
-        if self.step == 0:  # periodic monitors and validation also measure the model at initialization
+        if self.step == self.origin_step:  # periodic monitors and validation also measure the model at the start
             self._run_step_end_hooks(record)
         while self.step < cfg.train.steps:
             dist.report_progress(self.step)
@@ -428,7 +459,7 @@ class Trainer:
         trainable = self.cfg.train.trainable
         subset = hybrid.subset_of(self.engine.module, trainable, self.cfg.run.seed)
         weights = hybrid.full_weights(self.engine)
-        moments = hybrid.carry_moments(self.engine, subset.names)
+        moments = optimizer_state.carry_moments(self.engine, subset.names)
         if moments is not None and subset.masks:
             moments = hybrid.mask_moments(moments, subset.masks)
         del self.engine, self.optimizer, self.scheduler
@@ -439,7 +470,7 @@ class Trainer:
         self._build_engine(model, self.step)
         hybrid.restore_masters(self.engine, weights)
         if moments is not None:
-            hybrid.restore_moments(self.engine, moments)
+            optimizer_state.restore_moments(self.engine, moments)
         n_train = subset.size(weights)
         log.info("step %d: training only %d parameters (%s) from now on, Adam moments %s", self.step, n_train,
                  trainable.mode, "carried" if moments is not None else "restarted")

@@ -9,4 +9,4 @@ EXTRAS=dev,eval source scripts/venv.sh
 if [ $# -eq 0 ]; then
   set -- -m "not slow"
 fi
-exec .venv/bin/python -m pytest -q "$@"
+exec .venv/bin/python -m pytest -q --durations=25 "$@"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from model import folders, pickles, weights
+from model import folders, pickles, universal, weights
 from pretrain import checkpoint
 from pretrain.metrics import MetricsLogger
 
@@ -118,14 +118,14 @@ def test_prune_keeps_a_checkpoint_a_job_is_reading_until_it_is_done(tmp_path):
 def test_a_universal_conversion_of_an_earlier_save_is_not_reused(ckpts):
     """A step saved again (e.g. after a rollback) gets a new manifest: its old conversion is stale."""
     ckpt = ckpts / "step_3"
-    first = checkpoint.to_universal(ckpt)
-    assert (first / checkpoint.UNIVERSAL_SOURCE).read_text() == folders.file_hash(ckpt / "manifest.json")
-    stamp = (first / checkpoint.UNIVERSAL_SOURCE).stat().st_mtime_ns
-    assert checkpoint.to_universal(ckpt) == first and (first / checkpoint.UNIVERSAL_SOURCE).stat().st_mtime_ns == stamp
+    first = universal.to_universal(ckpt)
+    assert (first / universal.UNIVERSAL_SOURCE).read_text() == folders.file_hash(ckpt / "manifest.json")
+    stamp = (first / universal.UNIVERSAL_SOURCE).stat().st_mtime_ns
+    assert universal.to_universal(ckpt) == first and (first / universal.UNIVERSAL_SOURCE).stat().st_mtime_ns == stamp
     manifest = json.loads((ckpt / "manifest.json").read_text())
     (ckpt / "manifest.json").write_text(json.dumps({**manifest, "time": time.time() + 1}))  # saved again
-    again = checkpoint.to_universal(ckpt)
-    assert (again / checkpoint.UNIVERSAL_SOURCE).read_text() == folders.file_hash(ckpt / "manifest.json")
+    again = universal.to_universal(ckpt)
+    assert (again / universal.UNIVERSAL_SOURCE).read_text() == folders.file_hash(ckpt / "manifest.json")
 
 
 def test_a_torn_last_metrics_line_is_dropped_on_resume(tmp_path, caplog):

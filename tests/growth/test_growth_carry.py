@@ -1,0 +1,75 @@
+"""Carrying the optimizer into a grown run, on 2 CPU ranks: a model grown by `zero_block` (identity blocks
+interleaved) that carries the source's mapped Adam moments, step count, lr schedule position and data position
+takes, on its copied layers, exactly the update the source took next. Without clipping (whose global norm would
+include the new blocks' gradients) each copied weight's update depends only on its gradient (the new blocks add
+exactly zero to the residual stream and its gradient), its moments and step count, the lr and the batch: all
+carried. With any one of them restarted this test fails."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from growth.folders import grow_folder
+from launching import launch, metrics
+from model.carry import CARRY_FILE, load_carry
+from model.folders import CheckpointError
+from model.weights import load_weights
+
+pytestmark = pytest.mark.distributed
+
+S = 3
+"""The source checkpoint grown; the source's own step S + 1 is the reference."""
+COMMON = ["train.grad_clip=0", "train.precision=fp32", "eval.every=0", "monitors.jump.every=0", f"train.steps={S + 1}",
+          "checkpoint.every=1", f"checkpoint.keep={S + 1}"]
+
+
+@pytest.fixture(scope="module")
+def source(runs_root):
+    run = runs_root / "carry_source"
+    launch(run, COMMON)
+    return run
+
+
+@pytest.fixture(scope="module")
+def grown(source, tmp_path_factory):
+    out = tmp_path_factory.mktemp("carry") / "grown"
+    result = grow_folder(source / "checkpoints" / f"step_{S}", "zero_block", ["n_layers=4"], out,
+                         {"position": "interleave"}, carry=True)
+    return out, result.record["layer_map"]
+
+
+def test_carry_file_holds_the_sources_progress_and_moments(grown):
+    folder, layer_map = grown
+    carried = load_carry(folder)
+    assert carried["step"] == S and carried["optimizer_step"] == S and carried["sampler"]["position"] > 0
+    assert layer_map == [0, None, 1, None]
+    fresh = carried["moments"]["layers.1.attention.wq.weight"]["exp_avg"]
+    copied = carried["moments"]["layers.2.attention.wq.weight"]["exp_avg"]
+    assert fresh.abs().sum() == 0 and copied.abs().sum() > 0
+
+
+@pytest.mark.parametrize("stage", [1, 3])
+def test_grown_run_takes_the_sources_next_update_on_the_copied_layers(source, grown, runs_root, stage):
+    folder, layer_map = grown
+    run = runs_root / f"carry_grown_zero{stage}"
+    launch(run, [*COMMON, "model.n_layers=4", f"train.init_from={folder}", "train.carry.optimizer=true",
+                 "train.carry.schedule=continue", f"deepspeed.zero_stage={stage}"])
+    assert [r["step"] for r in metrics(run) if "loss" in r] == [S + 1]  # it went on from the source's step
+    _, start = load_weights(folder)
+    _, ref = load_weights(source / "checkpoints" / f"step_{S + 1}")
+    _, got = load_weights(run / "checkpoints" / f"step_{S + 1}")
+    pairs = {n: n for n in ref if not n.startswith("layers.")}
+    for new, src in enumerate(layer_map):
+        if src is not None:
+            pairs |= {n.replace(f"layers.{src}.", f"layers.{new}.", 1): n for n in ref if n.startswith(f"layers.{src}.")}
+    for new_name, src_name in pairs.items():
+        assert not got[new_name].equal(start[new_name]), f"{new_name} did not train"
+        assert torch.allclose(got[new_name], ref[src_name], rtol=0, atol=1e-6), (new_name, src_name)
+
+
+def test_carry_needs_a_folder_grown_with_carry(source, tmp_path):
+    out = tmp_path / "plain"
+    grow_folder(source / "checkpoints" / f"step_{S}", "stack", ["n_layers=4"], out)
+    assert not (out / CARRY_FILE).exists()
+    with pytest.raises(CheckpointError, match="grow it with --carry"):
+        load_carry(out)
