@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from omegaconf import OmegaConf
 from scipy import stats
 
 from growth import GrowthError
@@ -217,11 +218,14 @@ def run_lag(plan: LagPlan) -> dict[str, Any]:
         _warn_if_same_model(cand.name, records)
     # A carried run counts its steps from the source's start; the plan's steps (and the curves) from growth.
     origin = int(records[plan.pool[0].name]["source_step"] or 0) if plan.carry else 0
+    # Under a constant lr the lag and the validation are one phase: one launch to m, evaluated every step.
+    in_one = plan.validate_steps is not None and _constant_lr(plan)
     for i, cand in enumerate(plan.pool, 1):
         train_phase(out / "runs" / cand.name, plan.config, _run_overrides(out, cand.name, common),
-                    origin + plan.lag_steps, final=False, ranks=plan.ranks,
-                    label=f"[{i}/{len(plan.pool)}] {cand.name} lag", eval_every=1)
-    for i, cand in enumerate(plan.pool if plan.validate_steps else [], 1):
+                    origin + (plan.validate_steps if in_one else plan.lag_steps), final=False, ranks=plan.ranks,
+                    label=f"[{i}/{len(plan.pool)}] {cand.name} lag" + (" and validation" if in_one else ""),
+                    eval_every=1)
+    for i, cand in enumerate(plan.pool if plan.validate_steps and not in_one else [], 1):
         train_phase(out / "runs" / cand.name, plan.config, _run_overrides(out, cand.name, common),
                     origin + plan.validate_steps, final=True, ranks=plan.ranks,
                     label=f"[{i}/{len(plan.pool)}] {cand.name} validation")
@@ -244,6 +248,13 @@ def run_lag(plan: LagPlan) -> dict[str, Any]:
     write_lag_report(out, summary)
     print(f"[growth] report: {out / 'lag.md'}", flush=True)
     return summary
+
+
+def _constant_lr(plan: LagPlan) -> bool:
+    """Whether the candidates' config (with the plan's overrides) keeps a constant lr after warmup, so that the
+    validation phase's schedule is the lag's."""
+    schedules = [o.split("=", 1)[1] for o in plan.overrides if o.startswith("train.schedule=")]
+    return (schedules[-1] if schedules else OmegaConf.load(plan.config).get("train", {}).get("schedule")) == "constant"
 
 
 def _warn_if_same_model(name: str, records: dict[str, dict]) -> None:
