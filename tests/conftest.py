@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from launching import ZERO_RUN, launch
+from launching import UNCLIPPED_RUN, ZERO_RUN, launch
 
 
 @pytest.fixture(scope="module")
@@ -34,3 +34,11 @@ def zero_runs(runs_root) -> dict[int, Path]:
         launch(run, [f"deepspeed.zero_stage={stage}", *ZERO_RUN])
         runs[stage] = run
     return runs
+
+
+@pytest.fixture(scope="session")
+def unclipped_run(runs_root) -> Path:
+    """launching.UNCLIPPED_RUN, shared by the norm-only switch's and the grown run's carried-moments tests."""
+    run = runs_root / "unclipped"
+    launch(run, UNCLIPPED_RUN)
+    return run

@@ -21,6 +21,12 @@ TINY_RUN = [
 
 # The uninterrupted 2-rank reference runs of tests/pretrain/test_trainer_distributed.py: JREG and the jump
 # monitor ride along so every stage's run also exercises hidden states through DeepSpeed's forward.
+UNCLIPPED_STEPS = 4
+UNCLIPPED_RUN = ["train.grad_clip=0", "train.precision=fp32", "deepspeed.zero_stage=1", "eval.every=0",
+                 "monitors.jump.every=0", f"train.steps={UNCLIPPED_STEPS}", "checkpoint.every=1",
+                 f"checkpoint.keep={UNCLIPPED_STEPS}"]
+"""fp32, ZeRO-1, no clipping (whose global norm would mix in parameters a continued run adds or freezes), a
+checkpoint every step: the reference whose next update a continued run must take exactly."""
 ZERO_RUN_STEPS = 6
 ZERO_RUN = [f"train.steps={ZERO_RUN_STEPS}", "checkpoint.every=3", "checkpoint.keep=3", "eval.every=3",
             "regularizers=[{name: jreg, weight: 0.1}]", "monitors.jump.every=3"]

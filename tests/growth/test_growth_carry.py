@@ -3,31 +3,27 @@ interleaved) that carries the source's mapped Adam moments, step count, lr sched
 takes, on its copied layers, exactly the update the source took next. Without clipping (whose global norm would
 include the new blocks' gradients) each copied weight's update depends only on its gradient (the new blocks add
 exactly zero to the residual stream and its gradient), its moments and step count, the lr and the batch: all
-carried. With any one of them restarted this test fails."""
+carried (restarting the moments or the schedule moves them by ~2e-3). The source is launching.UNCLIPPED_RUN."""
 from __future__ import annotations
 
 import pytest
 import torch
 
 from growth.folders import grow_folder
-from launching import launch, metrics
+from launching import UNCLIPPED_RUN, UNCLIPPED_STEPS, launch, metrics
 from model.carry import CARRY_FILE, load_carry
 from model.folders import CheckpointError
 from model.weights import load_weights
 
 pytestmark = pytest.mark.distributed
 
-S = 3
+S = UNCLIPPED_STEPS - 1
 """The source checkpoint grown; the source's own step S + 1 is the reference."""
-COMMON = ["train.grad_clip=0", "train.precision=fp32", "eval.every=0", "monitors.jump.every=0", f"train.steps={S + 1}",
-          "checkpoint.every=1", f"checkpoint.keep={S + 1}"]
 
 
 @pytest.fixture(scope="module")
-def source(runs_root):
-    run = runs_root / "carry_source"
-    launch(run, COMMON)
-    return run
+def source(unclipped_run):
+    return unclipped_run
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +48,7 @@ def test_carry_file_holds_the_sources_progress_and_moments(grown):
 def test_grown_run_takes_the_sources_next_update_on_the_copied_layers(source, grown, runs_root, stage):
     folder, layer_map = grown
     run = runs_root / f"carry_grown_zero{stage}"
-    launch(run, [*COMMON, "model.n_layers=4", f"train.init_from={folder}", "train.carry.optimizer=true",
+    launch(run, [*UNCLIPPED_RUN, "model.n_layers=4", f"train.init_from={folder}", "train.carry.optimizer=true",
                  "train.carry.schedule=continue", f"deepspeed.zero_stage={stage}"])
     assert [r["step"] for r in metrics(run) if "loss" in r] == [S + 1]  # it went on from the source's step
     _, start = load_weights(folder)
