@@ -57,7 +57,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     st.add_argument("--config", type=Path, required=True, help="run config; its model is the stage-0 model")
     st.add_argument("--plan", type=Path, help="YAML with stages [{at_step, depth}], pool, lag_steps, steps")
     st.add_argument("--schedule", help='stages as "at_step:depth,...", e.g. "100:4,200:8"')
-    st.add_argument("--pool", help="stacking candidates (default stack_top,stack_middle,stack)")
+    st.add_argument("--pool", help="stacking candidates (default stack_top,stack_middle:block=all,stack; block=all is "
+                                   "every block size the stage allows)")
     st.add_argument("--lag-steps", type=int, help="lag of every stage's choice")
     st.add_argument("--steps", type=int, help="total steps of the whole run (default: the plan's, else train.steps)")
     st.add_argument("--out", type=Path, required=True, help="experiment directory (re-run to resume)")

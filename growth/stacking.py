@@ -26,8 +26,10 @@ from growth.lag import LagPlan, parse_pool, run_lag
 from growth.report import plot_curves
 from growth.runs import check_user_overrides, claim_experiment, train_phase, val_curve
 from model.folders import tag_for
+from model.weights import model_config_of
 
-DEFAULT_POOL = "stack_top,stack_middle,stack"
+DEFAULT_POOL = "stack_top,stack_middle:block=all,stack"
+"""`block=all` stands for every block size a stage allows, so LAG chooses how many layers to copy as well as which."""
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,19 @@ class Stage:
 
     at_step: int
     depth: int
+
+
+def stage_pool(pool: str, source_layers: int, target_layers: int) -> str:
+    """The pool of one stage, `stack_middle:block=all` expanded to every block size b that fits: 1 <= b <= the
+    source's layers and b divides the number of new layers (each b copies a different middle block)."""
+    new = target_layers - source_layers
+    out = []
+    for spec in filter(None, (s.strip() for s in pool.split(","))):
+        if spec.endswith(":block=all"):
+            out += [f"{spec[:-3]}{b}" for b in range(1, min(new, source_layers) + 1) if new % b == 0]
+        else:
+            out.append(spec)
+    return ",".join(out)
 
 
 def parse_schedule(text: str) -> list[Stage]:
@@ -117,9 +132,11 @@ def run_stacking(plan: StackingPlan) -> dict[str, Any]:
         local_end = stage.at_step - done[-1]["at_step"]
         print(f"[growth] stage {i}/{len(plan.stages)}: at step {stage.at_step} grow to {stage.depth} layers by LAG "
               f"over {plan.pool}, then train to step {end}", flush=True)
+        source = run / "checkpoints" / tag_for(local_end)
+        pool = stage_pool(plan.pool, model_config_of(source).n_layers, stage.depth)
         summary = run_lag(LagPlan(
-            source=run / "checkpoints" / tag_for(local_end), target=[f"n_layers={stage.depth}"],
-            pool=parse_pool(plan.pool), lag_steps=plan.lag_steps, config=plan.config, out=out / f"stage{i}",
+            source=source, target=[f"n_layers={stage.depth}"],
+            pool=parse_pool(pool), lag_steps=plan.lag_steps, config=plan.config, out=out / f"stage{i}",
             overrides=plan.overrides, ranks=plan.ranks, continue_steps=end - stage.at_step,
             continue_final=i == len(plan.stages)))
         run = out / f"stage{i}" / "runs" / summary["winner"]

@@ -11,7 +11,8 @@ import yaml
 from growth import GrowthError
 from growth.cli import main
 from growth.lag import LagError, LagPlan, choose, kendall, parse_pool, ranks, selection_by_step, spearman, summarize
-from growth.stacking import Stage, StackingPlan, parse_schedule
+from growth.folders import check_operator, parse_params
+from growth.stacking import Stage, StackingPlan, parse_schedule, stage_pool
 from launching import launch, metrics
 
 # Step-0 order (preserving < stack < interleave) is the reverse of the step-3 order: LAG must follow step 3.
@@ -220,3 +221,13 @@ def test_lag_with_carry_continues_the_sources_step_optimizer_and_lr(lag_experime
     assert trained[0]["lr"] == pytest.approx(3e-3)  # the peak: a fresh run's step 1 has lr / warmup_steps
     source_final = [r["val/loss"] for r in metrics(source) if r["step"] == 4][0]
     assert report["loss_0"]["zero_block"] == pytest.approx(source_final, abs=1e-4)
+
+
+def test_stage_pool_offers_every_block_size_that_fits():
+    assert stage_pool("stack_top,stack_middle:block=all,stack", 4, 8) == \
+        "stack_top,stack_middle:block=1,stack_middle:block=2,stack_middle:block=4,stack"
+    assert stage_pool("stack_middle:block=all", 2, 5) == "stack_middle:block=1"  # 3 new layers, at most 2 copied
+    assert stage_pool("stack_middle:block=2,interleave", 2, 4) == "stack_middle:block=2,interleave"
+    for spec in stage_pool("stack_middle:block=all", 6, 12).split(","):
+        op, params = spec.split(":")[0], parse_params(spec.split(":")[1:])
+        assert check_operator(op, params) is None and 12 - 6 >= params["block"]
