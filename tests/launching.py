@@ -22,7 +22,8 @@ TINY_RUN = [
 # The uninterrupted 2-rank reference runs of tests/pretrain/test_trainer_distributed.py: JREG and the jump
 # monitor ride along so every stage's run also exercises hidden states through DeepSpeed's forward.
 UNCLIPPED_STEPS = 4
-UNCLIPPED_RUN = ["train.grad_clip=0", "train.precision=fp32", "deepspeed.zero_stage=1", "eval.every=0",
+UNCLIPPED_RUN = ["train.grad_clip=0", "train.precision=fp32", "deepspeed.zero_stage=1", "train.schedule=constant",
+                 "eval.every=0",
                  "monitors.jump.every=0", f"train.steps={UNCLIPPED_STEPS}", "checkpoint.every=1",
                  f"checkpoint.keep={UNCLIPPED_STEPS}"]
 """fp32, ZeRO-1, no clipping (whose global norm would mix in parameters a continued run adds or freezes), a

@@ -3,12 +3,16 @@ interleaved) that carries the source's mapped Adam moments, step count, lr sched
 takes, on its copied layers, exactly the update the source took next. Without clipping (whose global norm would
 include the new blocks' gradients) each copied weight's update depends only on its gradient (the new blocks add
 exactly zero to the residual stream and its gradient), its moments and step count, the lr and the batch: all
-carried (restarting the moments or the schedule moves them by ~2e-3). The source is launching.UNCLIPPED_RUN."""
+carried (restarting the moments or the schedule moves them by ~2e-3). The source is launching.UNCLIPPED_RUN, whose
+constant lr is also what growth's LAG phases use."""
 from __future__ import annotations
+
+import json
 
 import pytest
 import torch
 
+from growth.cli import main
 from growth.folders import grow_folder
 from launching import UNCLIPPED_RUN, UNCLIPPED_STEPS, launch, metrics
 from model.carry import CARRY_FILE, load_carry
@@ -44,13 +48,42 @@ def test_carry_file_holds_the_sources_progress_and_moments(grown):
     assert fresh.abs().sum() == 0 and copied.abs().sum() > 0
 
 
+@pytest.fixture(scope="module")
+def lag_carry(source, runs_root):
+    """`growth lag --carry` over the same zero_block growth (ZeRO-1, the source's config): its one candidate run
+    is the ZeRO-1 case of the exact-update test below."""
+    out = runs_root / "lag_carry"
+    assert main(["lag", "--from", str(source / "checkpoints" / f"step_{S}"), "--to", "n_layers=4", "--pool",
+                 "zero_block:position=interleave", "--lag-steps", "1", "--validate-steps", "2", "--carry",
+                 "--out", str(out), "log.progress=none", "train.schedule=constant", "eval.every=1"]) == 0
+    return out
+
+
+def test_lag_with_carry_counts_from_growth_and_continues_at_the_peak_lr(lag_carry, source):
+    """The candidate starts at the source's step with no new warmup, its curve counted from growth; at a constant
+    lr the lag and the validation are one launch."""
+    report = json.loads((lag_carry / "lag.json").read_text())
+    assert sorted(int(s) for s in report["candidates"][0]["curve"]) == [0, 1, 2]
+    run = lag_carry / "runs" / "zero_block-positioninterleave"
+    assert sum(line.startswith("$ ") for line in run.with_name(run.name + ".log").read_text().splitlines()) == 1
+    trained = [r for r in metrics(run) if "lr" in r]
+    assert [r["step"] for r in trained] == [S + 1, S + 2]
+    assert trained[0]["lr"] == pytest.approx(3e-3)  # the peak: a fresh run's step 1 has lr / warmup_steps
+
+
 @pytest.mark.parametrize("stage", [1, 3])
-def test_grown_run_takes_the_sources_next_update_on_the_copied_layers(source, grown, runs_root, stage):
+def test_grown_run_takes_the_sources_next_update_on_the_copied_layers(source, grown, lag_carry, runs_root, stage):
     folder, layer_map = grown
-    run = runs_root / f"carry_grown_zero{stage}"
-    launch(run, [*UNCLIPPED_RUN, "model.n_layers=4", f"train.init_from={folder}", "train.carry.optimizer=true",
-                 "train.carry.schedule=continue", f"deepspeed.zero_stage={stage}"])
-    assert [r["step"] for r in metrics(run) if "loss" in r] == [S + 1]  # it went on from the source's step
+    if stage == 1:  # the LAG candidate: the same growth of the same checkpoint, the same carry
+        run = lag_carry / "runs" / "zero_block-positioninterleave"
+        _, lag_grown = load_weights(lag_carry / "grown" / "zero_block-positioninterleave")
+        _, direct = load_weights(folder)
+        assert all(lag_grown[n].equal(direct[n]) for n in direct)
+    else:
+        run = runs_root / f"carry_grown_zero{stage}"
+        launch(run, [*UNCLIPPED_RUN, "model.n_layers=4", f"train.init_from={folder}", "train.carry.optimizer=true",
+                     "train.carry.schedule=continue", f"deepspeed.zero_stage={stage}"])
+        assert [r["step"] for r in metrics(run) if "loss" in r] == [S + 1]  # it went on from the source's step
     _, start = load_weights(folder)
     _, ref = load_weights(source / "checkpoints" / f"step_{S + 1}")
     _, got = load_weights(run / "checkpoints" / f"step_{S + 1}")

@@ -203,26 +203,6 @@ def test_candidates_share_one_config_and_a_rerun_resumes_without_training(lag_ex
     assert main(args_changed) == 2  # another experiment in the same folder is refused
 
 
-@pytest.mark.distributed
-def test_lag_with_carry_continues_the_sources_step_optimizer_and_lr(lag_experiment, runs_root):
-    """--carry: the candidate starts at the source's step 4 with its moments, at the peak lr (no new warmup),
-    while its curve stays counted from growth. At a constant lr the lag and the validation are one launch."""
-    source, _, _ = lag_experiment
-    out = runs_root / "lag_carry"
-    assert main(["lag", "--from", str(source / "checkpoints"), "--to", "n_layers=4", "--pool", "zero_block",
-                 "--lag-steps", "2", "--validate-steps", "3", "--carry", "--out", str(out), "log.progress=none",
-                 "log.every=1", "train.schedule=constant"]) == 0
-    report = json.loads((out / "lag.json").read_text())
-    assert sorted(int(s) for s in report["candidates"][0]["curve"]) == [0, 1, 2, 3]
-    launches = [line for line in (out / "runs" / "zero_block.log").read_text().splitlines() if line.startswith("$ ")]
-    assert len(launches) == 1
-    trained = [r for r in metrics(out / "runs" / "zero_block") if "lr" in r]
-    assert [r["step"] for r in trained] == [5, 6, 7]
-    assert trained[0]["lr"] == pytest.approx(3e-3)  # the peak: a fresh run's step 1 has lr / warmup_steps
-    source_final = [r["val/loss"] for r in metrics(source) if r["step"] == 4][0]
-    assert report["loss_0"]["zero_block"] == pytest.approx(source_final, abs=1e-4)
-
-
 def test_stage_pool_offers_every_block_size_that_fits():
     assert stage_pool("stack_top,stack_middle:block=all,stack", 4, 8) == \
         "stack_top,stack_middle:block=1,stack_middle:block=2,stack_middle:block=4,stack"

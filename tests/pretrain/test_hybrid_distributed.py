@@ -120,17 +120,17 @@ def test_trajectory_report_of_two_checkpoints_draws_the_parameter_map(hybrid_run
 
 
 def test_random_control_moves_as_many_weights_as_the_norms_and_no_norm(runs_root):
-    """mode=random after t0 (ZeRO-2 in bf16: gradients reduced in hooks, fp32 masters): exactly the drawn elements
-    move, as many as the norm gains, while the norms and every other element stay as they were at t0."""
+    """mode=random after t0 (ZeRO-2: gradients reduced in hooks): exactly the drawn elements move, as many as the
+    norm gains, while the norms and every other element stay as they were at t0."""
     run = runs_root / "hybrid_random"
-    launch(run, [*HYBRID, "train.trainable.mode=random", "deepspeed.zero_stage=2", "train.precision=bf16"])
+    launch(run, [*HYBRID, "train.trainable.mode=random", "deepspeed.zero_stage=2", "train.precision=fp32"])
     _, at_t0 = weights.load_weights(run / "checkpoints" / f"step_{T0}")
     _, at_end = weights.load_weights(run / "checkpoints" / f"step_{STEPS}")
     n_norms = sum(w.numel() for n, w in at_t0.items() if NORM.search(n))
     assert at_t0["output.weight"].equal(at_t0["tok_embeddings.weight"])  # tied: count that tensor once
     moved = {n: int((at_t0[n] != at_end[n]).sum()) for n in at_t0 if n != "output.weight"}
     assert all(moved[n] == 0 for n in moved if NORM.search(n))
-    assert 0.9 * n_norms <= sum(moved.values()) <= n_norms  # a drawn weight may round back to its bf16 value
+    assert sum(moved.values()) == n_norms
     assert sum(1 for n in moved if moved[n]) > 3
     switch = [r for r in metrics(run) if "hybrid/trainable_params" in r]
     assert [(r["step"], r["hybrid/trainable_params"]) for r in switch] == [(T0, n_norms)]
