@@ -52,6 +52,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ex.add_argument("spec", type=Path, help="experiment spec YAML (e.g. configs/experiments/lag_cpu.yaml)")
     ex.add_argument("--out", type=Path, required=True, help="experiment directory (re-run to resume)")
     ex.add_argument("--growths", help="comma-separated growth names of the spec to run (default: all)")
+    ex.add_argument("--seeds", help="comma-separated seeds of the spec's to run and report (default: all)")
 
     st = sub.add_parser("stack", help="adaptive gradual stacking: LAG chooses the stacking at every stage")
     st.add_argument("--config", type=Path, required=True, help="run config; its model is the stage-0 model")
@@ -112,7 +113,8 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     from growth.experiment import LagExperiment, run_experiment
 
     spec = LagExperiment.load(args.spec)
-    spec.select(args.growths.split(",") if args.growths else None)
+    spec.select(args.growths.split(",") if args.growths else None,
+                [int(s) for s in args.seeds.split(",")] if args.seeds else None)
     run_experiment(spec, args.out)
     print(f"[growth] report: {args.out / 'experiment.md'}", flush=True)
     return 0

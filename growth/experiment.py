@@ -1,7 +1,7 @@
 """LAG as an experiment (METHODS.md §2, issue 18): sources over seeds, a LAG measurement per growth, seed and
 optimizer mode (fresh or carried), a from-scratch control at equal FLOPs, and one report over all of them.
 
-    python -m growth experiment configs/experiments/lag_cpu.yaml --out runs/lag_cpu [--growths d4_to_8]
+    python -m growth experiment configs/experiments/lag_cpu.yaml --out runs/lag_cpu [--growths d4_to_8] [--seeds 0,1]
 
 Spec (YAML): `config` (the run config of sources, candidates and scratch runs), `ranks`, `seeds`,
 `source_steps`, `lag_steps` (k), `validate_steps` (m), `carry` (a list of false/true: the optimizer modes to
@@ -91,13 +91,24 @@ class LagExperiment:
         for g in self.growths:
             parse_pool(g.pool)
 
-    def select(self, names: Sequence[str] | None) -> None:
-        """Keep only the growths `names` (None: all)."""
+    def identity(self) -> dict[str, Any]:
+        """What the runs under one experiment folder must agree on: everything but which seeds and growths a
+        call runs (each has folders of its own), so a folder can be filled by several calls."""
+        fields = {k: v for k, v in vars(self).items() if k not in ("seeds", "growths")}
+        return json.loads(json.dumps(fields, default=str))
+
+    def select(self, names: Sequence[str] | None = None, seeds: Sequence[int] | None = None) -> None:
+        """Keep only the growths `names` and the seeds `seeds` (None: all of the spec's)."""
         if names:
             unknown = set(names) - {g.name for g in self.growths}
             if unknown:
                 raise GrowthError(f"unknown growth(s) {sorted(unknown)}; the spec has {[g.name for g in self.growths]}")
             self.growths = [g for g in self.growths if g.name in names]
+        if seeds:
+            unknown = set(seeds) - set(self.seeds)
+            if unknown:
+                raise GrowthError(f"seed(s) {sorted(unknown)} are not in the spec's seeds {self.seeds}")
+            self.seeds = [s for s in self.seeds if s in seeds]
 
 
 def _overrides(mapping: Any) -> list[str]:
@@ -143,8 +154,7 @@ def scratch_steps(source: ModelConfig, target: ModelConfig, seq_len: int, source
 # ---- the experiment ----------------------------------------------------------------------------------------
 def run_experiment(spec: LagExperiment, out: Path) -> dict[str, Any]:
     out = Path(out)
-    claim_experiment(out, {"spec": json.loads(json.dumps(vars(spec), default=lambda o: str(o) if isinstance(o, Path)
-                                                     else vars(o)))})
+    claim_experiment(out, spec.identity())
     base = OmegaConf.load(spec.config)
     seq_len = int(base.data.seq_len)
     results: dict[str, Any] = {"growths": {}}

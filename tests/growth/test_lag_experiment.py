@@ -29,6 +29,18 @@ def test_bad_specs_are_refused_naming_the_key(tmp_path):
     spec = LagExperiment.load("configs/experiments/lag_cpu.yaml")
     with pytest.raises(GrowthError, match=r"unknown growth\(s\) \['d9'\]"):
         spec.select(["d9"])
+    with pytest.raises(GrowthError, match=r"seed\(s\) \[7\] are not in the spec's seeds"):
+        spec.select(seeds=[7])
+
+
+def test_seed_and_growth_selections_share_one_experiment_folder():
+    whole, part = (LagExperiment.load("configs/experiments/lag_cpu.yaml") for _ in range(2))
+    part.select(["d2_to_4"], [0])
+    assert part.seeds == [0] and [g.name for g in part.growths] == ["d2_to_4"]
+    assert part.identity() == whole.identity()
+    changed = LagExperiment.load("configs/experiments/lag_cpu.yaml")
+    changed.lag_steps += 1
+    assert changed.identity() != whole.identity()
 
 
 def test_mean_ci_is_the_t_interval():
