@@ -23,9 +23,9 @@ import torch.nn.functional as F
 
 import regularizers as regs
 from model import Llama, folders
+from model.carry import load_carry
 from model.llama import document_layout
 from model.quant import quantize_model
-from model.carry import load_carry
 from model.tokenizer_files import tokenizer_files
 from model.weights import load_weights
 from pretrain import checkpoint, compat, dist, hybrid, optimizer_state, precision, runlock
