@@ -231,7 +231,8 @@ def render(results: dict[str, Any]) -> str:
         for mode, r in g["modes"].items():
             lines += ["", f"### {mode}", "", "| s | Spearman | Kendall | regret |", "|---|---|---|---|"]
             lines += [f"| {row['step']}{' (k)' if row['step'] == k else ''} | {_fmt(row['spearman'])} | "
-                      f"{_fmt(row['kendall'])} | {_fmt(row['regret'], 4)} |" for row in r["by_step"]]
+                      f"{_fmt(row['kendall'])} | {_fmt(row['regret'], 4)} |" for row in r["by_step"]
+                      if row["step"] <= k or row["step"] % max(1, m // 10) == 0]  # every step: the json, the plot
             ratio = mean_ci(r["flops_ratio"])
             reached = sum(math.isfinite(x) for x in r["flops_ratio"])
             lines += ["", f"- LAG's pick at k per seed: {r['winners']}; best at m: {r['best_at_m']}",
