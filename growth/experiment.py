@@ -259,6 +259,8 @@ def plot_by_step(path: Path, results: dict[str, Any]) -> None:
                 line, = ax.plot(steps, mean, marker="o", markersize=2.5, label=f"{name} {mode}")
                 ax.fill_between(steps, [a - b for a, b in zip(mean, half)], [a + b for a, b in zip(mean, half)],
                                 color=line.get_color(), alpha=0.2)
+    axes[0].set_ylim(-1.05, 1.05)  # a correlation; with few seeds its t band is far wider than that
+    axes[1].set_ylim(bottom=0.0)  # a regret is never negative
     for ax, ylabel in zip(axes, (f"Spearman with the loss at m = {results['m']}", "top-1 regret (val loss at m)")):
         ax.axvline(results["k"], color="grey", linestyle=":")
         ax.set(xlabel="choosing step s", ylabel=ylabel)
