@@ -155,8 +155,6 @@ def scratch_steps(source: ModelConfig, target: ModelConfig, seq_len: int, source
 def run_experiment(spec: LagExperiment, out: Path) -> dict[str, Any]:
     out = Path(out)
     claim_experiment(out, spec.identity())
-    base = OmegaConf.load(spec.config)
-    seq_len = int(base.data.seq_len)
     results: dict[str, Any] = {"growths": {}}
     for g in spec.growths:
         per_mode: dict[str, list] = {_mode(c): [] for c in spec.carry}
@@ -167,6 +165,7 @@ def run_experiment(spec: LagExperiment, out: Path) -> dict[str, Any]:
             train_phase(source, spec.config, [*seeded, *g.source], spec.source_steps, final=True, ranks=spec.ranks,
                         label=f"{g.name} source s{seed}")
             src_cfg = _model_of(source)
+            seq_len = int(OmegaConf.load(source / "config.yaml").data.seq_len)  # resolved: set even where defaulted
             tgt_cfg = resolve_target(src_cfg, g.to)
             n_scratch = scratch_steps(src_cfg, tgt_cfg, seq_len, spec.source_steps, spec.validate_steps)
             scratch = out / "scratch" / f"{g.name}-s{seed}"
