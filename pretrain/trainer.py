@@ -150,13 +150,16 @@ class Trainer:
             save_config(cfg, self.run_dir / "config.yaml")
             for name, file in tokenizer_files(self.data.tokenizer_path).items():  # checkpoints copy them from here
                 atomic_write_bytes(self.run_dir / name, file.read_bytes())
+        # Before the engine: its process group must get the collective timeout _build_engine sets on every group
+        # (a group made later keeps torch's 30-minute default, and a rank stopped just before the preemption
+        # check would leave its peers waiting there that long).
+        self.preemption = Preemption()
+        self.preempted = False
         self._build_engine(model, manifest["step"] if manifest else self.origin_step)
         if resume_from is not None:
             self._resume(resume_from, universal=manifest.get("meta", {}).get("world_size", self.world) != self.world)
         elif self.carried is not None:
             self._take_over(self.carried)
-        self.preemption = Preemption()
-        self.preempted = False
 
         if cfg.eval.every > 0:
             self.callbacks.append(Validation(cfg.eval.every, cfg.eval.batches))
