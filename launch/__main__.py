@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 
-from launch.command import PASSTHROUGH, deepspeed_command, free_port, has_gpus, launch_env, stale_build_locks
+from launch.command import PASSTHROUGH, deepspeed_command, free_port, has_gpus, launch_env
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -32,7 +32,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no_ssh", action="store_true", help="start each node by hand (with --node_rank)")
     p.add_argument("--no_ssh_check", action="store_true", help="skip the launcher's passwordless-ssh check")
     p.add_argument("--dry-run", action="store_true", help="print the command and exit")
-    p.add_argument("--skip-check", action="store_true", help="do not validate/prepare before launching")
+    p.add_argument("--skip-check", action="store_true", help="do not validate/prepare (nor look for stale "
+                   "torch-extension build locks) before launching")
     p.add_argument("config", nargs="?", help="run config YAML")
     p.add_argument("overrides", nargs="*", help="key=value overrides")
     args = p.parse_args(argv)
@@ -55,11 +56,6 @@ def main(argv: list[str] | None = None) -> int:
         prefix = "" if gpus else f"DS_ACCELERATOR={env['DS_ACCELERATOR']} OMP_NUM_THREADS={env['OMP_NUM_THREADS']} "
         print(prefix + shlex.join(cmd))
         return 0
-    for lock, age in stale_build_locks():
-        print(f"error: {lock} is a torch-extension build lock {age / 60:.0f} min old: a build was killed midway, "
-              f"and every launch would wait on it forever. If no build is running, delete it: rm {lock}",
-              file=sys.stderr)
-        return 2
     if not args.skip_check:
         check = [sys.executable, "-m", "pretrain", "--check"] + ([args.config] if args.config else []) + args.overrides
         if args.node_rank:  # another node: the run directory is node 0's rank 0's to lock

@@ -14,6 +14,9 @@ PASSTHROUGH = {
 
 
 def has_gpus() -> bool:
+    """Whether this node's ranks get GPUs. DS_ACCELERATOR=cpu answers without importing torch (~1 s a launch)."""
+    if os.environ.get("DS_ACCELERATOR") == "cpu":
+        return False
     import torch
 
     return torch.cuda.is_available() and torch.cuda.device_count() > 0
@@ -45,25 +48,6 @@ def deepspeed_command(options: dict[str, object], config: str | None, overrides:
     if config:
         cmd.append(config)
     return cmd + list(overrides)
-
-
-STALE_BUILD_LOCK_S = 600
-"""A torch-extension build lock older than this is stale: DeepSpeed's CPU ops build in well under a minute."""
-
-
-def stale_build_locks(now: float | None = None) -> list[tuple[str, float]]:
-    """(path, age in s) of torch-extension build locks older than STALE_BUILD_LOCK_S. A process killed while
-    JIT-building a DeepSpeed op (its shared-memory all-reduce on CPU) leaves `<op>/lock` behind, and every
-    later launch then waits on it forever without a word."""
-    import glob
-    import time
-
-    from torch.utils.cpp_extension import get_default_build_root
-
-    root = os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root()
-    now = time.time() if now is None else now
-    locks = [(path, now - os.path.getmtime(path)) for path in glob.glob(os.path.join(root, "*", "*", "lock"))]
-    return [(path, age) for path, age in locks if age > STALE_BUILD_LOCK_S]
 
 
 def launch_env(num_ranks_here: int, gpus: bool) -> dict[str, str]:

@@ -46,7 +46,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.check:
             from pretrain.data import prepare_data
 
-            from pretrain import runlock
+            from pretrain import extensions, runlock
+
+            extensions.refuse_stale_build_locks()
 
             if not args.not_first_node:  # node 0's rank 0 may hold the run directory already: that is this run
                 runlock.check_free(cfg.run_dir)

@@ -34,7 +34,6 @@ from pretrain.config import Config, ConfigError, save_config
 from pretrain.data import PackedData, StepSampler, get_batch, prepare_data
 from pretrain.data.corpora import prepare_mixture
 from pretrain.data.mixture import MixtureSampler
-from pretrain.data.streaming import StagedWindows, StreamSampler, TokenStream
 from pretrain.data.tokenizer import eos_id_of
 from pretrain.engine import build_engine, build_model, load_weights_into
 from pretrain.faults import NonFiniteError, Preemption, diagnose
@@ -121,6 +120,8 @@ class Trainer:
 
         t = cfg.train
         if cfg.data.streaming:
+            from pretrain.data.streaming import StagedWindows, StreamSampler, TokenStream
+
             stream = TokenStream(cfg.data, self.data.tokenizer_path, dist.rank(), self.world, cfg.run.seed)
             self.sampler = StreamSampler(stream, t.micro_batch_size, t.grad_accum)
             self.data.train = StagedWindows(self.sampler)

@@ -1,6 +1,7 @@
 """Session fixtures shared by every test folder."""
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -25,15 +26,34 @@ def runs_root(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("runs")
 
 
+class ZeroRuns(Mapping[int, Path]):
+    """One uninterrupted run per ZeRO stage (1, 2, 3), same seed and data, checkpoints at steps 3 and 6;
+    each launched the first time a test asks for it (a session running only ZeRO-2 tests pays for one)."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.stages = (1, 2, 3)
+        self.launched: set[int] = set()
+
+    def __getitem__(self, stage: int) -> Path:
+        if stage not in self.stages:
+            raise KeyError(stage)
+        run = self.root / f"zero{stage}"
+        if stage not in self.launched:
+            launch(run, [f"deepspeed.zero_stage={stage}", *ZERO_RUN])
+            self.launched.add(stage)
+        return run
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.stages)
+
+    def __len__(self) -> int:
+        return len(self.stages)
+
+
 @pytest.fixture(scope="session")
-def zero_runs(runs_root) -> dict[int, Path]:
-    """One uninterrupted run per ZeRO stage, same seed and data; checkpoints at steps 3 and 6."""
-    runs = {}
-    for stage in (1, 2, 3):
-        run = runs_root / f"zero{stage}"
-        launch(run, [f"deepspeed.zero_stage={stage}", *ZERO_RUN])
-        runs[stage] = run
-    return runs
+def zero_runs(runs_root) -> ZeroRuns:
+    return ZeroRuns(runs_root)
 
 
 @pytest.fixture(scope="session")

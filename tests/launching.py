@@ -34,14 +34,19 @@ ZERO_RUN = [f"train.steps={ZERO_RUN_STEPS}", "checkpoint.every=3", "checkpoint.k
 
 
 def command(run_dir: Path, overrides: list[str], ranks: int | None = 2, config: str = "configs/tiny.yaml",
-            launcher_args: list[str] | None = None) -> list[str]:
+            launcher_args: list[str] | None = None, precheck: bool = False) -> list[str]:
     """`python -m launch --num_gpus RANKS ...` (or `python -m launch LAUNCHER_ARGS ...`), or with ranks=None a
-    bare single-process `python -m pretrain`."""
+    bare single-process `python -m pretrain`.
+
+    With --num_gpus the launcher's own check (`python -m pretrain --check`: ~2 s of imports before the ranks
+    start) runs only with `precheck`, for the tests of what it refuses: the ranks validate the same config and
+    rank 0 prepares the data before the others read it, so every other run trains the same without it."""
     if launcher_args is not None:
         prefix = [sys.executable, "-m", "launch", *launcher_args]
+    elif ranks is None:
+        prefix = [sys.executable, "-m", "pretrain"]
     else:
-        prefix = ([sys.executable, "-m", "pretrain"] if ranks is None else
-                  [sys.executable, "-m", "launch", "--num_gpus", str(ranks)])
+        prefix = [sys.executable, "-m", "launch", "--num_gpus", str(ranks), *([] if precheck else ["--skip-check"])]
     return [*prefix, config, f"run.out_dir={run_dir.parent}", f"run.name={run_dir.name}",
             f"data.cache_dir={ROOT / '.cache' / 'growlm'}", *TINY_RUN, *overrides]
 
@@ -52,12 +57,13 @@ def environment(fault: str = "") -> dict[str, str]:
 
 
 def launch(run_dir: Path, overrides: list[str], ranks: int | None = 2, config: str = "configs/tiny.yaml",
-           check: bool = True, timeout: int = 600, fault: str = "") -> subprocess.CompletedProcess:
+           check: bool = True, timeout: int = 600, fault: str = "", precheck: bool = False
+           ) -> subprocess.CompletedProcess:
     """Run a training job into run_dir (its parent is out_dir); `fault` selects tests/fault_injection.py faults."""
     if fault:
         overrides = [*overrides, "imports=[fault_injection]"]
-    proc = subprocess.run(command(run_dir, overrides, ranks, config), cwd=ROOT, env=environment(fault),
-                          capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(command(run_dir, overrides, ranks, config, precheck=precheck), cwd=ROOT,
+                          env=environment(fault), capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"launch failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
     return proc

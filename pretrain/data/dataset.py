@@ -21,11 +21,9 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
-import datasets
 import numpy as np
-import pyarrow.compute as pc
 
 from pretrain.data.config import DataConfig
 from pretrain.data.errors import DataError
@@ -34,16 +32,13 @@ from pretrain.data.split import doc_hash, split_by_hash
 from pretrain.data.tokenizer import (encode_batch, load_tokenizer, tokenizer_cache_path, tokenizer_fingerprint,
                                      train_tokenizer)
 
+if TYPE_CHECKING:  # imported by builds only: a rank that memory-maps a cached build never needs it (~0.8 s)
+    import datasets
+
 log = logging.getLogger(__name__)
 
 _PACK_VERSION = 1  # bump when the packed layout changes, so old caches are not read
 _SPLITS = ("train", "val")
-_FEATURES = datasets.Features({
-    "ids": datasets.List(datasets.Value("int32")),
-    "num_tokens": datasets.Value("int64"),
-    "num_bytes": datasets.Value("int64"),
-    "doc_hash": datasets.Value("int64"),
-})
 
 
 @dataclass
@@ -180,8 +175,12 @@ def _encode(batch: dict, *, tokenizer_path: str, text_field: str, seed: int) -> 
 
 def _build(cfg: DataConfig, docs: datasets.Dataset, counts: dict, tok_path: Path, vocab_size: int, seed: int,
            key_dir: Path, start: float) -> PackedData:
+    import datasets
+
+    features = datasets.Features({"ids": datasets.List(datasets.Value("int32")), "num_tokens": datasets.Value("int64"),
+                                  "num_bytes": datasets.Value("int64"), "doc_hash": datasets.Value("int64")})
     tokenized = docs.map(
-        _encode, batched=True, num_proc=map_procs(cfg, docs), remove_columns=docs.column_names, features=_FEATURES,
+        _encode, batched=True, num_proc=map_procs(cfg, docs), remove_columns=docs.column_names, features=features,
         fn_kwargs={"tokenizer_path": str(tok_path), "text_field": cfg.text_field, "seed": seed}, desc="tokenize",
     )
     window = cfg.seq_len + 1
@@ -221,6 +220,8 @@ def _build(cfg: DataConfig, docs: datasets.Dataset, counts: dict, tok_path: Path
 
 def _write_windows(ds: datasets.Dataset, path: Path, n_windows: int, window: int, dtype: np.dtype) -> None:
     """Stream the split's concatenated ids into an .npy memory map, batch by batch, dropping the tail."""
+    import pyarrow.compute as pc
+
     out = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=(n_windows, window))
     flat = out.reshape(-1)
     pos = 0

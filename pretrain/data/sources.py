@@ -6,13 +6,14 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
-
-import datasets
+from typing import TYPE_CHECKING, Optional
 
 from pretrain.data.config import DataConfig
 from pretrain.data.corpus import embedded_corpus
 from pretrain.data.errors import DataError
+
+if TYPE_CHECKING:  # imported where documents are loaded: a rank reading a cached build never needs it (~0.8 s)
+    import datasets
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,8 @@ def load_documents(cfg: DataConfig, source: Source) -> tuple[datasets.Dataset, d
 
     Returns the dataset and counts (records read, records skipped).
     """
+    import datasets
+
     if source.files and not any(p.stat().st_size for p in source.files):
         raise DataError(f"data.source={cfg.source!r} holds no text: every file is empty")
     cache = str(Path(cfg.cache_dir) / "hf")

@@ -164,7 +164,7 @@ def test_preemption_signal_saves_and_exits_zero_and_the_run_dir_is_locked_meanwh
     # launcher's check, and by the trainer itself when started without the launcher.
     config_before = (run / "config.yaml").read_bytes()
     for ranks in (2, None):
-        second = launch(run, ["train.steps=1000"], ranks=ranks, check=False)
+        second = launch(run, ["train.steps=1000"], ranks=ranks, check=False, precheck=True)
         assert second.returncode != 0 and f"run directory {run} is in use by host {socket.gethostname()}, pid" \
             in second.stderr, second.stderr[-2000:]
     assert (run / "config.yaml").read_bytes() == config_before
