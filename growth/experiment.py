@@ -30,6 +30,7 @@ from growth.lag import LagPlan, parse_pool, run_lag
 from growth.runs import check_user_overrides, claim_experiment, train_phase, val_curve
 from model import ModelConfig
 from model.folders import tag_for
+from model.io import atomic_save_figure, atomic_write_text
 
 SPEC_KEYS = {"config", "ranks", "seeds", "source_steps", "lag_steps", "validate_steps", "carry", "overrides",
              "growths"}
@@ -195,8 +196,8 @@ def run_experiment(spec: LagExperiment, out: Path) -> dict[str, Any]:
                       for mode, sums in per_mode.items()},
             "pool": g.pool, "to": g.to}
     results |= {"k": spec.lag_steps, "m": spec.validate_steps, "seeds": spec.seeds}
-    (out / "experiment.json").write_text(json.dumps(results, indent=2, default=str))
-    (out / "experiment.md").write_text(render(results))
+    atomic_write_text(out / "experiment.json", json.dumps(results, indent=2, default=str))
+    atomic_write_text(out / "experiment.md", render(results))
     plot_by_step(out / "lag_by_step.png", results)
     return results
 
@@ -267,5 +268,5 @@ def plot_by_step(path: Path, results: dict[str, Any]) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic_save_figure(fig, path, dpi=120)
     plt.close(fig)

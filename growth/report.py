@@ -7,12 +7,14 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
+from model.io import atomic_save_figure, atomic_write_text
+
 
 def write_lag_report(out: Path, summary: dict[str, Any]) -> None:
     """`lag.md`, `lag.json` and `lag.png` in `out` from `growth.lag.summarize`'s output (+ candidates)."""
     out = Path(out)
-    (out / "lag.json").write_text(json.dumps(summary, indent=2, default=str))
-    (out / "lag.md").write_text(lag_markdown(summary))
+    atomic_write_text(out / "lag.json", json.dumps(summary, indent=2, default=str))
+    atomic_write_text(out / "lag.md", lag_markdown(summary))
     plot_curves(out / "lag.png", {c["name"]: c["curve"] for c in summary["candidates"]}, summary["winner"],
                 [summary["k"]], f"LAG: val loss after growth (lag k={summary['k']})")
     if "by_step" in summary:
@@ -84,7 +86,7 @@ def plot_curves(path: Path, curves: dict[str, dict[str, float]], highlight: str 
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic_save_figure(fig, path, dpi=120)
     plt.close(fig)
 
 
@@ -109,7 +111,7 @@ def plot_selection(path: Path, by_step: Sequence[dict[str, Any]], k: int, m: int
     ax.legend(handles, [h.get_label() for h in handles], loc="lower right")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic_save_figure(fig, path, dpi=120)
     plt.close(fig)
 
 

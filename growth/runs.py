@@ -21,6 +21,7 @@ from typing import Any, Sequence
 from growth import GrowthError
 from model import ModelConfig
 from model.folders import CheckpointError, latest
+from model.io import atomic_write_text
 
 MANAGED = ("model.", "run.name", "run.out_dir", "train.init_from", "train.steps", "train.resume")
 """Override keys growth sets itself for the runs it starts; a user's value for them would be silently lost."""
@@ -113,4 +114,4 @@ def claim_experiment(out: Path, identity: dict[str, Any]) -> None:
     if path.parent.exists() and any(path.parent.iterdir()):
         raise GrowthError(f"--out {out} exists, is not empty and holds no plan.json; choose a new --out")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(identity, indent=2))
+    atomic_write_text(path, json.dumps(identity, indent=2))

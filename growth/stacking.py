@@ -26,6 +26,7 @@ from growth.lag import LagPlan, parse_pool, run_lag
 from growth.report import plot_curves
 from growth.runs import check_user_overrides, claim_experiment, train_phase, val_curve
 from model.folders import tag_for
+from model.io import atomic_write_text
 from model.weights import model_config_of
 
 DEFAULT_POOL = "stack_top,stack_middle:block=all,stack"
@@ -161,7 +162,7 @@ def _stitched(stages: list[dict[str, Any]], total: int) -> dict[str, float]:
 
 
 def _write_report(out: Path, result: dict[str, Any]) -> None:
-    (out / "stacking.json").write_text(json.dumps(result, indent=2))
+    atomic_write_text(out / "stacking.json", json.dumps(result, indent=2))
     lines = [f"# Adaptive gradual stacking: {len(result['stages']) - 1} stages, {result['steps']} steps, "
              f"lag {result['lag_steps']}", "", "| stage | at step | depth | LAG's choice | by loss at growth | "
              "lag overhead (steps) | run |", "|---|---|---|---|---|---|---|"]
@@ -171,7 +172,7 @@ def _write_report(out: Path, result: dict[str, Any]) -> None:
     final = result["curve"].get(str(result["steps"]))
     lines += ["", f"Validation loss at step {result['steps']}: {final if final is None else round(final, 4)}. "
               "Each stage's LAG table: `stage<i>/lag.md`."]
-    (out / "stacking.md").write_text("\n".join(lines) + "\n")
+    atomic_write_text(out / "stacking.md", "\n".join(lines) + "\n")
     plot_curves(out / "stacking.png", {"gradual stacking": result["curve"]}, None,
                 [s["at_step"] for s in result["stages"][1:]], "Gradual stacking: val loss (dotted: growth)",
                 xlabel="global step")

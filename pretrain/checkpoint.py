@@ -30,7 +30,7 @@ from model.folders import (HASHES, LATEST, MANIFEST, CheckpointError, complete_c
                            tag_for, verify)
 from model.universal import to_universal, universal_dir
 from pretrain import dist
-from pretrain.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from model.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 

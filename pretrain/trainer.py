@@ -38,7 +38,7 @@ from pretrain.data.tokenizer import eos_id_of
 from pretrain.engine import build_engine, build_model, load_weights_into
 from pretrain.faults import NonFiniteError, Preemption, diagnose
 from pretrain.hybrid import freeze_all_but
-from pretrain.io import atomic_write_bytes, atomic_write_json
+from model.io import atomic_write_bytes, atomic_write_json
 from pretrain.metrics import MetricsLogger, detect_peak_tflops, memory_gb
 from pretrain.plugins import JOBS, MONITORS
 

@@ -25,6 +25,7 @@ from typing import Any, Iterable, Optional
 import yaml
 
 import compare_trajectory  # its sections use this module's helpers, at call time only
+from model.io import atomic_save_figure, atomic_write_text
 
 IGNORED_KEYS = frozenset({"run.name", "run.seed", "run.out_dir", "data.cache_dir"})
 """Config keys that do not make runs different arms: the seed, and where the run and its caches live."""
@@ -365,7 +366,7 @@ def plot_all(arms: dict[str, list[Run]], out: Path) -> list[Path]:
 
 def _save(fig, path: Path) -> None:
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic_save_figure(fig, path, dpi=120)
     _pyplot().close(fig)
 
 
@@ -380,7 +381,7 @@ def compare(run_dirs: list[Path], out: Path, label_by: Optional[list[str]] = Non
         baseline = "baseline"
     out.mkdir(parents=True, exist_ok=True)
     report = out / "compare.md"
-    report.write_text(render_markdown(arms, baseline))
+    atomic_write_text(report, render_markdown(arms, baseline))
     plot_all(arms, out)
     compare_trajectory.plot(arms, out)
     return report

@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import compare_runs as cr  # noqa: E402
 from model import Llama  # noqa: E402
+from model.io import atomic_write_text  # noqa: E402
 from model.weights import load_weights  # noqa: E402
 from pretrain.config import load_config  # noqa: E402
 from pretrain.data import get_batch, prepare_data  # noqa: E402
@@ -96,8 +97,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     arms = cr.group_runs(cr.load_run(d) for d in args.runs)
     rows = {str(r.path): anatomy(r.path, args.batches) for runs in arms.values() for r in runs}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "anatomy.json").write_text(json.dumps(rows, indent=1))
-    (args.out / "anatomy.md").write_text(render(arms, rows, args.baseline))
+    atomic_write_text(args.out / "anatomy.json", json.dumps(rows, indent=1))
+    atomic_write_text(args.out / "anatomy.md", render(arms, rows, args.baseline))
     print((args.out / "anatomy.md").read_text())
     return 0
 

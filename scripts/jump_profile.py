@@ -25,6 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from model.io import atomic_save_figure, atomic_write_text  # noqa: E402
 from regularizers.jump import FORMS, displacement_profile, zeta_final  # noqa: E402
 
 DEFAULT_CHARS = 200_000
@@ -137,7 +138,7 @@ def plot_profiles(records: dict[str, dict], path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic_save_figure(fig, path, dpi=120)
     plt.close(fig)
 
 
@@ -177,7 +178,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         except (FileNotFoundError, ValueError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
-        (args.out / f"{name}.json").write_text(json.dumps(rec, indent=2) + "\n")
+        atomic_write_text(args.out / f"{name}.json", json.dumps(rec, indent=2) + "\n")
         print(f"{name}: zeta_L={rec['zeta_L']:.3f} psi=[{', '.join(f'{v:.4f}' for v in rec['psi'])}]")
         records[name] = rec
     plot_profiles(records, args.out / "jump_profile.png")

@@ -28,6 +28,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from model.folders import complete_checkpoints  # noqa: E402
+from model.io import atomic_save_figure, atomic_write_text  # noqa: E402
 from pretrain.trajectory.maps import Trajectory, mds  # noqa: E402
 from pretrain.trajectory.online import load_sketches, sketch_trajectory  # noqa: E402
 from pretrain.trajectory.settings import GRANULARITIES  # noqa: E402
@@ -80,7 +81,7 @@ def plot_maps(maps: dict[str, torch.Tensor], steps: Mapping[str, list[int]], tit
     fig.suptitle(title)
     if im is not None:
         fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.6)
-    fig.savefig(path, dpi=110)
+    atomic_save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -160,8 +161,8 @@ def main(argv: list[str] | None = None) -> None:
     else:
         print(f"note: {len(traj.steps)} trajectory points: an update map needs at least 3 (two updates to compare); "
               "wrote the parameter map only")
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False))
-    (args.out / "summary.md").write_text(summary_markdown(summary, source))
+    atomic_write_text(args.out / "summary.json", json.dumps(summary, indent=2, allow_nan=False))
+    atomic_write_text(args.out / "summary.md", summary_markdown(summary, source))
     print(summary_markdown(summary, source))
     print(f"wrote {', '.join(str(args.out / f) for f in [*written, 'summary.md', 'summary.json'])}")
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from pretrain.callbacks import Callback, due
-from pretrain.io import atomic_write_bytes
+from model.io import atomic_write_bytes
 from pretrain.trajectory.groups import group_params
 from pretrain.trajectory.maps import Trajectory, trajectory_of
 from pretrain.trajectory.settings import TrajectoryConfig

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from model.folders import step_of
-from pretrain.io import atomic_write_json, atomic_write_text
+from model.io import atomic_write_json, atomic_write_text
 
 RESULTS = "results.json"
 METRICS = "metrics.jsonl"

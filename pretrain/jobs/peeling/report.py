@@ -4,7 +4,6 @@ Every file is written atomically (temp file + rename), so a reader never sees a 
 """
 from __future__ import annotations
 
-import io
 import json
 from collections import defaultdict
 from pathlib import Path
@@ -12,7 +11,7 @@ from pathlib import Path
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
-from pretrain.io import atomic_write_bytes, atomic_write_json
+from model.io import atomic_save_figure, atomic_write_json
 from pretrain.jobs.peeling.bounds import Bounds
 
 BOUNDS_JSON = "bounds.json"
@@ -21,16 +20,10 @@ SUMMARY_PNG = "summary.png"
 _COLORS = colormaps["tab20"]  # 20 distinct colors: rows are (offset, permutation, variant) combinations
 
 
-def _save(fig: Figure, path: Path) -> None:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    atomic_write_bytes(path, buf.getvalue())
-
-
 def write_outputs(bounds: Bounds, out: Path) -> None:
     """bounds.json and bounds.png into `out` (created), then summary.png in its parent."""
     atomic_write_json(out / BOUNDS_JSON, bounds.to_json())
-    _save(bars_figure(bounds), out / BOUNDS_PNG)
+    atomic_save_figure(bars_figure(bounds), out / BOUNDS_PNG, dpi=110, bbox_inches="tight")
     write_summary(out.parent)
 
 
@@ -88,7 +81,7 @@ def write_summary(peeling_dir: Path) -> Path | None:
     axes[0].set_ylabel("LM loss (held-out where measured)")
     axes[-1].legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
     out = peeling_dir / SUMMARY_PNG
-    _save(fig, out)
+    atomic_save_figure(fig, out, dpi=110, bbox_inches="tight")
     return out
 
 

@@ -1,6 +1,10 @@
-"""Atomic file writes: a crash mid-write leaves the old file (or none), never a torn one."""
+"""Atomic file writes: a crash mid-write leaves the old file (or none), never a torn one.
+
+In `model/` so that every package may use it: growth and the scripts as well as the trainer.
+"""
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
@@ -30,3 +34,10 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def atomic_save_figure(fig: Any, path: str | Path, **savefig_kwargs: Any) -> None:
+    """A matplotlib figure rendered in memory (format from the suffix), then written atomically."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format=Path(path).suffix.lstrip(".") or "png", **savefig_kwargs)
+    atomic_write_bytes(path, buf.getvalue())

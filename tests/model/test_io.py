@@ -1,0 +1,43 @@
+"""Atomic writes (model/io.py): a failure mid-write leaves the previous file whole and no temp file behind."""
+from __future__ import annotations
+
+import pytest
+from matplotlib.figure import Figure
+
+from model.io import atomic_save_figure, atomic_write_text
+
+
+class FailingFigure:
+    """Renders half an image, then fails: a full disk, a killed renderer."""
+
+    def savefig(self, buf, **kwargs) -> None:
+        buf.write(b"\x89PNG half")
+        raise OSError("no space left on device")
+
+
+def test_a_figure_is_written_whole_and_a_failed_one_leaves_the_old_file(tmp_path):
+    path = tmp_path / "plot.png"
+    fig = Figure()
+    fig.add_subplot().plot([0, 1], [1, 0])
+    atomic_save_figure(fig, path, dpi=50)
+    first = path.read_bytes()
+    assert first.startswith(b"\x89PNG\r\n\x1a\n") and len(first) > 1000
+    with pytest.raises(OSError, match="no space"):
+        atomic_save_figure(FailingFigure(), path)
+    assert path.read_bytes() == first
+    assert [p.name for p in tmp_path.iterdir()] == ["plot.png"]
+
+
+def test_the_format_follows_the_suffix(tmp_path):
+    fig = Figure()
+    fig.add_subplot().plot([0, 1])
+    atomic_save_figure(fig, tmp_path / "plot.svg")
+    assert (tmp_path / "plot.svg").read_text().lstrip().startswith("<?xml")
+
+
+def test_text_replaces_the_old_file_in_one_step(tmp_path):
+    path = tmp_path / "report.md"
+    atomic_write_text(path, "old\n")
+    atomic_write_text(path, "new\n")
+    assert path.read_text() == "new\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["report.md"]
