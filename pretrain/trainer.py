@@ -209,12 +209,16 @@ class Trainer:
         if found:
             raise ConfigError(f"cannot resume from {ckpt}: " + "; ".join(found))
 
-    def _build_engine(self, model: Llama, start_step: int) -> None:
-        """A DeepSpeed engine for the phase `start_step` is in (all parameters, or the norm-only subset)."""
+    def _build_engine(self, model: Llama, start_step: int, subset: hybrid.Subset | None = None) -> None:
+        """A DeepSpeed engine for the phase `start_step` is in (all parameters, or the trainable subset: the one
+        given, which the caller drew already, or drawn here)."""
         self.subset_only = self._subset_phase(start_step)
-        cfg, subset = self.cfg, None
-        if self.subset_only:
+        cfg = self.cfg
+        if not self.subset_only:
+            subset = None
+        elif subset is None:
             subset = hybrid.subset_of(model, cfg.train.trainable, cfg.run.seed)
+        if subset is not None:
             freeze_all_but(model, subset.names)
             if subset.masks:  # the unchosen elements of a trainable tensor must not decay either
                 cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, weight_decay=0.0))
@@ -471,7 +475,7 @@ class Trainer:
         model = Llama(self.cfg.model)
         quantize_model(model, self.cfg.train.quantization)
         model.load_state_dict(weights, strict=False)  # named_parameters() lists a tied head only once
-        self._build_engine(model, self.step)
+        self._build_engine(model, self.step, subset)
         hybrid.restore_masters(self.engine, weights)
         if moments is not None:
             optimizer_state.restore_moments(self.engine, moments)
