@@ -64,6 +64,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     st.add_argument("--steps", type=int, help="total steps of the whole run (default: the plan's, else train.steps)")
     st.add_argument("--out", type=Path, required=True, help="experiment directory (re-run to resume)")
     st.add_argument("--ranks", type=int, default=2, help="ranks per run (--num_gpus of the launcher)")
+    st.add_argument("--carry", action="store_true", help="carry Adam moments, step and data position across stages "
+                    "(one run grown in place) instead of a fresh optimizer and warmup per stage")
     st.add_argument("overrides", nargs="*", help="key=value overrides for every run")
     return p.parse_args(argv)
 

@@ -7,9 +7,12 @@ Layout under `out/`:
     stage<i>/                 a LAG experiment (growth/lag.py) from the previous stage's checkpoint at s_i; its
                               winner's run (stage<i>/runs/<winner>) continues to s_{i+1} (the last to `steps`)
     stacking.md stacking.json stacking.png   stages, choices and the stitched validation curve (global steps)
-Every run is started with a fresh optimizer and its own warmup (what `train.init_from` gives); every stage but
-the last runs at constant lr after warmup, the last follows the config's schedule (see growth/runs.py).
-The losing candidates' lag steps are LAG's overhead and are reported as such.
+By default every stage's runs start a fresh optimizer and their own warmup (what `train.init_from` gives), and
+count their steps from growth. With `carry` they continue the previous stage's Adam moments (mapped through the
+operator), step and data position, as one run grown in place: no new warmup, steps counted globally. Either
+way every stage but the last runs at constant lr after warmup; the last follows the config's schedule (see
+growth/runs.py), with carry evaluated at the global step. The losing candidates' lag steps are LAG's
+overhead and are reported as such.
 """
 from __future__ import annotations
 
@@ -78,15 +81,17 @@ class StackingPlan:
     pool: str = DEFAULT_POOL
     ranks: int = 2
     overrides: list[str] = field(default_factory=list)
+    carry: bool = False
+    """Carry the optimizer, step and data position from stage to stage (see the module docstring)."""
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "StackingPlan":
         """Command-line values win over the --plan file's; total steps default to the config's train.steps."""
         spec = OmegaConf.to_container(OmegaConf.load(args.plan)) if args.plan else {}
-        unknown = set(spec) - {"stages", "pool", "lag_steps", "steps"}
+        unknown = set(spec) - {"stages", "pool", "lag_steps", "steps", "carry"}
         if unknown:
             raise GrowthError(f"--plan {args.plan}: unknown keys {sorted(unknown)}; valid: stages, pool, lag_steps, "
-                              "steps")
+                              "steps, carry")
         if args.schedule:
             stages = parse_schedule(args.schedule)
         else:
@@ -98,7 +103,7 @@ class StackingPlan:
                               "lag_steps) and total steps (--steps, the plan's steps, or the config's train.steps)")
         return cls(config=args.config, stages=stages, out=args.out, steps=int(steps), lag_steps=int(lag_steps),
                    pool=args.pool or ",".join(spec.get("pool", [])) or DEFAULT_POOL, ranks=args.ranks,
-                   overrides=args.overrides)
+                   overrides=args.overrides, carry=bool(args.carry or spec.get("carry", False)))
 
     def check(self) -> None:
         """Stages strictly increasing in step and depth, each long enough for its lag, all before the end."""
@@ -123,25 +128,26 @@ def run_stacking(plan: StackingPlan) -> dict[str, Any]:
     out = Path(plan.out)
     claim_experiment(out, {"config": str(Path(plan.config).resolve()), "stages": [vars(s) for s in plan.stages],
                            "steps": plan.steps, "lag_steps": plan.lag_steps, "pool": plan.pool,
-                           "overrides": plan.overrides, "ranks": plan.ranks})
+                           "overrides": plan.overrides, "ranks": plan.ranks,
+                           **({"carry": True} if plan.carry else {})})  # plans from before carry still resume
     run = out / "stage0"
     train_phase(run, plan.config, plan.overrides, plan.stages[0].at_step, final=False, ranks=plan.ranks,
                 label="stage 0 (from scratch)")
-    done: list[dict[str, Any]] = [{"stage": 0, "at_step": 0, "run": str(run), "winner": None}]
+    done: list[dict[str, Any]] = [{"stage": 0, "at_step": 0, "step_offset": 0, "run": str(run), "winner": None}]
     for i, stage in enumerate(plan.stages, 1):
         end = plan.stages[i].at_step if i < len(plan.stages) else plan.steps
-        local_end = stage.at_step - done[-1]["at_step"]
         print(f"[growth] stage {i}/{len(plan.stages)}: at step {stage.at_step} grow to {stage.depth} layers by LAG "
               f"over {plan.pool}, then train to step {end}", flush=True)
-        source = run / "checkpoints" / tag_for(local_end)
+        source = run / "checkpoints" / tag_for(stage.at_step - done[-1]["step_offset"])  # in that run's own steps
         pool = stage_pool(plan.pool, model_config_of(source).n_layers, stage.depth)
         summary = run_lag(LagPlan(
             source=source, target=[f"n_layers={stage.depth}"],
             pool=parse_pool(pool), lag_steps=plan.lag_steps, config=plan.config, out=out / f"stage{i}",
             overrides=plan.overrides, ranks=plan.ranks, continue_steps=end - stage.at_step,
-            continue_final=i == len(plan.stages)))
+            continue_final=i == len(plan.stages), carry=plan.carry))
         run = out / f"stage{i}" / "runs" / summary["winner"]
-        done.append({"stage": i, "at_step": stage.at_step, "depth": stage.depth, "run": str(run),
+        done.append({"stage": i, "at_step": stage.at_step, "step_offset": 0 if plan.carry else stage.at_step,
+                     "depth": stage.depth, "run": str(run),
                      "winner": summary["winner"], "winner_by_init": summary["winner_by_init"],
                      "loss_k": summary["loss_k"], "lag_report": str(out / f"stage{i}" / "lag.md"),
                      "lag_overhead_steps": plan.lag_steps * (len(summary["loss_k"]) - 1)})
@@ -151,13 +157,14 @@ def run_stacking(plan: StackingPlan) -> dict[str, Any]:
 
 
 def _stitched(stages: list[dict[str, Any]], total: int) -> dict[str, float]:
-    """The trained model's validation curve in global steps: each stage's run from its start to the next's."""
+    """The trained model's validation curve in global steps: each stage's run from its start to the next's (a
+    stage's run counts from growth, or globally when it carried its source's step: `step_offset` says which)."""
     curve: dict[str, float] = {}
     bounds = [s["at_step"] for s in stages[1:]] + [total]
     for stage, end in zip(stages, bounds):
         for step, loss in val_curve(Path(stage["run"])).items():
-            if stage["at_step"] + step <= end:
-                curve[str(stage["at_step"] + step)] = loss
+            if stage["at_step"] <= stage["step_offset"] + step <= end:
+                curve[str(stage["step_offset"] + step)] = loss
     return curve
 
 

@@ -148,6 +148,29 @@ def test_stacking_schedule_parses_and_the_shipped_plan_is_valid():
                  pool=",".join(shipped["pool"])).check()
 
 
+def write_val_curve(run: Path, curve: dict[int, float]) -> Path:
+    run.mkdir(parents=True)
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "val/loss": v}) + "\n" for s, v in curve.items()))
+    return run
+
+
+@pytest.mark.parametrize("carry", [False, True])
+def test_stitched_curve_is_in_global_steps_whether_or_not_a_stage_carried_its_step(tmp_path, carry):
+    """Stage 0 trains steps 0..4; at step 4 a stage grows and trains to 8. A fresh stage's run counts 0..4 from
+    growth, a carried one 4..8 (it went on from its source's step): the stitched curve is the same."""
+    from growth.stacking import _stitched
+
+    stage0 = write_val_curve(tmp_path / "stage0", {s: 5.0 - 0.1 * s for s in range(5)})
+    grown = {s: 4.0 - 0.1 * s for s in range(5)}  # by steps since growth
+    run1 = write_val_curve(tmp_path / "stage1", {s + 4: v for s, v in grown.items()} if carry else grown)
+    stages = [{"at_step": 0, "step_offset": 0, "run": str(stage0)},
+              {"at_step": 4, "step_offset": 0 if carry else 4, "run": str(run1)}]
+    curve = _stitched(stages, total=8)
+    assert list(curve) == [str(s) for s in range(9)]
+    assert [curve[str(s)] for s in range(4)] == [5.0 - 0.1 * s for s in range(4)]
+    assert [curve[str(s)] for s in range(4, 9)] == [grown[s - 4] for s in range(4, 9)]  # the grown model from 4 on
+
+
 # ---- one real LAG experiment: a tiny source, 2 candidates, k = 3, through the launcher ----------------------
 K = 3
 
