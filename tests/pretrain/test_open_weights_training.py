@@ -1,6 +1,9 @@
 """Continued pretraining of an open-weight folder through the real launcher: 2 CPU ranks, ZeRO-1 and ZeRO-3
-(parameters filled shard by shard from the safetensors), the folder's own tokenizer."""
+(parameters filled shard by shard from the safetensors), the folder's own tokenizer; and LAG's candidates grown
+from such a folder."""
 from __future__ import annotations
+
+import json
 
 import torch
 import torch.nn.functional as F
@@ -49,3 +52,23 @@ def test_continued_pretraining_from_an_open_weight_folder(folder, runs_root, sta
     assert val[STEPS] < val[0] - 0.05  # and continues training it
     ckpt = run / "checkpoints" / f"step_{STEPS}"
     assert (ckpt / "tokenizer.json").is_file() and not (ckpt / "tokenizer.model").exists()
+
+
+@pytest.mark.distributed
+def test_lag_grows_its_candidates_from_an_open_weight_folder(folder, runs_root):
+    """`growth lag --from HF_FOLDER`: every candidate is grown from the folder's weights and trained with its
+    tokenizer; the exactly function-preserving zero_block starts at the folder's own validation loss."""
+    from growth.cli import main
+    from launching import TINY_RUN
+
+    out = runs_root / "lag_open_weights"
+    overrides = [o for o in TINY_RUN if not o.startswith("model.")]
+    assert main(["lag", "--from", str(folder), "--config", "configs/tiny.yaml", "--to", "n_layers=4",
+                 "--pool", "stack,zero_block", "--lag-steps", "1", "--out", str(out), *overrides]) == 0
+    curves = {name: {r["step"]: r["val/loss"] for r in metrics(out / "runs" / name) if "val/loss" in r}
+              for name in ("stack", "zero_block")}
+    assert curves["zero_block"][0] == pytest.approx(hf_validation_loss(folder, out / "runs" / "zero_block"), abs=1e-4)
+    assert abs(curves["stack"][0] - curves["zero_block"][0]) > 1e-3
+    report = json.loads((out / "lag.json").read_text())
+    assert report["winner"] == min(curves, key=lambda n: curves[n][1])
+    assert (out / "tokenizer.json").is_file()  # the folder's tokenizer, pinned for every candidate
