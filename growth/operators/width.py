@@ -130,7 +130,8 @@ def _break_symmetry(state: StateDict, target: ModelConfig, source_unit: dict[str
 
 @register_operator("fusion", kind="width")
 def fusion(cfg: ModelConfig, state: StateDict, target: ModelConfig, *, opt_state: OptState | None = None,
-           other_state: StateDict | None = None, other_opt_state: OptState | None = None) -> GrowthResult:
+           other_state: StateDict | None = None, other_opt_state: OptState | None = None, noise: float = 0.0,
+           seed: int = 0) -> GrowthResult:
     """Deep Fusion (Mazzawi et al. 2023, arXiv 2306.11903): two models of one config side by side in a model
     twice as wide -- every widened axis holds the first model's units then the second's, block-diagonal
     weights keep the two computations apart, and the head averages their logits (its 1/2 folded into the
@@ -140,7 +141,12 @@ def fusion(cfg: ModelConfig, state: StateDict, target: ModelConfig, *, opt_state
     logits, and the record says so rather than claim preservation.
 
     Off-diagonal blocks start at zero and so do their moments; diagonal moments follow moments.py's rule
-    (exact for self fusion)."""
+    (exact for self fusion).
+
+    Self fusion's two halves are copies that receive the same gradients, so they stay copies under training.
+    `noise` > 0 breaks that as net2net's does: zero-sum noise over each unit's two copies on every tensor that
+    reads them (off-diagonal blocks included), exact because both copies carry the same activations. Two
+    different models have no copies, so there it is refused."""
     expected = replace(cfg, **{f: 2 * getattr(cfg, f) for f in GROWN_FIELDS["width"]})
     for f in fields(ModelConfig):
         if getattr(target, f.name) != getattr(expected, f.name):
@@ -148,6 +154,9 @@ def fusion(cfg: ModelConfig, state: StateDict, target: ModelConfig, *, opt_state
                               f"{getattr(cfg, f.name)}); the target has {getattr(target, f.name)}")
     if other_state is not None:
         check_state(cfg, other_state, "other_state")
+    if noise < 0 or (noise > 0 and other_state is not None):
+        raise GrowthError(f"fusion noise={noise}: symmetry-breaking noise must be >= 0 and applies to self fusion "
+                          "only (two different models' halves are no copies of each other)")
     opt_states = None
     if opt_state is not None and other_state is None:
         opt_states = [opt_state, opt_state]
@@ -173,9 +182,14 @@ def fusion(cfg: ModelConfig, state: StateDict, target: ModelConfig, *, opt_state
     record = {"function_preserving": True if self_fusion else "approximate",
               "sources": "self" if self_fusion else "two models",
               "layout": "every widened axis: first model's units, then the second's; block-diagonal weights; "
-                        "logits = mean of the two heads' (1/2 folded into the final norm gain)"}
-    return _build(target, [state, state if self_fusion else other_state], opt_states, fuse, counts,
-                  split_reads=lambda p: p.writes == "vocab", record=record)
+                        "logits = mean of the two heads' (1/2 folded into the final norm gain)",
+              "symmetry_noise": noise}
+    result = _build(target, [state, state if self_fusion else other_state], opt_states, fuse, counts,
+                    split_reads=lambda p: p.writes == "vocab", record=record)
+    if noise > 0:
+        copies = {space: torch.arange(n) % (n // 2) for space, n in sizes.items()}  # unit i and i + n/2 are copies
+        _break_symmetry(result.state_dict, target, copies, noise, seed)
+    return result
 
 
 def _channels(heads: Tensor, head_dim: int) -> Tensor:

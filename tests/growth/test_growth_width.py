@@ -96,6 +96,26 @@ def test_width_then_depth_chains_and_preserves(width_op, tokens):
     assert max_diff(small, load(deep), tokens) < TOL
 
 
+def test_self_fusion_noise_breaks_the_symmetry_and_keeps_the_function(tokens):
+    source = tiny(tie_embeddings=False)
+    small = random_model(source)
+    plain = load(growth.grow(source, state_of(small), "fusion", fused(source)))
+    result = growth.grow(source, state_of(small), "fusion", fused(source), noise=0.1, seed=1)
+    noisy = load(result)
+    assert result.record["symmetry_noise"] == 0.1
+    error = max_diff(small, noisy, tokens)
+    assert error < 10 * TOL, f"zero-sum noise changed the logits by {error}"
+    # the two copies of ffn unit 5 (rows 5 and 5 + ffn_dim of w1) get the same gradient without noise, not with it
+    (same, _), (broken, _) = grads_as_moments(plain, tokens), grads_as_moments(noisy, tokens)
+    w1, f = "layers.0.feed_forward.w1.weight", source.ffn_dim
+    scale = broken[w1][5].abs().max()
+    assert (same[w1][5] - same[w1][5 + f]).abs().max() < 1e-5 * scale
+    assert (broken[w1][5] - broken[w1][5 + f]).abs().max() > 1e-3 * scale
+    with pytest.raises(growth.GrowthError, match="self fusion only"):
+        growth.grow(source, state_of(small), "fusion", fused(source), other_state=state_of(random_model(source)),
+                    noise=0.1)
+
+
 @pytest.mark.parametrize("tied", [False, True])
 def test_net2net_noise_breaks_the_symmetry_and_keeps_the_function(tied, tokens):
     source = tiny(tie_embeddings=tied)
