@@ -139,6 +139,19 @@ def aggregate_by_step(per_seed: Sequence[Sequence[dict[str, Any]]]) -> list[dict
             for s in steps]
 
 
+def settles_at(by_step: Sequence[dict[str, Any]]) -> int | None:
+    """The first choosing step from which the pick is the step-m best in every seed at every later logged step
+    (mean regret exactly 0 from there on): where, if anywhere before m, the ranking's phase transition ends.
+    None without rows."""
+    settled = None
+    for row in sorted(by_step, key=lambda r: r["step"]):
+        if row["regret"][0] == 0.0:
+            settled = row["step"] if settled is None else settled
+        else:
+            settled = None
+    return settled
+
+
 def flops_to_reach(curve: dict[int, float], target: float, flops_before: float, flops_per_step: float) -> float:
     """FLOPs spent when `curve` (step -> val loss) first reaches `target`, counting `flops_before` (e.g. the
     source's training) plus `flops_per_step` per step; nan when it never does."""
@@ -235,7 +248,10 @@ def render(results: dict[str, Any]) -> str:
                       if row["step"] <= k or row["step"] % max(1, m // 10) == 0]  # every step: the json, the plot
             ratio = mean_ci(r["flops_ratio"])
             reached = sum(math.isfinite(x) for x in r["flops_ratio"])
+            settled = settles_at(r["by_step"])
             lines += ["", f"- LAG's pick at k per seed: {r['winners']}; best at m: {r['best_at_m']}",
+                      f"- The pick is the step-m best in every seed from s = {settled} on"
+                      + (" (only at m itself)" if settled == m else f" (k = {k})"),
                       f"- FLOPs for the best grown run (source included) to reach the from-scratch control's final "
                       f"loss, over the control's own: {_fmt(ratio)} (reached in {reached} of {len(r['flops_ratio'])} "
                       f"seeds; < 1: growth pays)"]

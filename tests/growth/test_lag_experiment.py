@@ -7,7 +7,8 @@ import pytest
 from scipy import stats
 
 from growth import GrowthError
-from growth.experiment import (LagExperiment, aggregate_by_step, flops_to_reach, mean_ci, render, scratch_steps)
+from growth.experiment import (LagExperiment, aggregate_by_step, flops_to_reach, mean_ci, render, scratch_steps,
+                               settles_at)
 from model import ModelConfig
 
 
@@ -65,6 +66,17 @@ def test_aggregate_by_step_keeps_steps_every_seed_logged():
                    "modes": {"fresh": {"by_step": rows, "winners": ["stack"] * 2, "best_at_m": ["stack"] * 2,
                                        "flops_ratio": [0.5, math.nan]}}}}})
     assert "| 5 (k) | 0.900 ± " in text and "reached in 1 of 2 seeds" in text
+    assert "from s = 5 on (k = 5)" in text
+
+
+def test_the_choice_settles_where_the_regret_is_zero_for_good():
+    def rows(regrets):
+        return [{"step": s, "regret": (r, 0.0, 3)} for s, r in regrets.items()]
+
+    assert settles_at(rows({0: 0.02, 10: 0.0, 20: 0.01, 30: 0.0, 40: 0.0, 100: 0.0})) == 30  # 10 was luck
+    assert settles_at(rows({0: 0.0, 10: 0.0, 100: 0.0})) == 0  # right from growth on
+    assert settles_at(rows({100: 0.0, 0: 0.03, 50: 0.001})) == 100  # order-free; only m itself
+    assert settles_at([]) is None
 
 
 def test_flops_to_reach_counts_the_source_and_the_first_step_at_target():
