@@ -144,11 +144,10 @@ def settles_at(by_step: Sequence[dict[str, Any]]) -> int | None:
     (mean regret exactly 0 from there on): where, if anywhere before m, the ranking's phase transition ends.
     None without rows."""
     settled = None
-    for row in sorted(by_step, key=lambda r: r["step"]):
-        if row["regret"][0] == 0.0:
-            settled = row["step"] if settled is None else settled
-        else:
-            settled = None
+    for row in sorted(by_step, key=lambda r: r["step"], reverse=True):
+        if row["regret"][0] != 0.0:
+            break
+        settled = row["step"]
     return settled
 
 
