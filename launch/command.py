@@ -1,9 +1,11 @@
 """Build the `deepspeed` launcher command for `python -m pretrain` (this package never imports pretrain)."""
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import sys
+from pathlib import Path
 
 # Launcher options passed through verbatim (name -> takes a value).
 PASSTHROUGH = {
@@ -53,7 +55,16 @@ def deepspeed_command(options: dict[str, object], config: str | None, overrides:
 def launch_env(num_ranks_here: int, gpus: bool) -> dict[str, str]:
     """Environment for the ranks: CPU ranks use DeepSpeed's CPU accelerator (gloo) and share the cores."""
     env = dict(os.environ)
+    env.setdefault("TORCH_EXTENSIONS_DIR", str(extensions_dir()))
     if not gpus:
         env.setdefault("DS_ACCELERATOR", "cpu")
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(1, num_ranks_here))))
     return env
+
+
+def extensions_dir(prefix: str = sys.prefix) -> Path:
+    """Where DeepSpeed JIT-builds its ops for this Python environment. Each op is compiled against the
+    environment's own torch and deepspeed, so environments sharing torch's one default directory rebuild over each
+    other, and a build killed in one leaves a lock that hangs launches in all of them."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "growlm" / "torch_extensions" / hashlib.sha256(prefix.encode()).hexdigest()[:16]

@@ -36,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
+        from pretrain import extensions
+
+        extensions.refuse_stale_build_locks()  # here, not only in --check: a launch may skip the check
         if args.check or args.print_config:  # the concrete precision, as the ranks will resolve it
             from pretrain import dist, precision
 
@@ -46,9 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.check:
             from pretrain.data import prepare_data
 
-            from pretrain import extensions, runlock
-
-            extensions.refuse_stale_build_locks()
+            from pretrain import runlock
 
             if not args.not_first_node:  # node 0's rank 0 may hold the run directory already: that is this run
                 runlock.check_free(cfg.run_dir)

@@ -1,7 +1,9 @@
-"""DeepSpeed's JIT-built CPU ops (its shared-memory all-reduce): a build killed midway must not hang every launch.
+"""DeepSpeed's JIT-built CPU ops (its shared-memory all-reduce, CPU Adam): a build killed midway must not hang
+every launch.
 
-Checked by `python -m pretrain --check`, which the launcher runs before any rank starts: the ranks are the
-processes that would wait on the lock, and the check already imports torch, which finds the build directory.
+Checked by `python -m pretrain` on every start, the launcher's `--check` and each rank: the ranks are the
+processes that would wait on the lock, and a launch may skip the check. The launcher gives each Python
+environment its own build directory (`launch.command.extensions_dir`).
 """
 from __future__ import annotations
 

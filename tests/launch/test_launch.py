@@ -48,19 +48,35 @@ def test_include_with_num_gpus_is_refused():
     assert out.returncode != 0 and "--include" in out.stderr
 
 
-def test_a_stale_extension_build_lock_is_named_instead_of_hanging(tmp_path):
-    """A process killed mid JIT build leaves the lock; a lock younger than a build may take is left alone."""
+@pytest.mark.parametrize("skip_check", [False, True], ids=["checked", "skip-check"])
+def test_a_stale_extension_build_lock_is_named_instead_of_hanging(tmp_path, skip_check):
+    """A process killed mid JIT build leaves the lock; a lock younger than a build may take is left alone. The
+    ranks refuse it too, for launches that skip the launcher's check (the tests' launches do)."""
     stale, fresh = tmp_path / "py311_cpu" / "deepspeed_shm_comm" / "lock", tmp_path / "py311_cpu" / "other_op" / "lock"
     for lock in (stale, fresh):
         lock.parent.mkdir(parents=True)
         lock.touch()
     os.utime(stale, (time.time() - 3600, time.time() - 3600))
-    out = subprocess.run([sys.executable, "-m", "launch", "--num_gpus", "2", "configs/tiny.yaml"], cwd=ROOT,
+    skip = ["--skip-check"] if skip_check else []
+    out = subprocess.run([sys.executable, "-m", "launch", "--num_gpus", "2", *skip, "configs/tiny.yaml",
+                          f"run.out_dir={tmp_path / 'runs'}"], cwd=ROOT,
                          capture_output=True, text=True, timeout=120,
                          env=dict(os.environ, TORCH_EXTENSIONS_DIR=str(tmp_path)))
-    assert out.returncode == 2
+    assert out.returncode != 0 if skip_check else out.returncode == 2  # DeepSpeed's launcher reports the ranks' 2
     assert f"{stale} is a torch-extension build lock 60 min old" in out.stderr and f"rm {stale}" in out.stderr
     assert str(fresh) not in out.stderr
+
+
+def test_each_python_environment_builds_its_ops_in_its_own_directory(monkeypatch):
+    """Two venvs (two clones) must not share a build directory; a directory the user set is kept."""
+    from launch.command import extensions_dir, launch_env
+
+    assert extensions_dir("/a/.venv") != extensions_dir("/b/.venv")
+    assert extensions_dir("/a/.venv") == extensions_dir("/a/.venv")
+    monkeypatch.delenv("TORCH_EXTENSIONS_DIR", raising=False)
+    assert launch_env(2, gpus=False)["TORCH_EXTENSIONS_DIR"] == str(extensions_dir())
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", "/mine")
+    assert launch_env(2, gpus=False)["TORCH_EXTENSIONS_DIR"] == "/mine"
 
 
 @pytest.mark.distributed
