@@ -6,9 +6,9 @@
 Runs whose resolved configs are equal except for the seed, name and output paths form one arm; an arm is
 labelled by its regularizers ("baseline", "jreg final w=0.1"), plus the config keys that tell apart arms
 that would otherwise share a label, or by `--label-by KEY,...`. Writes <out>/compare.md (final val loss,
-zeta_L, mean middle-layer Psi and any eval/<task>/<metric>: mean and 95% t interval over seeds; against the
+zeta_L, zeta_(L-1), Psi_(L-1), Psi_L, mean middle-layer Psi and any eval/<task>/<metric>: mean and 95% t interval over seeds; against the
 baseline arm, each difference with its 95% Welch interval and Welch t-test p-value, marked "within noise" when
-p >= 0.05) and loss.png, zeta.png, profile.png (mean over seeds, band = the 95% interval).
+p >= 0.05) and loss.png, zeta.png (zeta_L, its signed form, zeta_(L-1)), profile.png (mean over seeds, band = the 95% interval).
 """
 from __future__ import annotations
 
@@ -34,6 +34,7 @@ PSI_PREFIX = "jump/psi_"
 LEVEL = 0.95
 """Confidence level of every interval in the report."""
 SIGNED_JUMP = "100 (Psi_L - Psi_(L-1))"
+TOP_RISE = "zeta_(L-1)"
 
 
 @dataclass
@@ -155,6 +156,19 @@ def middle_psi(profile: list[float]) -> float:
     return sum(middle) / len(middle) if middle else math.nan
 
 
+def top_rise(profile: list[float]) -> float:
+    """zeta_(L-1) = 100 (max(0, Psi_(L-1) - Psi_(L-2)) + max(0, Psi_L - Psi_(L-1))): the paper's jump rate from layer
+    L-1, the rise over the top two layers. Where a jump lands on L-1 in some seeds and on L in others, zeta_L is 0
+    in the former; this counts both (nan when L < 3)."""
+    if len(profile) < 3:
+        return math.nan
+    import torch
+
+    from regularizers.jump import jump_rate
+
+    return float(jump_rate(torch.tensor(profile, dtype=torch.float64), len(profile) - 1))
+
+
 def mean_std(values: Iterable[float]) -> tuple[float, float, int]:
     """(mean, sample std, n) over the finite values; std is nan below two values."""
     xs = [v for v in values if math.isfinite(v)]
@@ -202,6 +216,8 @@ def curve(records: list[dict[str, Any]], key: str) -> dict[int, float]:
     """step -> value of `key` at the steps where it was logged (SIGNED_JUMP: derived from the profile)."""
     if key == SIGNED_JUMP:
         return {int(r["step"]): signed_jump(r) for r in records if f"{PSI_PREFIX}2" in r}
+    if key == TOP_RISE:
+        return {int(r["step"]): top_rise(final_profile([r])) for r in records if f"{PSI_PREFIX}3" in r}
     return {int(r["step"]): float(r[key]) for r in records if key in r}
 
 
@@ -234,6 +250,9 @@ def final_values(arms: dict[str, list[Run]]) -> dict[str, dict[str, list[float]]
             "val/loss": [last_value(r.records, "val/loss") for r in runs],
             "zeta_L": [last_value(r.records, "jump/zeta_L") for r in runs],
             "middle Psi": [middle_psi(p) for p in profiles],
+            TOP_RISE: [top_rise(p) for p in profiles],
+            "Psi_(L-1)": [p[-2] if len(p) > 1 else math.nan for p in profiles],
+            "Psi_L": [p[-1] if p else math.nan for p in profiles],
         }
         for key in sorted({k for r in runs for rec in r.records for k in rec if k.startswith("eval/")}):
             row[key] = [last_value(r.records, key) for r in runs]
@@ -269,13 +288,16 @@ def render_markdown(arms: dict[str, list[Run]], baseline: Optional[str] = None) 
     summary = summarize(arms)
     lines = ["# Run comparison", "",
              "Mean ± half-width of the 95% t confidence interval over seeds of each run's last logged value; "
-             "middle Psi = mean of Psi_2..Psi_{L-1} of the last jump profile.", "",
-             "| arm | seeds | final step | val loss | zeta_L | middle Psi |", "|---|---|---|---|---|---|"]
+             "middle Psi = mean of Psi_2..Psi_{L-1} of the last jump profile; zeta_(L-1) = 100 (max(0, Psi_(L-1) - "
+             "Psi_(L-2)) + max(0, Psi_L - Psi_(L-1))), the rise over the top two layers.", "",
+             "| arm | seeds | final step | val loss | zeta_L | middle Psi | zeta_(L-1) | Psi_(L-1) | Psi_L |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for label, runs in arms.items():
         s = summary[label]
         seeds = ", ".join(str(r.seed) for r in runs)
         lines.append(f"| {label} | {len(runs)} ({seeds}) | {fmt(s['final step'], 0)} | {fmt(s['val/loss'])} | "
-                     f"{fmt(s['zeta_L'], 3)} | {fmt(s['middle Psi'])} |")
+                     f"{fmt(s['zeta_L'], 3)} | {fmt(s['middle Psi'])} | {fmt(s[TOP_RISE], 3)} | "
+                     f"{fmt(s['Psi_(L-1)'])} | {fmt(s['Psi_L'])} |")
     evals = sorted({k for s in summary.values() for k in s if k.startswith("eval/")})
     if evals:
         lines += ["", "## Downstream", "", "| arm | " + " | ".join(evals) + " |", "|---" * (len(evals) + 1) + "|"]
@@ -335,7 +357,7 @@ def _decorate(ax, title: str, xlabel: str, ylabel: str) -> None:
 
 
 def plot_all(arms: dict[str, list[Run]], out: Path) -> list[Path]:
-    """loss.png (train and val), zeta.png (zeta_L and the signed 100 (Psi_L - Psi_(L-1))) and profile.png;
+    """loss.png (train and val), zeta.png (zeta_L, the signed 100 (Psi_L - Psi_(L-1)), zeta_(L-1)) and profile.png;
     bands are the 95% t intervals over seeds."""
     plt = _pyplot()
     paths = [out / "loss.png", out / "zeta.png", out / "profile.png"]
@@ -343,11 +365,13 @@ def plot_all(arms: dict[str, list[Run]], out: Path) -> list[Path]:
     _plot_bands(train_ax, arms, "loss", "Train loss (mean, 95% CI over seeds)", "loss (incl. regularizers)")
     _plot_bands(val_ax, arms, "val/loss", "Validation loss (mean, 95% CI over seeds)", "val loss (LM cross-entropy)")
     _save(fig, paths[0])
-    fig, (zeta_ax, signed_ax) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, (zeta_ax, signed_ax, rise_ax) = plt.subplots(1, 3, figsize=(16, 4.2))
     _plot_bands(zeta_ax, arms, "jump/zeta_L", "Jump strength zeta_L (mean, 95% CI over seeds)",
                 "zeta_L = 100 max(0, Psi_L - Psi_(L-1))")
     _plot_bands(signed_ax, arms, SIGNED_JUMP, "Before the max: the jump forming (mean, 95% CI)", SIGNED_JUMP)
     signed_ax.axhline(0.0, color="black", lw=0.8)
+    _plot_bands(rise_ax, arms, TOP_RISE, "Rise over the top two layers (mean, 95% CI)",
+                "zeta_(L-1) = 100 sum_(k=L-1..L) max(0, Psi_k - Psi_(k-1))")
     _save(fig, paths[1])
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for label, runs in arms.items():

@@ -80,6 +80,12 @@ def test_summary_means_and_sample_stds_over_seeds(two_arms: list[Path]) -> None:
     assert jreg["eval/hs/acc"][:2] == pytest.approx((0.6, math.sqrt(0.02)))
     assert "eval/hs/acc" not in base
     assert base["final step"][:2] == (20.0, 0.0)
+    # zeta_(L-1) by hand: baseline [.4, .02, .04, .10] -> 100 (0.02 + 0.06) = 8, [.4, .04, .02, .08] -> 100 (0 + 0.06)
+    # = 6; jreg [.3, .10, .06, .01] -> 0 (no rise), [.3, .02, .04, .03] -> 100 (0.02 + 0) = 2
+    assert base["zeta_(L-1)"][:2] == pytest.approx((7.0, math.sqrt(2.0)))
+    assert jreg["zeta_(L-1)"][:2] == pytest.approx((1.0, math.sqrt(2.0)))
+    assert base["Psi_L"][0] == pytest.approx(0.09) and jreg["Psi_(L-1)"][0] == pytest.approx(0.05)
+    assert math.isnan(cr.top_rise([0.5, 0.6]))  # L = 2: Psi_0 does not exist
 
 
 def test_final_profile_and_last_value_take_the_last_record_that_has_them() -> None:
@@ -123,6 +129,8 @@ def test_signed_jump_is_zeta_before_the_max() -> None:
     rec = {"step": 5, "jump/psi_1": 0.4, "jump/psi_2": 0.05, "jump/psi_3": 0.03}
     assert cr.signed_jump(rec) == pytest.approx(-2.0)  # 100 * (0.03 - 0.05): no jump yet, zeta_L would be 0
     assert cr.curve([rec, {"step": 6, "loss": 1.0}], cr.SIGNED_JUMP) == {5: pytest.approx(-2.0)}
+    risen = {"step": 7, "jump/psi_1": 0.4, "jump/psi_2": 0.02, "jump/psi_3": 0.05}  # 100 (0 + 0.03): the rise at L
+    assert cr.curve([rec, risen], cr.TOP_RISE) == {5: 0.0, 7: pytest.approx(3.0)}
 
 
 def test_band_uses_steps_logged_in_every_run(tmp_path: Path) -> None:
