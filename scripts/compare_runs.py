@@ -370,8 +370,7 @@ def plot_all(arms: dict[str, list[Run]], out: Path) -> list[Path]:
                 "zeta_L = 100 max(0, Psi_L - Psi_(L-1))")
     _plot_bands(signed_ax, arms, SIGNED_JUMP, "Before the max: the jump forming (mean, 95% CI)", SIGNED_JUMP)
     signed_ax.axhline(0.0, color="black", lw=0.8)
-    _plot_bands(rise_ax, arms, TOP_RISE, "Rise over the top two layers (mean, 95% CI)",
-                "zeta_(L-1) = 100 sum_(k=L-1..L) max(0, Psi_k - Psi_(k-1))")
+    _plot_bands(rise_ax, arms, TOP_RISE, "Rise over the top two layers (mean, 95% CI)", TOP_RISE)
     _save(fig, paths[1])
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for label, runs in arms.items():
