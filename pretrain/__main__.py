@@ -36,9 +36,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
-        from pretrain import extensions
-
-        extensions.refuse_stale_build_locks()  # here, not only in --check: a launch may skip the check
         if args.check or args.print_config:  # the concrete precision, as the ranks will resolve it
             from pretrain import dist, precision
 
@@ -46,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.print_config:
             print(to_yaml(cfg))
             return 0
+        from pretrain import extensions
+
+        extensions.refuse_stale_build_locks()  # in the check and in every rank: a launch may skip the check
         if args.check:
             from pretrain.data import prepare_data
 
