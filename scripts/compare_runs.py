@@ -6,9 +6,10 @@
 Runs whose resolved configs are equal except for the seed, name and output paths form one arm; an arm is
 labelled by its regularizers ("baseline", "jreg final w=0.1"), plus the config keys that tell apart arms
 that would otherwise share a label, or by `--label-by KEY,...`. Writes <out>/compare.md (final val loss,
-zeta_L, zeta_(L-1), Psi_(L-1), Psi_L, mean middle-layer Psi and any eval/<task>/<metric>: mean and 95% t interval over seeds; against the
-baseline arm, each difference with its 95% Welch interval and Welch t-test p-value, marked "within noise" when
-p >= 0.05) and loss.png, zeta.png (zeta_L, its signed form, zeta_(L-1)), profile.png (mean over seeds, band = the 95% interval).
+zeta_L, zeta_(L-1), Psi_(L-1), Psi_L, mean middle-layer Psi and any eval/<task>/<metric>: mean and 95% t
+interval over seeds; against the baseline arm, each difference with its 95% Welch interval and Welch t-test
+p-value, marked "within noise" when p >= 0.05) and loss.png, zeta.png (zeta_L, its signed form, zeta_(L-1)),
+profile.png (mean over seeds, band = the 95% interval).
 """
 from __future__ import annotations
 
@@ -157,8 +158,8 @@ def middle_psi(profile: list[float]) -> float:
 
 
 def top_rise(profile: list[float]) -> float:
-    """zeta_(L-1) = 100 (max(0, Psi_(L-1) - Psi_(L-2)) + max(0, Psi_L - Psi_(L-1))): the paper's jump rate from layer
-    L-1, the rise over the top two layers. Where a jump lands on L-1 in some seeds and on L in others, zeta_L is 0
+    """zeta_(L-1) = 100 (max(0, Psi_(L-1) - Psi_(L-2)) + max(0, Psi_L - Psi_(L-1))): the paper's jump rate from
+    layer L-1, the rise over the top two layers. Where a jump lands on L-1 in some seeds and on L in others, zeta_L is 0
     in the former; this counts both (nan when L < 3)."""
     if len(profile) < 3:
         return math.nan
@@ -357,8 +358,8 @@ def _decorate(ax, title: str, xlabel: str, ylabel: str) -> None:
 
 
 def plot_all(arms: dict[str, list[Run]], out: Path) -> list[Path]:
-    """loss.png (train and val), zeta.png (zeta_L, the signed 100 (Psi_L - Psi_(L-1)), zeta_(L-1)) and profile.png;
-    bands are the 95% t intervals over seeds."""
+    """loss.png (train and val), zeta.png (zeta_L, the signed 100 (Psi_L - Psi_(L-1)), zeta_(L-1)) and
+    profile.png; bands are the 95% t intervals over seeds."""
     plt = _pyplot()
     paths = [out / "loss.png", out / "zeta.png", out / "profile.png"]
     fig, (train_ax, val_ax) = plt.subplots(1, 2, figsize=(11, 4.2))
