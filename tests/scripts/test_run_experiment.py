@@ -6,6 +6,7 @@ import shlex
 from pathlib import Path
 
 import pytest
+import yaml
 
 import run_experiment as rx
 from pretrain.config import load_config
@@ -78,6 +79,20 @@ def test_checked_in_spec_plans_three_arms_by_three_seeds(tmp_path: Path) -> None
     variants = {j.name.rsplit("-", 1)[0]: load_config(spec.base, j.overrides).regularizers for j in jobs}
     assert [r[0]["variant"] for r in (variants["jreg_final"], variants["jreg_weighted"])] == ["final", "weighted"]
     assert variants["baseline"] == []
+
+
+SHIPPED_SPECS = sorted(p for p in (rx.ROOT / "configs" / "experiments").glob("*.yaml")
+                       if "arms" in (yaml.safe_load(p.read_text()) or {}))
+
+
+@pytest.mark.parametrize("path", SHIPPED_SPECS, ids=lambda p: p.stem)
+def test_every_shipped_spec_plans_valid_configs(path: Path, tmp_path: Path) -> None:
+    """plan() validates each arm x seed config, so a key renamed in pretrain/config.py fails here, not hours
+    into an experiment."""
+    spec = rx.load_spec(path)
+    jobs = rx.plan(spec, tmp_path)
+    assert len(jobs) == len(spec.arms) * len(spec.seeds)
+    assert len({j.run_dir for j in jobs}) == len(jobs)
 
 
 @pytest.mark.parametrize("text, message", [
