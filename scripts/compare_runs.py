@@ -30,6 +30,9 @@ from model.io import atomic_save_figure, atomic_write_text
 
 IGNORED_KEYS = frozenset({"run.name", "run.seed", "run.out_dir", "data.cache_dir"})
 """Config keys that do not make runs different arms: the seed, and where the run and its caches live."""
+IGNORED_SECTIONS = ("jobs.",)
+"""Config sections that do not make runs different arms: jobs only evaluate saved checkpoints (lm_eval, peeling),
+so a seed evaluated inline groups with one evaluated afterwards by hand."""
 REG_KEY = "regularizers"
 PSI_PREFIX = "jump/psi_"
 LEVEL = 0.95
@@ -79,8 +82,9 @@ def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def arm_config(config: dict[str, Any]) -> dict[str, Any]:
-    """The flattened config that defines an arm: everything but IGNORED_KEYS."""
-    return {k: v for k, v in flatten(config).items() if k not in IGNORED_KEYS}
+    """The flattened config that defines an arm: everything but IGNORED_KEYS and IGNORED_SECTIONS."""
+    return {k: v for k, v in flatten(config).items()
+            if k not in IGNORED_KEYS and not k.startswith(IGNORED_SECTIONS)}
 
 
 def describe_regularizers(regs: Optional[list[dict[str, Any]]]) -> str:

@@ -51,6 +51,16 @@ def test_runs_group_by_config_minus_seed_and_name(two_arms: list[Path]) -> None:
     assert [r.path.name for r in arms["jreg final w=0.1"]] == ["jreg-s0", "jreg-s1"]  # sorted by seed
 
 
+def test_checkpoint_jobs_do_not_split_an_arm(tmp_path: Path) -> None:
+    """A seed scored by an inline lm_eval job and one scored by hand afterwards trained the same model."""
+    runs = [make_run(tmp_path, f"base-s{seed}", seed, records(4.0, [0.1, 0.1], 0.0, 5, 4)) for seed in (0, 1)]
+    config = yaml.safe_load((runs[1] / "config.yaml").read_text())
+    config["jobs"] = {"lm_eval": {"every": 1, "mode": "inline"}}
+    (runs[1] / "config.yaml").write_text(yaml.safe_dump(config))
+    arms = cr.group_runs(cr.load_run(d) for d in runs)
+    assert list(arms) == ["baseline"] and len(arms["baseline"]) == 2
+
+
 def test_arms_with_equal_regularizers_are_told_apart_by_the_differing_key(tmp_path: Path) -> None:
     runs = [cr.load_run(make_run(tmp_path, f"r{lr}", 0, records(4.0, [0.1, 0.1], 0.0, 5, 4), lr=lr))
             for lr in (1e-3, 3e-3)]
