@@ -5,7 +5,8 @@
 
 Runs whose resolved configs are equal except for the seed, name and output paths form one arm; an arm is
 labelled by its regularizers ("baseline", "jreg final w=0.1"), plus the config keys that tell apart arms
-that would otherwise share a label, or by `--label-by KEY,...`. Writes <out>/compare.md (final val loss,
+that would otherwise share a label, or by `--label-by KEY,...`; `--arm-from-dir` names them as
+run_experiment.py did (its run directories are <arm>-s<seed>). Writes <out>/compare.md (final val loss,
 zeta_L, zeta_(L-1), Psi_(L-1), Psi_L, mean middle-layer Psi and any eval/<task>/<metric>: mean and 95% t
 interval over seeds; against the baseline arm, each difference with its 95% Welch interval and Welch t-test
 p-value, marked "within noise" when p >= 0.05) and loss.png, zeta.png (zeta_L, its signed form, zeta_(L-1)),
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import statistics
 import sys
 import warnings
@@ -398,6 +400,18 @@ def _save(fig, path: Path) -> None:
     _pyplot().close(fig)
 
 
+def arm_names_from_dirs(run_dirs: list[Path]) -> list[str]:
+    """Each run's arm from its directory name, `<arm>-s<seed>` as run_experiment.py lays runs out: how an
+    experiment's runs are compared again by hand (extra seeds, a job scored later) under their spec's names."""
+    names = []
+    for d in run_dirs:
+        match = re.fullmatch(r"(.+)-s\d+", Path(d).resolve().name)
+        if match is None:
+            raise ValueError(f"--arm-from-dir: {d} is not named <arm>-s<seed> (run_experiment.py's layout)")
+        names.append(match.group(1))
+    return names
+
+
 def compare(run_dirs: list[Path], out: Path, label_by: Optional[list[str]] = None,
             baseline: Optional[str] = None, names: Optional[list[str]] = None) -> Path:
     """Load, group, write compare.md and the plots into `out`; returns compare.md's path. The baseline arm
@@ -421,9 +435,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--out", type=Path, required=True, help="folder for compare.md and the PNGs")
     p.add_argument("--label-by", help="comma-separated config keys to label arms by, e.g. train.lr")
     p.add_argument("--baseline", help="the arm differences are taken against (default: the arm 'baseline')")
+    p.add_argument("--arm-from-dir", action="store_true",
+                   help="name arms by their run directories, <arm>-s<seed> (run_experiment.py's runs), not configs")
     args = p.parse_args(argv)
     try:
-        report = compare(args.runs, args.out, args.label_by.split(",") if args.label_by else None, args.baseline)
+        names = arm_names_from_dirs(args.runs) if args.arm_from_dir else None
+        report = compare(args.runs, args.out, args.label_by.split(",") if args.label_by else None, args.baseline,
+                         names)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -61,6 +61,20 @@ def test_checkpoint_jobs_do_not_split_an_arm(tmp_path: Path) -> None:
     assert list(arms) == ["baseline"] and len(arms["baseline"]) == 2
 
 
+def test_arms_can_be_named_by_run_experiments_directories(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Same config, different spec arms (e.g. two baselines): the directory names keep them apart."""
+    runs = [make_run(tmp_path, name, seed, records(4.0 + seed, [0.1, 0.1], 0.0, 5, 4))
+            for name, seed in [("baseline-s0", 0), ("baseline-s1", 1), ("control-s0", 0)]]
+    assert cr.arm_names_from_dirs(runs) == ["baseline", "baseline", "control"]
+    assert cr.main([*map(str, runs), "--out", str(tmp_path / "cmp"), "--arm-from-dir"]) == 0
+    report = (tmp_path / "cmp" / "compare.md").read_text()
+    assert "| baseline | 2 (0, 1) |" in report and "| control | 1 (0) |" in report
+    capsys.readouterr()
+    odd = make_run(tmp_path, "odd", 0, records(4.0, [0.1, 0.1], 0.0, 5, 4))
+    assert cr.main([str(odd), "--out", str(tmp_path / "cmp2"), "--arm-from-dir"]) == 2
+    assert "odd is not named <arm>-s<seed>" in capsys.readouterr().err
+
+
 def test_arms_with_equal_regularizers_are_told_apart_by_the_differing_key(tmp_path: Path) -> None:
     runs = [cr.load_run(make_run(tmp_path, f"r{lr}", 0, records(4.0, [0.1, 0.1], 0.0, 5, 4), lr=lr))
             for lr in (1e-3, 3e-3)]
