@@ -165,8 +165,8 @@ def middle_psi(profile: list[float]) -> float:
 
 def top_rise(profile: list[float]) -> float:
     """zeta_(L-1) = 100 (max(0, Psi_(L-1) - Psi_(L-2)) + max(0, Psi_L - Psi_(L-1))): the paper's jump rate from
-    layer L-1, the rise over the top two layers. Where a jump lands on L-1 in some seeds and on L in others, zeta_L is 0
-    in the former; this counts both (nan when L < 3)."""
+    layer L-1, the rise over the top two layers. Where a jump lands on L-1 in some seeds and on L in others,
+    zeta_L is 0 in the former; this counts both (nan when L < 3)."""
     if len(profile) < 3:
         return math.nan
     import torch
@@ -400,9 +400,14 @@ def _save(fig, path: Path) -> None:
     _pyplot().close(fig)
 
 
+def run_dir_name(arm: str, seed: int) -> str:
+    """`<arm>-s<seed>`: how run_experiment.py names an arm's run directories, and what --arm-from-dir reads."""
+    return f"{arm}-s{seed}"
+
+
 def arm_names_from_dirs(run_dirs: list[Path]) -> list[str]:
-    """Each run's arm from its directory name, `<arm>-s<seed>` as run_experiment.py lays runs out: how an
-    experiment's runs are compared again by hand (extra seeds, a job scored later) under their spec's names."""
+    """Each run's arm from its directory name (run_dir_name): how an experiment's runs are compared again by
+    hand (extra seeds, a job scored later) under their spec's names."""
     names = []
     for d in run_dirs:
         match = re.fullmatch(r"(.+)-s\d+", Path(d).resolve().name)

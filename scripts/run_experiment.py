@@ -104,7 +104,7 @@ def plan(spec: Spec, out: Path, arms: Optional[list[str]] = None, seeds: Optiona
     jobs = []
     for arm in arms or spec.arms:
         for seed in spec.seeds if seeds is None else seeds:
-            name = f"{arm}-s{seed}"
+            name = compare_runs.run_dir_name(arm, seed)
             overrides = [f"run.out_dir={out / 'runs'}", f"run.name={name}", f"run.seed={seed}",
                          *spec.overrides, *spec.arms[arm], *extra]
             steps = load_config(spec.base, overrides).train.steps
