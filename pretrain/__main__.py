@@ -84,7 +84,8 @@ def check_resume(cfg, tokenizer_path) -> None:
 
 def train(cfg) -> int:
     from pretrain import dist
-    from pretrain.trainer import Trainer, init_distributed
+    from pretrain.dist import init_distributed
+    from pretrain.trainer import Trainer
 
     init_distributed(cfg.deepspeed.collective_timeout_s, cfg.deepspeed.rendezvous_bind)
     logging.basicConfig(level=logging.INFO if dist.is_main() else logging.WARNING,

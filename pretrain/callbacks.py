@@ -9,13 +9,15 @@ state across steps returns it from `state_dict`; it is saved in every checkpoint
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
 from pretrain import dist
+from pretrain.plugins import JOBS, MONITORS
 
 if TYPE_CHECKING:
+    from pretrain.config import Config
     from pretrain.trainer import Trainer
 
 
@@ -74,3 +76,10 @@ class Validation(Callback):
                 losses.append(trainer.lm_loss(trainer.batch(idx.numpy(), windows)))
         trainer.engine.train()
         return dist.all_reduce_mean(torch.stack(losses).mean()).item()
+
+
+def build_callbacks(cfg: "Config", extra: Sequence[Callback] = ()) -> list[Callback]:
+    """The run's callbacks in the order their hooks run: validation, the enabled monitors, the enabled jobs
+    (each in registration order), then `extra` (the caller's own)."""
+    callbacks: list[Callback] = [Validation(cfg.eval.every, cfg.eval.batches)] if cfg.eval.every > 0 else []
+    return callbacks + MONITORS.build(cfg.monitors) + JOBS.build(cfg.jobs) + list(extra)

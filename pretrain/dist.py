@@ -188,3 +188,26 @@ def timeout_diagnosis(timeout_s: float) -> str:
 
 def _store():
     return dist.distributed_c10d._get_default_store()
+
+
+def init_distributed(timeout_s: float = 600.0, rendezvous_bind: str = "master_addr") -> None:
+    """Join the launcher's process group (gloo on CPU, nccl on GPU); a bare `python -m pretrain` is rank 0 of 1.
+    A collective that waits longer than `timeout_s` for a rank fails. The group is made here, on a store bound
+    as `rendezvous_bind` says (rendezvous_store), and DeepSpeed adopts it."""
+    import deepspeed
+
+    if "RANK" not in os.environ:
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(free_port()))
+    if on_gpu():  # before the process group: NCCL binds each rank's communicator to its current device
+        torch.cuda.set_device(device())
+    if not dist.is_initialized():
+        timeout = datetime.timedelta(seconds=timeout_s)
+        backend, world = "nccl" if on_gpu() else "gloo", int(os.environ["WORLD_SIZE"])
+        dist.init_process_group(  # a bound device makes new groups split NCCL comms (world > 1)
+            backend, store=rendezvous_store(timeout, rendezvous_bind), rank=int(os.environ["RANK"]),
+            world_size=world, timeout=timeout, device_id=device() if on_gpu() and world > 1 else None)
+        deepspeed.init_distributed(dist_backend=backend, timeout=timeout)
+        barrier()  # every rank has mapped its peers' shared-memory buffers
+        release_shm_buffers()
+        start_heartbeat()

@@ -41,7 +41,8 @@ from pretrain import dist, precision  # noqa: E402
 from pretrain.config import Config, load_config  # noqa: E402
 from pretrain.metrics import detect_peak_tflops  # noqa: E402
 from pretrain.optim import build_optimizer  # noqa: E402
-from pretrain.trainer import Trainer, init_distributed  # noqa: E402
+from pretrain.dist import init_distributed  # noqa: E402
+from pretrain.trainer import Trainer  # noqa: E402
 
 Step = Callable[[], float]
 """Runs one optimizer step; returns the seconds its forward+backward took (NaN where not separable)."""

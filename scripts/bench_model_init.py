@@ -36,7 +36,7 @@ from model import Llama  # noqa: E402
 from model.hf import save_hf_folder  # noqa: E402
 from model.weights import load_weights  # noqa: E402
 from pretrain.engine import build_engine, build_model, load_weights_into  # noqa: E402
-from pretrain.trainer import init_distributed  # noqa: E402
+from pretrain.dist import init_distributed  # noqa: E402
 
 
 def peak_gb() -> float:

@@ -28,7 +28,8 @@ from pretrain.config import load_config  # noqa: E402
 from pretrain.jobs.peeling.bounds import compute_bounds  # noqa: E402
 from pretrain.jobs.peeling.job import calibration_windows  # noqa: E402
 from pretrain.jobs.peeling.settings import THOROUGH, PeelingSettings  # noqa: E402
-from pretrain.trainer import Trainer, init_distributed  # noqa: E402
+from pretrain.dist import init_distributed  # noqa: E402
+from pretrain.trainer import Trainer  # noqa: E402
 
 
 def main() -> None:

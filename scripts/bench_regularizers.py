@@ -27,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pretrain import dist  # noqa: E402
 from pretrain.config import load_config  # noqa: E402
 from pretrain.monitors.jump import JumpMonitor  # noqa: E402
-from pretrain.trainer import Trainer, init_distributed  # noqa: E402
+from pretrain.dist import init_distributed  # noqa: E402
+from pretrain.trainer import Trainer  # noqa: E402
 
 
 def main() -> None:

@@ -19,7 +19,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pretrain.config import load_config  # noqa: E402
-from pretrain.trainer import Trainer, init_distributed  # noqa: E402
+from pretrain.dist import init_distributed  # noqa: E402
+from pretrain.trainer import Trainer  # noqa: E402
 from pretrain.trajectory.online import TrajectorySketch  # noqa: E402
 from pretrain.trajectory.settings import TrajectoryConfig  # noqa: E402
 

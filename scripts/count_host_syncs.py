@@ -25,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from pretrain.config import load_config  # noqa: E402
-from pretrain.trainer import Trainer, init_distributed  # noqa: E402
+from pretrain.dist import init_distributed  # noqa: E402
+from pretrain.trainer import Trainer  # noqa: E402
 
 CONVERSIONS = ("item", "tolist", "__bool__", "__float__", "__int__")
 ROOT = str(Path(__file__).resolve().parent.parent)

@@ -1,0 +1,65 @@
+"""A run that starts from another model's weights (`train.init_from`) and, from a grown folder, goes on with
+what the folder carries (`train.carry`): the source's step, tokens and data position, and its Adam moments.
+
+The file format (`carry.pt`) is model/carry.py's; this module applies it to a starting run.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from model.carry import load_carry
+from model.weights import load_weights
+from pretrain import optimizer_state
+from pretrain.config import ConfigError
+from pretrain.engine import load_weights_into
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from pretrain.config import Config
+
+log = logging.getLogger("growlm")
+
+
+def init_from(model: "nn.Module", cfg: "Config") -> dict[str, Any] | None:
+    """Load train.init_from's weights into `model` (collective under ZeRO-3); what the folder carries when
+    train.carry takes any of it, else None."""
+    if not cfg.train.init_from:
+        return None
+    source = Path(cfg.train.init_from)
+    src_cfg, state = load_weights(source, lazy=True)
+    if src_cfg != cfg.model:
+        raise ConfigError(f"train.init_from={source} holds a model of shape {src_cfg}, but model is {cfg.model}")
+    load_weights_into(model, state)
+    log.info("initialized weights from %s", source)
+    if cfg.train.carry.optimizer or cfg.train.carry.schedule == "continue":
+        return load_carry(source)
+    return None
+
+
+def origin_step(cfg: "Config", carried: dict[str, Any] | None) -> int:
+    """The step this run's own training starts at: the source's with train.carry.schedule=continue, else 0.
+    Its scheduler counts from there, on a resume too."""
+    if carried is not None and cfg.train.carry.schedule == "continue":
+        return int(carried["step"])
+    return 0
+
+
+def take_over(cfg: "Config", carried: dict[str, Any], engine: Any, sampler: Any) -> tuple[int, int]:
+    """A fresh start from a grown folder: (step, tokens) to go on from, with the sampler moved to the source's
+    data position and the mapped Adam moments loaded into `engine`, as train.carry asks. Collective."""
+    carry, step, tokens = cfg.train.carry, 0, 0
+    if carry.schedule == "continue":
+        if cfg.train.steps <= carried["step"]:
+            raise ConfigError(f"train.steps={cfg.train.steps} but train.carry.schedule=continue starts at the "
+                              f"source's step {carried['step']}: train.steps counts from the source run's start, "
+                              "so raise it")
+        step, tokens = int(carried["step"]), int(carried["tokens"])
+        sampler.load_state_dict(carried["sampler"])
+    if carry.optimizer:
+        optimizer_state.restore_moments(engine, (carried["moments"], int(carried["optimizer_step"])))
+    log.info("continuing %s: step %d, Adam moments %s", cfg.train.init_from, step,
+             f"carried (optimizer step {carried['optimizer_step']})" if carry.optimizer else "fresh")
+    return step, tokens

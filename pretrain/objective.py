@@ -1,0 +1,80 @@
+"""The training objective: the language-model loss plus the sum of the configured regularizers.
+
+The trainer only calls it; what it computes is fixed by the config (`train.loss_chunk`, `data.document_masking`,
+`regularizers`), so validation, monitors and benchmarks share the exact loss the optimizer sees.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+
+import regularizers as regs
+from model.llama import document_layout
+from pretrain.data.tokenizer import eos_id_of
+
+if TYPE_CHECKING:
+    from pretrain.config import Config
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+class Objective:
+    """lm loss (+ regularizers) of a batch under a model callable (the DeepSpeed engine or a bare Llama)."""
+
+    def __init__(self, cfg: "Config", tokenizer_path: Path):
+        self.regularizers = regs.build_regularizers(cfg.regularizers)
+        self.need_hidden = any(r.needs_hidden_states for r in self.regularizers)
+        self.need_log_z_grad = any(r.needs_log_z_grad for r in self.regularizers)
+        self.loss_chunk = cfg.train.loss_chunk
+        self.document_masking = cfg.data.document_masking
+        self.document_positions = cfg.data.document_positions
+        self.eos_id = eos_id_of(tokenizer_path)  # document boundaries
+
+    def lm_forward(self, model: Any, inputs: torch.Tensor, targets: torch.Tensor,
+                   hidden_states: bool = False) -> tuple[torch.Tensor, Any]:
+        """(mean lm loss, the model's output): the plain head + cross-entropy, or with `train.loss_chunk` the
+        fused chunked head (no full logits; the output carries per-token log Z instead). With
+        data.document_masking, attention stays within documents and predictions from an EOS (of the next
+        document's first token) are left out of the mean."""
+        kwargs, keep = {}, None
+        if self.document_masking:
+            documents, positions = document_layout(inputs, self.eos_id)
+            kwargs = {"documents": documents}
+            if self.document_positions == "document":
+                kwargs["positions"] = positions
+            keep = (inputs != self.eos_id).float()
+        if self.loss_chunk:
+            out = model(inputs, return_hidden_states=hidden_states, targets=targets, loss_chunk=self.loss_chunk,
+                        log_z_grad=self.need_log_z_grad, **kwargs)
+            token_loss = out.token_loss
+        else:
+            out = model(inputs, return_hidden_states=hidden_states, **kwargs)
+            if keep is None:  # the fused mean: the numerics every unmasked run has always had
+                return F.cross_entropy(out.logits.float().flatten(0, 1), targets.flatten()), out
+            token_loss = F.cross_entropy(out.logits.float().flatten(0, 1), targets.flatten(), reduction="none")
+        if keep is None:
+            return token_loss.mean(), out
+        keep = keep.view(-1)
+        return (token_loss.view(-1) * keep).sum() / keep.sum().clamp(min=1.0), out
+
+    def __call__(self, model: Any, batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(lm loss + sum of regularizers, detached metrics); hidden states are requested only when a regularizer
+        needs them. `step` is the number of completed optimizer steps (regularizer warm-ups read it)."""
+        inputs, targets = batch
+        lm_loss, out = self.lm_forward(model, inputs, targets, self.need_hidden)
+        total = lm_loss
+        metrics = {"lm_loss": lm_loss.detach()}
+        if self.regularizers:
+            reg_inputs = regs.LossInputs(tokens=inputs, targets=targets, mask=None, logits=out.logits,
+                                         log_z=out.log_z, hidden_states=out.hidden_states,
+                                         final_normed=out.final_normed, step=step)
+            for reg in self.regularizers:
+                term, reg_metrics = reg(reg_inputs)
+                total = total + term
+                metrics[f"reg/{reg.name}"] = term.detach()
+                metrics.update({f"reg/{reg.name}/{k}": torch.as_tensor(v) for k, v in reg_metrics.items()})
+        metrics["loss"] = total.detach()
+        return total, metrics

@@ -1,0 +1,75 @@
+"""A run's directory as the trainer writes it: the checkpoint it resumes from, the files written before
+training (config.yaml, the tokenizer), and checkpoints that carry those files and the run's metadata.
+
+Layout (docs/design.md, "Run directory"): `<run>/config.yaml`, `<run>/<tokenizer files>`,
+`<run>/checkpoints/step_<N>/` and `<run>/checkpoints/latest`; the file formats are pretrain/checkpoint.py's.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from model import folders
+from model.io import atomic_write_bytes
+from model.tokenizer_files import tokenizer_files
+from pretrain import checkpoint, compat
+from pretrain.checkpoint import RANK_STATE
+from pretrain.config import ConfigError, save_config
+
+__all__ = ["RANK_STATE", "RunDir"]
+
+if TYPE_CHECKING:
+    from pretrain.config import Config
+
+
+class RunDir:
+    """One run's directory, for a run of `world` ranks training with the tokenizer at `tokenizer_path`."""
+
+    def __init__(self, cfg: "Config", tokenizer_path: Path, world: int, is_main: bool):
+        self.cfg, self.tokenizer_path, self.world, self.is_main = cfg, Path(tokenizer_path), world, is_main
+        self.root = cfg.run_dir
+        self.checkpoints = self.root / "checkpoints"
+
+    def resume_source(self) -> tuple[Path | None, dict[str, Any] | None]:
+        """(checkpoint, its verified manifest) that train.resume names, or (None, None) for a fresh start.
+        Refuses a checkpoint this run cannot continue (another model, tokenizer, batch...)."""
+        mode = self.cfg.train.resume
+        if mode == "never":
+            return None, None
+        ckpt = checkpoint.resumable(self.checkpoints, self.cfg.checkpoint.fallback) if mode == "auto" else Path(mode)
+        if ckpt is None:
+            return None, None
+        manifest = folders.verify(ckpt)
+        found = compat.problems(manifest.get("meta", {}), self._meta())
+        if found:
+            raise ConfigError(f"cannot resume from {ckpt}: " + "; ".join(found))
+        return ckpt, manifest
+
+    def write_run_files(self) -> None:
+        """config.yaml and the tokenizer files (checkpoints copy them from here); rank 0, once the run is known
+        to go ahead, so a refused resume leaves the run as it was."""
+        if not self.is_main:
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        save_config(self.cfg, self.root / "config.yaml")
+        for name, file in tokenizer_files(self.tokenizer_path).items():
+            atomic_write_bytes(self.root / name, file.read_bytes())
+
+    def load(self, engine: Any, ckpt: Path) -> dict[str, Any]:
+        """Load `ckpt` into `engine` (collective; through the universal form when it was saved by another
+        number of ranks) and return its client state, with this rank's streaming state under RANK_STATE."""
+        saved_world = folders.verify(ckpt).get("meta", {}).get("world_size", self.world)
+        return checkpoint.load(engine, ckpt, universal=saved_world != self.world)
+
+    def save(self, engine: Any, step: int, client: dict[str, Any], rank_state: dict | None) -> Path:
+        """A complete checkpoint of `step` with the run's config and tokenizer files (collective)."""
+        extra = {"config.yaml": self.root / "config.yaml"}
+        extra |= {name: self.root / name for name in tokenizer_files(self.tokenizer_path)}
+        return checkpoint.save(engine, self.checkpoints, step, client, extra, self.cfg.checkpoint.keep,
+                               meta=self._meta(), rank_state=rank_state)
+
+    def start_step(self, ckpt: Path) -> int:
+        return int(folders.verify(ckpt)["step"])
+
+    def _meta(self) -> dict[str, Any]:
+        return compat.run_meta(self.cfg, self.tokenizer_path, self.world)
