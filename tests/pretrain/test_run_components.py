@@ -1,0 +1,94 @@
+"""The trainer's smaller components alone: where a carried run starts (carry.py), which trainable phase a
+step is in (phases.py), what a run directory holds before training (rundir.py) and the data pipeline's
+sampler choice and device batches (data/pipeline.py)."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from pretrain import carry
+from pretrain.config import ConfigError, load_config
+from pretrain.data.pipeline import build_sampler, device_batch
+from pretrain.data.sampler import StepSampler
+from pretrain.phases import TrainablePhases
+from pretrain.rundir import RunDir
+
+TINY = "configs/tiny.yaml"
+CARRIED = {"step": 40, "tokens": 4_000, "sampler": {"epoch": 0, "position": 40}, "moments": {}, "optimizer_step": 40}
+
+
+def carry_config(schedule: str, steps: int = 100):
+    """A run from a grown folder (no folder needed: these functions read only the config)."""
+    cfg = load_config(TINY, [f"train.steps={steps}"])
+    train = dataclasses.replace(cfg.train, init_from="grown", carry=dataclasses.replace(cfg.train.carry,
+                                                                                          schedule=schedule))
+    return dataclasses.replace(cfg, train=train)
+
+
+class RecordingSampler:
+    def load_state_dict(self, state: dict) -> None:
+        self.state = state
+
+
+@pytest.mark.parametrize("schedule, carried, expected", [("continue", CARRIED, 40), ("rewarm", CARRIED, 0),
+                                                         ("continue", None, 0)])
+def test_origin_step_is_the_source_step_only_when_the_schedule_continues(schedule, carried, expected):
+    assert carry.origin_step(carry_config(schedule), carried) == expected
+
+
+def test_take_over_goes_on_from_the_source_position():
+    sampler = RecordingSampler()
+    assert carry.take_over(carry_config("continue"), CARRIED, engine=None, sampler=sampler) == (40, 4_000)
+    assert sampler.state == CARRIED["sampler"]
+    assert carry.take_over(carry_config("rewarm"), CARRIED, None, RecordingSampler()) == (0, 0)
+
+
+def test_take_over_refuses_a_run_that_would_end_before_the_source_step():
+    with pytest.raises(ConfigError, match=r"train.steps=40 .* source's step 40"):
+        carry.take_over(carry_config("continue", steps=40), CARRIED, None, RecordingSampler())
+
+
+@pytest.mark.parametrize("mode, after, phases", [("all", 0, [False, False, False]),
+                                                 ("norms_only", 5, [False, True, True]),
+                                                 ("norms_only", 0, [True, True, True])])
+def test_subset_phase_starts_at_after_step(mode, after, phases):
+    cfg = load_config(TINY, [f"train.trainable.mode={mode}", f"train.trainable.after_step={after}"])
+    assert [TrainablePhases(cfg).subset_phase(step) for step in (0, 5, 9)] == phases
+
+
+def test_run_files_are_written_by_rank_zero_only_and_reload_as_the_config(tmp_path):
+    tokenizer = tmp_path / "src" / "tok.model"
+    tokenizer.parent.mkdir()
+    tokenizer.write_bytes(b"sentencepiece bytes")
+    cfg = load_config(TINY, [f"run.out_dir={tmp_path}", "run.name=r", "train.steps=9"])
+    RunDir(cfg, tokenizer, world=1, is_main=False).write_run_files()
+    assert not cfg.run_dir.exists()
+    files = RunDir(cfg, tokenizer, world=1, is_main=True)
+    files.write_run_files()
+    assert (cfg.run_dir / "tokenizer.model").read_bytes() == b"sentencepiece bytes"
+    assert dataclasses.asdict(load_config(str(cfg.run_dir / "config.yaml"))) == dataclasses.asdict(cfg)
+    assert files.resume_source() == (None, None)  # auto, and no checkpoint yet
+
+
+def test_a_named_checkpoint_that_is_not_one_is_refused(tmp_path):
+    cfg = load_config(TINY, [f"run.out_dir={tmp_path}", f"train.resume={tmp_path / 'nowhere'}"])
+    with pytest.raises(Exception, match="nowhere"):
+        RunDir(cfg, tmp_path / "tok.model", world=1, is_main=True).resume_source()
+
+
+def test_plain_data_gets_the_shuffled_step_sampler_and_batches_shift_by_one():
+    class Data:
+        train = np.arange(40 * 9, dtype=np.int32).reshape(40, 9)
+        mixture = None
+
+    cfg = load_config(TINY, ["train.micro_batch_size=2", "train.grad_accum=3"])
+    sampler = build_sampler(cfg, Data())
+    assert isinstance(sampler, StepSampler)
+    micro_batches = sampler.next_step()
+    assert len(micro_batches) == 3 and all(len(mb) == 2 for mb in micro_batches)
+    inputs, targets = device_batch(Data.train, micro_batches[0], torch.device("cpu"))
+    assert torch.equal(inputs[:, 1:], targets[:, :-1])
+    assert torch.equal(inputs[0], torch.as_tensor(Data.train[micro_batches[0][0], :-1], dtype=inputs.dtype))
