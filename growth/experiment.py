@@ -1,4 +1,4 @@
-"""LAG as an experiment (METHODS.md §2, issue 18): sources over seeds, a LAG measurement per growth, seed and
+"""LAG as an experiment (docs/methods.md §2, issue 18): sources over seeds, a LAG measurement per growth, seed and
 optimizer mode (fresh or carried), a from-scratch control at equal FLOPs, and one report over all of them.
 
     python -m growth experiment configs/experiments/lag_cpu.yaml --out runs/lag_cpu [--growths d4_to_8] [--seeds 0,1]

@@ -1,4 +1,4 @@
-"""LAG (Landscape-Aware Growing, arXiv 2406.02469; METHODS.md §2): grow every candidate, train each for k
+"""LAG (Landscape-Aware Growing, arXiv 2406.02469; docs/methods.md §2): grow every candidate, train each for k
 steps under one config (same optimizer, schedule, data order, seed), pick the lowest validation loss at step k.
 
 The selection rule and its statistics are pure functions (tested alone); `run_lag` orchestrates the folders

@@ -1,4 +1,4 @@
-"""Adaptive gradual stacking (METHODS.md §2): a schedule of stages (at global step s_i, grow to depth d_i); at
+"""Adaptive gradual stacking (docs/methods.md §2): a schedule of stages (at global step s_i, grow to depth d_i); at
 each stage LAG chooses among stacking choices with a short lag, and training continues from the winner.
 
 Layout under `out/`:

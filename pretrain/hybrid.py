@@ -1,4 +1,4 @@
-"""Norm-only hybrid training (METHODS.md §4): after step t0 only the RMSNorm gains (and chosen groups) train.
+"""Norm-only hybrid training (docs/methods.md §4): after step t0 only the RMSNorm gains (and chosen groups) train.
 Its control, mode `random`, trains as many individual weights drawn at random from the other parameters: whole
 tensors stay trainable and a gradient hook zeroes the unchosen elements, which then never move (no weight decay
 in that phase, and their carried moments are zeroed).

@@ -106,7 +106,7 @@ def register_monitor(name: str, settings: type, callback: CallbackFactory, doc: 
 
 register_monitor("jump", JumpMonitorConfig, "pretrain.monitors.jump:JumpMonitor", "Hidden-state jump profile.")
 register_monitor("trajectory", TrajectoryConfig, "pretrain.trajectory.online:TrajectorySketch",
-                 "Online trajectory sketch: traj/<group>/mds (METHODS.md §4; pretrain/trajectory/online.py).")
+                 "Online trajectory sketch: traj/<group>/mds (docs/methods.md §4; pretrain/trajectory/online.py).")
 register_job("peeling", PeelingConfig, "pretrain.jobs.peeling.callback:PeelingJob",
              "Peeling bounds on saved checkpoints.")
 register_job("lm_eval", LmEvalConfig, "pretrain.jobs.lm_eval.callback:LmEvalJob",

@@ -1,4 +1,4 @@
-"""JREG: penalize the hidden-state jump at the last layers, lambda * sum_{l in S} w_l * Psi_l (METHODS.md §1)."""
+"""JREG: penalize the hidden-state jump at the last layers, lambda * sum_{l in S} w_l * Psi_l (docs/methods.md §1)."""
 from __future__ import annotations
 
 from typing import Literal, Optional
@@ -25,7 +25,7 @@ class JReg(Regularizer):
 
     variant: Literal["final", "weighted", "rise"] = "final"
     """"final": S = {L}, w = 1 (the paper's regularizer). "weighted": S = all layers with depth weights, so
-    the penalty cannot simply move the jump to layer L-1 (which `final` was seen to do in METHODS' probe).
+    the penalty cannot simply move the jump to layer L-1 (which `final` was seen to do in the probe of docs/methods.md §1).
     "rise": the positive increments sum_{l in S} max(0, Psi_l - Psi_{l-1}) over S = 2..L by default, i.e. a
     differentiable zeta_2 / 100: a jump is penalized wherever in the top layers it rises, and a profile that
     only climbs gently costs little (Psi_1, the embedding's large first step, has no predecessor to rise from)."""
@@ -35,7 +35,7 @@ class JReg(Regularizer):
     final_norm: Literal["include", "exclude"] = "include"
     """h_L as norm(h_L) ("include") or the raw residual stream ("exclude"). Default include: the paper's jump
     was measured on open-weight models through `transformers`' output_hidden_states, whose last entry is
-    after the final norm (still so in transformers 5), and METHODS' probe ran JREG that way. At init (unit
+    after the final norm (still so in transformers 5), and the probe of docs/methods.md §1 ran JREG that way. At init (unit
     norm gains) the two agree exactly, cosine being scale-invariant; they part as the gains are learned, and
     with include the gains themselves receive the penalty's gradient."""
     layers: Optional[list[int]] = None

@@ -1,4 +1,4 @@
-"""Hidden-state displacement Psi_l and jump rate zeta_l (METHODS.md §1), shared by JREG and the monitors.
+"""Hidden-state displacement Psi_l and jump rate zeta_l (docs/methods.md §1), shared by JREG and the monitors.
 
 Pure functions of tensors, computed in at least fp32 whatever the hidden states' dtype, so the monitor,
 `scripts/jump_profile.py` and the regularizer agree to the last digit when given the same states.

@@ -1,4 +1,4 @@
-"""The trajectory sections of compare.md (METHODS.md §4), added by compare_runs when the runs have them.
+"""The trajectory sections of compare.md (docs/methods.md §4), added by compare_runs when the runs have them.
 
 - MDS: each group's final mean directional similarity (traj/<group>/mds of the parameter trajectory,
   traj/<group>/mds_update of the updates) per arm over seeds, and against the baseline arm with Welch intervals;
@@ -68,7 +68,7 @@ def mds_lines(arms: dict[str, list[cr.Run]], baseline: Optional[str]) -> list[st
         return []
     lines = ["", "## Trajectory: mean directional similarity (MDS)", "",
              "Final MDS of each group's trajectory (mean ± 95% t interval over seeds): 1 is a straight line, ~0 "
-             "orthogonal moves; lower MDS is more exploration (METHODS.md §4)."]
+             "orthogonal moves; lower MDS is more exploration (docs/methods.md §4)."]
     for kind, what in KINDS.items():
         rows = [ALL_GROUPS, *groups(runs, kind)]
         lines += ["", f"### MDS of the {what} trajectory", "", "| group | " + " | ".join(arms) + " |",

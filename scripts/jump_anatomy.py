@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Where a run's final-layer jump lives, measured on its final checkpoint, arm by arm (METHODS.md §1, issue 17).
+"""Where a run's final-layer jump lives, measured on its final checkpoint, arm by arm (docs/methods.md §1, issue 17).
 
     python scripts/jump_anatomy.py runs/jreg_cpu/runs/* --out runs/jreg_cpu
 

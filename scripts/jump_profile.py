@@ -6,7 +6,7 @@
 
 Writes <out>/<model>.json per model and <out>/jump_profile.png with every model's profile against relative
 depth l/L (models of different depth compare, as in the paper). The metric is regularizers/jump.py's, so
-the numbers equal the in-training JumpMonitor's when form and final_norm are set alike (METHODS.md §1).
+the numbers equal the in-training JumpMonitor's when form and final_norm are set alike (docs/methods.md §1).
 
 Which h_L: transformers returns the last hidden state *after* the model's final norm (and has changed this
 between versions). To be independent of that, h_L and norm(h_L) are read with a forward hook on the final

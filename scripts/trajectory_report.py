@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Trajectory maps of a run (METHODS.md §4): per-group heat-maps of cos(theta_i, theta_j) and of the update
+"""Trajectory maps of a run (docs/methods.md §4): per-group heat-maps of cos(theta_i, theta_j) and of the update
 cosines, and a summary table (MDS per group, Q/K/V heterogeneity per layer).
 
 Exact maps stream over the run's complete checkpoints (one in memory at a time; any ZeRO stage); with
@@ -102,7 +102,7 @@ def summary_markdown(summary: dict, source: str) -> str:
     starts = summary["steps"][:-1]
     lines = [f"# Trajectory summary ({source})", "",
              f"Steps {summary['steps'][0]}..{summary['steps'][-1]} ({len(summary['steps'])} points). "
-             "MDS = mean off-diagonal cosine of the map (METHODS.md §4); update i = theta_(i+1) - theta_i. "
+             "MDS = mean off-diagonal cosine of the map (docs/methods.md §4); update i = theta_(i+1) - theta_i. "
              "Updates of zero norm (a frozen group, e.g. after the norm-only switch) have no direction: they are "
              "left out of the update maps and listed here; n/a: fewer than two moving updates.", "",
              "| group | MDS params | MDS updates | zero updates |", "|---|---:|---:|---|"]

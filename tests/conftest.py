@@ -8,6 +8,8 @@ import pytest
 
 from launching import UNCLIPPED_RUN, ZERO_RUN, launch
 
+pytest_plugins = ["process_markers", "pytester"]
+
 
 @pytest.fixture(scope="module")
 def one_thread():

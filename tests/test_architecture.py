@@ -1,4 +1,4 @@
-"""The package structure DESIGN.md draws: the run config is a leaf, no import cycles, growth and model never
+"""The package structure docs/design.md draws: the run config is a leaf, no import cycles, growth and model never
 import the trainer. Read from the source with `ast`, so an import hidden inside a function counts too."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The jump monitor: the per-layer displacement profile Psi_1..Psi_L and the jump strength zeta_L (METHODS.md §1)
+"""The jump monitor: the per-layer displacement profile Psi_1..Psi_L and the jump strength zeta_L (docs/methods.md §1)
 averaged over fixed validation batches (the windows Validation uses, the same at every step), for every run,
 so JREG and baseline runs are compared on the same curves and the curves are not one micro-batch's noise.
 """

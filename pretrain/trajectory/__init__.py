@@ -1,4 +1,4 @@
-"""Directional structure of training trajectories (METHODS.md §4): per-group cosine maps of checkpoints and
+"""Directional structure of training trajectories (docs/methods.md §4): per-group cosine maps of checkpoints and
 updates, exact by streaming over checkpoints (stream.py) or live from a random sketch (online.py).
 
 Modules: settings (the `monitors.trajectory` section), groups (parameter -> group), sketch (count sketches),

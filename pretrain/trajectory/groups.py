@@ -1,6 +1,6 @@
 """Which trajectory group a parameter belongs to, at a chosen granularity.
 
-The directional-structure analysis (METHODS.md §4) is read per group: each layer's q, k, v, o, MLP and norms,
+The directional-structure analysis (docs/methods.md §4) is read per group: each layer's q, k, v, o, MLP and norms,
 the embeddings, the head. Every parameter of the Llama lands in exactly one group; a name we do not know is an
 error (a silent catch-all group would hide a renamed parameter).
 """

@@ -1,4 +1,4 @@
-"""Trajectory maps (METHODS.md §4): how aligned the checkpoints of one parameter group are, and their updates.
+"""Trajectory maps (docs/methods.md §4): how aligned the checkpoints of one parameter group are, and their updates.
 
 For checkpoints theta_1..theta_T of a group, the parameter map is C_ij = cos(theta_i, theta_j) and the update
 map the same for u_i = theta_{i+1} - theta_i. Both come from Gram matrices of dot products, which add up over

@@ -1,4 +1,4 @@
-"""Psi and zeta on hidden states whose angles are known by construction (METHODS.md §1 definitions)."""
+"""Psi and zeta on hidden states whose angles are known by construction (docs/methods.md §1 definitions)."""
 from __future__ import annotations
 
 import math

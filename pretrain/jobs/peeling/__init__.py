@@ -1,4 +1,4 @@
-"""Peeling bounds (METHODS.md §3): our reconstruction of "Trust, but Verify: Peeling Low-Bit Transformer
+"""Peeling bounds (docs/methods.md §3): our reconstruction of "Trust, but Verify: Peeling Low-Bit Transformer
 Networks for Training Monitoring" (arXiv 2605.02853).
 
 Each block is refitted locally against the trained model's intermediate outputs (its own, a later one, or in

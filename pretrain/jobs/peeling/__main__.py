@@ -2,7 +2,7 @@
 
 DIR is a training checkpoint (`runs/<run>/checkpoints/step_<N>`, any ZeRO stage), a `checkpoints/` root (its
 latest), or a weights folder (model.pt + model_config.json). Outputs go to `<run>/jobs/peeling/step_<N>/`
-(a weights folder: `<parent>/jobs/peeling/<name>/`) unless --out is given. Method: METHODS.md §3, our
+(a weights folder: `<parent>/jobs/peeling/<name>/`) unless --out is given. Method: docs/methods.md §3, our
 reconstruction of arXiv 2605.02853.
 """
 from __future__ import annotations

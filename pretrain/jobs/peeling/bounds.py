@@ -1,4 +1,4 @@
-"""Peeling bounds of one model on a fixed calibration set (METHODS.md §3; the method is our reconstruction).
+"""Peeling bounds of one model on a fixed calibration set (docs/methods.md §3; the method is our reconstruction).
 
 Record X_0..X_L once; for each planned row (plan.py) and weight variant, fit the row's blocks (fit.py), splice
 them in place of blocks l..l+j and measure the LM loss: the bound R. Splicing runs the fitted blocks from the
@@ -91,7 +91,7 @@ class Bounds:
         return [v.layer for v in self.layers if v.lazy]
 
     def to_json(self) -> dict:
-        return {"method": "peeling bounds, our reconstruction of arXiv 2605.02853 (METHODS.md §3)",
+        return {"method": "peeling bounds, our reconstruction of arXiv 2605.02853 (docs/methods.md §3)",
                 **self.meta, "model_loss": self.model_loss, "holdout_model_loss": self.holdout_model_loss,
                 "verdicts_scored_on": self.scored_on, "seconds": self.seconds,
                 "settings": dataclasses.asdict(self.settings), "lazy_layers": self.lazy_layers,

@@ -1,5 +1,5 @@
 """Which blocks are fitted to which targets: the rows of a peeling table (our reconstruction of the paper's
-"projections onto intermediate outputs via permutations"; METHODS.md §3).
+"projections onto intermediate outputs via permutations"; docs/methods.md §3).
 
 Notation: X_0 = embeddings, X_i = residual stream after block i (1-based), recorded once on the calibration
 windows. A row is a window of blocks l..l+j and a role assignment: a list of fits, each "a block initialized

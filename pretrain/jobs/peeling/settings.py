@@ -33,7 +33,7 @@ def parse_variant(name: str) -> int | None:
 
 @dataclass
 class PeelingSettings:
-    """Peeling bounds (METHODS.md §3, our reconstruction of arXiv 2605.02853): what to fit and how."""
+    """Peeling bounds (docs/methods.md §3, our reconstruction of arXiv 2605.02853): what to fit and how."""
 
     layers: List[int] = setting([], "1-based layers l whose windows l..l+j are peeled; empty = every layer")
     offsets: List[int] = setting([1], "offsets j: a block is fitted to X_{l+j} (0 = the layer's own output)")
@@ -101,7 +101,7 @@ def check_settings(s: PeelingSettings, n_layers: int | None = None) -> None:
 
 @dataclass
 class PeelingConfig(JobSchedule, PeelingSettings):
-    """When to run peeling bounds during training (the `jobs.peeling` section, METHODS.md §3), plus the job's
+    """When to run peeling bounds during training (the `jobs.peeling` section, docs/methods.md §3), plus the job's
     settings."""
 
     def check(self) -> None:
