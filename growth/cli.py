@@ -1,5 +1,6 @@
-"""`python -m growth {grow,lag,experiment,stack} ...`: grow a checkpoint with one operator, choose one by LAG,
-measure LAG over seeds, or train with adaptive gradual stacking. Every command refuses bad input before writing anything, naming the problem."""
+"""`python -m growth {grow,lag,stack} ...`: grow a checkpoint with one operator, choose one by LAG, or train with
+adaptive gradual stacking (LAG measured over seeds is an experiment spec: `python -m experiments SPEC`).
+Every command refuses bad input before writing anything, naming the problem."""
 from __future__ import annotations
 
 import argparse
@@ -10,8 +11,9 @@ from pathlib import Path
 from growth import GrowthError, available_operators
 from growth.folders import grow_folder, parse_params, source_info
 from growth.runs import RunError, model_overrides
-from model.folders import CheckpointError
-from model.tokenizer_files import find_tokenizer
+from launch.command import launch_argv
+from storage.folders import CheckpointError
+from storage.tokenizer_files import find_tokenizer
 
 _OPS = ", ".join(available_operators())
 
@@ -47,12 +49,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     lag.add_argument("--continue-steps", type=int,
                      help="continue the winner's run to this step (its run dir resumed with a larger train.steps; "
                           "with --validate-steps M >= this, the winner is already there)")
-
-    ex = sub.add_parser("experiment", help="LAG measured over seeds, optimizer modes and a from-scratch control")
-    ex.add_argument("spec", type=Path, help="experiment spec YAML (e.g. configs/experiments/lag_cpu.yaml)")
-    ex.add_argument("--out", type=Path, required=True, help="experiment directory (re-run to resume)")
-    ex.add_argument("--growths", help="comma-separated growth names of the spec to run (default: all)")
-    ex.add_argument("--seeds", help="comma-separated seeds of the spec's to run and report (default: all)")
 
     st = sub.add_parser("stack", help="adaptive gradual stacking: LAG chooses the stacking at every stage")
     st.add_argument("--config", type=Path, required=True, help="run config; its model is the stage-0 model")
@@ -90,9 +86,9 @@ def cmd_grow(args: argparse.Namespace) -> int:
     config = Path(rec["source"]) / "config.yaml"
     own = find_tokenizer(args.out)
     tokenizer = [f"data.tokenizer={own.resolve()}"] if own else []
-    cmd = ["python", "-m", "launch", "--num_gpus", "2", str(config) if config.is_file() else "CONFIG.yaml",
-           f"train.init_from={args.out.resolve()}", *model_overrides(result.config), *tokenizer,
-           f"run.name={args.out.name}"]
+    cmd = launch_argv(config if config.is_file() else "CONFIG.yaml", [
+        f"train.init_from={args.out.resolve()}", *model_overrides(result.config), *tokenizer,
+        f"run.name={args.out.name}"], python="python")
     if args.carry:
         cmd += ["train.carry.optimizer=true", "train.carry.schedule=continue"]
     print(f"next, train it ({'carried optimizer, continued schedule' if args.carry else 'fresh optimizer'}):\n  "
@@ -108,17 +104,6 @@ def cmd_lag(args: argparse.Namespace) -> int:
                    ranks=args.ranks, validate_steps=args.validate_steps, continue_steps=args.continue_steps,
                    carry=args.carry)
     run_lag(plan)
-    return 0
-
-
-def cmd_experiment(args: argparse.Namespace) -> int:
-    from growth.experiment import LagExperiment, run_experiment
-
-    spec = LagExperiment.load(args.spec)
-    spec.select(args.growths.split(",") if args.growths else None,
-                [int(s) for s in args.seeds.split(",")] if args.seeds else None)
-    run_experiment(spec, args.out)
-    print(f"[growth] report: {args.out / 'experiment.md'}", flush=True)
     return 0
 
 
@@ -139,7 +124,7 @@ def _source_config(source: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    commands = {"grow": cmd_grow, "lag": cmd_lag, "experiment": cmd_experiment, "stack": cmd_stack}
+    commands = {"grow": cmd_grow, "lag": cmd_lag, "stack": cmd_stack}
     try:
         return commands[args.command](args)
     except (GrowthError, CheckpointError, RunError) as err:

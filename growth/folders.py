@@ -1,6 +1,6 @@
 """From a checkpoint to a grown weights folder: resolve the target shape, grow, write the folder and its record.
 
-The folder is `model.weights.save_weights`' format (model.pt + model_config.json + record.json) plus the
+The folder is `storage.weights.save_weights`' format (model.pt + model_config.json + record.json) plus the
 source's tokenizer.model when it has one, so a run that starts from it (`train.init_from=DIR`) can be pinned to
 the tokenizer the weights were trained with (`data.tokenizer=DIR/tokenizer.model`).
 """
@@ -18,10 +18,10 @@ from omegaconf import OmegaConf
 from growth import GrowthError, GrowthResult, get_operator, grow
 from model import ModelConfig
 from model.config import ModelConfigError
-from model.folders import MANIFEST, WEIGHTS, CheckpointError, locate
-from model.carry import save_carry, source_optimizer, source_progress
-from model.tokenizer_files import copy_tokenizer, find_tokenizer
-from model.weights import load_weights, save_weights
+from storage.folders import MANIFEST, WEIGHTS, CheckpointError, locate
+from storage.carry import save_carry, source_optimizer, source_progress
+from storage.tokenizer_files import copy_tokenizer, find_tokenizer
+from storage.weights import load_weights, save_weights
 
 MODEL_PRESETS = Path(__file__).resolve().parent.parent / "configs" / "model"
 
@@ -105,7 +105,7 @@ def grow_folder(source: Path, op: str, target_spec: Sequence[str], out: Path,
                 params: dict[str, Any] | None = None, carry: bool = False) -> GrowthResult:
     """Grow the checkpoint at `source` with operator `op` into the shape `target_spec` and write it to `out`;
     `carry` also maps the source's Adam moments and writes them, with its step and sampler position, as
-    carry.pt (model/carry.py) for a run that continues training (`train.carry`).
+    carry.pt (storage/carry.py) for a run that continues training (`train.carry`).
 
     Every check (operator name, output folder, checkpoint, target shape, operator parameters) runs before
     anything is written, so a refused request leaves no folder behind."""

@@ -25,7 +25,7 @@ from growth.report import write_lag_report
 from growth.folders import check_operator, grow_folder, is_grown_folder, parse_params, source_info
 from growth.runs import check_user_overrides, claim_experiment, model_overrides, train_phase, val_curve
 from model import ModelConfig
-from model.tokenizer_files import copy_tokenizer, find_tokenizer
+from storage.tokenizer_files import copy_tokenizer, find_tokenizer
 
 Curves = Mapping[str, Mapping[int, float]]
 

@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
-from model.io import atomic_save_figure, atomic_write_text
+from storage.io import atomic_save_figure, atomic_write_text
 
 
 def write_lag_report(out: Path, summary: dict[str, Any]) -> None:

@@ -13,15 +13,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
 from growth import GrowthError
+from launch.command import launch_argv
 from model import ModelConfig
-from model.folders import CheckpointError, latest
-from model.io import atomic_write_text
+from storage.folders import CheckpointError, latest
+from storage.io import atomic_write_text
 
 MANAGED = ("model.", "run.name", "run.out_dir", "train.init_from", "train.steps", "train.resume")
 """Override keys growth sets itself for the runs it starts; a user's value for them would be silently lost."""
@@ -81,8 +81,7 @@ def train_phase(run_dir: Path, config: Path, overrides: Sequence[str], steps: in
         phase.append("train.schedule=constant")
     if eval_every is not None:
         phase.append(f"eval.every={eval_every}")
-    cmd = [sys.executable, "-m", "launch", "--num_gpus", str(ranks),
-           str(Path(config).resolve()), *overrides, *phase]
+    cmd = launch_argv(Path(config).resolve(), [*overrides, *phase], ranks)
     log_path = run_dir.with_name(run_dir.name + ".log")
     log_path.parent.mkdir(parents=True, exist_ok=True)
     print(f"[growth] {label}: steps {reached}..{steps} -> {run_dir} (log {log_path})", flush=True)

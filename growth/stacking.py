@@ -28,9 +28,9 @@ from growth import GrowthError
 from growth.lag import LagPlan, parse_pool, run_lag
 from growth.report import plot_curves
 from growth.runs import check_user_overrides, claim_experiment, train_phase, val_curve
-from model.folders import tag_for
-from model.io import atomic_write_text
-from model.weights import model_config_of
+from storage.folders import tag_for
+from storage.io import atomic_write_text
+from storage.weights import model_config_of
 
 DEFAULT_POOL = "stack_top,stack_middle:block=all,stack"
 """`block=all` stands for every block size a stage allows, so LAG chooses how many layers to copy as well as which."""

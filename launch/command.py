@@ -1,4 +1,5 @@
-"""Build the `deepspeed` launcher command for `python -m pretrain` (this package never imports pretrain)."""
+"""Build the `deepspeed` launcher command for `python -m pretrain` (this package never imports pretrain), and the
+`python -m launch` command every orchestrator (experiment runners, growth's phases) starts a run with."""
 from __future__ import annotations
 
 import hashlib
@@ -6,6 +7,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import Sequence
 
 # Launcher options passed through verbatim (name -> takes a value).
 PASSTHROUGH = {
@@ -13,6 +15,14 @@ PASSTHROUGH = {
     "master_addr": True, "master_port": True, "launcher": True, "node_rank": True, "no_ssh": False,
     "no_ssh_check": False, "launcher_args": True,
 }
+
+
+def launch_argv(config: str | Path, overrides: Sequence[str], ranks: int = 2,
+                python: str = sys.executable) -> list[str]:
+    """`python -m launch --num_gpus RANKS CONFIG KEY=VALUE...`: one training run through the launcher, which
+    picks a free rendezvous port itself, so runs started one after another never collide. `python` is the
+    interpreter to name (a command printed for a user to run names plain `python`)."""
+    return [python, "-m", "launch", "--num_gpus", str(ranks), str(config), *overrides]
 
 
 def has_gpus() -> bool:

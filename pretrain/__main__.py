@@ -10,7 +10,7 @@ import logging
 import os
 import sys
 
-from model.folders import CheckpointError
+from storage.folders import CheckpointError
 from pretrain.config import ConfigError, load_config, to_yaml
 from pretrain.data import DataError
 from pretrain.dist import CollectiveTimeout
@@ -68,12 +68,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def check_resume(cfg, tokenizer_path) -> None:
     """Refuse, before any rank starts, to resume a checkpoint this config cannot continue."""
-    from model.folders import verify
-    from pretrain import checkpoint, compat
+    from storage.folders import verify
+    from pretrain import compat
+    from storage import retention
 
     if cfg.train.resume != "auto":
         return
-    ckpt = checkpoint.resumable(cfg.run_dir / "checkpoints", cfg.checkpoint.fallback)
+    ckpt = retention.resumable(cfg.run_dir / "checkpoints", cfg.checkpoint.fallback)
     if ckpt is None:
         return
     saved = verify(ckpt).get("meta", {})

@@ -1,7 +1,7 @@
 """A run that starts from another model's weights (`train.init_from`) and, from a grown folder, goes on with
 what the folder carries (`train.carry`): the source's step, tokens and data position, and its Adam moments.
 
-The file format (`carry.pt`) is model/carry.py's; this module applies it to a starting run.
+The file format (`carry.pt`) is storage/carry.py's; this module applies it to a starting run.
 """
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from model.carry import load_carry
-from model.weights import load_weights
+from storage.carry import load_carry
+from storage.weights import load_weights
 from pretrain import optimizer_state
 from pretrain.config import ConfigError
 from pretrain.engine import load_weights_into

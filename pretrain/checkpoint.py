@@ -6,16 +6,15 @@ Layout of `<run>/checkpoints/`:
     latest               the tag of the newest complete checkpoint, replaced atomically after the manifest
 A crash at any point leaves `latest` naming a complete checkpoint; older checkpoints are never touched
 before a newer one is complete. Here: the engine's collective save and load, and the housekeeping around
-them (fallback, universal conversion, pruning, readers' locks). The formats that growth, the jobs and the
-scripts read as well live in `model`: the folder layout and its verification in `model.folders`, reading
-weights and the portable weights folder in `model.weights`, the pickle allowlist in `model.pickles`.
+them (universal conversion, RNG states). The file formats live in `storage`, which growth, the jobs and the
+scripts read as well: the folder layout, manifest and verification (`storage.folders`), which checkpoints to
+keep and resume from (`storage.retention`), weights folders (`storage.weights`), the pickle allowlist
+(`storage.pickles`).
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
-import os
 import random
 import shutil
 import time
@@ -25,18 +24,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from model import pickles
-from model.folders import (HASHES, LATEST, MANIFEST, CheckpointError, complete_checkpoints, file_hash, latest,
-                           tag_for, verify)
-from model.universal import to_universal, universal_dir
 from pretrain import dist
-from model.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from storage import folders, pickles, retention
+from storage.folders import LATEST, MANIFEST, CheckpointError, tag_for, verify
+from storage.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from storage.universal import to_universal, universal_dir
 
 log = logging.getLogger(__name__)
 
 RANK_STATE = "rank_state"
-READERS = ".readers"
-"""In a checkpoint: the lock file readers (detached jobs) hold shared so that pruning skips the checkpoint."""
 
 
 def save(engine, root: Path, step: int, client_state: dict[str, Any], extra_files: dict[str, Path], keep: int,
@@ -60,9 +56,9 @@ def save(engine, root: Path, step: int, client_state: dict[str, Any], extra_file
     if dist.is_main():
         for name, src in extra_files.items():
             atomic_write_bytes(ckpt / name, Path(src).read_bytes())
-        _write_manifest(ckpt, step, meta or {})
+        folders.write_manifest(ckpt, step, meta or {})
         atomic_write_text(root / LATEST, tag + "\n")
-        prune(root, keep)
+        retention.prune(root, keep)
     dist.barrier()
     return ckpt
 
@@ -78,76 +74,6 @@ def _clear_previous(ckpt: Path) -> None:
     else:
         log.warning("removing partial checkpoint %s (no %s)", ckpt, MANIFEST)
         shutil.rmtree(ckpt)
-
-
-def _write_manifest(ckpt: Path, step: int, meta: dict[str, Any]) -> None:
-    """Size and content hash of every file, written last: a checkpoint without it is partial."""
-    paths = [p for p in sorted(ckpt.rglob("*")) if p.is_file() and p.name != MANIFEST]
-    t0 = time.perf_counter()
-    hashes = {str(p.relative_to(ckpt)): file_hash(p) for p in paths}
-    log.info("checkpoint %s: hashed %d files (%.1f MB) in %.2f s", ckpt.name, len(paths),
-             sum(p.stat().st_size for p in paths) / 1e6, time.perf_counter() - t0)
-    atomic_write_json(ckpt / MANIFEST, {"step": step, "files": {str(p.relative_to(ckpt)): p.stat().st_size for p in paths},
-                                        HASHES: hashes, "time": time.time(), "meta": meta})
-
-
-def resumable(root: Path, fallback: bool) -> Path | None:
-    """The checkpoint to resume from: `latest`, or with `fallback` the newest older one that verifies when
-    `latest` is partial, truncated or missing a file (the bad one is named in the log and left in place)."""
-    try:
-        return latest(root)
-    except CheckpointError as err:
-        if not fallback:
-            raise CheckpointError(f"{err}; set checkpoint.fallback=true to resume from the previous one") from None
-        log.error("%s; falling back to an older checkpoint", err)
-    pointer = (root / LATEST).read_text().strip()
-    for _, ckpt in reversed(complete_checkpoints(root)):
-        if ckpt.name == pointer:
-            continue
-        try:
-            verify(ckpt)
-            return ckpt
-        except CheckpointError as err:
-            log.error("%s; trying an older one", err)
-    raise CheckpointError(f"no complete checkpoint under {root} verifies")
-
-
-def prune(root: Path, keep: int) -> None:
-    """Delete all but the newest `keep` complete checkpoints (never the one `latest` names, nor one a job is
-    reading: it goes at a later save)."""
-    pointer = (root / LATEST).read_text().strip() if (root / LATEST).is_file() else None
-    for _, d in complete_checkpoints(root)[:-keep]:
-        if d.name == pointer:
-            continue
-        if being_read(d):
-            log.info("keeping %s for now: a job is reading it", d)
-            continue
-        shutil.rmtree(d, ignore_errors=True)
-        shutil.rmtree(universal_dir(d), ignore_errors=True)
-
-
-def hold_for_reading(ckpt: Path) -> int | None:
-    """A file descriptor holding a shared lock on the checkpoint: prune leaves it alone while any process
-    (a detached job inherits the descriptor) keeps it open. None when there is no such checkpoint (the job
-    itself will say so)."""
-    if not ckpt.is_dir():
-        return None
-    fd = os.open(ckpt / READERS, os.O_RDWR | os.O_CREAT, 0o644)
-    fcntl.flock(fd, fcntl.LOCK_SH)
-    return fd
-
-
-def being_read(ckpt: Path) -> bool:
-    if not (ckpt / READERS).is_file():
-        return False
-    fd = os.open(ckpt / READERS, os.O_RDWR)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return False
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)  # closing drops the probe's own lock
 
 
 def load(engine, ckpt: Path, universal: bool = False) -> dict[str, Any]:

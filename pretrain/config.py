@@ -342,7 +342,7 @@ def get_dotted(cfg: Config, dotted: str) -> Any:
 
 def save_config(cfg: Config, path: Path) -> None:
     """Write the fully resolved config as YAML (atomically)."""
-    from model.io import atomic_write_text
+    from storage.io import atomic_write_text
 
     atomic_write_text(path, OmegaConf.to_yaml(OmegaConf.structured(cfg)))
 

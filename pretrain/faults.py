@@ -16,8 +16,8 @@ from typing import Any
 import torch
 import torch.distributed as tdist
 
-from model.folders import latest
-from model.io import atomic_write_json
+from storage.folders import latest
+from storage.io import atomic_write_json
 from pretrain.config import ConfigError
 
 log = logging.getLogger("growlm")

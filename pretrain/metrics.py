@@ -41,7 +41,7 @@ def _truncate_after(path: Path, step: int) -> None:
     lines that do not parse (a process killed mid-write leaves a torn last line), with a warning."""
     if not path.is_file():
         return
-    from model.io import atomic_write_text
+    from storage.io import atomic_write_text
 
     kept, torn = [], []
     for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
@@ -139,7 +139,7 @@ def open_wandb(run_dir: Path, settings: WandbConfig, config: dict[str, Any]):
     requeued job) continues the same W&B run instead of starting a new one."""
     import wandb
 
-    from model.io import atomic_write_text
+    from storage.io import atomic_write_text
 
     id_file = run_dir / "wandb_id"
     run_id = id_file.read_text().strip() if id_file.is_file() else uuid.uuid4().hex[:12]

@@ -1,7 +1,7 @@
 """Adam moments in and out of a DeepSpeed engine, as full fp32 tensors per parameter name.
 
 Used where a new engine must go on with an old optimizer's state: the norm-only switch (hybrid.py) and a run
-started from a grown folder that carries mapped moments (`train.carry.optimizer`, model/carry.py).
+started from a grown folder that carries mapped moments (`train.carry.optimizer`, storage/carry.py).
 DeepSpeed creates a fresh engine's Adam state (over its flat fp32 partitions) only at the first step, and
 ZeRO-1/2 link each parameter's fragment of it after that step; so the state is created (and linked) here, then
 filled through DeepSpeed's per-parameter setters. Every function is collective: all ranks call it in order.

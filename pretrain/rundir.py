@@ -9,9 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from model import folders
-from model.io import atomic_write_bytes
-from model.tokenizer_files import tokenizer_files
+from storage import folders, retention
+from storage.io import atomic_write_bytes
+from storage.tokenizer_files import tokenizer_files
 from pretrain import checkpoint, compat
 from pretrain.checkpoint import RANK_STATE
 from pretrain.config import ConfigError, save_config
@@ -36,7 +36,7 @@ class RunDir:
         mode = self.cfg.train.resume
         if mode == "never":
             return None, None
-        ckpt = checkpoint.resumable(self.checkpoints, self.cfg.checkpoint.fallback) if mode == "auto" else Path(mode)
+        ckpt = retention.resumable(self.checkpoints, self.cfg.checkpoint.fallback) if mode == "auto" else Path(mode)
         if ckpt is None:
             return None, None
         manifest = folders.verify(ckpt)

@@ -21,28 +21,25 @@ from __future__ import annotations
 import argparse
 import logging
 import statistics
-import sys
 import tempfile
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch import nn  # noqa: E402
+import torch
+import torch.nn.functional as F
+from torch import nn
 
-from model import Llama  # noqa: E402
-from model.hf import to_hf_config, to_hf_state_dict  # noqa: E402
-from pretrain import dist, precision  # noqa: E402
-from pretrain.config import Config, load_config  # noqa: E402
-from pretrain.metrics import detect_peak_tflops  # noqa: E402
-from pretrain.optim import build_optimizer  # noqa: E402
-from pretrain.dist import init_distributed  # noqa: E402
-from pretrain.trainer import Trainer  # noqa: E402
+from model import Llama
+from model.hf import to_hf_config, to_hf_state_dict
+from pretrain import dist, precision
+from pretrain.config import Config, load_config
+from pretrain.metrics import detect_peak_tflops
+from pretrain.optim import build_optimizer
+from pretrain.dist import init_distributed
+from pretrain.trainer import Trainer
 
 Step = Callable[[], float]
 """Runs one optimizer step; returns the seconds its forward+backward took (NaN where not separable)."""

@@ -13,21 +13,19 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from model.tokenizer_files import copy_tokenizer  # noqa: E402
-from pretrain.data import DataConfig, prepare_data  # noqa: E402
-from pretrain.data.config import SourceSpec  # noqa: E402
-from pretrain.data.corpora import prepare_mixture  # noqa: E402
-from pretrain.data.mixture import MixtureSampler  # noqa: E402
-from pretrain.data.shards import FORMAT, META, SHARD  # noqa: E402
-from pretrain.data.tokenizer import tokenizer_fingerprint  # noqa: E402
+from storage.tokenizer_files import copy_tokenizer
+from pretrain.data import DataConfig, prepare_data
+from pretrain.data.config import SourceSpec
+from pretrain.data.corpora import prepare_mixture
+from pretrain.data.mixture import MixtureSampler
+from pretrain.data.shards import FORMAT, META, SHARD
+from pretrain.data.tokenizer import tokenizer_fingerprint
 
 VOCAB = 512
 

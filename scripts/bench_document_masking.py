@@ -13,21 +13,18 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import torch.nn.functional as F  # noqa: E402
+import torch.nn.functional as F
 
-from model import Llama  # noqa: E402
-from model.llama import document_layout  # noqa: E402
-from pretrain import dist  # noqa: E402
-from pretrain.config import load_config  # noqa: E402
-from pretrain.data import get_batch, prepare_data  # noqa: E402
-from pretrain.data.tokenizer import eos_id_of  # noqa: E402
+from model import Llama
+from model.llama import document_layout
+from pretrain import dist
+from pretrain.config import load_config
+from pretrain.data import get_batch, prepare_data
+from pretrain.data.tokenizer import eos_id_of
 
 
 def main() -> None:

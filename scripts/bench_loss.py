@@ -14,17 +14,14 @@ import argparse
 import multiprocessing as mp
 import resource
 import statistics
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+import torch
+import torch.nn.functional as F
 
-from model.loss import chunked_linear_cross_entropy  # noqa: E402
-from pretrain import dist  # noqa: E402
+from model.loss import chunked_linear_cross_entropy
+from pretrain import dist
 
 
 def inputs(tokens: int, dim: int, vocab: int, device: torch.device):

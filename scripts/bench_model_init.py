@@ -21,22 +21,20 @@ from __future__ import annotations
 import argparse
 import logging
 import resource
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import torch  # noqa: E402
+import torch
 
-from pretrain import dist  # noqa: E402
-from pretrain.config import load_config  # noqa: E402
-from model import Llama  # noqa: E402
-from model.hf import save_hf_folder  # noqa: E402
-from model.weights import load_weights  # noqa: E402
-from pretrain.engine import build_engine, build_model, load_weights_into  # noqa: E402
-from pretrain.dist import init_distributed  # noqa: E402
+from pretrain import dist
+from pretrain.config import load_config
+from model import Llama
+from model.hf import save_hf_folder
+from storage.weights import load_weights
+from pretrain.engine import build_engine, build_model, load_weights_into
+from pretrain.dist import init_distributed
 
 
 def peak_gb() -> float:

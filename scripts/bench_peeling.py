@@ -16,20 +16,18 @@ import argparse
 import json
 import logging
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from model import Llama  # noqa: E402
-from pretrain.config import load_config  # noqa: E402
-from pretrain.jobs.peeling.bounds import compute_bounds  # noqa: E402
-from pretrain.jobs.peeling.job import calibration_windows  # noqa: E402
-from pretrain.jobs.peeling.settings import THOROUGH, PeelingSettings  # noqa: E402
-from pretrain.dist import init_distributed  # noqa: E402
-from pretrain.trainer import Trainer  # noqa: E402
+from model import Llama
+from pretrain.config import load_config
+from pretrain.jobs.peeling.bounds import compute_bounds
+from pretrain.jobs.peeling.job import calibration_windows
+from pretrain.jobs.peeling.settings import THOROUGH, PeelingSettings
+from pretrain.dist import init_distributed
+from pretrain.trainer import Trainer
 
 
 def main() -> None:

@@ -17,18 +17,15 @@ from __future__ import annotations
 import argparse
 import logging
 import statistics
-import sys
 import tempfile
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pretrain import dist  # noqa: E402
-from pretrain.config import load_config  # noqa: E402
-from pretrain.monitors.jump import JumpMonitor  # noqa: E402
-from pretrain.dist import init_distributed  # noqa: E402
-from pretrain.trainer import Trainer  # noqa: E402
+from pretrain import dist
+from pretrain.config import load_config
+from pretrain.monitors.jump import JumpMonitor
+from pretrain.dist import init_distributed
+from pretrain.trainer import Trainer
 
 
 def main() -> None:

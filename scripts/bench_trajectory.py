@@ -12,17 +12,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pretrain.config import load_config  # noqa: E402
-from pretrain.dist import init_distributed  # noqa: E402
-from pretrain.trainer import Trainer  # noqa: E402
-from pretrain.trajectory.online import TrajectorySketch  # noqa: E402
-from pretrain.trajectory.settings import TrajectoryConfig  # noqa: E402
+from pretrain.config import load_config
+from pretrain.dist import init_distributed
+from pretrain.trainer import Trainer
+from pretrain.trajectory.online import TrajectorySketch
+from pretrain.trajectory.settings import TrajectoryConfig
 
 
 def bench(args: argparse.Namespace) -> tuple[float, float, float]:

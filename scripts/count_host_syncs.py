@@ -15,18 +15,16 @@ from __future__ import annotations
 import argparse
 import collections
 import logging
-import sys
 import tempfile
 import traceback
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import torch  # noqa: E402
+import torch
 
-from pretrain.config import load_config  # noqa: E402
-from pretrain.dist import init_distributed  # noqa: E402
-from pretrain.trainer import Trainer  # noqa: E402
+from pretrain.config import load_config
+from pretrain.dist import init_distributed
+from pretrain.trainer import Trainer
 
 CONVERSIONS = ("item", "tolist", "__bool__", "__float__", "__int__")
 ROOT = str(Path(__file__).resolve().parent.parent)

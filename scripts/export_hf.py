@@ -16,12 +16,11 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from model.folders import CheckpointError, locate  # noqa: E402
-from model.hf import save_hf_folder  # noqa: E402
-from model.tokenizer_files import find_tokenizer, tokenizer_files  # noqa: E402
-from model.weights import load_weights  # noqa: E402
+from storage.folders import CheckpointError, locate
+from model.hf import save_hf_folder
+from storage.tokenizer_files import find_tokenizer, tokenizer_files
+from storage.weights import load_weights
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,14 +22,12 @@ prefetched gathers only partly. Model-state memory per GPU (bf16 params and grad
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from omegaconf import OmegaConf  # noqa: E402
+from omegaconf import OmegaConf
 
-from model.config import ModelConfig  # noqa: E402
+from model.config import ModelConfig
 
 PRESETS = Path(__file__).resolve().parent.parent / "configs" / "model"
 NETWORKS_GBITS = {"400 Gb/s": 400.0, "3.2 Tb/s": 3200.0}

@@ -19,22 +19,21 @@ import sys
 from pathlib import Path
 from typing import Mapping
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import matplotlib  # noqa: E402
+import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
+import matplotlib.pyplot as plt
+import torch
 
-from model.folders import complete_checkpoints  # noqa: E402
-from model.io import atomic_save_figure, atomic_write_text  # noqa: E402
-from pretrain.trajectory.maps import Trajectory, mds  # noqa: E402
-from pretrain.trajectory.online import load_sketches, sketch_trajectory  # noqa: E402
-from pretrain.trajectory.settings import GRANULARITIES  # noqa: E402
-from pretrain.trajectory.stream import stream_trajectory  # noqa: E402
-from pretrain.trajectory.groups import layer_component  # noqa: E402
-from pretrain.trajectory.online import SKETCH_FILE  # noqa: E402
+from storage.folders import complete_checkpoints
+from storage.io import atomic_save_figure, atomic_write_text
+from pretrain.trajectory.maps import Trajectory, mds
+from pretrain.trajectory.online import load_sketches, sketch_trajectory
+from pretrain.trajectory.settings import GRANULARITIES
+from pretrain.trajectory.stream import stream_trajectory
+from pretrain.trajectory.groups import layer_component
+from pretrain.trajectory.online import SKETCH_FILE
 
 
 COMPONENTS = ("q", "k", "v", "o", "mlp", "norms")

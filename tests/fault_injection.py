@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from pretrain import checkpoint, dist
+from storage import folders
 from pretrain.data import StepSampler
 from pretrain.trainer import Trainer
 
@@ -38,13 +39,13 @@ for name, *args in _faults():
         import time
 
         seconds = float(args[0])
-        write_manifest = checkpoint._write_manifest
+        write_manifest = folders.write_manifest
 
         def slow_write_manifest(ckpt, step, meta, _orig=write_manifest, _s=seconds):
             time.sleep(_s)
             _orig(ckpt, step, meta)
 
-        checkpoint._write_manifest = slow_write_manifest
+        folders.write_manifest = slow_write_manifest
     elif name == "kill_rank":
         rank, at_step = int(args[0]), int(args[1])
         train_step = Trainer.train_step
@@ -58,14 +59,14 @@ for name, *args in _faults():
         Trainer.train_step = killing_train_step
     elif name == "kill_in_save":
         at_step = int(args[0])
-        write_manifest = checkpoint._write_manifest
+        write_manifest = folders.write_manifest
 
         def dying_write_manifest(ckpt, step, meta, _orig=write_manifest, _at=at_step):
             if step == _at:
                 os._exit(9)
             _orig(ckpt, step, meta)
 
-        checkpoint._write_manifest = dying_write_manifest
+        folders.write_manifest = dying_write_manifest
     elif name == "nan_at":
         at_step = int(args[0])
         loss = Trainer.loss

@@ -36,7 +36,10 @@ def _install_recorders() -> None:
 
 
 def launches_ranks(command: str) -> bool:
-    return " -m launch " in f" {command} " or "deepspeed" in command.split(" ", 1)[0] or " launch/" in command
+    """A `python -m launch` or `deepspeed` command that is not a --dry-run: it starts (or tries to) ranks."""
+    words = command.split()
+    launcher = ("-m" in words and "launch" in words) or (words and words[0].endswith("deepspeed"))
+    return bool(launcher) and "--dry-run" not in words
 
 
 def missing_marker(markers: set[str], started: list[str]) -> str | None:

@@ -1,5 +1,6 @@
-"""The package structure docs/design.md draws: the run config is a leaf, no import cycles, growth and model never
-import the trainer. Read from the source with `ast`, so an import hidden inside a function counts too."""
+"""The structure docs/design.md draws: the layers between packages and inside pretrain/, no import cycles, a
+trainer that only wires components, no `sys.path` edits, and test markers that say what a test costs. Read from
+the source with `ast`, so an import hidden inside a function counts too (the pretrain/ layers: module level)."""
 from __future__ import annotations
 
 import ast
@@ -9,9 +10,29 @@ import sys
 from pathlib import Path
 
 import networkx as nx
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("pretrain", "model", "growth", "regularizers", "launch")
+PACKAGES = ("pretrain", "model", "storage", "growth", "regularizers", "launch", "experiments")
+PACKAGE_LAYERS = {"model": 0, "storage": 1, "regularizers": 1, "launch": 1, "pretrain": 2, "growth": 2,
+                  "experiments": 3}
+"""docs/design.md, "Layers": a package imports only packages of a lower layer (and itself); pretrain and growth
+share a layer and never import each other."""
+PRETRAIN_LAYERS = (
+    ("settings", ("pretrain", "pretrain.config", "pretrain.plugins", "pretrain.data", "pretrain.data.config",
+                  "pretrain.data.errors", "pretrain.jobs", "pretrain.jobs.cli", "pretrain.jobs.schedule",
+                  "pretrain.jobs.peeling", "pretrain.jobs.peeling.errors", "pretrain.jobs.peeling.plan",
+                  "pretrain.jobs.lm_eval", "pretrain.monitors", "pretrain.trajectory", "*.settings")),
+    ("mechanics", ()),  # everything not named in another layer
+    ("components", ("pretrain.objective", "pretrain.phases", "pretrain.carry", "pretrain.rundir",
+                    "pretrain.callbacks")),
+    ("probes", ("pretrain.monitors.*", "pretrain.jobs.*", "pretrain.trajectory.*")),
+    ("trainer", ("pretrain.trainer",)),
+    ("entry points", ("pretrain.__main__", "pretrain.data.__main__")),
+)
+"""docs/design.md, "Inside pretrain/": the first pattern that names a module gives its layer (exact names before
+the wildcards of the probes), and no module-level import goes from a layer to a higher one."""
+TRAINER_MAX_LINES, TRAINER_MAX_IMPORTS = 250, 12
 
 
 def _module_name(path: Path) -> str:
@@ -57,6 +78,28 @@ def import_graph() -> nx.DiGraph:
     return graph
 
 
+def module_level_imports(name: str) -> set[str]:
+    """The repository modules `name` imports at module level (not in functions, not type-only)."""
+    tree = ast.parse(MODULES[name].read_text())
+    found: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found |= {node.module, *(f"{node.module}.{a.name}" for a in node.names)}
+    return {m for m in found if m in MODULES and m != name}
+
+
+def pretrain_layer(name: str) -> int:
+    from fnmatch import fnmatchcase
+
+    exact = [i for i, (_, names) in enumerate(PRETRAIN_LAYERS) if name in names]
+    if exact:
+        return exact[0]
+    wild = [i for i, (_, names) in enumerate(PRETRAIN_LAYERS) for n in names if "*" in n and fnmatchcase(name, n)]
+    return wild[0] if wild else 1
+
+
 def test_the_import_graph_sees_function_level_imports():
     assert "pretrain.jobs.peeling.job" in imported_modules("pretrain.jobs.peeling.callback")  # inside run_inline
     assert "pretrain.trainer" not in imported_modules("pretrain.callbacks")  # type-only
@@ -74,6 +117,7 @@ def test_growth_and_model_never_import_the_trainer_package():
         assert offending == [], f"{lower} imports pretrain: {offending}"
 
 
+@pytest.mark.process
 def test_importing_the_run_config_loads_no_torch_and_no_callback():
     code = "import json, sys, pretrain.config; print(json.dumps(sorted(sys.modules)))"
     loaded = json.loads(subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, capture_output=True,
@@ -88,3 +132,69 @@ def test_importing_the_run_config_loads_no_torch_and_no_callback():
                 callbacks.append(f"{name}.{node.name}")
     assert callbacks == []
     assert "pretrain.callbacks" not in ours
+
+
+def test_packages_import_only_lower_layers():
+    upward = sorted((m, t) for m, t in import_graph().edges
+                    if m.split(".")[0] != t.split(".")[0]
+                    and PACKAGE_LAYERS[t.split(".")[0]] >= PACKAGE_LAYERS[m.split(".")[0]])
+    assert upward == [], f"imports that do not go down the package layers: {upward}"
+
+
+def test_inside_pretrain_no_module_level_import_goes_up_a_layer():
+    assert pretrain_layer("pretrain.monitors.settings") == 0 and pretrain_layer("pretrain.monitors.jump") == 3
+    assert pretrain_layer("pretrain.engine") == 1 and pretrain_layer("pretrain.trainer") == 4
+    upward = sorted(f"{m} ({PRETRAIN_LAYERS[pretrain_layer(m)][0]}) -> {t} ({PRETRAIN_LAYERS[pretrain_layer(t)][0]})"
+                    for m in MODULES if m.startswith("pretrain") for t in module_level_imports(m)
+                    if t.startswith("pretrain") and pretrain_layer(t) > pretrain_layer(m))
+    assert upward == []
+
+
+def test_the_trainer_only_wires_components():
+    path = MODULES["pretrain.trainer"]
+    named = module_level_imports("pretrain.trainer")
+    fan_out = {m for m in named if not any(o.startswith(m + ".") for o in named)}  # a package on the way is no extra
+    assert len(path.read_text().splitlines()) <= TRAINER_MAX_LINES
+    assert len(fan_out) <= TRAINER_MAX_IMPORTS, sorted(fan_out)
+
+
+def test_nothing_edits_sys_path():
+    """Scripts and tests import the installed packages; a `sys.path` edit hides a missing package or install."""
+    edits = []
+    for path in sorted(ROOT.rglob("*.py")):
+        if any(part.startswith(".") or part in ("build", "runs") for part in path.relative_to(ROOT).parts):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and ast.unparse(node).startswith("sys.path."):
+                edits.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert edits == []
+
+
+UNMARKED = """
+import subprocess, sys
+import pytest
+
+def test_unmarked():
+    subprocess.run([sys.executable, "-c", "pass"], check=True)
+
+@pytest.mark.process
+def test_marked():
+    subprocess.run([sys.executable, "-c", "pass"], check=True)
+
+@pytest.mark.process
+def test_launch_marked_as_process_only():
+    subprocess.run([sys.executable, "-m", "launch", "--help"], capture_output=True)
+
+def test_starts_nothing():
+    assert True
+"""
+
+
+@pytest.mark.process
+def test_a_test_that_starts_a_process_must_say_so(pytester):
+    pytester.makeconftest('pytest_plugins = ["process_markers"]')
+    pytester.makepyfile(test_cost=UNMARKED)
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2, failed=2)
+    result.stdout.fnmatch_lines(["*test_unmarked starts a process but is marked neither*",
+                                 "*test_launch_marked_as_process_only launches ranks*not marked `distributed`*"])

@@ -7,10 +7,11 @@ from typing import Any
 from torch import Tensor
 
 from model import ModelConfig
+from storage.carry import OptState
+
+__all__ = ["GrowthError", "GrowthResult", "OptState", "StateDict"]
 
 StateDict = dict[str, Tensor]
-OptState = dict[str, dict[str, Tensor]]
-"""Parameter name -> per-parameter optimizer tensors, e.g. {"exp_avg": T, "exp_avg_sq": T, "step": scalar}."""
 
 
 class GrowthError(ValueError):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from model.tokenizer_files import find_tokenizer
+from storage.tokenizer_files import find_tokenizer
 from pretrain.data.config import DataConfig
 from pretrain.data.dataset import PackedData
 from pretrain.data.errors import DataError

@@ -11,7 +11,7 @@ import functools
 import hashlib
 from pathlib import Path
 
-from model.tokenizer_files import FILES, files, folder_of
+from storage.tokenizer_files import FILES, files, folder_of
 from pretrain.data.errors import DataError
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from model.tokenizer_files import copy_tokenizer
+from storage.tokenizer_files import copy_tokenizer
 from pretrain.data.config import DataConfig
 from pretrain.data.dataset import token_dtype
 from pretrain.data.errors import DataError

@@ -26,7 +26,7 @@ from typing import Iterable, Iterator
 
 import sentencepiece as spm
 
-from model.tokenizer_files import folder_of, is_hf_tokenizer
+from storage.tokenizer_files import folder_of, is_hf_tokenizer
 from pretrain.data import hf_tokenizer
 from pretrain.data.errors import DataError
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pretrain.callbacks import Callback
-from pretrain.checkpoint import hold_for_reading
+from storage.retention import hold_for_reading
 from pretrain.jobs.cli import to_argv
 from pretrain.jobs.location import target_of
 

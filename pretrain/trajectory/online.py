@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from pretrain.callbacks import Callback, due
-from model.io import atomic_write_bytes
+from storage.io import atomic_write_bytes
 from pretrain.trajectory.groups import group_params
 from pretrain.trajectory.maps import Trajectory, trajectory_of
 from pretrain.trajectory.settings import TrajectoryConfig

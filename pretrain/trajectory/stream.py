@@ -1,6 +1,6 @@
 """Exact trajectory maps over a run's checkpoints without holding them all in memory.
 
-Each checkpoint is consolidated once (the costly part: any ZeRO stage, via model.weights), flattened in
+Each checkpoint is consolidated once (the costly part: any ZeRO stage, via storage.weights), flattened in
 group order to an fp32 scratch file and dropped; the Gram matrices are then summed over coordinate chunks,
 reading one chunk of every checkpoint at a time (T x chunk floats in memory). The scratch takes 4 bytes per
 parameter per checkpoint (a quarter of what a checkpoint with fp32 master + Adam state takes) and is deleted
@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from model.weights import load_weights
+from storage.weights import load_weights
 from pretrain.trajectory.groups import group_params, trajectory_names
 from pretrain.trajectory.maps import Trajectory, grams
 

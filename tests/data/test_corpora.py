@@ -42,6 +42,7 @@ def shards(tmp_path_factory, embedded, tokenizer_path) -> Path:
     return out
 
 
+@pytest.mark.process
 def test_prepare_writes_every_document_once_and_resumes_only_the_missing_shards(shards, embedded, tokenizer_path,
                                                                                capsys):
     cfg, packed = embedded

@@ -52,6 +52,7 @@ def test_mixture_with_document_masking_trains_logs_its_mixture_and_resumes_exact
     assert metrics(resumed)[-1]["data/web/tokens"] == last["data/web/tokens"]
 
 
+@pytest.mark.process
 def test_mixture_config_round_trips_through_the_run_config(mixture, tmp_path):
     from pretrain.config import load_config, save_config
 

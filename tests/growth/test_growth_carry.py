@@ -15,9 +15,9 @@ import torch
 from growth.cli import main
 from growth.folders import grow_folder
 from launching import UNCLIPPED_RUN, UNCLIPPED_STEPS, launch, metrics
-from model.carry import CARRY_FILE, load_carry
-from model.folders import CheckpointError
-from model.weights import load_weights
+from storage.carry import CARRY_FILE, load_carry
+from storage.folders import CheckpointError
+from storage.weights import load_weights
 
 pytestmark = pytest.mark.distributed
 

@@ -10,7 +10,7 @@ from growth_testlib import TINY, TOL, logits, random_model, state_of, tokens  # 
 
 from growth.cli import main
 from model import Llama, ModelConfig
-from model.weights import load_weights, save_weights
+from storage.weights import load_weights, save_weights
 
 
 @pytest.fixture

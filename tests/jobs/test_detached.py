@@ -50,6 +50,7 @@ def test_fit_tells_every_callback_why_training_died_and_reraises(caplog):
     assert "FailsToo failed while training was aborting" in caplog.text
 
 
+@pytest.mark.process
 def test_a_job_still_running_when_training_dies_is_reported(tmp_path, monkeypatch, caplog):
     (tmp_path / "sleeper.py").write_text("import time\ntime.sleep(60)\n")
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))

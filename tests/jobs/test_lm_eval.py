@@ -21,8 +21,8 @@ import torch.nn.functional as F
 pytest.importorskip("lm_eval", reason="lm-evaluation-harness is not installed: pip install 'growlm[eval]'")
 
 from model import Llama, ModelConfig  # noqa: E402
-from model.weights import save_weights  # noqa: E402
-from pretrain.checkpoint import being_read  # noqa: E402
+from storage.weights import save_weights  # noqa: E402
+from storage.retention import being_read  # noqa: E402
 from pretrain.data.tokenizer import EOS_ID, train_tokenizer  # noqa: E402
 from pretrain.jobs.lm_eval import run as run_module  # noqa: E402
 from pretrain.jobs.lm_eval.__main__ import main  # noqa: E402
@@ -118,6 +118,7 @@ def evaluated(tmp_path_factory, models, tokenizer):
     return run_dir, payloads
 
 
+@pytest.mark.process
 def test_trained_model_beats_chance_and_random_model_sits_at_chance(evaluated):
     """64 four-way items, so chance is 0.25. The items come in groups of 4 countries sharing 4 cities with the
     right one at each position once: any preference that ignores the question scores exactly 0.25, and a
@@ -208,6 +209,7 @@ def fake_trainer(run_dir: Path, step: int) -> SimpleNamespace:
     return SimpleNamespace(is_main=True, step=step, cfg=cfg, run_dir=run_dir)
 
 
+@pytest.mark.process
 def test_schedule_runs_detached_jobs_and_reports_failures(tmp_path, models, tokenizer, caplog):
     run_dir = tmp_path / "run"
     good = checkpoint(run_dir, 10, models["random"], tokenizer)

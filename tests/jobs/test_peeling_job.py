@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from model import Llama, ModelConfig
-from model.weights import save_weights
+from storage.weights import save_weights
 from pretrain.config import load_config
 from pretrain.jobs.peeling.__main__ import main
 from pretrain.jobs.peeling.callback import PeelingJob
@@ -112,6 +112,7 @@ def test_inline_job_runs_on_schedule(weights, run_config, tmp_path):
     assert json.loads((out / "bounds.json").read_text())["rows"]
 
 
+@pytest.mark.process
 def test_failed_process_job_is_logged_and_never_raises(tmp_path, caplog):
     job = PeelingJob(PeelingConfig(every=1))
     missing = tmp_path / "checkpoints" / "step_10"

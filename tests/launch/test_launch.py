@@ -17,6 +17,7 @@ def run_launch(*args: str) -> subprocess.CompletedProcess:
                           timeout=120)
 
 
+@pytest.mark.process
 def test_dry_run_prints_deepspeed_command():
     out = run_launch("--num_gpus", "2", "--master_port", "29999", "--dry-run", "configs/tiny.yaml", "train.steps=5")
     assert out.returncode == 0, out.stderr
@@ -25,6 +26,7 @@ def test_dry_run_prints_deepspeed_command():
     assert "DS_ACCELERATOR=cpu" in cmd  # no GPU here: CPU ranks over gloo
 
 
+@pytest.mark.process
 def test_multinode_options_pass_through(tmp_path):
     hostfile = tmp_path / "hosts"
     hostfile.write_text("node0 slots=1\nnode1 slots=1\n")
@@ -35,6 +37,7 @@ def test_multinode_options_pass_through(tmp_path):
         assert part in out.stdout
 
 
+@pytest.mark.distributed
 def test_bad_config_refused_before_ranks_start(tmp_path):
     out = run_launch("--num_gpus", "2", "configs/tiny.yaml", "train.stpes=3", f"run.out_dir={tmp_path}")
     assert out.returncode == 2
@@ -43,11 +46,13 @@ def test_bad_config_refused_before_ranks_start(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.process
 def test_include_with_num_gpus_is_refused():
     out = run_launch("--num_gpus", "2", "--include", "localhost:0", "--dry-run", "configs/tiny.yaml")
     assert out.returncode != 0 and "--include" in out.stderr
 
 
+@pytest.mark.distributed
 @pytest.mark.parametrize("skip_check", [False, True], ids=["checked", "skip-check"])
 def test_a_stale_extension_build_lock_is_named_instead_of_hanging(tmp_path, skip_check):
     """A process killed mid JIT build leaves the lock; a lock younger than a build may take is left alone. The

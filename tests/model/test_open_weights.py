@@ -11,7 +11,8 @@ import torch
 
 from launching import ROOT
 from hf_folders import BOS, EOS, open_weight_folder, save_hf_llama, train_hf_tokenizer
-from model import Llama, folders, weights
+from model import Llama
+from storage import folders, weights
 from pretrain.config import ConfigError, load_config
 from pretrain.data import DataError, prepare_data
 

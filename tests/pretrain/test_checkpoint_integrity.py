@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from model import folders, pickles, universal, weights
-from pretrain import checkpoint
+from storage import folders, pickles, retention, universal, weights
 from pretrain.metrics import MetricsLogger
 
 
@@ -41,8 +40,8 @@ def test_same_size_corruption_is_named_and_fallback_resumes_the_previous(ckpts):
     with pytest.raises(folders.CheckpointError, match="corrupted"):  # nor exported or grown from
         weights.load_weights(ckpts)
     with pytest.raises(folders.CheckpointError, match="checkpoint.fallback=true"):
-        checkpoint.resumable(ckpts, fallback=False)
-    assert checkpoint.resumable(ckpts, fallback=True) == ckpts / "step_3"
+        retention.resumable(ckpts, fallback=False)
+    assert retention.resumable(ckpts, fallback=True) == ckpts / "step_3"
 
 
 @pytest.mark.distributed
@@ -50,7 +49,7 @@ def test_garbled_manifest_is_a_named_error_and_fallback_resumes_the_previous(ckp
     (ckpts / "step_6" / "manifest.json").write_text('{"step": 6, "files": {"mp_rank')
     with pytest.raises(folders.CheckpointError, match="manifest.json is damaged"):
         folders.verify(ckpts / "step_6")
-    assert checkpoint.resumable(ckpts, fallback=True) == ckpts / "step_3"
+    assert retention.resumable(ckpts, fallback=True) == ckpts / "step_3"
 
 
 class RunsCode:
@@ -68,12 +67,12 @@ def test_a_pickle_that_would_run_code_is_refused_before_deepspeed_loads_it(ckpts
     state["payload"] = RunsCode()
     torch.save(state, optim)
     manifest = json.loads((ckpts / "step_6" / "manifest.json").read_text())
-    checkpoint._write_manifest(ckpts / "step_6", 6, manifest["meta"])
+    folders.write_manifest(ckpts / "step_6", 6, manifest["meta"])
     with pytest.raises(folders.CheckpointError, match=rf"{optim} would run code .*'posix\.system'.*GROWLM_TRUST"):
         folders.verify(ckpts / "step_6")
     with pytest.raises(folders.CheckpointError, match="would run code"):  # nor exported or grown from
         weights.load_weights(ckpts)
-    assert checkpoint.resumable(ckpts, fallback=True) == ckpts / "step_3"
+    assert retention.resumable(ckpts, fallback=True) == ckpts / "step_3"
     monkeypatch.setenv(pickles.TRUST_ENV, "1")  # the user's own checkpoint, their call
     folders._VERIFIED.clear()
     assert folders.verify(ckpts / "step_6")["step"] == 6
@@ -94,7 +93,7 @@ def test_prune_takes_the_universal_conversion_with_its_checkpoint(tmp_path):
         (root / f"step_{step}" / "manifest.json").write_text(json.dumps({"step": step, "files": {}}))
         (root / f"step_{step}.universal" / "zero").mkdir(parents=True)
     (root / "latest").write_text("step_3\n")
-    checkpoint.prune(root, keep=2)
+    retention.prune(root, keep=2)
     assert sorted(p.name for p in root.iterdir()) == ["latest", "step_2", "step_2.universal", "step_3",
                                                        "step_3.universal"]
 
@@ -105,12 +104,12 @@ def test_prune_keeps_a_checkpoint_a_job_is_reading_until_it_is_done(tmp_path):
         (root / f"step_{step}").mkdir(parents=True)
         (root / f"step_{step}" / "manifest.json").write_text(json.dumps({"step": step, "files": {}}))
     (root / "latest").write_text("step_3\n")
-    reading = checkpoint.hold_for_reading(root / "step_1")  # as a detached job holds it
-    assert checkpoint.being_read(root / "step_1") and not checkpoint.being_read(root / "step_2")
-    checkpoint.prune(root, keep=1)
+    reading = retention.hold_for_reading(root / "step_1")  # as a detached job holds it
+    assert retention.being_read(root / "step_1") and not retention.being_read(root / "step_2")
+    retention.prune(root, keep=1)
     assert sorted(p.name for p in root.glob("step_*")) == ["step_1", "step_3"]
     os.close(reading)  # the job ended
-    checkpoint.prune(root, keep=1)
+    retention.prune(root, keep=1)
     assert sorted(p.name for p in root.glob("step_*")) == ["step_3"]
 
 

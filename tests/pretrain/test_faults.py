@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from launching import ROOT, ZERO_RUN, ZERO_RUN_STEPS, command, environment, launch, losses, metrics
-from model import folders, weights
+from storage import folders, weights
 
 SHORT = ["train.steps=4", "checkpoint.every=2", "checkpoint.keep=3", "eval.every=0", "monitors.jump.every=0"]
 
@@ -38,6 +38,7 @@ def killed_in_save(runs_root) -> tuple[Path, dict[str, str]]:
     return run, digest(run / "checkpoints" / "step_2")
 
 
+@pytest.mark.process
 def test_kill_during_checkpoint_write_keeps_latest_on_previous(killed_in_save):
     run, step2 = killed_in_save
     ckpts = run / "checkpoints"
@@ -48,6 +49,7 @@ def test_kill_during_checkpoint_write_keeps_latest_on_previous(killed_in_save):
         folders.verify(ckpts / "step_4")
 
 
+@pytest.mark.process
 def test_resume_after_kill_in_save_replaces_the_partial_checkpoint(killed_in_save, runs_root):
     run, step2 = killed_in_save
     resumed = runs_root / "killed_in_save_resumed"
@@ -60,6 +62,7 @@ def test_resume_after_kill_in_save_replaces_the_partial_checkpoint(killed_in_sav
     assert losses(resumed) == losses(reference)
 
 
+@pytest.mark.process
 def test_truncated_checkpoint_is_named_and_fallback_resumes_the_previous(runs_root):
     run = runs_root / "truncated"
     launch(run, SHORT, ranks=None)
@@ -73,6 +76,7 @@ def test_truncated_checkpoint_is_named_and_fallback_resumes_the_previous(runs_ro
     assert steps == [1, 2, 3, 4, 5, 6]  # continued from step 2; the records after it were replaced, not repeated
 
 
+@pytest.mark.process
 def test_out_of_disk_while_saving_fails_loudly_and_keeps_older_checkpoints(runs_root):
     run = runs_root / "disk_full"
     proc = launch(run, SHORT, ranks=None, check=False, fault="enospc_in_save:4")
@@ -81,6 +85,7 @@ def test_out_of_disk_while_saving_fails_loudly_and_keeps_older_checkpoints(runs_
     assert not (run / "checkpoints" / "step_4" / "manifest.json").exists()
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("override, named", [
     ("model.n_layers=3", "model.n_layers: checkpoint 2, config 3"),
     ("deepspeed.zero_stage=3", "deepspeed.zero_stage: checkpoint 1, config 3"),
@@ -96,6 +101,7 @@ def test_resuming_with_a_different_shape_or_layout_is_refused_before_any_rank_st
     assert proc.returncode == 2 and "cannot resume from" in proc.stderr and named in proc.stderr, proc.stderr
 
 
+@pytest.mark.process
 def test_resuming_with_another_global_batch_is_refused_naming_it(killed_in_save):
     """The pre-launch check cannot know the world size; the ranks refuse a changed global batch themselves."""
     run, step2 = killed_in_save
@@ -105,6 +111,7 @@ def test_resuming_with_another_global_batch_is_refused_naming_it(killed_in_save)
     assert digest(run / "checkpoints" / "step_2") == step2  # nothing written
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("policy", ["skip", "stop", "rollback"])
 def test_nonfinite_policies(runs_root, policy):
     run = runs_root / f"nan_{policy}"
@@ -124,6 +131,7 @@ def test_nonfinite_policies(runs_root, policy):
         assert sorted(records) == [1, 2, 3, 4]
 
 
+@pytest.mark.process
 def test_a_requeued_run_skips_the_window_it_rolled_back_from(runs_root, tmp_path):
     """Killed after a rollback but before its next checkpoint, a run restarts from the checkpoint it rolled back
     to: it must skip the bad window at once (not roll back again, nor reset its count and loop)."""

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from launching import UNCLIPPED_RUN, UNCLIPPED_STEPS, launch, losses, metrics
-from model import weights
+from storage import weights
 from pretrain.config import TrainConfig
 from pretrain.hybrid import NORM
 from pretrain.optim import lr_factor

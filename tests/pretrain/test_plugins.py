@@ -70,6 +70,7 @@ def test_a_jobs_cli_reads_back_exactly_the_settings_the_scheduler_passes(setting
     assert dataclasses.asdict(PeelingConfig(every=3)).keys() >= {"every", "mode", "layers"}
 
 
+@pytest.mark.process
 def test_a_plugin_from_one_file_is_scheduled_and_its_state_survives_a_resume(runs_root):
     run = runs_root / "plugins"
     common = [*TOY, "checkpoint.every=2", "eval.every=0", "monitors.jump.every=0", "jobs.toy.every=1",

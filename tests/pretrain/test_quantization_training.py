@@ -7,7 +7,7 @@ import torch
 
 from launching import launch, losses
 from model.quant import quantize
-from model.weights import consolidated_state_dict, load_weights
+from storage.weights import consolidated_state_dict, load_weights
 
 QAT = ["train.steps=4", "checkpoint.every=4", "eval.every=0", "monitors.jump.every=0", "train.quantization.bits=2"]
 
@@ -20,6 +20,7 @@ def qat_runs(runs_root):
     return runs
 
 
+@pytest.mark.distributed
 def test_zero3_trains_the_quantized_model_as_zero1_does(qat_runs):
     one, three = losses(qat_runs[1]), losses(qat_runs[3])
     assert one.keys() == three.keys() == {1, 2, 3, 4}

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from launching import ZERO_RUN, ZERO_RUN_STEPS, launch, losses, metrics
-from model import folders, weights
+from storage import folders, weights
 
 pytestmark = pytest.mark.distributed
 

@@ -24,6 +24,7 @@ def log_steps(run_dir, steps, config):
     logger.close()
 
 
+@pytest.mark.process
 def test_offline_run_holds_metrics_and_config_and_resumes(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
     run_dir = tmp_path / "run"

@@ -8,7 +8,7 @@ import torch
 
 from model import Llama
 from model.config import ModelConfig
-from model.weights import save_weights
+from storage.weights import save_weights
 from pretrain.trajectory.groups import group_of, group_params, trajectory_names
 from pretrain.trajectory.maps import cosine_map, mds, qkv_heterogeneity, trajectory_of
 from pretrain.trajectory.stream import stream_trajectory

@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault(key, value)
     logging.basicConfig(level=logging.INFO, format="[lm_eval %(asctime)s] %(message)s", datefmt="%H:%M:%S")
     settings = from_args(LmEvalSettings, args)
-    from model.folders import CheckpointError
+    from storage.folders import CheckpointError
     from pretrain.jobs.lm_eval.run import run_job
 
     try:

@@ -14,8 +14,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from model.folders import step_of
-from model.io import atomic_write_json, atomic_write_text
+from storage.folders import step_of
+from storage.io import atomic_write_json, atomic_write_text
 
 RESULTS = "results.json"
 METRICS = "metrics.jsonl"

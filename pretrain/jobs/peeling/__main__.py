@@ -11,7 +11,7 @@ import argparse
 import logging
 import sys
 
-from model.folders import CheckpointError
+from storage.folders import CheckpointError
 from pretrain.config import ConfigError
 from pretrain.data import DataError
 from pretrain.jobs.cli import add_arguments, from_args

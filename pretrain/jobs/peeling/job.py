@@ -15,8 +15,8 @@ import torch
 from tqdm import tqdm
 
 from model import Llama, ModelConfig
-from model.tokenizer_files import find_tokenizer
-from model.weights import load_weights
+from storage.tokenizer_files import find_tokenizer
+from storage.weights import load_weights
 from pretrain.config import Config, load_config
 from pretrain.data import prepare_data
 from pretrain.jobs.location import locate

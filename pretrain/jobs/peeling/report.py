@@ -11,7 +11,7 @@ from pathlib import Path
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
-from model.io import atomic_save_figure, atomic_write_json
+from storage.io import atomic_save_figure, atomic_write_json
 from pretrain.jobs.peeling.bounds import Bounds
 
 BOUNDS_JSON = "bounds.json"

@@ -1,10 +1,10 @@
-"""Atomic writes (model/io.py): a failure mid-write leaves the previous file whole and no temp file behind."""
+"""Atomic writes (storage/io.py): a failure mid-write leaves the previous file whole and no temp file behind."""
 from __future__ import annotations
 
 import pytest
 from matplotlib.figure import Figure
 
-from model.io import atomic_save_figure, atomic_write_text
+from storage.io import atomic_save_figure, atomic_write_text
 
 
 class FailingFigure:

@@ -9,8 +9,10 @@ import pytest
 import yaml
 from scipy import stats
 
-import compare_runs as cr
-import compare_trajectory as ct
+from experiments import compare
+from experiments import runs as cr
+from experiments import stats as xstats
+from experiments import trajectory as ct
 
 
 def make_run(root: Path, name: str, seed: int, records: list[dict], lr: float = 3e-3, mode: str = "all",
@@ -89,17 +91,17 @@ def test_subset_gaps_pair_by_seed_against_the_full_arm_differing_only_in_trainab
 
 def test_paired_difference_is_scipys_paired_t_test():
     subset, full = [4.5, 4.4, 4.7], [4.0, 4.1, 4.3]
-    d = ct.paired([s - f for s, f in zip(subset, full)])
+    d = xstats.paired([s - f for s, f in zip(subset, full)])
     ref = stats.ttest_rel(subset, full)
     ci = ref.confidence_interval(0.95)
     assert d.diff == pytest.approx(0.4) and d.p == pytest.approx(ref.pvalue)
     assert (d.low, d.high) == pytest.approx((ci.low, ci.high))
-    assert ct.paired([0.1, math.nan]) is None
+    assert xstats.paired([0.1, math.nan]) is None
 
 
 def test_compare_writes_the_sections_and_plots(grid, sweep, tmp_path):
     runs = [r for rs in {**grid, **sweep}.values() for r in rs]
-    report = cr.compare([r.path for r in runs], tmp_path / "out", names=[r.path.name.split("-")[0] for r in runs])
+    report = compare.compare([r.path for r in runs], tmp_path / "out", names=[r.path.name.split("-")[0] for r in runs])
     text = report.read_text()
     assert "## Trajectory: mean directional similarity (MDS)" in text and "## Subset training after t0" in text
     assert "| norms | norms_only | 50 | 2 |" in text

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 
-from model import pickles
+from storage import pickles
 from model.config import ModelConfig, QuantizationConfig
-from model.folders import MANIFEST, WEIGHTS, WEIGHTS_CONFIG, CheckpointError, locate, verify
+from storage.folders import MANIFEST, WEIGHTS, WEIGHTS_CONFIG, CheckpointError, locate, verify
 from model.quant import quantized_state_dict
 
 

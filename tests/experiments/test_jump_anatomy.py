@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-import jump_anatomy
+from experiments import jump_anatomy
 from launching import ZERO_RUN_STEPS, metrics
 
 

@@ -1,4 +1,4 @@
-"""growth.experiment: the spec, and the statistics over seeds (against scipy on fixed numbers)."""
+"""experiments.lag: the spec, and the statistics over seeds (against scipy on fixed numbers)."""
 from __future__ import annotations
 
 import math
@@ -7,8 +7,8 @@ import pytest
 from scipy import stats
 
 from growth import GrowthError
-from growth.experiment import (LagExperiment, aggregate_by_step, flops_to_reach, mean_ci, render, scratch_steps,
-                               settles_at)
+from experiments.lag import LagExperiment, aggregate_by_step, flops_to_reach, render, scratch_steps, settles_at
+from experiments.stats import mean_ci
 from model import ModelConfig
 
 

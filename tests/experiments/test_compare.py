@@ -9,7 +9,9 @@ import pytest
 import yaml
 from scipy import stats
 
-import compare_runs as cr
+from experiments import compare
+from experiments import runs as cr
+from experiments import stats as xstats
 
 JREG = [{"name": "jreg", "weight": 0.1, "variant": "final"}]
 
@@ -66,12 +68,12 @@ def test_arms_can_be_named_by_run_experiments_directories(tmp_path: Path, capsys
     runs = [make_run(tmp_path, name, seed, records(4.0 + seed, [0.1, 0.1], 0.0, 5, 4))
             for name, seed in [("baseline-s0", 0), ("baseline-s1", 1), ("control-s0", 0)]]
     assert cr.arm_names_from_dirs(runs) == ["baseline", "baseline", "control"]
-    assert cr.main([*map(str, runs), "--out", str(tmp_path / "cmp"), "--arm-from-dir"]) == 0
+    assert compare.main([*map(str, runs), "--out", str(tmp_path / "cmp"), "--arm-from-dir"]) == 0
     report = (tmp_path / "cmp" / "compare.md").read_text()
     assert "| baseline | 2 (0, 1) |" in report and "| control | 1 (0) |" in report
     capsys.readouterr()
     odd = make_run(tmp_path, "odd", 0, records(4.0, [0.1, 0.1], 0.0, 5, 4))
-    assert cr.main([str(odd), "--out", str(tmp_path / "cmp2"), "--arm-from-dir"]) == 2
+    assert compare.main([str(odd), "--out", str(tmp_path / "cmp2"), "--arm-from-dir"]) == 2
     assert "odd is not named <arm>-s<seed>" in capsys.readouterr().err
 
 
@@ -122,8 +124,8 @@ def test_final_profile_and_last_value_take_the_last_record_that_has_them() -> No
 
 
 def test_mean_std_skips_missing_values_and_has_no_std_for_one_seed() -> None:
-    assert cr.mean_std([1.0, math.nan, 3.0]) == (2.0, math.sqrt(2.0), 2)
-    mean, std, n = cr.mean_std([5.0])
+    assert xstats.mean_std([1.0, math.nan, 3.0]) == (2.0, math.sqrt(2.0), 2)
+    mean, std, n = xstats.mean_std([5.0])
     assert (mean, n) == (5.0, 1) and math.isnan(std)
     assert cr.fmt((5.0, math.nan, 1)) == "5.0000" and cr.fmt((math.nan, math.nan, 0)) == "n/a"
     half = stats.t.interval(0.95, 1, loc=4.1, scale=0.1414 / math.sqrt(2))[1] - 4.1  # scipy's own t interval
@@ -132,10 +134,10 @@ def test_mean_std_skips_missing_values_and_has_no_std_for_one_seed() -> None:
 
 def test_confidence_intervals_and_welch_agree_with_scipy_on_fixed_numbers() -> None:
     a, b = [3.91, 3.95, 3.88, 3.99], [4.10, 4.02, 4.15]
-    mean, std, n = cr.mean_std(a)
+    mean, std, n = xstats.mean_std(a)
     low, high = stats.t.interval(0.95, n - 1, loc=mean, scale=stats.sem(a))
-    assert cr.ci_halfwidth(std, n) == pytest.approx((high - low) / 2, rel=1e-12)
-    d = cr.welch(a, b)
+    assert xstats.ci_halfwidth(std, n) == pytest.approx((high - low) / 2, rel=1e-12)
+    d = xstats.welch(a, b)
     ref = stats.ttest_ind(a, b, equal_var=False)
     assert d.p == pytest.approx(ref.pvalue, rel=1e-12) and d.diff == pytest.approx(sum(a) / 4 - sum(b) / 3)
     # the Welch interval by hand: Welch-Satterthwaite degrees of freedom and the t quantile
@@ -144,9 +146,9 @@ def test_confidence_intervals_and_welch_agree_with_scipy_on_fixed_numbers() -> N
     half = stats.t.ppf(0.975, df) * math.sqrt(va + vb)
     assert (d.low, d.high) == pytest.approx((d.diff - half, d.diff + half), rel=1e-9)
     assert not d.within_noise and d.p < 0.05
-    close = cr.welch([4.0, 4.2, 4.1], [4.05, 4.15, 4.12])
+    close = xstats.welch([4.0, 4.2, 4.1], [4.05, 4.15, 4.12])
     assert close.within_noise and close.low < 0 < close.high
-    assert cr.welch([1.0], [2.0, 3.0]) is None  # one seed has no interval
+    assert xstats.welch([1.0], [2.0, 3.0]) is None  # one seed has no interval
 
 
 def test_signed_jump_is_zeta_before_the_max() -> None:
@@ -167,9 +169,9 @@ def test_band_uses_steps_logged_in_every_run(tmp_path: Path) -> None:
 
 def test_main_writes_tables_and_plots(two_arms: list[Path], tmp_path: Path) -> None:
     out = tmp_path / "cmp"
-    assert cr.main([*map(str, two_arms), "--out", str(out)]) == 0
+    assert compare.main([*map(str, two_arms), "--out", str(out)]) == 0
     md = (out / "compare.md").read_text()
-    half = cr.ci_halfwidth(math.sqrt(0.02), 2)  # two seeds 0.2 apart
+    half = xstats.ci_halfwidth(math.sqrt(0.02), 2)  # two seeds 0.2 apart
     assert f"| baseline | 2 (0, 1) | 20 ± 0 | 4.1000 ± {half:.4f} | 6.000 ± 0.000 | 0.0300 ± 0.0000 |" in md
     assert "## Downstream" in md and f"| jreg final w=0.1 | 0.6000 ± {half:.4f} |" in md and "| baseline | n/a |" in md
     p = stats.ttest_ind([4.1, 3.9], [4.0, 4.2], equal_var=False).pvalue
@@ -182,5 +184,5 @@ def test_missing_run_dir_or_metrics_is_named(tmp_path: Path, capsys: pytest.Capt
         cr.load_run(tmp_path / "nope")
     run = make_run(tmp_path, "r", 0, [])
     (run / "metrics.jsonl").unlink()
-    assert cr.main([str(run), "--out", str(tmp_path / "o")]) == 2
+    assert compare.main([str(run), "--out", str(tmp_path / "o")]) == 2
     assert str(run / "metrics.jsonl") in capsys.readouterr().err

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from model.folders import MANIFEST, CheckpointError, file_hash
+from storage.folders import MANIFEST, CheckpointError, file_hash
 
 log = logging.getLogger(__name__)
 

@@ -16,13 +16,14 @@ from typing import Any
 
 import torch
 
-from model import pickles
-from model.folders import CheckpointError
-from model.universal import to_universal
+from storage import pickles
+from storage.folders import CheckpointError
+from storage.universal import to_universal
 
 CARRY_FILE = "carry.pt"
 OptState = dict[str, dict[str, torch.Tensor]]
-"""Parameter name -> {"exp_avg": full tensor, "exp_avg_sq": full tensor} (growth.operators.base.OptState)."""
+"""Parameter name -> per-parameter optimizer tensors as full fp32 tensors ({"exp_avg": T, "exp_avg_sq": T});
+growth operators map them like the weights (growth/operators/moments.py)."""
 MOMENTS = ("exp_avg", "exp_avg_sq")
 
 
@@ -64,5 +65,5 @@ def load_carry(folder: Path) -> dict[str, Any]:
     path = Path(folder) / CARRY_FILE
     if not path.is_file():
         raise CheckpointError(f"{folder} carries no optimizer state ({CARRY_FILE}); grow it with --carry, or set "
-                              "train.carry.optimizer=false and train.carry.step=false")
+                              "train.carry.optimizer=false and train.carry.schedule=rewarm")
     return torch.load(path, map_location="cpu", weights_only=True)

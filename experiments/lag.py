@@ -1,7 +1,7 @@
-"""LAG as an experiment (docs/methods.md §2, issue 18): sources over seeds, a LAG measurement per growth, seed and
-optimizer mode (fresh or carried), a from-scratch control at equal FLOPs, and one report over all of them.
+"""LAG as an experiment (docs/methods.md §2): sources over seeds, a LAG measurement per growth, seed and optimizer
+mode (fresh or carried), a from-scratch control at equal FLOPs, and one report over all of them.
 
-    python -m growth experiment configs/experiments/lag_cpu.yaml --out runs/lag_cpu [--growths d4_to_8] [--seeds 0,1]
+    python -m experiments configs/experiments/lag_cpu.yaml --out runs/lag_cpu [--growths d4_to_8] [--seeds 0,1]
 
 Spec (YAML): `config` (the run config of sources, candidates and scratch runs), `ranks`, `seeds`,
 `source_steps`, `lag_steps` (k), `validate_steps` (m), `carry` (a list of false/true: the optimizer modes to
@@ -16,25 +16,25 @@ from __future__ import annotations
 
 import json
 import math
-import statistics
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 from omegaconf import OmegaConf
-from scipy import stats
 
+from experiments.overrides import render as render_overrides
+from experiments.stats import mean_ci
 from growth import GrowthError
 from growth.folders import resolve_target
 from growth.lag import LagPlan, parse_pool, run_lag
-from growth.runs import check_user_overrides, claim_experiment, train_phase, val_curve
+from growth.runs import RunError, check_user_overrides, claim_experiment, train_phase, val_curve
 from model import ModelConfig
-from model.folders import tag_for
-from model.io import atomic_save_figure, atomic_write_text
+from storage.folders import CheckpointError, tag_for
+from storage.io import atomic_save_figure, atomic_write_text
 
 SPEC_KEYS = {"config", "ranks", "seeds", "source_steps", "lag_steps", "validate_steps", "carry", "overrides",
              "growths"}
-LEVEL = 0.95
 
 
 @dataclass
@@ -74,12 +74,13 @@ class LagExperiment:
         for name, g in raw["growths"].items():
             if not isinstance(g, dict) or set(g) != {"source", "to", "pool"}:
                 raise GrowthError(f"{path}: growths.{name} must have exactly the keys source, to, pool")
-            growths.append(Growth(name, _overrides(g["source"]), list(g["to"]), ",".join(g["pool"])))
+            growths.append(Growth(name, render_overrides(g["source"], f"{path}: growths.{name}.source"),
+                                  list(g["to"]), ",".join(g["pool"])))
         spec = cls(config=Path(raw["config"]), seeds=[int(s) for s in raw["seeds"]],
                    source_steps=int(raw["source_steps"]), lag_steps=int(raw["lag_steps"]),
                    validate_steps=int(raw["validate_steps"]), growths=growths,
                    carry=[bool(c) for c in raw.get("carry", [False, True])], ranks=int(raw.get("ranks", 2)),
-                   overrides=_overrides(raw.get("overrides")))
+                   overrides=render_overrides(raw.get("overrides"), f"{path}: overrides"))
         spec.check()
         return spec
 
@@ -112,24 +113,7 @@ class LagExperiment:
             self.seeds = [s for s in self.seeds if s in seeds]
 
 
-def _overrides(mapping: Any) -> list[str]:
-    if not mapping:
-        return []
-    return [f"{k}={json.dumps(v) if isinstance(v, (list, dict)) else v}" for k, v in mapping.items()]
-
-
 # ---- the statistics (pure) -----------------------------------------------------------------------------------
-def mean_ci(values: Sequence[float]) -> tuple[float, float, int]:
-    """(mean, half-width of the 95% t interval, n) over the finite values; half-width nan below 2."""
-    xs = [v for v in values if math.isfinite(v)]
-    if not xs:
-        return math.nan, math.nan, 0
-    if len(xs) < 2:
-        return xs[0], math.nan, 1
-    return statistics.fmean(xs), float(stats.t.ppf(0.5 + LEVEL / 2, len(xs) - 1) * statistics.stdev(xs)
-                                       / math.sqrt(len(xs))), len(xs)
-
-
 def aggregate_by_step(per_seed: Sequence[Sequence[dict[str, Any]]]) -> list[dict[str, Any]]:
     """`selection_by_step` rows of several seeds -> per step (logged in every seed) the mean and interval of
     Spearman, Kendall and the top-1 regret."""
@@ -285,3 +269,19 @@ def plot_by_step(path: Path, results: dict[str, Any]) -> None:
     fig.tight_layout()
     atomic_save_figure(fig, path, dpi=120)
     plt.close(fig)
+
+
+def main(spec_path: Path, out: Path, growths: Sequence[str] | None, seeds: Sequence[int] | None) -> int:
+    """Load, select and run a LAG spec; the exit code (2: a bad spec or a failed run, named)."""
+    try:
+        spec = LagExperiment.load(spec_path)
+        spec.select(growths, seeds)
+        run_experiment(spec, out)
+    except (GrowthError, CheckpointError, RunError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+    print(f"[experiments] report: {Path(out) / 'experiment.md'}", flush=True)
+    return 0

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-import run_experiment as rx
+from experiments import arms as rx
+from experiments.__main__ import main as run_spec
 from pretrain.config import load_config
 
 SPEC = """
@@ -65,7 +66,7 @@ def test_dry_run_marks_only_runs_finished_at_the_final_step(spec_file: Path, tmp
     out = tmp_path / "exp"
     fake_checkpoint(out / "runs" / "baseline-s0", 30)
     fake_checkpoint(out / "runs" / "jreg-s0", 20)  # interrupted: resumes, not skipped
-    assert rx.main([str(spec_file), "--out", str(out), "--dry-run", "--seeds", "0"]) == 0
+    assert run_spec([str(spec_file), "--out", str(out), "--dry-run", "--seeds", "0"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 2
     assert lines[0].startswith("# complete, skipped: ") and "run.name=baseline-s0" in lines[0]

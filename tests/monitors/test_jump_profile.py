@@ -1,4 +1,4 @@
-"""scripts/jump_profile.py on an exported growlm model equals the metric on our own Llama's hidden states."""
+"""pretrain/monitors/jump_profile.py on an exported growlm model equals the metric on our own Llama's hidden states."""
 from __future__ import annotations
 
 import json
@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import jump_profile
+from pretrain.monitors import jump_profile
 from model import Llama, ModelConfig
 from model.hf import save_hf_folder
 from pretrain.data.tokenizer import train_tokenizer

@@ -1,4 +1,4 @@
-"""The trajectory sections of compare.md (docs/methods.md §4), added by compare_runs when the runs have them.
+"""The trajectory sections of compare.md (docs/methods.md §4), added by experiments.compare when the runs have them.
 
 - MDS: each group's final mean directional similarity (traj/<group>/mds of the parameter trajectory,
   traj/<group>/mds_update of the updates) per arm over seeds, and against the baseline arm with Welch intervals;
@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import math
 import statistics
-import warnings
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
-import compare_runs as cr
+from experiments import runs as cr
+from experiments import stats
 
 KINDS = {"mds": "parameter", "mds_update": "update"}
 """traj/<group>/<kind> -> which trajectory its MDS is of."""
@@ -74,7 +74,7 @@ def mds_lines(arms: dict[str, list[cr.Run]], baseline: Optional[str]) -> list[st
         lines += ["", f"### MDS of the {what} trajectory", "", "| group | " + " | ".join(arms) + " |",
                   "|---" * (len(arms) + 1) + "|"]
         for g in rows:
-            lines.append(f"| {g} | " + " | ".join(cr.fmt(cr.mean_std(final_mds(rs, kind, g))) for rs in arms.values())
+            lines.append(f"| {g} | " + " | ".join(cr.fmt(stats.mean_std(final_mds(rs, kind, g))) for rs in arms.values())
                          + " |")
         if baseline is not None and baseline in arms:
             lines += _against(arms, baseline, kind, rows)
@@ -83,7 +83,7 @@ def mds_lines(arms: dict[str, list[cr.Run]], baseline: Optional[str]) -> list[st
 
 def _against(arms: dict[str, list[cr.Run]], baseline: str, kind: str, rows: list[str]) -> list[str]:
     others = [a for a in arms if a != baseline]
-    diffs = {a: {g: cr.welch(final_mds(arms[a], kind, g), final_mds(arms[baseline], kind, g)) for g in rows}
+    diffs = {a: {g: stats.welch(final_mds(arms[a], kind, g), final_mds(arms[baseline], kind, g)) for g in rows}
              for a in others}
     lines = ["", f"{KINDS[kind].capitalize()} MDS, arm − {baseline} [95% Welch interval], p:", "",
              "| group | " + " | ".join(others) + " |", "|---" * (len(others) + 1) + "|"]
@@ -98,20 +98,6 @@ def _against(arms: dict[str, list[cr.Run]], baseline: str, kind: str, rows: list
         lines.append(f"- {a}: lower than {baseline} in {lower} of {len(per_group)} groups ({clearly} beyond noise; "
                      f"{higher} higher beyond noise)")
     return lines
-
-
-def paired(values: Iterable[float]) -> Optional[cr.Difference]:
-    """Mean of paired differences with its t interval and the one-sample t-test p-value (None below 2 pairs)."""
-    from scipy import stats
-
-    xs = [v for v in values if math.isfinite(v)]
-    if len(xs) < 2:
-        return None
-    with warnings.catch_warnings():  # identical differences: scipy warns and answers nan, reported as such
-        warnings.simplefilter("ignore", RuntimeWarning)
-        test = stats.ttest_1samp(xs, 0.0)
-    ci = test.confidence_interval(cr.LEVEL)
-    return cr.Difference(statistics.fmean(xs), float(ci.low), float(ci.high), float(test.pvalue))
 
 
 def _trainable(run: cr.Run) -> tuple[str, int]:
@@ -168,8 +154,8 @@ def subset_lines(arms: dict[str, list[cr.Run]]) -> list[str]:
              "| arm | trains after t0 | t0 | pairs | gap to full | stop at t0 | subset − stop |", "|---" * 7 + "|"]
     for r in rows:
         over_stop = [g - s for g, s in zip(r["gaps"], r["stops"])]
-        lines.append(f"| {r['label']} | {r['mode']} | {r['t0']} | {len(r['gaps'])} | {cr.fmt_diff(paired(r['gaps']))} | "
-                     f"{cr.fmt_diff(paired(r['stops']))} | {cr.fmt_diff(paired(over_stop))} |")
+        lines.append(f"| {r['label']} | {r['mode']} | {r['t0']} | {len(r['gaps'])} | {cr.fmt_diff(stats.paired(r['gaps']))} | "
+                     f"{cr.fmt_diff(stats.paired(r['stops']))} | {cr.fmt_diff(stats.paired(over_stop))} |")
     return lines
 
 
@@ -180,7 +166,7 @@ def lines(arms: dict[str, list[cr.Run]], baseline: Optional[str]) -> list[str]:
 
 def plot(arms: dict[str, list[cr.Run]], out: Path) -> list[Path]:
     """traj.png when MDS was logged; subset.png when there are subset arms."""
-    plt = cr._pyplot()
+    plt = cr.pyplot()
     paths = []
     runs = [r for rs in arms.values() for r in rs]
     if groups(runs, "mds"):
@@ -188,9 +174,9 @@ def plot(arms: dict[str, list[cr.Run]], out: Path) -> list[Path]:
         for ax, (kind, what) in zip(axes, KINDS.items()):
             for label, rs in arms.items():
                 _band(ax, [mds_curve(r, kind) for r in rs], f"{label} (n={len(rs)})")
-            cr._decorate(ax, f"MDS of the {what} trajectory (mean over groups, 95% CI)", "step", "MDS so far")
+            cr.decorate(ax, f"MDS of the {what} trajectory (mean over groups, 95% CI)", "step", "MDS so far")
         paths.append(out / "traj.png")
-        cr._save(fig, paths[-1])
+        cr.save_figure(fig, paths[-1])
     rows = subset_rows(arms)
     if rows:
         fig, (gap_ax, mds_ax) = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -198,15 +184,15 @@ def plot(arms: dict[str, list[cr.Run]], out: Path) -> list[Path]:
             _errorbars(gap_ax, [(r["t0"], r["gaps"]) for r in rows if r["mode"] == mode], mode)
         _errorbars(gap_ax, sorted({(r["t0"], tuple(r["stops"])) for r in rows}), "stop at t0")
         gap_ax.axhline(0.0, color="black", lw=0.8)
-        cr._decorate(gap_ax, "Final val loss minus full training's (paired, 95% CI)", "t0", "val loss gap")
+        cr.decorate(gap_ax, "Final val loss minus full training's (paired, 95% CI)", "t0", "val loss gap")
         full = arms[rows[0]["full"]]
         for kind, what in KINDS.items():
             _band(mds_ax, [mds_curve(r, kind) for r in full], f"{rows[0]['full']}: {what} MDS")
         for t0 in sorted({r["t0"] for r in rows}):
             mds_ax.axvline(t0, color="grey", ls="--", lw=0.8)
-        cr._decorate(mds_ax, "Full training's MDS (mean over groups, 95% CI); dashed: t0", "step", "MDS so far")
+        cr.decorate(mds_ax, "Full training's MDS (mean over groups, 95% CI); dashed: t0", "step", "MDS so far")
         paths.append(out / "subset.png")
-        cr._save(fig, paths[-1])
+        cr.save_figure(fig, paths[-1])
     return paths
 
 
@@ -219,9 +205,9 @@ def _band(ax, curves: list[dict[int, float]], label: str) -> None:
 
 
 def _errorbars(ax, points: list[tuple[int, Iterable[float]]], label: str) -> None:
-    stats = [(t0, cr.mean_std(values)) for t0, values in points]
-    stats = [(t0, s) for t0, s in stats if s[2]]
-    if stats:
-        ax.errorbar([t0 for t0, _ in stats], [m for _, (m, _, _) in stats],
-                    yerr=[0.0 if n < 2 else cr.ci_halfwidth(s, n) for _, (_, s, n) in stats],
+    summaries = [(t0, stats.mean_std(values)) for t0, values in points]
+    summaries = [(t0, s) for t0, s in summaries if s[2]]
+    if summaries:
+        ax.errorbar([t0 for t0, _ in summaries], [m for _, (m, _, _) in summaries],
+                    yerr=[0.0 if n < 2 else stats.ci_halfwidth(s, n) for _, (_, s, n) in summaries],
                     marker="o", capsize=3, label=label)

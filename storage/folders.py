@@ -10,13 +10,18 @@ Layout of `<run>/checkpoints/`:
 from __future__ import annotations
 
 import json
+import logging
 import re
+import time
 from pathlib import Path
 from typing import Any
 
 import xxhash
 
-from model import pickles
+from storage import pickles
+from storage.io import atomic_write_json
+
+log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 LATEST = "latest"
@@ -120,3 +125,14 @@ def locate(path: Path) -> Path:
     if (path / LATEST).is_file() and not (path / WEIGHTS).is_file():
         return latest(path)
     return path
+
+
+def write_manifest(ckpt: Path, step: int, meta: dict[str, Any]) -> None:
+    """Size and content hash of every file, written last: a checkpoint without it is partial."""
+    paths = [p for p in sorted(ckpt.rglob("*")) if p.is_file() and p.name != MANIFEST]
+    t0 = time.perf_counter()
+    hashes = {str(p.relative_to(ckpt)): file_hash(p) for p in paths}
+    log.info("checkpoint %s: hashed %d files (%.1f MB) in %.2f s", ckpt.name, len(paths),
+             sum(p.stat().st_size for p in paths) / 1e6, time.perf_counter() - t0)
+    atomic_write_json(ckpt / MANIFEST, {"step": step, "files": {str(p.relative_to(ckpt)): p.stat().st_size for p in paths},
+                                        HASHES: hashes, "time": time.time(), "meta": meta})

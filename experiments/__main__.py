@@ -1,0 +1,64 @@
+"""`python -m experiments SPEC.yaml --out DIR [...]`: run an experiment spec, resumably, and write its report.
+
+Two kinds of spec, told apart by their keys:
+- arm x seed (`arms:`): every arm of a base config trained with every seed, then compare.md
+  (experiments/arms.py; e.g. configs/experiments/jreg_cpu.yaml);
+- LAG (`growths:`): sources, LAG over a pool of growth operators and from-scratch controls per seed, then
+  experiment.md (experiments/lag.py; e.g. configs/experiments/lag_cpu.yaml).
+Re-running the same command continues an interrupted experiment: finished runs are skipped.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Optional
+
+import yaml
+
+from experiments import arms
+
+
+def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m experiments", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("spec", type=Path, help="experiment spec YAML (configs/experiments/*.yaml)")
+    p.add_argument("--out", type=Path, required=True, help="experiment folder (runs, logs, the report and plots)")
+    p.add_argument("--seeds", help="comma-separated seeds of the spec's to run (default: all)")
+    p.add_argument("--arms", help="arm x seed specs: comma-separated arm names to run (default: all)")
+    p.add_argument("--growths", help="LAG specs: comma-separated growth names to run (default: all)")
+    p.add_argument("--dry-run", action="store_true", help="arm x seed specs: print the launch commands and exit")
+    p.add_argument("overrides", nargs="*", help="arm x seed specs: key=value overrides applied to every run")
+    return p.parse_intermixed_args(argv)  # overrides may follow the options
+
+
+def spec_kind(path: Path) -> str:
+    """'lag' for a spec with `growths:`, 'arms' otherwise (its own loader names what is wrong with it)."""
+    try:
+        raw = yaml.safe_load(path.read_text()) if path.is_file() else None
+    except yaml.YAMLError:
+        raw = None
+    return "lag" if isinstance(raw, dict) and "growths" in raw else "arms"
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parse_args(argv)
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
+    if spec_kind(args.spec) == "lag":
+        if args.arms or args.dry_run or args.overrides:
+            print("error: --arms, --dry-run and overrides apply to arm x seed specs; a LAG spec takes --growths "
+                  "and --seeds (its overrides live in the spec)", file=sys.stderr)
+            return 2
+        from experiments.lag import main as run_lag_experiment
+
+        return run_lag_experiment(args.spec, args.out, args.growths.split(",") if args.growths else None, seeds)
+    if args.growths:
+        print(f"error: --growths applies to LAG specs; {args.spec} is an arm x seed spec (use --arms)",
+              file=sys.stderr)
+        return 2
+    return arms.run(args.spec, args.out.resolve(), args.arms.split(",") if args.arms else None, seeds,
+                    tuple(args.overrides), args.dry_run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""Arm x seed experiments: every arm of a spec trained with every seed (one `python -m launch` each, in turn),
+then the runs compared (experiments/compare.py).
+
+    python -m experiments configs/experiments/jreg_vs_baseline.yaml --out runs/jreg_vs_baseline
+    python -m experiments SPEC.yaml --out DIR --dry-run                 # print the plan
+    python -m experiments SPEC.yaml --out DIR --arms baseline --seeds 0,1 train.steps=100
+
+Spec (YAML): `base` config (relative to the repository root), `ranks`, `seeds`, shared `overrides` and
+`arms` (name -> overrides), each overrides a mapping of config key -> value. Runs go to DIR/runs/<arm>-s<seed>
+with launcher logs in DIR/logs/; a run whose checkpoints/latest is already at the final step is skipped and
+an unfinished one resumes (train.resume: auto), so an interrupted experiment is continued by rerunning it.
+Extra `key=value` arguments apply to every run, after the spec's. compare.md and its plots go into DIR at the end.
+"""
+from __future__ import annotations
+
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import yaml
+
+from experiments import compare
+from experiments.overrides import render
+from experiments.runs import run_dir_name
+from launch.command import launch_argv
+from pretrain.config import load_config
+from storage import folders
+
+ROOT = Path(__file__).resolve().parent.parent
+"""The repository root: a spec's `base` config is relative to it, and runs start there."""
+
+SPEC_KEYS = {"base", "ranks", "seeds", "overrides", "arms"}
+
+
+@dataclass
+class Spec:
+    base: Path
+    ranks: int
+    seeds: list[int]
+    overrides: list[str]
+    arms: dict[str, list[str]]
+
+
+@dataclass
+class Job:
+    """One arm x seed run: what to launch and how to tell it is already finished."""
+
+    name: str
+    arm: str
+    run_dir: Path
+    overrides: list[str]
+    steps: int
+
+    def command(self, spec: Spec) -> list[str]:
+        """`python -m launch` picks a free rendezvous port itself, so runs never collide."""
+        return launch_argv(spec.base, self.overrides, spec.ranks)
+
+    def is_complete(self) -> bool:
+        """checkpoints/latest names a complete checkpoint at the final step."""
+        try:
+            ckpt = folders.latest(self.run_dir / "checkpoints")
+        except folders.CheckpointError:
+            return False
+        return ckpt is not None and folders.verify(ckpt)["step"] >= self.steps
+
+
+def load_spec(path: Path) -> Spec:
+    """Read and check an experiment spec; errors name the file and the offending key."""
+    if not path.is_file():
+        raise FileNotFoundError(f"experiment spec {path} does not exist")
+    raw = yaml.safe_load(path.read_text()) or {}
+    unknown = set(raw) - SPEC_KEYS
+    if unknown:
+        raise ValueError(f"{path}: unknown keys {sorted(unknown)} (valid: {sorted(SPEC_KEYS)})")
+    if not raw.get("arms") or not isinstance(raw["arms"], dict):
+        raise ValueError(f"{path}: `arms` must map at least one arm name to its overrides")
+    base = ROOT / raw.get("base", "configs/tiny.yaml")
+    if not base.is_file():
+        raise FileNotFoundError(f"{path}: base config {base} does not exist")
+    return Spec(base=base, ranks=int(raw.get("ranks", 2)), seeds=[int(s) for s in raw.get("seeds", [0])],
+                overrides=render(raw.get("overrides"), f"{path}: overrides"),
+                arms={name: render(o, f"{path}: arms.{name}") for name, o in raw["arms"].items()})
+
+
+def plan(spec: Spec, out: Path, arms: Optional[list[str]] = None, seeds: Optional[list[int]] = None,
+         extra: tuple[str, ...] = ()) -> list[Job]:
+    """Every selected arm x seed as a Job, arm-major; each config is validated here, before anything runs."""
+    unknown = set(arms or []) - set(spec.arms)
+    if unknown:
+        raise ValueError(f"unknown arm(s) {sorted(unknown)}; the spec has {list(spec.arms)}")
+    jobs = []
+    for arm in arms or spec.arms:
+        for seed in spec.seeds if seeds is None else seeds:
+            name = run_dir_name(arm, seed)
+            overrides = [f"run.out_dir={out / 'runs'}", f"run.name={name}", f"run.seed={seed}",
+                         *spec.overrides, *spec.arms[arm], *extra]
+            steps = load_config(spec.base, overrides).train.steps
+            jobs.append(Job(name, arm, out / "runs" / name, overrides, steps))
+    return jobs
+
+
+def run_jobs(jobs: list[Job], spec: Spec, out: Path) -> None:
+    """Launch the unfinished jobs one after another; stops at the first failure, naming its log."""
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    for i, job in enumerate(jobs, start=1):
+        if job.is_complete():
+            print(f"[{i}/{len(jobs)}] {job.name}: complete, skipped", flush=True)
+            continue
+        log = out / "logs" / f"{job.name}.log"
+        start = time.perf_counter()
+        with open(log, "a") as f:
+            rc = subprocess.call(job.command(spec), cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+        if rc != 0 or not job.is_complete():
+            raise RuntimeError(f"{job.name} failed (exit {rc}); see {log}")
+        print(f"[{i}/{len(jobs)}] {job.name}: done in {time.perf_counter() - start:.0f}s", flush=True)
+
+
+def run(spec_path: Path, out: Path, arms: Optional[list[str]], seeds: Optional[list[int]], extra: tuple[str, ...],
+        dry_run: bool) -> int:
+    """Plan, run the unfinished jobs (or print them) and write compare.md; the exit code."""
+    try:
+        spec = load_spec(spec_path)
+        jobs = plan(spec, out, arms, seeds, extra)
+    except (FileNotFoundError, ValueError) as err:  # ConfigError is a ValueError
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if dry_run:
+        for job in jobs:
+            print(("# complete, skipped: " if job.is_complete() else "") + shlex.join(job.command(spec)))
+        return 0
+    try:
+        run_jobs(jobs, spec, out)
+    except RuntimeError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    report = compare.compare([job.run_dir for job in jobs], out, names=[job.arm for job in jobs])
+    print(report.read_text())
+    return 0

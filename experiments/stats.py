@@ -1,0 +1,81 @@
+"""The statistics every experiment report uses: means with t intervals over seeds, Welch differences between
+arms, paired differences by seed. One confidence level for the whole report.
+
+Pure functions over lists of floats (non-finite values are dropped: a run that never logged a metric does not
+count as a seed for it). scipy computes the distributions; nothing here re-derives them.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+import warnings
+from dataclasses import dataclass
+from typing import Iterable, Optional
+
+from scipy import stats
+
+LEVEL = 0.95
+"""Confidence level of every interval in a report."""
+
+
+def finite(values: Iterable[float]) -> list[float]:
+    return [v for v in values if math.isfinite(v)]
+
+
+def mean_std(values: Iterable[float]) -> tuple[float, float, int]:
+    """(mean, sample std, n) over the finite values; std is nan below two values."""
+    xs = finite(values)
+    if not xs:
+        return math.nan, math.nan, 0
+    return statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else math.nan, len(xs)
+
+
+def ci_halfwidth(std: float, n: int, level: float = LEVEL) -> float:
+    """Half-width of the t confidence interval of a mean over n seeds (nan below two)."""
+    return float(stats.t.ppf(0.5 + level / 2, n - 1) * std / math.sqrt(n)) if n > 1 else math.nan
+
+
+def mean_ci(values: Iterable[float], level: float = LEVEL) -> tuple[float, float, int]:
+    """(mean, half-width of its t interval, n) over the finite values; half-width nan below two."""
+    mean, std, n = mean_std(values)
+    return mean, ci_halfwidth(std, n, level), n
+
+
+@dataclass(frozen=True)
+class Difference:
+    """arm − baseline (or the mean paired difference): its confidence interval and the t-test p-value."""
+
+    diff: float
+    low: float
+    high: float
+    p: float
+
+    @property
+    def within_noise(self) -> bool:
+        """p ≥ 1 − LEVEL: no difference shown. Not evidence of equivalence (that needs an equivalence test)."""
+        return not self.p < 1 - LEVEL
+
+
+def welch(arm: Iterable[float], baseline: Iterable[float], level: float = LEVEL) -> Optional[Difference]:
+    """Welch's unequal-variance t-test of arm against baseline (None with fewer than two seeds on a side)."""
+    a, b = finite(arm), finite(baseline)
+    if len(a) < 2 or len(b) < 2:
+        return None
+    with warnings.catch_warnings():  # identical seeds: scipy warns and answers nan, reported as such
+        warnings.simplefilter("ignore", RuntimeWarning)
+        test = stats.ttest_ind(a, b, equal_var=False)
+    ci = test.confidence_interval(level)
+    return Difference(statistics.fmean(a) - statistics.fmean(b), float(ci.low), float(ci.high), float(test.pvalue))
+
+
+def paired(differences: Iterable[float], level: float = LEVEL) -> Optional[Difference]:
+    """Mean of paired (by seed) differences with its t interval and the one-sample t-test p-value (None below
+    two pairs)."""
+    xs = finite(differences)
+    if len(xs) < 2:
+        return None
+    with warnings.catch_warnings():  # identical differences: scipy warns and answers nan, reported as such
+        warnings.simplefilter("ignore", RuntimeWarning)
+        test = stats.ttest_1samp(xs, 0.0)
+    ci = test.confidence_interval(level)
+    return Difference(statistics.fmean(xs), float(ci.low), float(ci.high), float(test.pvalue))
