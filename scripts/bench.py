@@ -27,7 +27,6 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Callable
 
-
 import torch
 import torch.nn.functional as F
 from torch import nn

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 
-
 from storage.tokenizer_files import copy_tokenizer
 from pretrain.data import DataConfig, prepare_data
 from pretrain.data.config import SourceSpec

@@ -16,7 +16,6 @@ import statistics
 import tempfile
 import time
 
-
 import torch.nn.functional as F
 
 from model import Llama

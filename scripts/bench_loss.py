@@ -16,7 +16,6 @@ import resource
 import statistics
 import time
 
-
 import torch
 import torch.nn.functional as F
 

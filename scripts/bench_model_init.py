@@ -25,7 +25,6 @@ import tempfile
 import time
 from pathlib import Path
 
-
 import torch
 
 from pretrain import dist

@@ -20,7 +20,6 @@ import tempfile
 import time
 from pathlib import Path
 
-
 from model import Llama
 from pretrain.config import load_config
 from pretrain.jobs.peeling.bounds import compute_bounds

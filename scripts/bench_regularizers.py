@@ -20,7 +20,6 @@ import statistics
 import tempfile
 import time
 
-
 from pretrain import dist
 from pretrain.config import load_config
 from pretrain.monitors.jump import JumpMonitor

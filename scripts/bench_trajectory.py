@@ -14,7 +14,6 @@ import argparse
 import statistics
 import time
 
-
 from pretrain.config import load_config
 from pretrain.dist import init_distributed
 from pretrain.trainer import Trainer

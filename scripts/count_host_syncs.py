@@ -19,7 +19,6 @@ import tempfile
 import traceback
 from pathlib import Path
 
-
 import torch
 
 from pretrain.config import load_config

@@ -16,7 +16,6 @@ import argparse
 import sys
 from pathlib import Path
 
-
 from storage.folders import CheckpointError, locate
 from model.hf import save_hf_folder
 from storage.tokenizer_files import find_tokenizer, tokenizer_files

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-
 from omegaconf import OmegaConf
 
 from model.config import ModelConfig

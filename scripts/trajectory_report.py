@@ -19,7 +19,6 @@ import sys
 from pathlib import Path
 from typing import Mapping
 
-
 import matplotlib
 
 matplotlib.use("Agg")
