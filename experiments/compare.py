@@ -97,7 +97,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--label-by", help="comma-separated config keys to label arms by, e.g. train.lr")
     p.add_argument("--baseline", help="the arm differences are taken against (default: the arm 'baseline')")
     p.add_argument("--arm-from-dir", action="store_true",
-                   help="name arms by their run directories, <arm>-s<seed> (run_experiment.py's runs), not configs")
+                   help="name arms by their run directories, <arm>-s<seed> (the spec runner's runs), not configs")
     args = p.parse_args(argv)
     try:
         names = arm_names_from_dirs(args.runs) if args.arm_from_dir else None

@@ -7,7 +7,7 @@ default) with h_L taken after the final norm (include) and before it (exclude), 
 final norm's gains (mean, and mean abs(g - 1): at init every gain is 1); and how far block L and block L-1 moved
 from their initial weights (||W - W0|| / ||W0|| over the block, W0 rebuilt from the run's seed). Read together,
 they say whether a penalty on Psi_L changed block L or only rescaled the final norm's gains. Writes
-<out>/anatomy.md (mean ± 95% t interval over seeds per arm, arms grouped as compare_runs.py does) and
+<out>/anatomy.md (mean ± 95% t interval over seeds per arm, arms grouped as experiments/compare.py does) and
 <out>/anatomy.json (every run's numbers).
 """
 from __future__ import annotations

@@ -294,7 +294,7 @@ def save_figure(fig, path: Path) -> None:
 
 
 def run_dir_name(arm: str, seed: int) -> str:
-    """`<arm>-s<seed>`: how run_experiment.py names an arm's run directories, and what --arm-from-dir reads."""
+    """`<arm>-s<seed>`: how the spec runner (experiments/arms.py) names an arm's run directories, and what --arm-from-dir reads."""
     return f"{arm}-s{seed}"
 
 
@@ -305,6 +305,6 @@ def arm_names_from_dirs(run_dirs: list[Path]) -> list[str]:
     for d in run_dirs:
         match = re.fullmatch(r"(.+)-s\d+", Path(d).resolve().name)
         if match is None:
-            raise ValueError(f"--arm-from-dir: {d} is not named <arm>-s<seed> (run_experiment.py's layout)")
+            raise ValueError(f"--arm-from-dir: {d} is not named <arm>-s<seed> (the spec runner's layout)")
         names.append(match.group(1))
     return names

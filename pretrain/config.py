@@ -19,6 +19,7 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationE
 from model.config import ModelConfig, ModelConfigError, QuantizationConfig
 from pretrain.data.config import DataConfig
 from pretrain.data.errors import DataError
+from pretrain.fields import check_fields, choice, non_negative, positive, within
 from pretrain.plugins import JOBS, MONITORS
 
 MODEL_PRESETS = Path(__file__).resolve().parent.parent / "configs" / "model"
@@ -40,11 +41,11 @@ class RunConfig:
 
 @dataclass
 class TrainableConfig:
-    mode: str = "all"
+    mode: str = choice("all", ("all", "norms_only", "random"))
     """all: every parameter trains | norms_only: from `after_step` on only RMSNorm gains and `groups` train |
     random: from `after_step` on as many individual weights as norms_only would train, drawn at random from the
     other parameters (seeded by run.seed) with no weight decay: norms_only's control (ZeRO 0-2)."""
-    after_step: int = 0
+    after_step: int = non_negative(0)
     """t0: the step after which the subset alone trains (0: from the start)."""
     groups: List[str] = field(default_factory=list)
     """Extra parameters kept trainable, as regular expressions over names (e.g. 'output\\.weight', 'layers\\.3\\.')."""
@@ -55,7 +56,7 @@ class CarryConfig:
     optimizer: bool = False
     """Load the source's Adam moments (mapped through the growth operator) and step count into the engine
     (ZeRO 1-3) instead of starting Adam from zero."""
-    schedule: str = "rewarm"
+    schedule: str = choice("rewarm", ("rewarm", "continue"))
     """rewarm: the run starts at step 0 with its own warmup and data order | continue: it goes on from the
     source's step, so the lr schedule (no new warmup) and the data order continue where the source stopped, and
     train.steps counts from the source run's start."""
@@ -63,21 +64,21 @@ class CarryConfig:
 
 @dataclass
 class TrainConfig:
-    steps: int = 200
+    steps: int = positive(200)
     """Number of optimizer steps."""
-    micro_batch_size: int = 8
+    micro_batch_size: int = positive(8)
     """Sequences per rank per forward/backward."""
-    grad_accum: int = 1
+    grad_accum: int = positive(1)
     """Micro-batches accumulated per optimizer step; global batch = micro_batch_size * grad_accum * world."""
-    lr: float = 3e-3
+    lr: float = positive(3e-3)
     """Peak learning rate."""
-    min_lr_ratio: float = 0.1
+    min_lr_ratio: float = within(0.1, 0.0, 1.0)
     """Final learning rate as a fraction of the peak."""
-    warmup_steps: int = 20
+    warmup_steps: int = non_negative(20)
     """Linear warmup from lr/warmup_steps to lr."""
-    schedule: str = "cosine"
+    schedule: str = choice("cosine", ("cosine", "linear", "constant"))
     """Decay after warmup: cosine | linear | constant."""
-    weight_decay: float = 0.1
+    weight_decay: float = non_negative(0.1)
     """Decoupled (AdamW) weight decay on matrices; norms and biases are never decayed."""
     beta1: float = 0.9
     """AdamW beta1."""
@@ -85,13 +86,13 @@ class TrainConfig:
     """AdamW beta2."""
     eps: float = 1e-8
     """AdamW epsilon."""
-    grad_clip: float = 1.0
+    grad_clip: float = non_negative(1.0)
     """Clip the global gradient norm to this (0 disables)."""
-    precision: str = "auto"
+    precision: str = choice("auto", ("auto", "bf16", "fp32"))
     """auto (bf16 where the device computes it natively: CUDA GPUs with bf16, CPUs with AMX or AVX512-BF16;
     fp32 elsewhere) | bf16 (DeepSpeed bf16 with fp32 masters and fp32 gradient accumulation) | fp32. A run
     writes the concrete choice to its config.yaml."""
-    loss_chunk: int = 0
+    loss_chunk: int = non_negative(0)
     """0: logits, then cross-entropy (plain) | N > 0: the LM head fused with cross-entropy over N tokens at a
     time, so [tokens, vocab] fp32 logits never exist at once (model/loss.py; same loss and gradients). z-loss
     and JREG work either way; a regularizer that reads full logits needs 0."""
@@ -107,7 +108,7 @@ class TrainConfig:
     `carry` says otherwise."""
     carry: CarryConfig = field(default_factory=CarryConfig)
     """What a run started from a grown folder (`python -m growth grow --carry`) takes over from the source run."""
-    on_nonfinite: str = "skip"
+    on_nonfinite: str = choice("skip", ("skip", "stop", "rollback"))
     """A step with a non-finite loss or gradient norm is never applied (DeepSpeed skips it); then:
     skip (count it, log it, go on) | stop (raise with a diagnostic) | rollback (reload the last checkpoint
     and skip the batch window that caused it)."""
@@ -121,17 +122,17 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    every: int = 50
+    every: int = non_negative(50)
     """Validation loss every this many steps (0 disables); also at the end."""
-    batches: int = 8
+    batches: int = non_negative(8)
     """Validation micro-batches per rank per evaluation (fixed, so curves are comparable)."""
 
 
 @dataclass
 class CheckpointConfig:
-    every: int = 100
+    every: int = non_negative(100)
     """Save every this many steps (0: only at the end)."""
-    keep: int = 3
+    keep: int = positive(3)
     """Keep the newest K complete checkpoints; older ones are deleted after a successful save."""
     fallback: bool = False
     """When `latest` is partial or damaged (a file missing or truncated), resume from the newest older
@@ -142,7 +143,7 @@ class CheckpointConfig:
 class WandbConfig:
     project: Optional[str] = None
     """Weights & Biases project: when set, every metric of metrics.jsonl and the resolved config go there too."""
-    mode: str = "offline"
+    mode: str = choice("offline", ("offline", "online"))
     """offline (written under `<run>/wandb/`, no network; upload later with `wandb sync <run>/wandb/offline-run-*`)
     | online."""
     entity: Optional[str] = None
@@ -151,11 +152,11 @@ class WandbConfig:
 
 @dataclass
 class LogConfig:
-    every: int = 10
+    every: int = positive(10)
     """Write metrics every this many steps."""
     tensorboard: bool = True
     """Also write TensorBoard events to `<run>/tb`."""
-    progress: str = "auto"
+    progress: str = choice("auto", ("auto", "bar", "plain", "none"))
     """auto (a bar on a terminal, plain lines otherwise) | bar | plain | none."""
     peak_tflops: Optional[float] = None
     """Peak FLOP/s per device (in TFLOP/s) for MFU; auto-detected for A100/H100/H200, absent on CPU."""
@@ -165,12 +166,12 @@ class LogConfig:
 
 @dataclass
 class DeepSpeedSection:
-    zero_stage: int = 1
+    zero_stage: int = choice(1, (0, 1, 2, 3))
     """ZeRO stage 0-3 (0 with bf16 takes a slow unfused path; prefer 1)."""
-    collective_timeout_s: float = 600.0
+    collective_timeout_s: float = positive(600.0)
     """How long a collective waits for every rank: a stopped or hung rank then fails the run with an error
     naming it and the step (instead of blocking the others for DeepSpeed's 10 or torch's 30 minutes)."""
-    rendezvous_bind: str = "master_addr"
+    rendezvous_bind: str = choice("master_addr", ("master_addr", "all"))
     """Where rank 0's rendezvous store listens: master_addr (only the address MASTER_ADDR resolves to on rank 0's
     node; 127.0.0.1 on one node) | all (every interface, torch's default; for a MASTER_ADDR that resolves to a
     loopback alias on the master node but not on the others)."""
@@ -204,19 +205,6 @@ class Config:
     @property
     def run_dir(self) -> Path:
         return Path(self.run.out_dir) / self.run.name
-
-
-CHOICES = {
-    "train.schedule": ("cosine", "linear", "constant"),
-    "train.precision": ("auto", "bf16", "fp32"),
-    "log.progress": ("auto", "bar", "plain", "none"),
-    "log.wandb.mode": ("offline", "online"),
-    "deepspeed.zero_stage": (0, 1, 2, 3),
-    "deepspeed.rendezvous_bind": ("master_addr", "all"),
-    "train.trainable.mode": ("all", "norms_only", "random"),
-    "train.carry.schedule": ("rewarm", "continue"),
-    "train.on_nonfinite": ("skip", "stop", "rollback"),
-}
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
@@ -254,23 +242,11 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
 
 
 def validate(cfg: Config) -> None:
-    """Cross-field checks that a single dataclass cannot see."""
-    for key, valid in CHOICES.items():
-        value = get_dotted(cfg, key)
-        if value not in valid:
-            raise ConfigError(f"{key}={value!r} is not valid; choose one of {list(valid)}")
-    positive = ["train.steps", "train.micro_batch_size", "train.grad_accum", "log.every", "checkpoint.keep"]
-    positive += ["deepspeed.collective_timeout_s"]
-    non_negative = ["train.loss_chunk", "train.trainable.after_step", "train.warmup_steps", "eval.every", "eval.batches", "checkpoint.every", "train.grad_clip",
-                    "train.weight_decay"]
-    for key in positive + non_negative:
-        value = get_dotted(cfg, key)
-        if value < 0 or (key in positive and value == 0):
-            raise ConfigError(f"{key}={value} must be {'> 0' if key in positive else '>= 0'}")
-    if not 0.0 <= cfg.train.min_lr_ratio <= 1.0:
-        raise ConfigError(f"train.min_lr_ratio={cfg.train.min_lr_ratio} must be in [0, 1]")
-    if cfg.train.lr <= 0:
-        raise ConfigError(f"train.lr={cfg.train.lr} must be > 0")
+    """Every field's declared valid values (pretrain/fields.py), then the checks that relate several fields."""
+    try:
+        check_fields(cfg)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     if cfg.data.seq_len > cfg.model.max_seq_len:
         raise ConfigError(
             f"data.seq_len={cfg.data.seq_len} exceeds model.max_seq_len={cfg.model.max_seq_len}; "

@@ -19,8 +19,8 @@ PACKAGE_LAYERS = {"model": 0, "storage": 1, "regularizers": 1, "launch": 1, "pre
 """docs/design.md, "Layers": a package imports only packages of a lower layer (and itself); pretrain and growth
 share a layer and never import each other."""
 PRETRAIN_LAYERS = (
-    ("settings", ("pretrain", "pretrain.config", "pretrain.plugins", "pretrain.data", "pretrain.data.config",
-                  "pretrain.data.errors", "pretrain.jobs", "pretrain.jobs.cli", "pretrain.jobs.schedule",
+    ("settings", ("pretrain", "pretrain.config", "pretrain.fields", "pretrain.plugins", "pretrain.data",
+                  "pretrain.data.config", "pretrain.data.errors", "pretrain.jobs", "pretrain.jobs.cli", "pretrain.jobs.schedule",
                   "pretrain.jobs.peeling", "pretrain.jobs.peeling.errors", "pretrain.jobs.peeling.plan",
                   "pretrain.jobs.lm_eval", "pretrain.monitors", "pretrain.trajectory", "*.settings")),
     ("mechanics", ()),  # everything not named in another layer

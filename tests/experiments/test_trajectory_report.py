@@ -1,4 +1,4 @@
-"""compare_trajectory: the MDS tables and the subset-after-t0 gaps of compare.md, on hand-made run directories."""
+"""experiments.trajectory: the MDS tables and the subset-after-t0 gaps of compare.md, on hand-made run directories."""
 from __future__ import annotations
 
 import json

@@ -1,0 +1,57 @@
+"""Config fields that carry their valid values, and the one validator that checks them in every section.
+
+A field's valid values sit in its metadata, next to the field and its docstring (`choice`, `positive`,
+`non_negative`, `within`), instead of in a table apart from it; `check_fields` walks a section and the sections
+nested in it (the jobs' and monitors' too) and names the dotted key and what would be valid. Only checks that
+relate several fields stay in code of their own (pretrain/config.py's `validate`, a settings' `check()`).
+Settings only: no torch, importable by the run config.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+
+def choice(default: Any, valid: Sequence[Any]) -> Any:
+    """A field whose value must be one of `valid`."""
+    if default not in valid:
+        raise ValueError(f"default {default!r} is not among the choices {list(valid)}")
+    return dataclasses.field(default=default, metadata={"choices": tuple(valid)})
+
+
+def positive(default: float) -> Any:
+    """A field that must be > 0."""
+    return dataclasses.field(default=default, metadata={"min": 0, "strict": True})
+
+
+def non_negative(default: float) -> Any:
+    """A field that must be >= 0."""
+    return dataclasses.field(default=default, metadata={"min": 0, "strict": False})
+
+
+def within(default: float, low: float, high: float) -> Any:
+    """A field that must lie in [low, high]."""
+    return dataclasses.field(default=default, metadata={"range": (low, high)})
+
+
+def check_value(key: str, value: Any, metadata: Any) -> None:
+    """Raise ValueError naming `key` when `value` breaks the field's declared valid values."""
+    if "choices" in metadata and value not in metadata["choices"]:
+        raise ValueError(f"{key}={value!r} is not valid; choose one of {list(metadata['choices'])}")
+    if "min" in metadata:
+        low, strict = metadata["min"], metadata["strict"]
+        if value < low or (strict and value == low):
+            raise ValueError(f"{key}={value} must be {'>' if strict else '>='} {low}")
+    if "range" in metadata:
+        low, high = metadata["range"]
+        if not low <= value <= high:
+            raise ValueError(f"{key}={value} must be in [{low:g}, {high:g}]")
+
+
+def check_fields(section: Any, prefix: str = "") -> None:
+    """Every declared field of `section` and of the dataclasses nested in it, in declaration order."""
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        check_value(f"{prefix}{f.name}", value, f.metadata)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            check_fields(value, f"{prefix}{f.name}.")

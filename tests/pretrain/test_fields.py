@@ -1,0 +1,56 @@
+"""Valid values declared on config fields, and the one walker that checks every section against them."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+
+from pretrain.config import ConfigError, load_config
+from pretrain.fields import check_fields, choice, non_negative, positive, within
+
+
+@dataclass
+class Inner:
+    kind: str = choice("a", ("a", "b"))
+    count: int = positive(1)
+
+
+@dataclass
+class Outer:
+    rate: float = within(0.5, 0.0, 1.0)
+    slack: float = non_negative(0.0)
+    inner: Inner = field(default_factory=Inner)
+
+
+@pytest.mark.parametrize("section, message", [
+    (Outer(rate=1.5), "rate=1.5 must be in [0, 1]"),
+    (Outer(slack=-1.0), "slack=-1.0 must be >= 0"),
+    (Outer(inner=Inner(kind="c")), "inner.kind='c' is not valid; choose one of ['a', 'b']"),
+    (Outer(inner=Inner(count=0)), "inner.count=0 must be > 0"),
+])
+def test_a_value_outside_its_declared_range_is_named_with_its_dotted_key(section, message):
+    with pytest.raises(ValueError) as err:
+        check_fields(section)
+    assert str(err.value) == message
+
+
+def test_bounds_are_inclusive_where_declared_so():
+    check_fields(Outer(rate=0.0, slack=0.0, inner=Inner(kind="b", count=1)))
+    check_fields(Outer(rate=1.0))
+
+
+def test_a_default_outside_its_own_choices_is_a_programming_error():
+    with pytest.raises(ValueError, match="not among the choices"):
+        choice("z", ("a", "b"))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.on_nonfinite=retry", "train.on_nonfinite='retry' is not valid; choose one of ['skip', 'stop', 'rollback']"),
+    ("monitors.jump.form=euclid", "monitors.jump.form='euclid' is not valid; choose one of ['cosine', 'angular']"),
+    ("monitors.trajectory.dim=0", "monitors.trajectory.dim=0 must be > 0"),
+    ("train.min_lr_ratio=2", "train.min_lr_ratio=2.0 must be in [0, 1]"),
+])
+def test_the_run_config_checks_its_sections_and_the_plugins_sections_alike(override, message):
+    with pytest.raises(ConfigError) as err:
+        load_config("configs/tiny.yaml", [override])
+    assert str(err.value) == message
