@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -28,9 +27,9 @@ from experiments.stats import mean_ci
 from growth import GrowthError
 from growth.folders import resolve_target
 from growth.lag import LagPlan, parse_pool, run_lag
-from growth.runs import RunError, check_user_overrides, claim_experiment, train_phase, val_curve
+from growth.runs import check_user_overrides, claim_experiment, exit_code, train_phase, val_curve
 from model import ModelConfig
-from storage.folders import CheckpointError, tag_for
+from storage.folders import tag_for
 from storage.io import atomic_save_figure, atomic_write_text
 
 SPEC_KEYS = {"config", "ranks", "seeds", "source_steps", "lag_steps", "validate_steps", "carry", "overrides",
@@ -273,15 +272,11 @@ def plot_by_step(path: Path, results: dict[str, Any]) -> None:
 
 def main(spec_path: Path, out: Path, growths: Sequence[str] | None, seeds: Sequence[int] | None) -> int:
     """Load, select and run a LAG spec; the exit code (2: a bad spec or a failed run, named)."""
-    try:
+    def work() -> int:
         spec = LagExperiment.load(spec_path)
         spec.select(growths, seeds)
         run_experiment(spec, out)
-    except (GrowthError, CheckpointError, RunError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted; re-run the same command to resume", file=sys.stderr)
-        return 130
-    print(f"[experiments] report: {Path(out) / 'experiment.md'}", flush=True)
-    return 0
+        print(f"[experiments] report: {Path(out) / 'experiment.md'}", flush=True)
+        return 0
+
+    return exit_code(work)

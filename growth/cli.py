@@ -10,9 +10,8 @@ from pathlib import Path
 
 from growth import GrowthError, available_operators
 from growth.folders import grow_folder, parse_params, source_info
-from growth.runs import RunError, model_overrides
+from growth.runs import exit_code, model_overrides
 from launch.command import launch_argv
-from storage.folders import CheckpointError
 from storage.tokenizer_files import find_tokenizer
 
 _OPS = ", ".join(available_operators())
@@ -125,14 +124,7 @@ def _source_config(source: Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     commands = {"grow": cmd_grow, "lag": cmd_lag, "stack": cmd_stack}
-    try:
-        return commands[args.command](args)
-    except (GrowthError, CheckpointError, RunError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted; re-run the same command to resume", file=sys.stderr)
-        return 130
+    return exit_code(lambda: commands[args.command](args))
 
 
 if __name__ == "__main__":

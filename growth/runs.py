@@ -13,9 +13,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import subprocess
+import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from growth import GrowthError
 from launch.command import launch_argv
@@ -29,6 +30,19 @@ MANAGED = ("model.", "run.name", "run.out_dir", "train.init_from", "train.steps"
 
 class RunError(RuntimeError):
     """A training run that failed; the message names its log file and ends with the log's tail."""
+
+
+def exit_code(work: Callable[[], int]) -> int:
+    """Run an orchestrating command: a refused input or a failed run prints its named error (exit 2), an
+    interrupt says how to resume (130); else `work`'s own exit code."""
+    try:
+        return work()
+    except (GrowthError, CheckpointError, RunError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
 
 
 def check_user_overrides(overrides: Sequence[str]) -> None:
