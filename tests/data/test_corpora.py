@@ -65,6 +65,7 @@ def test_prepare_writes_every_document_once_and_resumes_only_the_missing_shards(
     assert np.array_equal(np.load(shards / "train" / "shard_00002.npy"), arrays[2])  # deterministic
 
 
+@pytest.mark.process
 def test_prepare_refuses_other_settings_into_the_same_directory(shards, embedded, tokenizer_path, capsys):
     assert data_main(["prepare", corpus_file(embedded), "--tokenizer", tokenizer_path, "--out", str(shards),
                       "--shards", "8",
@@ -72,6 +73,7 @@ def test_prepare_refuses_other_settings_into_the_same_directory(shards, embedded
     assert "num_shards: 4 -> 8" in capsys.readouterr().err
 
 
+@pytest.mark.process
 def test_megatron_files_read_as_the_same_windows(tmp_path, shards):
     tokens = np.load(shards / "train" / "shard_00000.npy")
     corpus = open_corpus(str(write_megatron(tmp_path / "web", tokens)), val_fraction=0.25)
@@ -123,6 +125,7 @@ def test_an_epoch_of_a_source_visits_each_window_once():
     assert sorted(seen.tolist()) == list(range(96))
 
 
+@pytest.mark.process
 def test_mixture_refusals(tmp_path, shards, embedded):
     with pytest.raises(ConfigError, match="must sum to a positive number"):
         load_config(None, [f"data.sources=[{{path: {shards}, weight: 0}}]"])
@@ -161,6 +164,7 @@ def test_mixture_refusals(tmp_path, shards, embedded):
         (tmp_path / "moved_train.npy").rename(shards / "train" / "shard_00003.npy")
 
 
+@pytest.mark.process
 def test_windows_read_the_right_tokens_with_few_files_open(shards, monkeypatch):
     from pretrain.data import shards as shard_module
 

@@ -136,6 +136,7 @@ def test_trained_model_beats_chance_and_random_model_sits_at_chance(evaluated):
         assert scores[f"eval/{PPL}/word_perplexity"] > scores[f"eval/{PPL}/byte_perplexity"]
 
 
+@pytest.mark.process
 def test_results_json_and_run_metrics(evaluated):
     run_dir, payloads = evaluated
     jobs = run_dir / "jobs" / "lm_eval"
