@@ -24,9 +24,8 @@ from typing import Optional
 import yaml
 
 from experiments import compare
-from experiments.overrides import render
 from experiments.runs import run_dir_name
-from launch.command import launch_argv
+from launch.command import launch_argv, render_overrides
 from pretrain.config import load_config
 from storage import folders
 
@@ -82,8 +81,8 @@ def load_spec(path: Path) -> Spec:
     if not base.is_file():
         raise FileNotFoundError(f"{path}: base config {base} does not exist")
     return Spec(base=base, ranks=int(raw.get("ranks", 2)), seeds=[int(s) for s in raw.get("seeds", [0])],
-                overrides=render(raw.get("overrides"), f"{path}: overrides"),
-                arms={name: render(o, f"{path}: arms.{name}") for name, o in raw["arms"].items()})
+                overrides=render_overrides(raw.get("overrides"), f"{path}: overrides"),
+                arms={name: render_overrides(o, f"{path}: arms.{name}") for name, o in raw["arms"].items()})
 
 
 def plan(spec: Spec, out: Path, arms: Optional[list[str]] = None, seeds: Optional[list[int]] = None,

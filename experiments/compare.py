@@ -20,8 +20,18 @@ from pathlib import Path
 from typing import Optional
 
 from experiments import trajectory
-from experiments.runs import (TOP_RISE, Run, arm_names_from_dirs, final_values, fmt, fmt_diff, group_runs, load_run,
-                              plot_all, summarize)
+from experiments.runs import (
+    TOP_RISE,
+    Run,
+    arm_names_from_dirs,
+    final_values,
+    fmt,
+    fmt_diff,
+    group_runs,
+    load_run,
+    plot_all,
+    summarize,
+)
 from experiments.stats import welch
 from storage.io import atomic_write_text
 

@@ -23,11 +23,11 @@ import torch
 from experiments import runs as cr
 from experiments.stats import mean_std, welch
 from model import Llama
-from storage.io import atomic_write_text
-from storage.weights import load_weights
 from pretrain.config import load_config
 from pretrain.data import get_batch, prepare_data
 from regularizers.jump import displacement_profile, zeta_final
+from storage.io import atomic_write_text
+from storage.weights import load_weights
 
 METRICS = ("zeta_L include", "zeta_L exclude", "Psi_L include", "Psi_L exclude", "final-norm gain mean",
            "final-norm mean abs(g - 1)", "block L moved", "block L-1 moved")

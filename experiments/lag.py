@@ -22,12 +22,12 @@ from typing import Any, Sequence
 
 from omegaconf import OmegaConf
 
-from experiments.overrides import render as render_overrides
 from experiments.stats import mean_ci
 from growth import GrowthError
 from growth.folders import resolve_target
 from growth.lag import LagPlan, parse_pool, run_lag
 from growth.runs import check_user_overrides, claim_experiment, exit_code, train_phase, val_curve
+from launch.command import render_overrides
 from model import ModelConfig
 from storage.folders import tag_for
 from storage.io import atomic_save_figure, atomic_write_text

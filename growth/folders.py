@@ -18,8 +18,8 @@ from omegaconf import OmegaConf
 from growth import GrowthError, GrowthResult, get_operator, grow
 from model import ModelConfig
 from model.config import ModelConfigError
-from storage.folders import MANIFEST, WEIGHTS, CheckpointError, locate
 from storage.carry import save_carry, source_optimizer, source_progress
+from storage.folders import MANIFEST, WEIGHTS, CheckpointError, locate
 from storage.tokenizer_files import copy_tokenizer, find_tokenizer
 from storage.weights import load_weights, save_weights
 

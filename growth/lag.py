@@ -21,8 +21,8 @@ from omegaconf import OmegaConf
 from scipy import stats
 
 from growth import GrowthError
-from growth.report import write_lag_report
 from growth.folders import check_operator, grow_folder, is_grown_folder, parse_params, source_info
+from growth.report import write_lag_report
 from growth.runs import check_user_overrides, claim_experiment, model_overrides, train_phase, val_curve
 from model import ModelConfig
 from storage.tokenizer_files import copy_tokenizer, find_tokenizer

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from growth import GrowthError
-from launch.command import launch_argv
+from launch.command import launch_argv, render_overrides
 from model import ModelConfig
 from storage.folders import CheckpointError, latest
 from storage.io import atomic_write_text
@@ -56,8 +56,7 @@ def check_user_overrides(overrides: Sequence[str]) -> None:
 
 def model_overrides(cfg: ModelConfig) -> list[str]:
     """Every model field as an override: `train.init_from` requires the run's model to equal the folder's."""
-    return [f"model.{k}={json.dumps(v) if v is None or isinstance(v, dict) else v}"  # null, {rope scaling}
-            for k, v in dataclasses.asdict(cfg).items()]
+    return render_overrides({f"model.{k}": v for k, v in dataclasses.asdict(cfg).items()})
 
 
 def step_reached(run_dir: Path) -> int:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 # Launcher options passed through verbatim (name -> takes a value).
 PASSTHROUGH = {
@@ -23,6 +25,17 @@ def launch_argv(config: str | Path, overrides: Sequence[str], ranks: int = 2,
     picks a free rendezvous port itself, so runs started one after another never collide. `python` is the
     interpreter to name (a command printed for a user to run names plain `python`)."""
     return [python, "-m", "launch", "--num_gpus", str(ranks), str(config), *overrides]
+
+
+def render_overrides(mapping: Mapping[str, Any] | None, where: str = "overrides") -> list[str]:
+    """{key: value} -> ['key=value'] as the command line takes them: strings as they are, everything else
+    (numbers, booleans, None, lists, mappings) in JSON flow form, which the dotlist parser reads back as the same
+    value (None -> null). `where` names the spec and key in the error."""
+    if mapping is None:
+        return []
+    if not isinstance(mapping, Mapping):
+        raise ValueError(f"{where} must be a mapping of config key -> value, got {mapping!r}")
+    return [f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in mapping.items()]
 
 
 def has_gpus() -> bool:

@@ -10,10 +10,10 @@ import logging
 import os
 import sys
 
-from storage.folders import CheckpointError
 from pretrain.config import ConfigError, load_config, to_yaml
 from pretrain.data import DataError
 from pretrain.dist import CollectiveTimeout
+from storage.folders import CheckpointError
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -47,9 +47,8 @@ def main(argv: list[str] | None = None) -> int:
 
         extensions.refuse_stale_build_locks()  # in the check and in every rank: a launch may skip the check
         if args.check:
-            from pretrain.data import prepare_data
-
             from pretrain import runlock
+            from pretrain.data import prepare_data
 
             if not args.not_first_node:  # node 0's rank 0 may hold the run directory already: that is this run
                 runlock.check_free(cfg.run_dir)
@@ -68,9 +67,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def check_resume(cfg, tokenizer_path) -> None:
     """Refuse, before any rank starts, to resume a checkpoint this config cannot continue."""
-    from storage.folders import verify
     from pretrain import compat
     from storage import retention
+    from storage.folders import verify
 
     if cfg.train.resume != "auto":
         return

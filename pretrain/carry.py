@@ -9,11 +9,11 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from storage.carry import load_carry
-from storage.weights import load_weights
 from pretrain import optimizer_state
 from pretrain.config import ConfigError
 from pretrain.engine import load_weights_into
+from storage.carry import load_carry
+from storage.weights import load_weights
 
 if TYPE_CHECKING:
     from torch import nn

@@ -16,9 +16,9 @@ from typing import Any
 import torch
 import torch.distributed as tdist
 
+from pretrain.config import ConfigError
 from storage.folders import latest
 from storage.io import atomic_write_json
-from pretrain.config import ConfigError
 
 log = logging.getLogger("growlm")
 

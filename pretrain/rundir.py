@@ -1,5 +1,5 @@
-"""A run's directory as the trainer writes it: the checkpoint it resumes from, the files written before
-training (config.yaml, the tokenizer), and checkpoints that carry those files and the run's metadata.
+"""A run's directory as the trainer writes it: its lock, the checkpoint it resumes from, the files written
+before training (config.yaml, the tokenizer), and checkpoints that carry those files and the run's metadata.
 
 Layout (docs/design.md, "Run directory"): `<run>/config.yaml`, `<run>/<tokenizer files>`,
 `<run>/checkpoints/step_<N>/` and `<run>/checkpoints/latest`; the file formats are pretrain/checkpoint.py's.
@@ -7,19 +7,36 @@ Layout (docs/design.md, "Run directory"): `<run>/config.yaml`, `<run>/<tokenizer
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
+import torch
+
+from pretrain import checkpoint, compat, dist, runlock
+from pretrain.checkpoint import RANK_STATE
+from pretrain.config import ConfigError, save_config
 from storage import folders, retention
 from storage.io import atomic_write_bytes
 from storage.tokenizer_files import tokenizer_files
-from pretrain import checkpoint, compat
-from pretrain.checkpoint import RANK_STATE
-from pretrain.config import ConfigError, save_config
 
-__all__ = ["RANK_STATE", "RunDir"]
+__all__ = ["RANK_STATE", "RunDir", "lock"]
 
 if TYPE_CHECKING:
     from pretrain.config import Config
+
+
+def lock(run_dir: Path, is_main: bool) -> IO | None:
+    """One run per run directory (pretrain/runlock.py): rank 0 takes the lock before anything is written, and
+    every rank learns the outcome (a collective), so a refused run stops on all ranks instead of leaving the
+    others at a barrier. Rank 0 gets the open lock file (keep it for the run), the others None."""
+    held, refusal = None, None
+    if is_main:
+        try:
+            held = runlock.acquire(run_dir)
+        except runlock.RunDirInUse as err:
+            refusal = err
+    if dist.all_reduce_sum(torch.tensor([0.0 if refusal is None else 1.0])).item() > 0:
+        raise refusal or runlock.RunDirInUse(f"run directory {run_dir} is in use (see rank 0)")
+    return held
 
 
 class RunDir:

@@ -43,24 +43,6 @@ def acquire(run_dir: Path) -> IO:
     return handle
 
 
-def acquire_on_all_ranks(run_dir: Path, is_main: bool) -> IO | None:
-    """Rank 0 takes the lock before anything is written; every rank learns the outcome (a collective), so a
-    refused run stops on all ranks instead of leaving the others at a barrier. Rank 0 gets the lock file."""
-    import torch
-
-    from pretrain import dist
-
-    lock, refusal = None, None
-    if is_main:
-        try:
-            lock = acquire(run_dir)
-        except RunDirInUse as err:
-            refusal = err
-    if dist.all_reduce_sum(torch.tensor([0.0 if refusal is None else 1.0])).item() > 0:
-        raise refusal or RunDirInUse(f"run directory {run_dir} is in use (see rank 0)")
-    return lock
-
-
 def check_free(run_dir: Path) -> None:
     """Refuse early (before any rank starts) when another process holds the run directory."""
     if (run_dir / LOCK).is_file():

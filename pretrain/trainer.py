@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 import torch
 
-from pretrain import carry, dist, precision
+from pretrain import carry, dist, precision, rundir
 from pretrain.callbacks import Callback, build_callbacks, due
 from pretrain.data.pipeline import build_sampler, device_batch, load_data
 from pretrain.engine import build_model
@@ -29,7 +29,6 @@ from pretrain.metrics import MetricsLogger, detect_peak_tflops, memory_gb
 from pretrain.objective import Batch, Objective
 from pretrain.phases import TrainablePhases
 from pretrain.rundir import RANK_STATE, RunDir
-from pretrain.runlock import acquire_on_all_ranks
 
 if TYPE_CHECKING:
     from pretrain.config import Config
@@ -44,7 +43,7 @@ class Trainer:
         if self.is_main:
             precision.report(choice, self.device)
         self.cfg, self.run_dir = cfg, cfg.run_dir
-        self._run_lock = acquire_on_all_ranks(self.run_dir, self.is_main)
+        self._run_lock = rundir.lock(self.run_dir, self.is_main)
         self.data = load_data(cfg)
 
         torch.manual_seed(cfg.run.seed)

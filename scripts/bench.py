@@ -35,9 +35,9 @@ from model import Llama
 from model.hf import to_hf_config, to_hf_state_dict
 from pretrain import dist, precision
 from pretrain.config import Config, load_config
+from pretrain.dist import init_distributed
 from pretrain.metrics import detect_peak_tflops
 from pretrain.optim import build_optimizer
-from pretrain.dist import init_distributed
 from pretrain.trainer import Trainer
 
 Step = Callable[[], float]

@@ -18,13 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
-from storage.tokenizer_files import copy_tokenizer
 from pretrain.data import DataConfig, prepare_data
 from pretrain.data.config import SourceSpec
 from pretrain.data.corpora import prepare_mixture
 from pretrain.data.mixture import MixtureSampler
 from pretrain.data.shards import FORMAT, META, SHARD
 from pretrain.data.tokenizer import tokenizer_fingerprint
+from storage.tokenizer_files import copy_tokenizer
 
 VOCAB = 512
 

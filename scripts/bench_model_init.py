@@ -27,13 +27,13 @@ from pathlib import Path
 
 import torch
 
-from pretrain import dist
-from pretrain.config import load_config
 from model import Llama
 from model.hf import save_hf_folder
-from storage.weights import load_weights
-from pretrain.engine import build_engine, build_model, load_weights_into
+from pretrain import dist
+from pretrain.config import load_config
 from pretrain.dist import init_distributed
+from pretrain.engine import build_engine, build_model, load_weights_into
+from storage.weights import load_weights
 
 
 def peak_gb() -> float:

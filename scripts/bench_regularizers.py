@@ -22,8 +22,8 @@ import time
 
 from pretrain import dist
 from pretrain.config import load_config
-from pretrain.monitors.jump import JumpMonitor
 from pretrain.dist import init_distributed
+from pretrain.monitors.jump import JumpMonitor
 from pretrain.trainer import Trainer
 
 

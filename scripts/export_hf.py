@@ -16,8 +16,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from storage.folders import CheckpointError, locate
 from model.hf import save_hf_folder
+from storage.folders import CheckpointError, locate
 from storage.tokenizer_files import find_tokenizer, tokenizer_files
 from storage.weights import load_weights
 

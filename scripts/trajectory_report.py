@@ -25,15 +25,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import torch
 
-from storage.folders import complete_checkpoints
-from storage.io import atomic_save_figure, atomic_write_text
+from pretrain.trajectory.groups import layer_component
 from pretrain.trajectory.maps import Trajectory, mds
-from pretrain.trajectory.online import load_sketches, sketch_trajectory
+from pretrain.trajectory.online import SKETCH_FILE, load_sketches, sketch_trajectory
 from pretrain.trajectory.settings import GRANULARITIES
 from pretrain.trajectory.stream import stream_trajectory
-from pretrain.trajectory.groups import layer_component
-from pretrain.trajectory.online import SKETCH_FILE
-
+from storage.folders import complete_checkpoints
+from storage.io import atomic_save_figure, atomic_write_text
 
 COMPONENTS = ("q", "k", "v", "o", "mlp", "norms")
 

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import torch
 
-from storage import pickles
 from model.config import ModelConfig, QuantizationConfig
-from storage.folders import MANIFEST, WEIGHTS, WEIGHTS_CONFIG, CheckpointError, locate, verify
 from model.quant import quantized_state_dict
+from storage import pickles
+from storage.folders import MANIFEST, WEIGHTS, WEIGHTS_CONFIG, CheckpointError, locate, verify
 
 
 def consolidated_state_dict(ckpt: Path) -> dict[str, torch.Tensor]:

@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 
 from pretrain import checkpoint, dist
-from storage import folders
 from pretrain.data import StepSampler
 from pretrain.trainer import Trainer
+from storage import folders
 
 
 def _faults() -> list[list[str]]:

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import numpy as np
 
-from storage.tokenizer_files import find_tokenizer
 from pretrain.data.config import DataConfig
 from pretrain.data.dataset import PackedData
 from pretrain.data.errors import DataError
 from pretrain.data.mixture import MixtureSource
 from pretrain.data.shards import Windows, check_ids, open_corpus
 from pretrain.data.tokenizer import load_tokenizer, tokenizer_fingerprint
+from storage.tokenizer_files import find_tokenizer
 
 
 class Concat:

@@ -11,8 +11,8 @@ import functools
 import hashlib
 from pathlib import Path
 
-from storage.tokenizer_files import FILES, files, folder_of
 from pretrain.data.errors import DataError
+from storage.tokenizer_files import FILES, files, folder_of
 
 
 def fingerprint(path: str | Path) -> str:

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 
-from storage.tokenizer_files import copy_tokenizer
 from pretrain.data.config import DataConfig
 from pretrain.data.dataset import token_dtype
 from pretrain.data.errors import DataError
@@ -26,6 +25,7 @@ from pretrain.data.shards import FORMAT, META, SHARD
 from pretrain.data.sources import load_documents, resolve_source
 from pretrain.data.split import is_val_document
 from pretrain.data.tokenizer import encode_batch, load_tokenizer, tokenizer_fingerprint
+from storage.tokenizer_files import copy_tokenizer
 
 log = logging.getLogger(__name__)
 @dataclass(frozen=True)

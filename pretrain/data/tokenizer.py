@@ -26,9 +26,9 @@ from typing import Iterable, Iterator
 
 import sentencepiece as spm
 
-from storage.tokenizer_files import folder_of, is_hf_tokenizer
 from pretrain.data import hf_tokenizer
 from pretrain.data.errors import DataError
+from storage.tokenizer_files import folder_of, is_hf_tokenizer
 
 log = logging.getLogger(__name__)
 

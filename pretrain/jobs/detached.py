@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pretrain.callbacks import Callback
-from storage.retention import hold_for_reading
 from pretrain.jobs.cli import to_argv
 from pretrain.jobs.location import target_of
+from storage.retention import hold_for_reading
 
 if TYPE_CHECKING:
     from pretrain.trainer import Trainer

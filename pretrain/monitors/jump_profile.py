@@ -22,9 +22,8 @@ from typing import Optional
 
 import torch
 
-
-from storage.io import atomic_save_figure, atomic_write_text
 from regularizers.jump import FORMS, displacement_profile, zeta_final
+from storage.io import atomic_save_figure, atomic_write_text
 
 DEFAULT_CHARS = 200_000
 """Default text: the first pydoc topics (sorted by name), the prose start of growlm's embedded corpus."""

@@ -10,6 +10,7 @@ import re
 from typing import Iterable
 
 from pretrain.trajectory.settings import GRANULARITIES  # component: L<i>.{q,k,v,o,mlp,norms}, embed, final_norm,
+
 # head | layer: L<i>, embed, final_norm, head | model: one group | param: every parameter alone
 
 _LAYER = re.compile(r"^layers\.(\d+)\.(.+)$")

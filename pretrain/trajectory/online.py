@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from pretrain.callbacks import Callback, due
-from storage.io import atomic_write_bytes
 from pretrain.trajectory.groups import group_params
 from pretrain.trajectory.maps import Trajectory, trajectory_of
 from pretrain.trajectory.settings import TrajectoryConfig
 from pretrain.trajectory.sketch import count_sketch, param_key
+from storage.io import atomic_write_bytes
 
 if TYPE_CHECKING:
     from pretrain.trainer import Trainer

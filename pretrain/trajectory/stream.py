@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from storage.weights import load_weights
 from pretrain.trajectory.groups import group_params, trajectory_names
 from pretrain.trajectory.maps import Trajectory, grams
+from storage.weights import load_weights
 
 Layout = list[tuple[str, str, tuple[int, ...]]]  # (group, parameter, shape) in scratch order
 

@@ -8,11 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_corpora import write_megatron
 
-from launching import launch, losses, metrics
 from pretrain.data import DataConfig, prepare_data
 from pretrain.data.__main__ import main as data_main
-from test_corpora import write_megatron
+
+from launching import launch, losses, metrics
 
 STEPS = 4
 

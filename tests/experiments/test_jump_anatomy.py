@@ -6,6 +6,7 @@ import json
 import pytest
 
 from experiments import jump_anatomy
+
 from launching import ZERO_RUN_STEPS, metrics
 
 

@@ -6,9 +6,9 @@ import math
 import pytest
 from scipy import stats
 
-from growth import GrowthError
 from experiments.lag import LagExperiment, aggregate_by_step, flops_to_reach, render, scratch_steps, settles_at
 from experiments.stats import mean_ci
+from growth import GrowthError
 from model import ModelConfig
 
 

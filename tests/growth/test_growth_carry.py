@@ -14,10 +14,11 @@ import torch
 
 from growth.cli import main
 from growth.folders import grow_folder
-from launching import UNCLIPPED_RUN, UNCLIPPED_STEPS, launch, metrics
 from storage.carry import CARRY_FILE, load_carry
 from storage.folders import CheckpointError
 from storage.weights import load_weights
+
+from launching import UNCLIPPED_RUN, UNCLIPPED_STEPS, launch, metrics
 
 pytestmark = pytest.mark.distributed
 

@@ -6,11 +6,12 @@ import json
 
 import pytest
 import torch
-from growth_testlib import TINY, TOL, logits, random_model, state_of, tokens  # noqa: F401  (fixture)
 
 from growth.cli import main
 from model import Llama, ModelConfig
 from storage.weights import load_weights, save_weights
+
+from growth_testlib import TINY, TOL, logits, random_model, state_of, tokens  # noqa: F401  (fixture)
 
 
 @pytest.fixture

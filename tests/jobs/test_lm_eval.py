@@ -21,15 +21,15 @@ import torch.nn.functional as F
 pytest.importorskip("lm_eval", reason="lm-evaluation-harness is not installed: pip install 'growlm[eval]'")
 
 from model import Llama, ModelConfig  # noqa: E402
-from storage.weights import save_weights  # noqa: E402
-from storage.retention import being_read  # noqa: E402
 from pretrain.data.tokenizer import EOS_ID, train_tokenizer  # noqa: E402
 from pretrain.jobs.lm_eval import run as run_module  # noqa: E402
 from pretrain.jobs.lm_eval.__main__ import main  # noqa: E402
+from pretrain.jobs.lm_eval.callback import LmEvalJob  # noqa: E402
 from pretrain.jobs.lm_eval.results import write_results  # noqa: E402
 from pretrain.jobs.lm_eval.run import run_job  # noqa: E402
-from pretrain.jobs.lm_eval.callback import LmEvalJob  # noqa: E402
 from pretrain.jobs.lm_eval.settings import SHIPPED_TASKS, LmEvalConfig, LmEvalError, LmEvalSettings  # noqa: E402
+from storage.retention import being_read  # noqa: E402
+from storage.weights import save_weights  # noqa: E402
 
 CFG = ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=128, vocab_size=512, max_seq_len=64)
 THREADS = 1  # a model this small gains nothing from more, and on a busy machine extra threads cost 10x

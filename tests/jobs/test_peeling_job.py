@@ -13,12 +13,12 @@ import pytest
 import torch
 
 from model import Llama, ModelConfig
-from storage.weights import save_weights
 from pretrain.config import load_config
 from pretrain.jobs.peeling.__main__ import main
 from pretrain.jobs.peeling.callback import PeelingJob
 from pretrain.jobs.peeling.settings import PeelingConfig
 from pretrain.plugins import JOBS
+from storage.weights import save_weights
 
 ROOT = Path(__file__).resolve().parents[2]
 VOCAB = 512

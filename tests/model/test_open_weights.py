@@ -9,12 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from launching import ROOT
-from hf_folders import BOS, EOS, open_weight_folder, save_hf_llama, train_hf_tokenizer
 from model import Llama
-from storage import folders, weights
 from pretrain.config import ConfigError, load_config
 from pretrain.data import DataError, prepare_data
+from storage import folders, weights
+
+from hf_folders import BOS, EOS, open_weight_folder, save_hf_llama, train_hf_tokenizer
+from launching import ROOT
 
 TOKENS = torch.randint(0, 500, (2, 40), generator=torch.Generator().manual_seed(0))
 

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from pretrain.monitors import jump_profile
 from model import Llama, ModelConfig
 from model.hf import save_hf_folder
 from pretrain.data.tokenizer import train_tokenizer
+from pretrain.monitors import jump_profile
 from regularizers.jump import displacement_profile, zeta_final
 
 TOL = 1e-5

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from storage import folders, pickles, retention, universal, weights
 from pretrain.metrics import MetricsLogger
+from storage import folders, pickles, retention, universal, weights
 
 
 @pytest.fixture

@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from launching import ROOT, ZERO_RUN, ZERO_RUN_STEPS, command, environment, launch, losses, metrics
 from storage import folders, weights
+
+from launching import ROOT, ZERO_RUN, ZERO_RUN_STEPS, command, environment, launch, losses, metrics
 
 SHORT = ["train.steps=4", "checkpoint.every=2", "checkpoint.keep=3", "eval.every=0", "monitors.jump.every=0"]
 

@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from launching import UNCLIPPED_RUN, UNCLIPPED_STEPS, launch, losses, metrics
-from storage import weights
 from pretrain.config import TrainConfig
 from pretrain.hybrid import NORM
 from pretrain.optim import lr_factor
+from storage import weights
+
+from launching import UNCLIPPED_RUN, UNCLIPPED_STEPS, launch, losses, metrics
 
 pytestmark = pytest.mark.distributed
 

@@ -8,12 +8,13 @@ import json
 
 import pytest
 
-from launching import launch, metrics
 from pretrain.config import ConfigError, load_config
 from pretrain.jobs.cli import add_arguments, from_args, to_argv
 from pretrain.jobs.lm_eval.settings import LmEvalConfig, LmEvalSettings
 from pretrain.jobs.peeling.settings import PeelingConfig, PeelingSettings
 from pretrain.plugins import JOBS, MONITORS
+
+from launching import launch, metrics
 
 TOY = ["imports=[toy_plugins]"]
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from launching import launch, losses
 from model.quant import quantize
 from storage.weights import consolidated_state_dict, load_weights
+
+from launching import launch, losses
 
 QAT = ["train.steps=4", "checkpoint.every=4", "eval.every=0", "monitors.jump.every=0", "train.quantization.bits=2"]
 

@@ -8,8 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from launching import ZERO_RUN, ZERO_RUN_STEPS, launch, losses, metrics
 from storage import folders, weights
+
+from launching import ZERO_RUN, ZERO_RUN_STEPS, launch, losses, metrics
 
 pytestmark = pytest.mark.distributed
 
@@ -84,8 +85,8 @@ def test_export_from_zero3_matches_live_validation_loss(zero_runs, tmp_path):
     from transformers import LlamaForCausalLM
 
     from model.hf import save_hf_folder
-    from pretrain.data import get_batch, prepare_data
     from pretrain.config import load_config
+    from pretrain.data import get_batch, prepare_data
 
     run = zero_runs[3]
     ckpt = run / "checkpoints" / f"step_{STEPS}"

@@ -31,8 +31,8 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault(key, value)
     logging.basicConfig(level=logging.INFO, format="[lm_eval %(asctime)s] %(message)s", datefmt="%H:%M:%S")
     settings = from_args(LmEvalSettings, args)
-    from storage.folders import CheckpointError
     from pretrain.jobs.lm_eval.run import run_job
+    from storage.folders import CheckpointError
 
     try:
         payload, path = run_job(args.checkpoint, settings)

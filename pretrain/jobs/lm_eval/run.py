@@ -20,12 +20,12 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from storage.tokenizer_files import find_tokenizer, tokenizer_files
-from storage.weights import load_weights
 from pretrain.jobs.lm_eval import results as res
-from pretrain.jobs.location import locate
 from pretrain.jobs.lm_eval.settings import OFFLINE_ENV, LmEvalError, LmEvalSettings, check_settings
 from pretrain.jobs.lm_eval.tasks import plan
+from pretrain.jobs.location import locate
+from storage.tokenizer_files import find_tokenizer, tokenizer_files
+from storage.weights import load_weights
 
 log = logging.getLogger(__name__)
 

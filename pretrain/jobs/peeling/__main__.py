@@ -11,12 +11,12 @@ import argparse
 import logging
 import sys
 
-from storage.folders import CheckpointError
 from pretrain.config import ConfigError
 from pretrain.data import DataError
 from pretrain.jobs.cli import add_arguments, from_args
 from pretrain.jobs.peeling.errors import PeelingError
 from pretrain.jobs.peeling.settings import PeelingSettings, check_settings
+from storage.folders import CheckpointError
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -15,8 +15,6 @@ import torch
 from tqdm import tqdm
 
 from model import Llama, ModelConfig
-from storage.tokenizer_files import find_tokenizer
-from storage.weights import load_weights
 from pretrain.config import Config, load_config
 from pretrain.data import prepare_data
 from pretrain.jobs.location import locate
@@ -24,6 +22,8 @@ from pretrain.jobs.peeling.bounds import Bounds, compute_bounds
 from pretrain.jobs.peeling.errors import PeelingError
 from pretrain.jobs.peeling.report import write_outputs
 from pretrain.jobs.peeling.settings import PeelingSettings, check_settings
+from storage.tokenizer_files import find_tokenizer
+from storage.weights import load_weights
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ from pathlib import Path
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
-from storage.io import atomic_save_figure, atomic_write_json
 from pretrain.jobs.peeling.bounds import Bounds
+from storage.io import atomic_save_figure, atomic_write_json
 
 BOUNDS_JSON = "bounds.json"
 BOUNDS_PNG = "bounds.png"
