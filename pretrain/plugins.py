@@ -18,7 +18,7 @@ from typing import Any, Callable, Union
 
 from pretrain.jobs.lm_eval.settings import LmEvalConfig
 from pretrain.jobs.peeling.settings import PeelingConfig
-from pretrain.monitors.settings import JumpMonitorConfig
+from pretrain.jump.settings import JumpMonitorConfig
 from pretrain.trajectory.settings import TrajectoryConfig
 
 CallbackFactory = Union[str, Callable[[Any], Any]]
@@ -104,7 +104,7 @@ def register_monitor(name: str, settings: type, callback: CallbackFactory, doc: 
     MONITORS.register(name, settings, callback, doc)
 
 
-register_monitor("jump", JumpMonitorConfig, "pretrain.monitors.jump:JumpMonitor", "Hidden-state jump profile.")
+register_monitor("jump", JumpMonitorConfig, "pretrain.jump.callback:JumpMonitor", "Hidden-state jump profile.")
 register_monitor("trajectory", TrajectoryConfig, "pretrain.trajectory.online:TrajectorySketch",
                  "Online trajectory sketch: traj/<group>/mds (docs/methods.md §4; pretrain/trajectory/online.py).")
 register_job("peeling", PeelingConfig, "pretrain.jobs.peeling.callback:PeelingJob",

@@ -22,11 +22,11 @@ PRETRAIN_LAYERS = (
     ("settings", ("pretrain", "pretrain.config", "pretrain.fields", "pretrain.plugins", "pretrain.data",
                   "pretrain.data.config", "pretrain.data.errors", "pretrain.jobs", "pretrain.jobs.cli", "pretrain.jobs.schedule",
                   "pretrain.jobs.peeling", "pretrain.jobs.peeling.errors", "pretrain.jobs.peeling.plan",
-                  "pretrain.jobs.lm_eval", "pretrain.monitors", "pretrain.trajectory", "*.settings")),
+                  "pretrain.jobs.lm_eval", "pretrain.jump", "pretrain.trajectory", "*.settings")),
     ("mechanics", ()),  # everything not named in another layer
     ("components", ("pretrain.objective", "pretrain.phases", "pretrain.carry", "pretrain.rundir",
                     "pretrain.callbacks")),
-    ("probes", ("pretrain.monitors.*", "pretrain.jobs.*", "pretrain.trajectory.*")),
+    ("probes", ("pretrain.jump.*", "pretrain.jobs.*", "pretrain.trajectory.*")),
     ("trainer", ("pretrain.trainer",)),
     ("entry points", ("pretrain.__main__", "pretrain.data.__main__")),
 )
@@ -142,7 +142,7 @@ def test_packages_import_only_lower_layers():
 
 
 def test_inside_pretrain_no_module_level_import_goes_up_a_layer():
-    assert pretrain_layer("pretrain.monitors.settings") == 0 and pretrain_layer("pretrain.monitors.jump") == 3
+    assert pretrain_layer("pretrain.jump.settings") == 0 and pretrain_layer("pretrain.jump.callback") == 3
     assert pretrain_layer("pretrain.engine") == 1 and pretrain_layer("pretrain.trainer") == 4
     upward = sorted(f"{m} ({PRETRAIN_LAYERS[pretrain_layer(m)][0]}) -> {t} ({PRETRAIN_LAYERS[pretrain_layer(t)][0]})"
                     for m in MODULES if m.startswith("pretrain") for t in module_level_imports(m)

@@ -1,7 +1,7 @@
 """Per-layer displacement profile Psi_1..Psi_L and jump strength zeta_L of Hugging Face causal LMs.
 
-    python -m pretrain.monitors.jump_profile /tmp/tiny-hf path/to/llama-3.2-1b --out /tmp/jumps
-    python -m pretrain.monitors.jump_profile /tmp/tiny-hf --out /tmp/jumps --final-norm exclude --text-file notes.txt
+    python -m pretrain.jump.profile /tmp/tiny-hf path/to/llama-3.2-1b --out /tmp/jumps
+    python -m pretrain.jump.profile /tmp/tiny-hf --out /tmp/jumps --final-norm exclude --text-file notes.txt
 
 Writes <out>/<model>.json per model and <out>/jump_profile.png with every model's profile against relative
 depth l/L (models of different depth compare, as in the paper). The metric is regularizers/jump.py's, so

@@ -11,7 +11,7 @@ import torch
 
 from pretrain import dist
 from pretrain.callbacks import Callback, due
-from pretrain.monitors.settings import JumpMonitorConfig
+from pretrain.jump.settings import JumpMonitorConfig
 from regularizers.jump import displacement_profile, zeta_final
 
 if TYPE_CHECKING:

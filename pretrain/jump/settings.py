@@ -1,4 +1,4 @@
-"""Settings of the built-in monitors that live in this package (settings only: the run config imports it)."""
+"""Settings of the jump monitor, the `monitors.jump` section (settings only: the run config imports it)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -17,6 +17,6 @@ class JumpMonitorConfig:
     """Displacement form: cosine = (1 - cos)/2 | angular = arccos(cos)/pi."""
     final_norm: str = choice("include", FINAL_NORM)
     """include: h_L is taken after the final RMSNorm, as HF's output_hidden_states and the analyses of
-    open-weight models (and pretrain/monitors/jump_profile.py) do | exclude: the raw residual stream h_L."""
+    open-weight models (and pretrain/jump/profile.py) do | exclude: the raw residual stream h_L."""
     batches: int = positive(8)
     """Validation micro-batches per rank the profile is averaged over (zeta_L is taken from the mean profile)."""
