@@ -1,9 +1,11 @@
 """Config fields that carry their valid values, and the one validator that checks them in every section.
 
 A field's valid values sit in its metadata, next to the field and its docstring (`choice`, `positive`,
-`non_negative`, `within`), instead of in a table apart from it; `check_fields` walks a section and the sections
-nested in it (the jobs' and monitors' too) and names the dotted key and what would be valid. Only checks that
-relate several fields stay in code of their own (pretrain/config.py's `validate`, a settings' `check()`).
+`non_negative`, `within`, `inside`; a job's `setting(..., valid=one_of(...))` takes the same rules), instead of in a
+table apart from it; `check_fields` walks a section and the sections nested in it (the jobs' and monitors'
+too) and names the dotted key and what would be valid. Only checks that relate several fields, or look inside
+a list, stay in code of their own (pretrain/config.py's `validate`, a settings' `check()`). A None value is
+an unset Optional field and passes.
 Settings only: no torch, importable by the run config.
 """
 from __future__ import annotations
@@ -12,32 +14,67 @@ import dataclasses
 from typing import Any, Sequence
 
 
+def one_of(valid: Sequence[Any]) -> dict[str, Any]:
+    """The rule: the value is one of `valid`."""
+    return {"choices": tuple(valid)}
+
+
+def above(low: float) -> dict[str, Any]:
+    """The rule: the value is > low."""
+    return {"min": low, "strict": True}
+
+
+def at_least(low: float) -> dict[str, Any]:
+    """The rule: the value is >= low."""
+    return {"min": low, "strict": False}
+
+
+def between(low: float, high: float) -> dict[str, Any]:
+    """The rule: low <= value <= high."""
+    return {"range": (low, high)}
+
+
+def strictly_between(low: float, high: float) -> dict[str, Any]:
+    """The rule: low < value < high."""
+    return {"open_range": (low, high)}
+
+
 def choice(default: Any, valid: Sequence[Any]) -> Any:
     """A field whose value must be one of `valid`."""
     if default not in valid:
         raise ValueError(f"default {default!r} is not among the choices {list(valid)}")
-    return dataclasses.field(default=default, metadata={"choices": tuple(valid)})
+    return dataclasses.field(default=default, metadata=one_of(valid))
 
 
 def positive(default: float) -> Any:
     """A field that must be > 0."""
-    return dataclasses.field(default=default, metadata={"min": 0, "strict": True})
+    return dataclasses.field(default=default, metadata=above(0))
 
 
 def non_negative(default: float) -> Any:
     """A field that must be >= 0."""
-    return dataclasses.field(default=default, metadata={"min": 0, "strict": False})
+    return dataclasses.field(default=default, metadata=at_least(0))
 
 
 def within(default: float, low: float, high: float) -> Any:
     """A field that must lie in [low, high]."""
-    return dataclasses.field(default=default, metadata={"range": (low, high)})
+    return dataclasses.field(default=default, metadata=between(low, high))
+
+
+def inside(default: float, low: float, high: float) -> Any:
+    """A field that must lie in (low, high)."""
+    return dataclasses.field(default=default, metadata=strictly_between(low, high))
 
 
 def check_value(key: str, value: Any, metadata: Any) -> None:
     """Raise ValueError naming `key` when `value` breaks the field's declared valid values."""
+    if value is None:
+        return
     if "choices" in metadata and value not in metadata["choices"]:
         raise ValueError(f"{key}={value!r} is not valid; choose one of {list(metadata['choices'])}")
+    bounded = {"min", "range", "open_range"} & set(metadata)
+    if bounded and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        raise ValueError(f"{key}={value!r} must be a number")
     if "min" in metadata:
         low, strict = metadata["min"], metadata["strict"]
         if value < low or (strict and value == low):
@@ -46,6 +83,10 @@ def check_value(key: str, value: Any, metadata: Any) -> None:
         low, high = metadata["range"]
         if not low <= value <= high:
             raise ValueError(f"{key}={value} must be in [{low:g}, {high:g}]")
+    if "open_range" in metadata:
+        low, high = metadata["open_range"]
+        if not low < value < high:
+            raise ValueError(f"{key}={value} must be in ({low:g}, {high:g})")
 
 
 def check_fields(section: Any, prefix: str = "") -> None:

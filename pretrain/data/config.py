@@ -1,4 +1,5 @@
-"""The `data` section of a run config: one typed dataclass, validated on construction."""
+"""The `data` section of a run config: one typed dataclass, validated on construction (each field's valid
+values in its metadata, pretrain/fields.py; the checks across fields below)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -6,6 +7,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from pretrain.data.errors import DataError
+from pretrain.fields import check_fields, choice, inside, non_negative, positive
 
 TOKENIZER_TYPES = ("bpe", "unigram")
 
@@ -21,24 +23,22 @@ class SourceSpec:
     path: str = ""
     """A growlm shard directory (`python -m pretrain.data prepare`), or Megatron/gpt-neox data: a `<prefix>`
     of `<prefix>.bin` + `<prefix>.idx`, or a glob of such .bin files."""
-    weight: float = 1.0
+    weight: float = non_negative(1.0)
     """Relative share of training windows drawn from this source (normalized over the list)."""
     name: Optional[str] = None
     """Label in metrics (`data/<name>/tokens`); default: the path's last component."""
-    format: str = "auto"
+    format: str = choice("auto", SOURCE_FORMATS)
     """auto | growlm | megatron."""
-    val_fraction: float = 0.01
+    val_fraction: float = inside(0.01, 0.0, 1.0)
     """Formats without separate validation data: the last fraction of each file's windows is held out."""
 
     def __post_init__(self) -> None:
         if not str(self.path).strip():
             raise DataError("data.sources[].path must name a corpus")
-        if self.format not in SOURCE_FORMATS:
-            raise DataError(f"data.sources[].format={self.format!r} for {self.path!r}; valid: {list(SOURCE_FORMATS)}")
-        if isinstance(self.weight, bool) or not isinstance(self.weight, (int, float)) or self.weight < 0:
-            raise DataError(f"data.sources[].weight={self.weight!r} for {self.path!r} must be a number >= 0")
-        if not 0.0 < self.val_fraction < 1.0:
-            raise DataError(f"data.sources[].val_fraction={self.val_fraction!r} for {self.path!r} must be in (0, 1)")
+        try:
+            check_fields(self, "data.sources[].")
+        except ValueError as err:
+            raise DataError(f"{err} (source {self.path!r})") from None
 
     @property
     def label(self) -> str:
@@ -60,31 +60,31 @@ class DataConfig:
     tokenizer: Optional[str] = None
     """An existing sentencepiece .model, or an HF tokenizer (its folder or tokenizer.json); None trains a
     sentencepiece model on the corpus and caches it (with `sources`: a growlm shard directory's own)."""
-    tokenizer_type: str = "bpe"
+    tokenizer_type: str = choice("bpe", TOKENIZER_TYPES)
     """Sentencepiece model type when training one: bpe | unigram."""
-    tokenizer_sample_bytes: int = 4_000_000
+    tokenizer_sample_bytes: int = positive(4_000_000)
     """Bytes of text (a deterministic sample of documents) the tokenizer is trained on."""
-    seq_len: int = 128
+    seq_len: int = positive(128)
     """Tokens per training sequence; windows hold seq_len + 1 tokens (inputs and shifted targets)."""
-    val_fraction: float = 0.02
+    val_fraction: float = inside(0.02, 0.0, 1.0)
     """Fraction of documents held out for validation, chosen by a hash of the text so splits never overlap."""
-    num_proc: int = 2
+    num_proc: int = positive(2)
     """Processes for datasets.map when tokenizing."""
     cache_dir: str = ".cache/growlm"
     """Where the embedded corpus, trained tokenizers and packed windows are cached."""
-    embedded_max_bytes: int = 3_000_000
+    embedded_max_bytes: int = positive(3_000_000)
     """Size cap of the embedded corpus (pydoc topics first, then standard-library sources by name)."""
     sources: List[SourceSpec] = field(default_factory=list)
     """Pre-tokenized corpora mixed by weight; when given, `source` is not read (see pretrain/data/mixture.py)."""
     streaming: bool = False
     """Read `source` with `datasets` streaming, tokenizing and packing on the fly (nothing cached: for sources
     larger than the disk); needs `tokenizer`; a resume needs the same number of ranks."""
-    stream_val_windows: int = 64
+    stream_val_windows: int = positive(64)
     """With streaming: validation windows taken from the start of the stream's held-out documents."""
     document_masking: bool = False
     """Attention stays inside each document of a packed window (block-causal; documents end in EOS), and the
     loss of predicting a next document's first token from the EOS before it is masked."""
-    document_positions: str = "window"
+    document_positions: str = choice("window", POSITIONS)
     """window (RoPE positions count through the window) | document (they restart at 0 in each document)."""
 
     def __post_init__(self) -> None:
@@ -92,23 +92,13 @@ class DataConfig:
 
     def validate(self) -> None:
         """Raise DataError naming the first bad key; also called by prepare_data on merged configs."""
-        for name in ("seq_len", "num_proc", "tokenizer_sample_bytes", "embedded_max_bytes", "stream_val_windows"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise DataError(f"data.{name} must be a positive integer, got {value!r}")
-        if self.tokenizer_type not in TOKENIZER_TYPES:
-            raise DataError(
-                f"data.tokenizer_type={self.tokenizer_type!r} is not supported; valid: {', '.join(TOKENIZER_TYPES)}"
-            )
-        if not 0.0 < self.val_fraction < 1.0:
-            raise DataError(
-                f"data.val_fraction={self.val_fraction!r} must be in (0, 1): both a train and a val split are needed"
-            )
+        try:
+            check_fields(self, "data.")
+        except ValueError as err:
+            raise DataError(str(err)) from None
         if self.streaming and (self.sources or not self.tokenizer):
             raise DataError("data.streaming reads data.source with a given data.tokenizer (set it; streaming "
                             "trains no tokenizer) and cannot be combined with data.sources")
-        if self.document_positions not in POSITIONS:
-            raise DataError(f"data.document_positions={self.document_positions!r}; valid: {list(POSITIONS)}")
         if self.sources and sum(s.weight for s in self.sources) <= 0:
             raise DataError(f"data.sources weights {[s.weight for s in self.sources]} must sum to a positive number")
         for name in ("source", "text_field", "cache_dir"):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pretrain.fields import at_least, check_fields, one_of
 from pretrain.jobs.cli import setting
 
 MODES = ("process", "inline")
@@ -13,10 +14,10 @@ class JobSchedule:
     """Mixed into a job's settings to make its `jobs.<name>` config section (pretrain/plugins.py)."""
 
     every: int = setting(0, "run after every this-many-th checkpoint save, and after the final one (0 disables)",
-                         cli=False)
+                         cli=False, valid=at_least(0))
     mode: str = setting("process", "process: a detached subprocess per checkpoint (never blocks training) | "
-                                   "inline: inside rank 0", cli=False)
+                                   "inline: inside rank 0", cli=False, valid=one_of(MODES))
 
     def check_schedule(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"mode={self.mode!r}: choose one of {list(MODES)}")
+        """Every field's declared valid values: the schedule's and the job's own (pretrain/fields.py)."""
+        check_fields(self)

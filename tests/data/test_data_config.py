@@ -8,7 +8,8 @@ from pretrain.data import DataConfig, DataError, check_seq_len, prepare_data
 
 
 @pytest.mark.parametrize("overrides, words", [
-    ({"seq_len": 0}, ["data.seq_len", "positive"]),
+    ({"seq_len": 0}, ["data.seq_len=0", "> 0"]),
+    ({"seq_len": "long"}, ["data.seq_len", "must be a number"]),
     ({"tokenizer_type": "wordpiece"}, ["data.tokenizer_type", "bpe", "unigram"]),
     ({"val_fraction": 0.0}, ["data.val_fraction", "(0, 1)"]),
     ({"num_proc": -1}, ["data.num_proc"]),

@@ -49,8 +49,19 @@ def test_a_default_outside_its_own_choices_is_a_programming_error():
     ("monitors.jump.form=euclid", "monitors.jump.form='euclid' is not valid; choose one of ['cosine', 'angular']"),
     ("monitors.trajectory.dim=0", "monitors.trajectory.dim=0 must be > 0"),
     ("train.min_lr_ratio=2", "train.min_lr_ratio=2.0 must be in [0, 1]"),
+    ("jobs.peeling.solver=sgd", "jobs.peeling.solver='sgd' is not valid; choose one of ['adam', 'lstsq']"),
+    ("jobs.lm_eval.limit=0", "jobs.lm_eval.limit=0 must be > 0"),
+    ("jobs.peeling.mode=thread", "jobs.peeling.mode='thread' is not valid; choose one of ['process', 'inline']"),
 ])
-def test_the_run_config_checks_its_sections_and_the_plugins_sections_alike(override, message):
+def test_the_run_config_checks_its_own_and_the_plugins_sections_alike(override, message):
     with pytest.raises(ConfigError) as err:
         load_config("configs/tiny.yaml", [override])
     assert str(err.value) == message
+
+
+def test_an_unset_optional_field_passes_its_rule():
+    from pretrain.jobs.lm_eval.settings import LmEvalSettings
+
+    check_fields(LmEvalSettings(limit=None))
+    with pytest.raises(ValueError, match="limit=-1 must be > 0"):
+        check_fields(LmEvalSettings(limit=-1))

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
+from pretrain.fields import above, at_least, check_fields
 from pretrain.jobs.cli import setting
 from pretrain.jobs.schedule import JobSchedule
 
@@ -32,11 +33,11 @@ class LmEvalSettings:
     include_path: Optional[str] = setting(None, "folder of task YAMLs, searched recursively (None: "
                                                 "configs/eval_tasks, the shipped examples)")
     limit: Optional[int] = setting(None, "evaluate only the first N documents of each task (None: all), for "
-                                         "quick checks")
-    batch_size: int = setting(8, "sequences per forward pass")
+                                         "quick checks", valid=above(0))
+    batch_size: int = setting(8, "sequences per forward pass", valid=above(0))
     device: str = setting("cpu", "torch device for the job (cpu keeps it off the training accelerators)")
     threads: int = setting(0, "torch CPU threads (0: torch's default); beside CPU training ranks a few keep it "
-                              "from starving them")
+                              "from starving them", valid=at_least(0))
 
     def tasks_dir(self) -> Path:
         return Path(self.include_path).expanduser().resolve() if self.include_path else SHIPPED_TASKS
@@ -55,14 +56,13 @@ class LmEvalConfig(JobSchedule, LmEvalSettings):
 
 
 def check_settings(s: LmEvalSettings) -> None:
-    """Refuse settings that cannot run, naming the setting (tasks themselves are checked by `tasks.plan`)."""
+    """Refuse settings that cannot run, naming the setting (tasks themselves are checked by `tasks.plan`): each
+    field's declared valid values, then the task list and folder."""
+    try:
+        check_fields(s)
+    except ValueError as err:
+        raise LmEvalError(str(err)) from None
     if not s.tasks or any(not t.strip() or "," in t for t in s.tasks):
         raise LmEvalError(f"tasks={s.tasks} must be a non-empty list of task names")
     if not s.tasks_dir().is_dir():
         raise LmEvalError(f"include_path={s.include_path!r}: no such folder of task YAMLs")
-    if s.limit is not None and s.limit <= 0:
-        raise LmEvalError(f"limit={s.limit} must be > 0 (or None for all documents)")
-    if s.batch_size <= 0:
-        raise LmEvalError(f"batch_size={s.batch_size} must be > 0")
-    if s.threads < 0:
-        raise LmEvalError(f"threads={s.threads} must be >= 0")

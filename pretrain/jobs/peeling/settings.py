@@ -9,6 +9,7 @@ import re
 from dataclasses import dataclass
 from typing import List
 
+from pretrain.fields import above, at_least, check_fields, one_of
 from pretrain.jobs.cli import setting
 from pretrain.jobs.peeling.errors import PeelingError
 from pretrain.jobs.peeling.plan import PERMUTATIONS
@@ -41,19 +42,26 @@ class PeelingSettings:
         ["forward", "backward"],
         "role assignments within a window (see pretrain/jobs/peeling/plan.py); forward is R(l, j) itself")
     variants: List[str] = setting(["fp"], "weight variants: fp | binary | <k>bit (2 <= k <= 16)")
-    solver: str = setting("adam", "adam: fit the whole block by MSE | lstsq: closed-form solve of wo and w2")
-    init: str = setting("block", "block: start each fit from the source block's weights | fresh: a new random block")
-    steps: int = setting(10, "Adam steps per fit (full batch over the calibration windows)")
-    lr: float = setting(1e-3, "Adam learning rate")
-    lstsq_rounds: int = setting(3, "lstsq: alternate solve / recompute the MLP input this many times")
-    calib_windows: int = setting(8, "validation windows in the fixed calibration set (the first N)")
+    solver: str = setting("adam", "adam: fit the whole block by MSE | lstsq: closed-form solve of wo and w2",
+                          valid=one_of(SOLVERS))
+    init: str = setting("block", "block: start each fit from the source block's weights | fresh: a new random block",
+                        valid=one_of(INITS))
+    steps: int = setting(10, "Adam steps per fit (full batch over the calibration windows)", valid=above(0))
+    lr: float = setting(1e-3, "Adam learning rate", valid=above(0))
+    lstsq_rounds: int = setting(3, "lstsq: alternate solve / recompute the MLP input this many times",
+                                valid=above(0))
+    calib_windows: int = setting(8, "validation windows in the fixed calibration set (the first N)",
+                                 valid=above(0))
     holdout_windows: int = setting(8, "validation windows after the calibration set on which every fitted row is "
-                                    "scored again; the verdicts use these out-of-sample bounds (0: in-sample)")
-    batch_windows: int = setting(8, "windows per forward pass when recording hidden states and measuring losses")
-    tolerance: float = setting(1e-3, "a layer is flagged lazy when a bound that removes it is <= model loss + this")
+                                    "scored again; the verdicts use these out-of-sample bounds (0: in-sample)",
+                                  valid=at_least(0))
+    batch_windows: int = setting(8, "windows per forward pass when recording hidden states and measuring losses",
+                                 valid=above(0))
+    tolerance: float = setting(1e-3, "a layer is flagged lazy when a bound that removes it is <= model loss + this",
+                               valid=at_least(0))
     device: str = setting("cpu", "torch device for the job (cpu keeps it off the training GPUs)")
     threads: int = setting(0, "torch CPU threads for the job (0: torch's default); beside CPU training ranks, "
-                           "a few threads keep it from starving them")
+                           "a few threads keep it from starving them", valid=at_least(0))
     seed: int = setting(0, "seed of fresh inits")
 
 
@@ -70,7 +78,12 @@ loss where a layer is already nearly redundant, so they flag fewer layers than t
 
 
 def check_settings(s: PeelingSettings, n_layers: int | None = None) -> None:
-    """Refuse settings that cannot run (on a model with `n_layers` blocks, when known), naming the setting."""
+    """Refuse settings that cannot run (on a model with `n_layers` blocks, when known), naming the setting: each
+    field's declared valid values, then what looks inside the lists and across fields."""
+    try:
+        check_fields(s)
+    except ValueError as err:
+        raise PeelingError(str(err)) from None
     bad_layers = [l for l in s.layers if l < 1 or (n_layers is not None and l > n_layers)]
     if bad_layers:
         raise PeelingError(f"layers={bad_layers} out of range: the model has layers 1..{n_layers or 'L'}")
@@ -86,17 +99,6 @@ def check_settings(s: PeelingSettings, n_layers: int | None = None) -> None:
         raise PeelingError("variants must not be empty")
     for v in s.variants:
         parse_variant(v)
-    for name, valid in (("solver", SOLVERS), ("init", INITS)):
-        if getattr(s, name) not in valid:
-            raise PeelingError(f"{name}={getattr(s, name)!r}: choose one of {list(valid)}")
-    for name in ("steps", "lstsq_rounds", "calib_windows", "batch_windows"):
-        if getattr(s, name) <= 0:
-            raise PeelingError(f"{name}={getattr(s, name)} must be > 0")
-    for name in ("threads", "holdout_windows"):
-        if getattr(s, name) < 0:
-            raise PeelingError(f"{name}={getattr(s, name)} must be >= 0")
-    if s.lr <= 0 or s.tolerance < 0:
-        raise PeelingError(f"lr={s.lr} must be > 0 and tolerance={s.tolerance} >= 0")
 
 
 @dataclass
