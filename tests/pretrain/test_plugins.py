@@ -39,7 +39,7 @@ def test_a_section_nobody_registered_is_refused_naming_the_registered_ones():
 
 @pytest.mark.parametrize("override, message", [
     ("jobs.lm_eval.every=-1", "jobs.lm_eval.every=-1 must be >= 0"),
-    ("jobs.peeling.mode=thread", "jobs.peeling.mode='thread': choose one of"),
+    ("jobs.peeling.mode=thread", "jobs.peeling.mode='thread' is not valid; choose one of"),
     ("jobs.peeling.steps=0", "jobs.peeling.steps=0 must be > 0"),
     ("monitors.jump.form=sine", "monitors.jump.form='sine' is not valid"),
     ("monitors.jump.batches=0", "monitors.jump.batches=0 must be > 0"),
