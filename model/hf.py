@@ -202,6 +202,10 @@ def from_hf_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+EXPORT_MARKER = ".growlm-export.json"
+"""Written into every export: `overwrite` replaces a folder only when it holds one (an export growlm wrote)."""
+
+
 def save_hf_folder(
     state_dict: dict[str, torch.Tensor],
     cfg: ModelConfig,
@@ -216,13 +220,7 @@ def save_hf_folder(
     Written into a temp dir beside out_dir and renamed into place, so readers never see a half-written folder.
     """
     out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        if not overwrite:
-            raise FileExistsError(f"{out_dir} exists and is not empty; pass overwrite=True to replace it")
-        foreign = sorted(p.name for p in out_dir.iterdir() if not _export_file(p))
-        if foreign:  # overwrite replaces a previous export, never a run, a checkpoint or anything else
-            raise FileExistsError(f"{out_dir} holds {foreign[:5]}, which an export does not write (a run or "
-                                  "checkpoints?): not replacing it; choose another folder")
+    check_export_target(out_dir, overwrite)
     hf_sd = to_hf_state_dict(state_dict)
     if cfg.tie_embeddings:  # safetensors refuses shared storage; HF re-ties lm_head on load
         hf_sd.pop("lm_head.weight", None)
@@ -243,6 +241,8 @@ def save_hf_folder(
         if "tokenizer.model" in tokenizer_files:
             tok_cfg = hf_tokenizer_config(tokenizer_files["tokenizer.model"].read_bytes(), cfg.max_seq_len)
             (tmp / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2) + "\n")
+        (tmp / EXPORT_MARKER).write_text(json.dumps({"written_by": "growlm export"}) + "\n")
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700 would become the folder's mode
         _replace_dir(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -260,9 +260,35 @@ def _special_ids(tokenizer_files: dict[str, Path]) -> tuple[int | None, int | No
     return tok.bos_token_id, tok.eos_token_id
 
 
+def check_export_target(out_dir: Path, overwrite: bool) -> None:
+    """Refuse, before anything is written, a target that is a file, or a non-empty folder unless `overwrite` and
+    it holds an earlier export and nothing else (its marker file says growlm wrote it)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FileExistsError(f"{out_dir} is a file, not a folder: choose a new or empty folder to export into")
+    if not out_dir.exists() or not any(out_dir.iterdir()):
+        return
+    if not overwrite:
+        raise FileExistsError(f"{out_dir} exists and is not empty: choose a new or empty folder, or --overwrite "
+                              "(overwrite=True) to replace an earlier export there")
+    entries = sorted(out_dir.iterdir())
+    if not (out_dir / EXPORT_MARKER).is_file():
+        raise FileExistsError(f"{out_dir} holds {[p.name for p in entries][:5]} and no {EXPORT_MARKER}: it is not a "
+                              "growlm export, so --overwrite leaves it alone; choose another folder")
+    foreign = [p.name for p in entries if not _export_file(p)]
+    if foreign:  # overwrite replaces a previous export, never a run, a checkpoint or anything else
+        raise FileExistsError(f"{out_dir} holds {foreign[:5]}, which an export does not write (a run or "
+                              "checkpoints?): not replacing it; choose another folder")
+
+
 def _export_file(path: Path) -> bool:
     """A file of the kind an HF model folder holds (config, weights, tokenizer), not a folder or run state."""
     return path.is_file() and path.suffix in (".json", ".safetensors", ".model", ".txt") and path.name != "manifest.json"
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def hf_tokenizer_config(sp_model: bytes, max_seq_len: int) -> dict[str, object]:

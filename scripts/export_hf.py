@@ -16,7 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from model.hf import save_hf_folder
+from model.hf import check_export_target, save_hf_folder
 from storage.folders import CheckpointError, locate
 from storage.tokenizer_files import find_tokenizer, tokenizer_files
 from storage.weights import load_weights
@@ -26,12 +26,14 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", type=Path, help="a checkpoints/step_<N> dir, a checkpoints/ root or its latest file, a weights folder or an HF folder")
     p.add_argument("out", type=Path, help="output folder (must not exist or be empty)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier export in `out` (only a folder an export wrote: it holds its marker)")
     args = p.parse_args(argv)
     try:
+        check_export_target(args.out, args.overwrite)  # before any work: a refused target costs nothing
         source = locate(args.checkpoint)
         cfg, state = load_weights(source)
-    except CheckpointError as err:
+    except (CheckpointError, FileExistsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     tokenizer = find_tokenizer(source)

@@ -119,9 +119,10 @@ def locate(path: Path) -> Path:
     if path.name == LATEST and path.is_file():
         path = path.parent
     if not path.is_dir():
-        raise CheckpointError(
-            f"checkpoint {str(path)!r} does not exist; give a checkpoints/ root, its latest file, a "
-            "checkpoints/step_<N> folder or a weights folder")
+        what = (f"{str(path)!r} is a file, not a checkpoint folder (its folder is {str(path.parent)!r})"
+                if path.exists() else f"checkpoint {str(path)!r} does not exist")
+        raise CheckpointError(f"{what}; give a checkpoints/ root, its latest file, a checkpoints/step_<N> folder "
+                              "or a weights folder")
     if (path / LATEST).is_file() and not (path / WEIGHTS).is_file():
         return latest(path)
     return path

@@ -182,17 +182,39 @@ def test_load_hf_folder_reads_sharded_checkpoints(tmp_path: Path) -> None:
     assert all(torch.equal(loaded[k], expected[k]) for k in expected)
 
 
-def test_save_refuses_to_overwrite_and_replaces_when_asked(tmp_path: Path) -> None:
+def test_overwrite_replaces_an_earlier_export_and_nothing_else(tmp_path: Path) -> None:
+    """A user's folder (never an export) survives --overwrite byte for byte, mode included (issue 37's data loss);
+    an earlier export is replaced, and no temp or old folder is left beside it."""
     cfg = small_cfg(True)
     out = tmp_path / "hf"
-    out.mkdir()
-    (out / "keep.txt").write_text("precious")
-    with pytest.raises(FileExistsError):
+    out.mkdir(mode=0o755)
+    (out / "notes.txt").write_text("precious")
+    (out / "data.json").write_text("{}")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(FileExistsError, match="--overwrite"):
         save_hf_folder(our_model(cfg).state_dict(), cfg, out)
-    assert [p.name for p in out.iterdir()] == ["keep.txt"]
-    save_hf_folder(our_model(cfg).state_dict(), cfg, out, overwrite=True)
-    assert not (out / "keep.txt").exists() and (out / "model.safetensors").exists()
-    assert [p.name for p in tmp_path.iterdir()] == ["hf"]  # no temp or old folders left beside it
+    with pytest.raises(FileExistsError, match=r"\['data.json', 'notes.txt'\] and no .growlm-export.json"):
+        save_hf_folder(our_model(cfg).state_dict(), cfg, out, overwrite=True)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before and out.stat().st_mode & 0o777 == 0o755
+
+    export = tmp_path / "export"
+    save_hf_folder(our_model(cfg).state_dict(), cfg, export)
+    first = (export / "model.safetensors").read_bytes()
+    save_hf_folder({k: v + 1 for k, v in our_model(cfg).state_dict().items()}, cfg, export, overwrite=True)
+    assert (export / "model.safetensors").read_bytes() != first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export", "hf"]
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    assert export.stat().st_mode & 0o777 == fresh.stat().st_mode & 0o777  # not mkdtemp's 0700
+
+
+def test_an_existing_file_as_the_export_folder_is_refused(tmp_path: Path) -> None:
+    cfg = small_cfg(True)
+    target = tmp_path / "model.bin"
+    target.write_bytes(b"x")
+    with pytest.raises(FileExistsError, match="is a file, not a folder"):
+        save_hf_folder(our_model(cfg).state_dict(), cfg, target, overwrite=True)
+    assert target.read_bytes() == b"x"
 
 
 def test_failed_save_leaves_nothing_behind(tmp_path: Path) -> None:
@@ -209,6 +231,7 @@ def test_overwrite_never_replaces_a_run_or_checkpoints(tmp_path: Path) -> None:
     (run / "checkpoints" / "step_2").mkdir(parents=True)
     (run / "metrics.jsonl").write_text('{"step": 1}\n')
     (run / "config.json").write_text("{}")
+    (run / ".growlm-export.json").write_text("{}")  # even beside a marker (an export later filled with run files)
     with pytest.raises(FileExistsError, match=r"\['checkpoints', 'metrics.jsonl'\]"):
         save_hf_folder(our_model(cfg).state_dict(), cfg, run, overwrite=True)
     assert (run / "checkpoints" / "step_2").is_dir() and (run / "metrics.jsonl").read_text() == '{"step": 1}\n'

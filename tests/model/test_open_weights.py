@@ -136,6 +136,27 @@ def test_export_round_trip_keeps_logits_and_tokenizer(tmp_path):
     assert (exported["bos_token_id"], exported["eos_token_id"]) == (0, 1)
 
 
+def test_export_refuses_bad_targets_and_sources_before_any_work(tmp_path, capsys):
+    """One `error:` line naming the problem, exit 2, nothing written (issue 37's export cases)."""
+    source = open_weight_folder(tmp_path / "src", tie=True)
+    export = runpy.run_path(str(ROOT / "scripts" / "export_hf.py"))["main"]
+    user = tmp_path / "mine"
+    user.mkdir()
+    (user / "notes.txt").write_text("precious")
+    (tmp_path / "file").write_text("x")
+    cases = [([str(source), str(user), "--overwrite"], "no .growlm-export.json"),
+             ([str(source), str(tmp_path / "file")], "is a file, not a folder"),
+             ([str(source / "model.safetensors"), str(tmp_path / "new")], "is a file, not a checkpoint folder")]
+    capsys.readouterr()  # the source folder's own progress output
+    for argv, message in cases:
+        before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+        assert export(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error:") and message in err[0], err
+        assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == before
+    assert (user / "notes.txt").read_text() == "precious"
+
+
 def test_zero_block_growth_from_an_hf_folder_preserves_logits(tmp_path):
     from growth.cli import main as growth_main
 
