@@ -21,13 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-import yaml
+from omegaconf import OmegaConf
 
 from experiments import compare
 from experiments.runs import run_dir_name
 from launch.command import launch_argv, render_overrides
 from pretrain.config import load_config
 from storage import folders
+from storage.io import read_yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 """The repository root: a spec's `base` config is relative to it, and runs start there."""
@@ -69,9 +70,10 @@ class Job:
 
 def load_spec(path: Path) -> Spec:
     """Read and check an experiment spec; errors name the file and the offending key."""
-    if not path.is_file():
-        raise FileNotFoundError(f"experiment spec {path} does not exist")
-    raw = yaml.safe_load(path.read_text()) or {}
+    loaded = read_yaml(path, "experiment spec")
+    raw = OmegaConf.to_container(loaded) if loaded is not None else {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: an experiment spec is a mapping with keys {sorted(SPEC_KEYS)}")
     unknown = set(raw) - SPEC_KEYS
     if unknown:
         raise ValueError(f"{path}: unknown keys {sorted(unknown)} (valid: {sorted(SPEC_KEYS)})")

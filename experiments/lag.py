@@ -30,7 +30,7 @@ from growth.runs import check_user_overrides, claim_experiment, exit_code, train
 from launch.command import render_overrides
 from model import ModelConfig
 from storage.folders import tag_for
-from storage.io import atomic_save_figure, atomic_write_text
+from storage.io import FileFormatError, atomic_save_figure, atomic_write_text, read_yaml
 
 SPEC_KEYS = {"config", "ranks", "seeds", "source_steps", "lag_steps", "validate_steps", "carry", "overrides",
              "growths"}
@@ -60,9 +60,10 @@ class LagExperiment:
     @classmethod
     def load(cls, path: Path) -> "LagExperiment":
         """Read and check a spec; errors name the file and the key."""
-        if not Path(path).is_file():
-            raise GrowthError(f"experiment spec {path} does not exist")
-        raw = OmegaConf.to_container(OmegaConf.load(path)) or {}
+        try:
+            raw = OmegaConf.to_container(read_yaml(path, "experiment spec")) or {}
+        except FileFormatError as err:
+            raise GrowthError(str(err)) from None
         unknown = set(raw) - SPEC_KEYS
         if unknown:
             raise GrowthError(f"{path}: unknown keys {sorted(unknown)} (valid: {sorted(SPEC_KEYS)})")

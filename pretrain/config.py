@@ -21,6 +21,7 @@ from pretrain.data.config import DataConfig
 from pretrain.data.errors import DataError
 from pretrain.fields import check_fields, choice, non_negative, positive, within
 from pretrain.plugins import JOBS, MONITORS
+from storage.io import FileFormatError, read_yaml
 
 MODEL_PRESETS = Path(__file__).resolve().parent.parent / "configs" / "model"
 
@@ -214,7 +215,10 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {str(path)!r} does not exist")
-        raw = OmegaConf.load(path)
+        try:
+            raw = read_yaml(path, "config file")
+        except FileFormatError as err:
+            raise ConfigError(str(err)) from None
         if not isinstance(raw, DictConfig):
             raise ConfigError(f"config file {path} must be a YAML mapping of sections {_fields(Config)}")
         layers.append((f"config file {path}", _resolve_model_preset(raw, path.parent)))
@@ -342,7 +346,10 @@ def _resolve_model_preset(layer: DictConfig, base_dir: Path) -> DictConfig:
         presets = sorted(p.stem for p in MODEL_PRESETS.glob("*.yaml"))
         raise ConfigError(f"model={value!r} is neither a model YAML file, a transformers model folder (with "
                           f"config.json) nor a preset; presets: {presets}")
-    layer.model = OmegaConf.load(found)
+    try:
+        layer.model = read_yaml(found, "model file")
+    except FileFormatError as err:
+        raise ConfigError(f"model={value!r}: {err}") from None
     return layer
 
 

@@ -1,6 +1,7 @@
-"""Atomic file writes: a crash mid-write leaves the old file (or none), never a torn one.
+"""Atomic file writes (a crash mid-write leaves the old file, or none, never a torn one), and the one reader of
+the YAML files users hand growlm (configs, presets, experiment specs), whose errors name the file and line.
 
-In `model/` so that every package may use it: growth and the scripts as well as the trainer.
+In `storage/` so that every package may use it: growth, the experiments and the scripts as well as the trainer.
 """
 from __future__ import annotations
 
@@ -10,6 +11,10 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Any
+
+
+class FileFormatError(ValueError):
+    """A user's file that cannot be read as what it should be; the message names the file and where."""
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -41,3 +46,26 @@ def atomic_save_figure(fig: Any, path: str | Path, **savefig_kwargs: Any) -> Non
     buf = io.BytesIO()
     fig.savefig(buf, format=Path(path).suffix.lstrip(".") or "png", **savefig_kwargs)
     atomic_write_bytes(path, buf.getvalue())
+
+
+def read_yaml(path: str | Path, what: str = "YAML file") -> Any:
+    """The YAML document in `path` as an omegaconf container (a DictConfig for a mapping); a binary file, a
+    YAML syntax error or a missing file raise FileFormatError naming `what`, the path and the line."""
+    import yaml
+    from omegaconf import OmegaConf
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileFormatError(f"{what} {path} does not exist" + (" (it is a folder)" if path.is_dir() else ""))
+    try:
+        path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise FileFormatError(f"{what} {path} is not a text file (a binary file such as weights?): give a YAML "
+                              "file") from None
+    try:
+        return OmegaConf.load(path)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise FileFormatError(f"{what} {path} is not valid YAML{where}: {problem}") from None
