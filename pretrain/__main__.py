@@ -46,13 +46,15 @@ def main(argv: list[str] | None = None) -> int:
         from pretrain import extensions
 
         extensions.refuse_stale_build_locks()  # in the check and in every rank: a launch may skip the check
-        if args.check:
+        if args.check:  # everything the ranks will open: the data (every mixture source), init_from, the resume
             from pretrain import runlock
-            from pretrain.data import prepare_data
+            from pretrain.carry import check_init_from
+            from pretrain.data.pipeline import load_data
 
             if not args.not_first_node:  # node 0's rank 0 may hold the run directory already: that is this run
                 runlock.check_free(cfg.run_dir)
-            data = prepare_data(cfg.data, cfg.model.vocab_size)
+            check_init_from(cfg)  # cheap checks first: no data is prepared for a run that cannot start
+            data = load_data(cfg)
             check_resume(cfg, data.tokenizer_path)
             print(f"config ok; data: {data.stats}")
             return 0

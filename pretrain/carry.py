@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 from pretrain import optimizer_state
 from pretrain.config import ConfigError
 from pretrain.engine import load_weights_into
-from storage.carry import load_carry
-from storage.weights import load_weights
+from storage.carry import check_carry, load_carry
+from storage.weights import load_weights, weights_config
 
 if TYPE_CHECKING:
     from torch import nn
@@ -30,13 +30,31 @@ def init_from(model: "nn.Module", cfg: "Config") -> dict[str, Any] | None:
         return None
     source = Path(cfg.train.init_from)
     src_cfg, state = load_weights(source, lazy=True)
-    if src_cfg != cfg.model:
-        raise ConfigError(f"train.init_from={source} holds a model of shape {src_cfg}, but model is {cfg.model}")
+    _check_shape(cfg, source, src_cfg)
     load_weights_into(model, state)
     log.info("initialized weights from %s", source)
-    if cfg.train.carry.optimizer or cfg.train.carry.schedule == "continue":
-        return load_carry(source)
-    return None
+    return load_carry(source) if _takes_carry(cfg) else None
+
+
+def check_init_from(cfg: "Config") -> None:
+    """What `init_from` will read, checked before any rank starts and without reading a tensor: the source
+    exists and is a weights, checkpoint or transformers folder of the run's model shape, and holds carry.pt
+    when train.carry takes any of it."""
+    if not cfg.train.init_from:
+        return
+    source = Path(cfg.train.init_from)
+    _check_shape(cfg, source, weights_config(source))
+    if _takes_carry(cfg):
+        check_carry(source)
+
+
+def _check_shape(cfg: "Config", source: Path, src_cfg: Any) -> None:
+    if src_cfg != cfg.model:
+        raise ConfigError(f"train.init_from={source} holds a model of shape {src_cfg}, but model is {cfg.model}")
+
+
+def _takes_carry(cfg: "Config") -> bool:
+    return cfg.train.carry.optimizer or cfg.train.carry.schedule == "continue"
 
 
 def origin_step(cfg: "Config", carried: dict[str, Any] | None) -> int:

@@ -60,10 +60,15 @@ def save_carry(folder: Path, opt_state: OptState, optimizer_step: int, progress:
     torch.save({"moments": moments, "optimizer_step": int(optimizer_step), **progress}, Path(folder) / CARRY_FILE)
 
 
-def load_carry(folder: Path) -> dict[str, Any]:
-    """carry.pt of a grown folder; a clear error when the folder was grown without --carry."""
+def check_carry(folder: Path) -> Path:
+    """carry.pt's path in a grown folder; a clear error when the folder was grown without --carry."""
     path = Path(folder) / CARRY_FILE
     if not path.is_file():
         raise CheckpointError(f"{folder} carries no optimizer state ({CARRY_FILE}); grow it with --carry, or set "
                               "train.carry.optimizer=false and train.carry.schedule=rewarm")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return path
+
+
+def load_carry(folder: Path) -> dict[str, Any]:
+    """carry.pt of a grown folder (check_carry's error when it has none)."""
+    return torch.load(check_carry(folder), map_location="cpu", weights_only=True)

@@ -96,21 +96,45 @@ def load_weights(path: Path, lazy: bool = False) -> tuple[ModelConfig, Mapping[s
     from model.hf import HFWeights, UnsupportedModel, load_hf_folder, read_hf_config  # transformers: only here
 
     path = locate(path)
-    if (path / "config.json").is_file() and not (path / MANIFEST).is_file():
+    if _is_hf_folder(path):
         try:
             return (read_hf_config(path), HFWeights(path)) if lazy else load_hf_folder(path)
         except UnsupportedModel as err:
             raise CheckpointError(str(err)) from None
     if (path / WEIGHTS).is_file():
         return model_config_of(path), torch.load(path / WEIGHTS, map_location="cpu", weights_only=True)
+    _refuse_unless_checkpoint(path)
+    state = consolidated_state_dict(path)
+    quantization = quantization_of(path)
+    return model_config_of(path), quantized_state_dict(state, quantization) if quantization else state
+
+
+def weights_config(path: Path) -> ModelConfig:
+    """The model shape `load_weights(path)` would give, read without any tensor (what a pre-launch check needs);
+    refuses what load_weights refuses, naming it."""
+    from model.hf import UnsupportedModel, read_hf_config
+
+    path = locate(path)
+    if _is_hf_folder(path):
+        try:
+            return read_hf_config(path)
+        except UnsupportedModel as err:
+            raise CheckpointError(str(err)) from None
+    if not (path / WEIGHTS).is_file():
+        _refuse_unless_checkpoint(path)
+    return model_config_of(path)
+
+
+def _is_hf_folder(path: Path) -> bool:
+    return (path / "config.json").is_file() and not (path / MANIFEST).is_file()
+
+
+def _refuse_unless_checkpoint(path: Path) -> None:
     if not (path / MANIFEST).is_file():
         raise CheckpointError(
             f"{path} is neither a weights folder ({WEIGHTS} + {WEIGHTS_CONFIG}), a complete checkpoint "
             f"({MANIFEST}) nor a transformers model folder (config.json + safetensors)"
         )
-    state = consolidated_state_dict(path)
-    quantization = quantization_of(path)
-    return model_config_of(path), quantized_state_dict(state, quantization) if quantization else state
 
 
 def save_weights(out: Path, cfg: ModelConfig, state_dict: dict[str, torch.Tensor], record: dict | None = None,

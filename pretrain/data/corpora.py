@@ -61,12 +61,12 @@ def mixture_tokenizer(cfg: DataConfig) -> Path:
 def prepare_mixture(cfg: DataConfig, vocab_size: int) -> PackedData:
     """Open every source (memory maps and per-file counts only) and check it; nothing is tokenized here."""
     start = time.perf_counter()
+    corpora = [open_corpus(spec.path, spec.format, spec.val_fraction) for spec in cfg.sources]  # each named
     tok_path = mixture_tokenizer(cfg)
     load_tokenizer(tok_path, vocab_size)
     fingerprint, window = tokenizer_fingerprint(tok_path), cfg.seq_len + 1
     train, val, sources = [], [], []
-    for spec in cfg.sources:
-        corpus = open_corpus(spec.path, spec.format, spec.val_fraction)
+    for spec, corpus in zip(cfg.sources, corpora):
         if corpus.tokenizer is not None and corpus.tokenizer != fingerprint:
             raise DataError(f"data.sources {spec.path!r} was prepared with another tokenizer than {tok_path}")
         check_ids(corpus, vocab_size)

@@ -153,6 +153,10 @@ class Corpus:
         return Windows(self.train, window), Windows(self.val, window)
 
 
+RAW_TEXT_SUFFIXES = (".txt", ".jsonl", ".json", ".parquet", ".gz")
+"""Files data.source reads as documents; as a mixture source they must be tokenized first."""
+
+
 def open_corpus(path: str, fmt: str = "auto", val_fraction: float = 0.01) -> Corpus:
     """A growlm shard directory (with meta.json), or Megatron `.bin/.idx` prefixes (a prefix, or a glob of .bin
     files); the format is refused by name when it is neither."""
@@ -164,6 +168,12 @@ def open_corpus(path: str, fmt: str = "auto", val_fraction: float = 0.01) -> Cor
         if bins:
             files = [megatron_file(Path(b).with_suffix("")) for b in bins]
             return Corpus(path, files, [], val_fraction=val_fraction)
+    if p.is_file() and p.suffix in RAW_TEXT_SUFFIXES:
+        raise DataError(f"data source {path!r} is raw text: tokenize it once with `python -m pretrain.data prepare "
+                        f"{path} --out DIR --tokenizer TOKENIZER` and list DIR, or train on it alone with "
+                        "data.source")
+    if not p.exists() and not glob.glob(path + "*"):
+        raise DataError(f"data source {path!r} does not exist")
     raise DataError(f"data source {path!r} (format {fmt}) is neither a growlm shard directory (with {META}, from "
                     "`python -m pretrain.data prepare`) nor Megatron/gpt-neox data (<prefix>.bin + <prefix>.idx)")
 

@@ -132,8 +132,13 @@ def test_mixture_refusals(tmp_path, shards, embedded):
     with pytest.raises(ConfigError, match=r"format='arrow'.*valid"):
         load_config(None, [f"data.sources=[{{path: {shards}, format: arrow}}]"])
     (tmp_path / "notes.txt").write_text("hello")
-    with pytest.raises(DataError, match="neither a growlm shard directory .* nor Megatron"):
+    with pytest.raises(DataError, match="notes.txt' is raw text: tokenize it once"):
         open_corpus(str(tmp_path / "notes.txt"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="neither a growlm shard directory .* nor Megatron"):
+        open_corpus(str(tmp_path / "empty"))
+    with pytest.raises(DataError, match="nowhere' does not exist"):
+        open_corpus(str(tmp_path / "nowhere"))
     cfg = load_config(None, [f"data.sources=[{{path: {shards}}}]", "model.vocab_size=512", "data.seq_len=64"])
     with pytest.raises(DataError, match="vocab size 512 but model.vocab_size=600"):
         prepare_mixture(cfg.data, 600)
