@@ -19,7 +19,7 @@ from growth import GrowthError, GrowthResult, get_operator, grow
 from model import ModelConfig
 from model.config import ModelConfigError
 from storage.carry import save_carry, source_optimizer, source_progress
-from storage.folders import MANIFEST, WEIGHTS, CheckpointError, locate
+from storage.folders import MANIFEST, WEIGHTS, CheckpointError, locate, verify
 from storage.tokenizer_files import copy_tokenizer, find_tokenizer
 from storage.weights import load_weights, save_weights
 
@@ -86,7 +86,10 @@ def source_info(path: Path) -> dict[str, Any]:
         raise GrowthError(str(err)) from None
     step = None
     if (path / MANIFEST).is_file():
-        step = json.loads((path / MANIFEST).read_text()).get("step")
+        try:
+            step = verify(path).get("step")  # a damaged manifest is named, as export and peeling name it
+        except CheckpointError as err:
+            raise GrowthError(str(err)) from None
     elif (path / "record.json").is_file():  # a grown folder: the step of the checkpoint it was grown from
         step = json.loads((path / "record.json").read_text()).get("source_step")
     tokenizer = find_tokenizer(path)
@@ -112,11 +115,15 @@ def grow_folder(source: Path, op: str, target_spec: Sequence[str], out: Path,
     params = dict(params or {})
     check_operator(op, params)
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise GrowthError(f"output folder {out} exists and is not empty; choose a new --out")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise GrowthError(f"--out {out} exists and is {'a file' if not out.is_dir() else 'not empty'}; choose a new "
+                          "--out")
     info = source_info(source)
     cfg, state = load_weights(Path(info["path"]))
     target = resolve_target(cfg, target_spec)
+    if target == cfg:
+        raise GrowthError(f"--to {' '.join(target_spec)} is the source's own shape ({cfg.n_layers} layers, dim "
+                          f"{cfg.dim}): nothing to grow; give a larger n_layers, dim, n_heads or ffn_dim")
     if carry:
         if not (Path(info["path"]) / MANIFEST).is_file():
             raise GrowthError(f"--carry needs a training checkpoint (with optimizer state); {info['path']} is a "

@@ -70,6 +70,7 @@ def test_target_from_a_model_yaml_copies_the_mapped_layers(source, tmp_path):
     (["--op", "stack", "--to", "no_such_preset"], "neither a YAML file nor a model preset; presets: ['125m'"),
     (["--op", "stack_middle", "--to", "n_layers=4", "--param", "colour=red"],
      "'stack_middle' takes no parameter ['colour']; its parameters: ['block']"),
+    (["--op", "stack", "--to", "n_layers=2"], "is the source's own shape (2 layers, dim 32): nothing to grow"),
 ])
 def test_bad_input_names_the_problem_and_writes_nothing(source, tmp_path, capsys, args, message):
     folder, _ = source
@@ -80,6 +81,24 @@ def test_bad_input_names_the_problem_and_writes_nothing(source, tmp_path, capsys
     assert main(["grow", *args, "--out", str(out)]) == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_an_output_path_that_is_a_file_is_refused(source, tmp_path, capsys):
+    folder, _ = source
+    (tmp_path / "out").write_text("mine")
+    assert main(["grow", "--from", str(folder), "--op", "stack", "--to", "n_layers=4", "--out",
+                 str(tmp_path / "out")]) == 2
+    assert "exists and is a file" in capsys.readouterr().err and (tmp_path / "out").read_text() == "mine"
+
+
+def test_a_garbled_manifest_is_named_not_a_traceback(tmp_path, capsys):
+    ckpt = tmp_path / "checkpoints" / "step_2"
+    ckpt.mkdir(parents=True)
+    (ckpt / "manifest.json").write_text("{not json")
+    assert main(["grow", "--from", str(ckpt), "--op", "stack", "--to", "n_layers=4", "--out",
+                 str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "manifest.json is damaged" in err[0] and not (tmp_path / "out").exists()
 
 
 def test_an_existing_output_folder_is_never_overwritten(source, tmp_path, capsys):
