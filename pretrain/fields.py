@@ -11,7 +11,7 @@ Settings only: no torch, importable by the run config.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 
 def one_of(valid: Sequence[Any]) -> dict[str, Any]:
@@ -66,27 +66,47 @@ def inside(default: float, low: float, high: float) -> Any:
     return dataclasses.field(default=default, metadata=strictly_between(low, high))
 
 
+def flag(kind: Callable[[str], Any], rule: dict[str, Any]) -> Callable[[str], Any]:
+    """An argparse `type` that converts with `kind` and enforces `rule` (one of the rules above), so a command
+    line flag is refused in the words a config key is: `--seq-len -4` -> `argument --seq-len: -4 must be > 0`."""
+    import argparse
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {getattr(kind, '__name__', 'valid')}") from None
+        try:
+            check_value("", value, rule)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+        return value
+
+    return parse
+
+
 def check_value(key: str, value: Any, metadata: Any) -> None:
     """Raise ValueError naming `key` when `value` breaks the field's declared valid values."""
     if value is None:
         return
+    key = f"{key}=" if key else ""
     if "choices" in metadata and value not in metadata["choices"]:
-        raise ValueError(f"{key}={value!r} is not valid; choose one of {list(metadata['choices'])}")
+        raise ValueError(f"{key}{value!r} is not valid; choose one of {list(metadata['choices'])}")
     bounded = {"min", "range", "open_range"} & set(metadata)
     if bounded and (isinstance(value, bool) or not isinstance(value, (int, float))):
-        raise ValueError(f"{key}={value!r} must be a number")
+        raise ValueError(f"{key}{value!r} must be a number")
     if "min" in metadata:
         low, strict = metadata["min"], metadata["strict"]
         if value < low or (strict and value == low):
-            raise ValueError(f"{key}={value} must be {'>' if strict else '>='} {low}")
+            raise ValueError(f"{key}{value} must be {'>' if strict else '>='} {low}")
     if "range" in metadata:
         low, high = metadata["range"]
         if not low <= value <= high:
-            raise ValueError(f"{key}={value} must be in [{low:g}, {high:g}]")
+            raise ValueError(f"{key}{value} must be in [{low:g}, {high:g}]")
     if "open_range" in metadata:
         low, high = metadata["open_range"]
         if not low < value < high:
-            raise ValueError(f"{key}={value} must be in ({low:g}, {high:g})")
+            raise ValueError(f"{key}{value} must be in ({low:g}, {high:g})")
 
 
 def check_fields(section: Any, prefix: str = "") -> None:

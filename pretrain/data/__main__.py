@@ -14,6 +14,7 @@ from pathlib import Path
 from pretrain.data.errors import DataError
 from pretrain.data.prepare import PrepareJob, run
 from pretrain.data.tokenizer import vocab_size_of
+from pretrain.fields import above, flag, strictly_between
 
 
 def parse_range(text: str | None, num_shards: int) -> tuple[int, int]:
@@ -37,17 +38,17 @@ def main(argv: list[str] | None = None) -> int:
     prep.add_argument("source", help="what data.source takes")
     prep.add_argument("--tokenizer", required=True, type=Path, help="a sentencepiece .model or an HF tokenizer")
     prep.add_argument("--out", required=True, type=Path, help="the shard directory")
-    prep.add_argument("--shards", type=int, default=16, help="input shards (units of work and of resumption)")
+    prep.add_argument("--shards", type=flag(int, above(0)), default=16,
+                      help="input shards (units of work and of resumption)")
     prep.add_argument("--shard-range", help="A:B: only shards A..B-1 (split the work across nodes)")
-    prep.add_argument("--procs", type=int, default=2, help="worker processes")
+    prep.add_argument("--procs", type=flag(int, above(0)), default=2, help="worker processes")
     prep.add_argument("--text-field", default="text")
-    prep.add_argument("--val-fraction", type=float, default=0.01)
+    prep.add_argument("--val-fraction", type=flag(float, strictly_between(0.0, 1.0)), default=0.01,
+                      help="share of documents held out for validation")
     prep.add_argument("--seed", type=int, default=0, help="salt of the hash that picks val documents")
     prep.add_argument("--cache-dir", default=".cache/growlm", help="datasets' cache of the source")
     args = p.parse_args(argv)
     try:
-        if args.shards < 1 or args.procs < 1 or not 0 < args.val_fraction < 1:
-            raise DataError("--shards and --procs must be >= 1 and --val-fraction in (0, 1)")
         job = PrepareJob(source=args.source, tokenizer=args.tokenizer.resolve(), out=args.out,
                          vocab_size=vocab_size_of(args.tokenizer), num_shards=args.shards,
                          shard_range=parse_range(args.shard_range, args.shards), procs=args.procs,

@@ -22,6 +22,7 @@ from typing import Optional
 
 import torch
 
+from pretrain.fields import above, flag
 from regularizers.jump import FORMS, displacement_profile, zeta_final
 from storage.io import atomic_save_figure, atomic_write_text
 
@@ -157,8 +158,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("models", nargs="+", type=Path, help="Hugging Face causal LM folders (with a tokenizer)")
     p.add_argument("--out", type=Path, required=True, help="output folder for the JSONs and the PNG")
     p.add_argument("--text-file", type=Path, help="UTF-8 text to measure on (default: pydoc topics)")
-    p.add_argument("--max-tokens", type=int, default=8192, help="tokens measured per model")
-    p.add_argument("--seq-len", type=int, default=512, help="sequence length (capped at the model's maximum)")
+    p.add_argument("--max-tokens", type=flag(int, above(0)), default=8192, help="tokens measured per model")
+    p.add_argument("--seq-len", type=flag(int, above(1)), default=512,
+                   help="sequence length (capped at the model's maximum)")
     p.add_argument("--form", choices=FORMS, default="cosine", help="(1-cos)/2 or arccos(cos)/pi")
     p.add_argument("--final-norm", choices=("include", "exclude"), default="include",
                    help="h_L after the final norm (as HF's hidden states and the monitor's default) or before")

@@ -145,6 +145,7 @@ def test_plan_roles_and_removals():
 @pytest.mark.parametrize("change, message", [
     ({"variants": ["1bit"]}, "variant '1bit'"), ({"layers": [5]}, "layers=[5]"), ({"solver": "sgd"}, "solver"),
     ({"permutations": ["rotate"]}, "permutations"), ({"init": "fresh"}, "backward"),
+    ({"offsets": [9]}, "offsets=[9] and permutations=['forward', 'backward'] peel nothing in a 4-layer model"),
 ])
 def test_bad_settings_are_refused_by_name(change, message):
     with pytest.raises(PeelingError, match=message.replace("[", r"\[").replace("]", r"\]")):

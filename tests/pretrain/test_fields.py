@@ -65,3 +65,21 @@ def test_an_unset_optional_field_passes_its_rule():
     check_fields(LmEvalSettings(limit=None))
     with pytest.raises(ValueError, match="limit=-1 must be > 0"):
         check_fields(LmEvalSettings(limit=-1))
+
+
+@pytest.mark.parametrize("main_module, argv, message", [
+    ("pretrain.data.__main__", ["prepare", "x.jsonl", "--tokenizer", "t.model", "--out", "o", "--shards", "0"],
+     "argument --shards: 0 must be > 0"),
+    ("pretrain.data.__main__", ["prepare", "x.jsonl", "--tokenizer", "t.model", "--out", "o", "--val-fraction", "2"],
+     "argument --val-fraction: 2.0 must be in (0, 1)"),
+    ("pretrain.jump.profile", ["m", "--out", "o", "--seq-len", "-4"], "argument --seq-len: -4 must be > 1"),
+    ("pretrain.jump.profile", ["m", "--out", "o", "--max-tokens", "many"], "argument --max-tokens: 'many' is not int"),
+])
+def test_flags_are_refused_in_the_words_of_their_rule(main_module, argv, message, capsys, tmp_path, monkeypatch):
+    import importlib
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        importlib.import_module(main_module).main(argv)
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

@@ -12,7 +12,7 @@ from typing import List
 from pretrain.fields import above, at_least, check_fields, one_of
 from pretrain.jobs.cli import setting
 from pretrain.jobs.peeling.errors import PeelingError
-from pretrain.jobs.peeling.plan import PERMUTATIONS
+from pretrain.jobs.peeling.plan import PERMUTATIONS, plan
 from pretrain.jobs.schedule import JobSchedule
 
 SOLVERS = ("adam", "lstsq")
@@ -99,6 +99,9 @@ def check_settings(s: PeelingSettings, n_layers: int | None = None) -> None:
         raise PeelingError("variants must not be empty")
     for v in s.variants:
         parse_variant(v)
+    if n_layers is not None and not plan(s.layers, s.offsets, s.permutations, n_layers):
+        raise PeelingError(f"layers={s.layers or 'all'} with offsets={s.offsets} and permutations={s.permutations} "
+                           f"peel nothing in a {n_layers}-layer model: a window l..l+j must end by layer {n_layers}")
 
 
 @dataclass
