@@ -232,9 +232,9 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
         try:
             merged = OmegaConf.merge(merged, layer)
         except (ConfigKeyError, ValidationError) as err:
-            raise ConfigError(_explain(err)) from None
+            raise ConfigError(_shape_mismatch(merged, layer, source) or _explain(err)) from None
         except (OmegaConfBaseException, TypeError, ValueError) as err:
-            raise ConfigError(f"{source}: {err}") from None
+            raise ConfigError(_shape_mismatch(merged, layer, source) or f"{source}: {err}") from None
     try:
         cfg: Config = OmegaConf.to_object(merged)
     except (ModelConfigError, DataError, ValueError) as err:  # dataclass __post_init__ validation
@@ -361,6 +361,30 @@ def _hf_model_fields(folder: Path, value: str) -> dict[str, Any]:
         return dataclasses.asdict(read_hf_config(folder))
     except (UnsupportedModel, ModelConfigError) as err:
         raise ConfigError(f"model={value!r}: {err}") from None
+
+
+def _shape_mismatch(schema: DictConfig, layer: DictConfig, source: str, prefix: str = "") -> str | None:
+    """Where `layer` gives a list for a section, a section for a list, or a value for either (omegaconf only says
+    "incompatible container types"): the dotted key, what it must be and what was given."""
+    for key in layer:
+        try:
+            want, got = (schema[key], layer[key]) if key in schema else (None, None)
+        except OmegaConfBaseException:  # e.g. an interpolation that does not resolve: omegaconf's words will do
+            continue
+        dotted = f"{prefix}{key}"
+        if want is None:
+            continue
+        if OmegaConf.is_dict(want) and OmegaConf.is_dict(got):
+            found = _shape_mismatch(want, got, source, f"{dotted}.")
+            if found:
+                return found
+        elif OmegaConf.is_list(want) and not OmegaConf.is_list(got):
+            shown = OmegaConf.to_container(got) if OmegaConf.is_config(got) else got
+            return f"{source}: {dotted} must be a list (e.g. {dotted}=[{{...}}, ...]), got {shown!r}"
+        elif OmegaConf.is_dict(want) and not OmegaConf.is_dict(got):
+            shown = OmegaConf.to_container(got) if OmegaConf.is_config(got) else got
+            return f"{source}: {dotted} is a section with keys {list(want)}, not a value; got {shown!r}"
+    return None
 
 
 def _explain(err: ConfigKeyError | ValidationError) -> str:

@@ -26,6 +26,9 @@ TINY = "configs/tiny.yaml"
     (["deepspeed.zero_stage=4"], ["deepspeed.zero_stage", "[0, 1, 2, 3]"]),
     (["deepspeed.config.train_batch_size=64"], ["train_batch_size", "train.micro_batch_size"]),
     (["model=huge"], ["huge", "tiny"]),
+    (["regularizers={name: jreg, weight: 0.1}"], ["regularizers must be a list", "{'name': 'jreg', 'weight': 0.1}"]),
+    (["data.sources={path: x}"], ["data.sources must be a list"]),
+    (["monitors=[1]"], ["monitors is a section with keys ['jump', 'trajectory']"]),
     (["train.steps"], ["key=value"]),
 ])
 def test_bad_config_names_the_key(override, names):
