@@ -4,6 +4,7 @@ profile's derived figures, curves and their seed bands), Markdown cells and the 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ IGNORED_KEYS = frozenset({"run.name", "run.seed", "run.out_dir", "data.cache_dir
 IGNORED_SECTIONS = ("jobs.",)
 """Config sections that do not make runs different arms: jobs only evaluate saved checkpoints (lm_eval, peeling),
 so a seed evaluated inline groups with one evaluated afterwards by hand."""
+log = logging.getLogger("growlm")
+
 REG_KEY = "regularizers"
 PSI_PREFIX = "jump/psi_"
 SIGNED_JUMP = "100 (Psi_L - Psi_(L-1))"
@@ -48,6 +51,9 @@ def load_run(path: Path) -> Run:
             raise FileNotFoundError(f"{f} is missing: is {path} a growlm run directory?")
     config = yaml.safe_load(files["config.yaml"].read_text()) or {}
     records = [json.loads(line) for line in files["metrics.jsonl"].read_text().splitlines() if line.strip()]
+    if not records:
+        log.warning("warning: %s holds no records (the run never logged a step): its cells read n/a",
+                    files["metrics.jsonl"])
     downstream = path / "jobs" / "lm_eval" / "metrics.jsonl"  # eval/<task>/<metric>, written by the lm_eval job
     if downstream.is_file():
         records += [json.loads(line) for line in downstream.read_text().splitlines() if line.strip()]

@@ -73,6 +73,19 @@ def test_prepare_refuses_other_settings_into_the_same_directory(shards, embedded
     assert "num_shards: 4 -> 8" in capsys.readouterr().err
 
 
+def test_prepare_never_writes_into_a_folder_of_someone_elses(embedded, tokenizer_path, tmp_path, capsys):
+    """Refused before the corpus is read: nothing is written beside the user's files (issue 37)."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("precious")
+    (tmp_path / "file").write_text("x")
+    for out, message in ((mine, "holds ['notes.txt'] and no meta.json"), (tmp_path / "file", "is a file")):
+        assert data_main(["prepare", corpus_file(embedded), "--tokenizer", tokenizer_path, "--out", str(out),
+                          "--cache-dir", embedded[0].cache_dir]) == 2
+        assert message in capsys.readouterr().err
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"] and (tmp_path / "file").read_text() == "x"
+
+
 @pytest.mark.process
 def test_megatron_files_read_as_the_same_windows(tmp_path, shards):
     tokens = np.load(shards / "train" / "shard_00000.npy")

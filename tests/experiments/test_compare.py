@@ -186,3 +186,13 @@ def test_missing_run_dir_or_metrics_is_named(tmp_path: Path, capsys: pytest.Capt
     (run / "metrics.jsonl").unlink()
     assert compare.main([str(run), "--out", str(tmp_path / "o")]) == 2
     assert str(run / "metrics.jsonl") in capsys.readouterr().err
+
+
+def test_a_run_with_no_records_is_warned_about(tmp_path, caplog):
+    run = tmp_path / "baseline-s0"
+    run.mkdir()
+    (run / "config.yaml").write_text("run: {seed: 0}\n")
+    (run / "metrics.jsonl").write_text("")
+    with caplog.at_level("WARNING", logger="growlm"):
+        cr.load_run(run)
+    assert f"{run / 'metrics.jsonl'} holds no records" in caplog.text
