@@ -91,7 +91,9 @@ def load_documents(cfg: DataConfig, source: Source) -> tuple[datasets.Dataset, d
                 parts.append(datasets.load_dataset(builder, data_files=files, split="train", cache_dir=cache,
                                                    **kwargs))
     except Exception as exc:  # noqa: BLE001 - any reader failure is reported as bad input, with its cause
-        raise DataError(f"data.source={cfg.source!r} could not be read: {type(exc).__name__}: {exc}") from exc
+        cause = _reader_error(exc)  # datasets wraps the parser's error (it names the bad row) in a generic one
+        raise DataError(f"data.source={cfg.source!r} could not be read: {type(cause).__name__}: "
+                        f"{str(cause).splitlines()[0] if str(cause) else ''}") from exc
     if sum(len(d) for d in parts) == 0:
         raise DataError(f"data.source={cfg.source!r} holds no text: 0 records")
     for ds in parts:
@@ -108,6 +110,19 @@ def load_documents(cfg: DataConfig, source: Source) -> tuple[datasets.Dataset, d
         raise DataError(f"data.source={cfg.source!r} holds no text: {records} records, none with a non-empty "
                         f"{field!r} field")
     return ds, {"records": records, "skipped_empty": skipped}
+
+
+def _reader_error(exc: BaseException) -> BaseException:
+    """The first error of the chain below datasets' generic DatasetGenerationError: the parser's own, which
+    names the row (a fallback parser raised while handling it says less)."""
+    seen: set[int] = set()
+    while type(exc).__name__ == "DatasetGenerationError" and id(exc) not in seen:
+        seen.add(id(exc))
+        inner = exc.__cause__ or exc.__context__
+        if inner is None:
+            break
+        exc = inner
+    return exc
 
 
 def _check_text_field(cfg: DataConfig, ds: datasets.Dataset) -> None:

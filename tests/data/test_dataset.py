@@ -180,3 +180,13 @@ def test_a_build_that_loses_the_race_uses_the_winners_cache(tmp_path, corpus_tex
     second = prepare_data(cfg, vocab)
     assert np.array_equal(first.train, second.train) and np.array_equal(first.val, second.val)
     assert [p.name for p in (tmp_path / "cache" / "packed").iterdir()] == [Path(first.stats["cache_dir"]).name]
+
+
+def test_a_file_datasets_cannot_parse_is_named_with_the_row(tmp_path):
+    """datasets wraps the parser's error in "An error occurred while generating the dataset"; the parser's own
+    words, which name the row, are what the user gets (issue 37)."""
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine"}\n{"text": "broken\n')
+    cfg = DataConfig(source=str(bad), cache_dir=str(tmp_path / "cache"), num_proc=1)
+    with pytest.raises(DataError, match=r"bad.jsonl' could not be read: ArrowInvalid: JSON parse error.*row 1"):
+        prepare_data(cfg, 512)
