@@ -14,9 +14,10 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-import yaml
+from omegaconf import OmegaConf
 
 from experiments import arms
+from storage.io import FileFormatError, read_yaml
 
 
 def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
@@ -35,10 +36,10 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
 def spec_kind(path: Path) -> str:
     """'lag' for a spec with `growths:`, 'arms' otherwise (its own loader names what is wrong with it)."""
     try:
-        raw = yaml.safe_load(path.read_text()) if path.is_file() else None
-    except yaml.YAMLError:
-        raw = None
-    return "lag" if isinstance(raw, dict) and "growths" in raw else "arms"
+        raw = read_yaml(path)
+    except FileFormatError:
+        return "arms"
+    return "lag" if OmegaConf.is_dict(raw) and "growths" in raw else "arms"
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -73,12 +73,12 @@ def prepare_data(cfg: DataConfig, vocab_size: int, seed: int = 0) -> PackedData:
         return PackedData(train=None, val=val, tokenizer_path=tok_path,
                           stats={"streaming": True, "val_windows": len(val),
                                  "load_seconds": round(time.perf_counter() - start, 4)})
-    source = resolve_source(cfg)
-    fingerprint = source.fingerprint(cfg)
-    if cfg.tokenizer:
+    if cfg.tokenizer:  # a given tokenizer is checked before anything is written (the embedded corpus, caches)
         tok_path = Path(cfg.tokenizer).resolve()
         load_tokenizer(tok_path, vocab_size)
-    else:
+    source = resolve_source(cfg)
+    fingerprint = source.fingerprint(cfg)
+    if not cfg.tokenizer:
         tok_path = tokenizer_cache_path(cfg.cache_dir, fingerprint, vocab_size, cfg.tokenizer_type,
                                         cfg.tokenizer_sample_bytes).resolve()
     if tok_path.exists():  # a .model file, or an HF tokenizer's folder or tokenizer.json

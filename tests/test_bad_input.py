@@ -1,0 +1,151 @@
+"""Generated mistakes thrown at every entry point, in-process (issue 37): missing, binary and wrong-kind files,
+typos in nested keys and in list entries, wrong types and out-of-range values and flags. Each must end in exit
+code 2 with one `error:` line naming the bad input, no traceback, and nothing written in the scratch folder."""
+from __future__ import annotations
+
+import importlib
+import string
+from pathlib import Path
+from typing import Callable
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+ENTRY_POINTS = {
+    "pretrain --check": "pretrain.__main__",
+    "export_hf": None,  # a script: run from its file
+    "growth grow": "growth.cli",
+    "peeling": "pretrain.jobs.peeling.__main__",
+    "lm_eval": "pretrain.jobs.lm_eval.__main__",
+    "prepare": "pretrain.data.__main__",
+    "jump profile": "pretrain.jump.profile",
+    "compare": "experiments.compare",
+    "experiments": "experiments.__main__",
+}
+
+
+def entry(name: str) -> Callable[[list[str]], int]:
+    if ENTRY_POINTS[name] is None:
+        import runpy
+
+        return runpy.run_path(str(Path(__file__).resolve().parent.parent / "scripts" / "export_hf.py"))["main"]
+    return importlib.import_module(ENTRY_POINTS[name]).main
+
+
+def scratch_files(scratch: Path) -> list[str]:
+    return sorted(str(p.relative_to(scratch)) for p in scratch.rglob("*"))
+
+
+def run_mistake(name: str, argv: list[str], scratch: Path, capsys) -> str:
+    """Run one mistake; returns its error line after checking the contract."""
+    before = scratch_files(scratch)
+    capsys.readouterr()
+    try:
+        code = entry(name)(argv)
+    except SystemExit as exit_:  # argparse refuses a flag this way
+        code = exit_.code
+    err = capsys.readouterr().err
+    lines = [line for line in err.strip().splitlines() if "error:" in line]
+    assert code == 2, (name, argv, code, err[-800:])
+    assert "Traceback" not in err, err[-2000:]
+    assert len(lines) == 1, (name, argv, err[-800:])
+    assert scratch_files(scratch) == before, (name, argv)
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def scratch(tmp_path_factory) -> Path:
+    """Bad inputs of every kind; the mistakes read them and must write nothing here."""
+    root = tmp_path_factory.mktemp("scratch")
+    (root / "weights.safetensors").write_bytes(b"\x93NUMPY\x00\xff\xfe binary")
+    (root / "tab.yaml").write_text("train:\n\tsteps: 3\n")
+    (root / "notes.txt").write_text("not a checkpoint\n")
+    (root / "empty_dir").mkdir()
+    (root / "spec.yaml").write_text("arms: {a: {}}\nsedes: [0]\n")
+    return root
+
+
+def bad_paths(scratch: Path) -> list[str]:
+    return [str(scratch / "missing"), str(scratch / "weights.safetensors"), str(scratch / "notes.txt"),
+            str(scratch / "empty_dir")]
+
+
+CONFIG_MISTAKES = ["train.stpes=3", "trian.steps=3", "train.steps=abc", "train.lr=-1", "train.precision=fp8",
+                   "regularizers=[{name: jreg, wieght: 0.1}]", "regularizers=[{name: jerg}]",
+                   "regularizers={name: jreg, weight: 0.1}", "monitors.jump.form=sine", "jobs.peeling.steps=0",
+                   "data.seq_len=0", "data.sources=[{path: %(missing)s}]", "data.sources=[{path: %(notes)s}]",
+                   "train.init_from=%(missing)s", "train.init_from=%(notes)s", "model=%(binary)s",
+                   "model=%(tab)s", "deepspeed.zero_stage=5", "data.tokenizer=%(missing)s"]
+
+
+def config_mistake(template: str, scratch: Path) -> str:
+    return template % {"missing": scratch / "missing", "notes": scratch / "notes.txt",
+                       "binary": scratch / "weights.safetensors", "tab": scratch / "tab.yaml"}
+
+
+@pytest.mark.parametrize("template", CONFIG_MISTAKES)
+def test_check_refuses_config_mistakes(template, scratch, capsys):
+    override = config_mistake(template, scratch)
+    line = run_mistake("pretrain --check", ["configs/tiny.yaml", f"run.out_dir={scratch / 'runs'}",
+                                            f"data.cache_dir={scratch / 'cache'}", override, "--check"], scratch, capsys)
+    key = override.split("=", 1)[0]
+    assert key.split(".")[0] in line or "data source" in line or "checkpoint" in line, line
+
+
+@pytest.mark.parametrize("config", ["weights.safetensors", "tab.yaml", "missing.yaml", "empty_dir"])
+def test_check_refuses_a_config_that_is_not_one(config, scratch, capsys):
+    line = run_mistake("pretrain --check", [str(scratch / config), "--check"], scratch, capsys)
+    assert config in line
+
+
+def test_every_checkpoint_reader_names_a_path_that_is_not_a_checkpoint(scratch, capsys):
+    for path in bad_paths(scratch):
+        name = Path(path).name
+        for entry_point, argv in (
+                ("export_hf", [path, str(scratch / "out")]),
+                ("growth grow", ["grow", "--from", path, "--op", "stack", "--to", "n_layers=4", "--out",
+                                 str(scratch / "out")]),
+                ("peeling", ["--checkpoint", path, "--steps", "1"]),
+                ("lm_eval", ["--checkpoint", path])):
+            assert name in run_mistake(entry_point, argv, scratch, capsys), (entry_point, path)
+
+
+@pytest.mark.parametrize("entry_point, argv, named", [
+    ("growth grow", ["grow", "--from", "{missing}", "--op", "grow_sideways", "--to", "n_layers=4", "--out", "{out}"],
+     "grow_sideways"),
+    ("peeling", ["--checkpoint", "{missing}", "--offsets", "-1"], "offsets"),
+    ("peeling", ["--checkpoint", "{missing}", "--variants", "3bitz"], "3bitz"),
+    ("peeling", ["--checkpoint", "{missing}", "--steps", "many"], "--steps"),
+    ("prepare", ["prepare", "{missing}", "--tokenizer", "t.model", "--out", "{out}", "--shards", "0"], "--shards"),
+    ("prepare", ["prepare", "{missing}", "--tokenizer", "t.model", "--out", "{out}", "--val-fraction", "2"],
+     "--val-fraction"),
+    ("prepare", ["prepare", "{missing}", "--tokenizer", "{missing}", "--out", "{out}"], "missing"),
+    ("jump profile", ["{missing}", "--out", "{out}", "--seq-len", "-4"], "--seq-len"),
+    ("compare", ["{missing}", "--out", "{out}"], "missing"),
+    ("experiments", ["{missing}", "--out", "{out}"], "missing"),
+    ("experiments", ["{scratch}/weights.safetensors", "--out", "{out}"], "not a text file"),
+    ("experiments", ["{scratch}/tab.yaml", "--out", "{out}", "--dry-run"], "line 2"),
+    ("experiments", ["{scratch}/spec.yaml", "--out", "{out}", "--dry-run"], "sedes"),
+])
+def test_flag_and_spec_mistakes_are_named(entry_point, argv, named, scratch, capsys):
+    fill = {"missing": scratch / "missing", "out": scratch / "out", "scratch": scratch}
+    line = run_mistake(entry_point, [a.format(**fill) for a in argv], scratch, capsys)
+    assert named in line, line
+
+
+KEYS_OF_JREG = ["weight", "variant", "layers", "form", "final_norm", "start_step", "warmup_steps"]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(key=st.sampled_from(KEYS_OF_JREG), position=st.integers(0, 20),
+       letter=st.sampled_from(string.ascii_lowercase))
+def test_a_typo_inside_a_list_entry_is_named(key, position, letter, scratch, capsys):
+    """`regularizers: [{name: jreg, <typo>: ...}]`: the misspelt parameter is named, with the valid ones."""
+    i = position % len(key)
+    typo = key[:i] + letter + key[i + 1:]
+    if typo in KEYS_OF_JREG or typo == "name":
+        return
+    line = run_mistake("pretrain --check", ["configs/tiny.yaml", f"run.out_dir={scratch / 'runs'}",
+                                            f"regularizers=[{{name: jreg, {typo}: 1}}]", "--check"], scratch, capsys)
+    assert typo in line, line
