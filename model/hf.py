@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import tempfile
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -230,7 +231,8 @@ def save_hf_folder(
     if "tokenizer.json" in tokenizer_files:
         hf_cfg.bos_token_id, hf_cfg.eos_token_id = _special_ids(tokenizer_files)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex}"
+    tmp.mkdir()  # a plain mkdir: the folder gets the umask's mode (mkdtemp's would be 0700)
     try:
         save_file({k: v.detach().contiguous().cpu() for k, v in hf_sd.items()}, tmp / "model.safetensors",
                   metadata={"format": "pt"})
@@ -242,7 +244,6 @@ def save_hf_folder(
             tok_cfg = hf_tokenizer_config(tokenizer_files["tokenizer.model"].read_bytes(), cfg.max_seq_len)
             (tmp / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2) + "\n")
         (tmp / EXPORT_MARKER).write_text(json.dumps({"written_by": "growlm export"}) + "\n")
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700 would become the folder's mode
         _replace_dir(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -283,12 +284,6 @@ def check_export_target(out_dir: Path, overwrite: bool) -> None:
 def _export_file(path: Path) -> bool:
     """A file of the kind an HF model folder holds (config, weights, tokenizer), not a folder or run state."""
     return path.is_file() and path.suffix in (".json", ".safetensors", ".model", ".txt") and path.name != "manifest.json"
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def hf_tokenizer_config(sp_model: bytes, max_seq_len: int) -> dict[str, object]:

@@ -8,7 +8,6 @@ The arithmetic of subsets and masks is pretrain/hybrid.py's.
 from __future__ import annotations
 
 import dataclasses
-import gc
 import logging
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -74,7 +73,6 @@ class TrainablePhases:
 
     def take_over(self, handover: Handover, step: int) -> tuple[tuple, dict[str, int]]:
         """((engine, optimizer, scheduler) over the subset from `step` on, the record's hybrid/* counts)."""
-        gc.collect()
         subset, weights = handover.subset, handover.weights
         model = Llama(self.cfg.model)
         quantize_model(model, self.cfg.train.quantization)

@@ -66,7 +66,8 @@ class Trainer:
         # check would leave its peers waiting there that long).
         self.preemption, self.preempted = Preemption(), False
         self.phases = TrainablePhases(cfg, carry.origin_step(cfg, carried))
-        self._build_engine(model, manifest["step"] if manifest else self.phases.origin_step)
+        start = manifest["step"] if manifest else self.phases.origin_step
+        self._use_engine(self.phases.build(model, start), start)
         self.callbacks: list[Callback] = []
         self._callback_states: dict[str, dict] = {}  # from the checkpoint resumed from
         if resume_from is not None:
@@ -81,16 +82,11 @@ class Trainer:
                                     cfg.log.progress, cfg.log.wandb, dataclasses.asdict(cfg))
 
     # ---- engine and resume ---------------------------------------------------------------------------
-    def _build_engine(self, model: torch.nn.Module, start_step: int, handover: Any = None) -> dict[str, int]:
-        """The engine for the phase `start_step` is in (or, with `handover`, the subset engine taking over)."""
+    def _use_engine(self, parts: tuple, start_step: int) -> None:
+        """Train from now on with (engine, optimizer, scheduler), built for the phase `start_step` is in."""
+        self.engine, self.optimizer, self.scheduler = parts
         self.subset_only = self.phases.subset_phase(start_step)
-        counts: dict[str, int] = {}
-        if handover is None:
-            self.engine, self.optimizer, self.scheduler = self.phases.build(model, start_step)
-        else:
-            (self.engine, self.optimizer, self.scheduler), counts = self.phases.take_over(handover, start_step)
         self._skipped_seen = 0
-        return counts
 
     def _drop_engine(self) -> None:
         del self.engine, self.optimizer, self.scheduler
@@ -197,7 +193,8 @@ class Trainer:
         if ckpt is None:
             return False
         self._drop_engine()
-        self._build_engine(build_model(self.cfg), self.files.start_step(ckpt))
+        start = self.files.start_step(ckpt)
+        self._use_engine(self.phases.build(build_model(self.cfg), start), start)
         self._resume(ckpt)
         self.logger.rewind(self.step)
         return True
@@ -206,7 +203,9 @@ class Trainer:
         """Switch to the hybrid mode's subset engine (pretrain/phases.py); the record's hybrid/* counts."""
         handover = self.phases.hand_over(self.engine)
         self._drop_engine()
-        return self._build_engine(None, self.step, handover)
+        parts, counts = self.phases.take_over(handover, self.step)
+        self._use_engine(parts, self.step)
+        return counts
 
     def _run_step_end_hooks(self, record: dict[str, Any]) -> None:
         for cb in self.callbacks:

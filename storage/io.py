@@ -58,12 +58,12 @@ def read_yaml(path: str | Path, what: str = "YAML file") -> Any:
     if not path.is_file():
         raise FileFormatError(f"{what} {path} does not exist" + (" (it is a folder)" if path.is_dir() else ""))
     try:
-        path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise FileFormatError(f"{what} {path} is not a text file (a binary file such as weights?): give a YAML "
                               "file") from None
     try:
-        return OmegaConf.load(path)
+        return OmegaConf.load(io.StringIO(text))
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""

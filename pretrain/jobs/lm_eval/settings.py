@@ -48,11 +48,12 @@ class LmEvalConfig(JobSchedule, LmEvalSettings):
     """When the trainer runs the lm_eval job (the `jobs.lm_eval` config section), plus the job's settings."""
 
     def check(self) -> None:
-        self.check_schedule()
-        if self.every > 0:
-            check_settings(self)
-            if importlib.util.find_spec("lm_eval") is None:
-                raise LmEvalError("every > 0 needs lm-evaluation-harness: pip install 'growlm[eval]'")
+        if self.every == 0:  # disabled: only each field's rule (a task list is not needed)
+            self.check_schedule()
+            return
+        check_settings(self)  # every field's rule (the schedule's too), then the tasks
+        if importlib.util.find_spec("lm_eval") is None:
+            raise LmEvalError("every > 0 needs lm-evaluation-harness: pip install 'growlm[eval]'")
 
 
 def check_settings(s: LmEvalSettings) -> None:

@@ -110,5 +110,4 @@ class PeelingConfig(JobSchedule, PeelingSettings):
     settings."""
 
     def check(self) -> None:
-        self.check_schedule()
-        check_settings(self)
+        check_settings(self)  # every field's rule (the schedule's too), then the lists and fields together
