@@ -17,6 +17,8 @@ from typing import Optional
 from omegaconf import OmegaConf
 
 from experiments import arms
+from experiments.errors import ExperimentError
+from model.errors import user_errors
 from storage.io import FileFormatError, read_yaml
 
 
@@ -25,12 +27,19 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("spec", type=Path, help="experiment spec YAML (configs/experiments/*.yaml)")
     p.add_argument("--out", type=Path, required=True, help="experiment folder (runs, logs, the report and plots)")
-    p.add_argument("--seeds", help="comma-separated seeds of the spec's to run (default: all)")
+    p.add_argument("--seeds", type=seed_list, help="comma-separated seeds of the spec's to run (default: all)")
     p.add_argument("--arms", help="arm x seed specs: comma-separated arm names to run (default: all)")
     p.add_argument("--growths", help="LAG specs: comma-separated growth names to run (default: all)")
     p.add_argument("--dry-run", action="store_true", help="arm x seed specs: print the launch commands and exit")
     p.add_argument("overrides", nargs="*", help="arm x seed specs: key=value overrides applied to every run")
     return p.parse_intermixed_args(argv)  # overrides may follow the options
+
+
+def seed_list(text: str) -> list[int]:
+    try:
+        return [int(s) for s in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
 
 
 def spec_kind(path: Path) -> str:
@@ -44,20 +53,21 @@ def spec_kind(path: Path) -> str:
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
-    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
+    return user_errors(lambda: run(args))
+
+
+def run(args: argparse.Namespace) -> int:
     if spec_kind(args.spec) == "lag":
         if args.arms or args.dry_run or args.overrides:
-            print("error: --arms, --dry-run and overrides apply to arm x seed specs; a LAG spec takes --growths "
-                  "and --seeds (its overrides live in the spec)", file=sys.stderr)
-            return 2
+            raise ExperimentError("--arms, --dry-run and overrides apply to arm x seed specs; a LAG spec takes "
+                                  "--growths and --seeds (its overrides live in the spec)")
         from experiments.lag import main as run_lag_experiment
 
-        return run_lag_experiment(args.spec, args.out, args.growths.split(",") if args.growths else None, seeds)
+        return run_lag_experiment(args.spec, args.out, args.growths.split(",") if args.growths else None,
+                                  args.seeds)
     if args.growths:
-        print(f"error: --growths applies to LAG specs; {args.spec} is an arm x seed spec (use --arms)",
-              file=sys.stderr)
-        return 2
-    return arms.run(args.spec, args.out.resolve(), args.arms.split(",") if args.arms else None, seeds,
+        raise ExperimentError(f"--growths applies to LAG specs; {args.spec} is an arm x seed spec (use --arms)")
+    return arms.run(args.spec, args.out.resolve(), args.arms.split(",") if args.arms else None, args.seeds,
                     tuple(args.overrides), args.dry_run)
 
 

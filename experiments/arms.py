@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import shlex
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Optional
 from omegaconf import OmegaConf
 
 from experiments import compare
+from experiments.errors import ExperimentError
 from experiments.runs import run_dir_name
 from launch.command import launch_argv, render_overrides
 from pretrain.config import load_config
@@ -73,16 +73,22 @@ def load_spec(path: Path) -> Spec:
     loaded = read_yaml(path, "experiment spec")
     raw = OmegaConf.to_container(loaded) if loaded is not None else {}
     if not isinstance(raw, dict):
-        raise ValueError(f"{path}: an experiment spec is a mapping with keys {sorted(SPEC_KEYS)}")
+        raise ExperimentError(f"{path}: an experiment spec is a mapping with keys {sorted(SPEC_KEYS)}")
     unknown = set(raw) - SPEC_KEYS
     if unknown:
-        raise ValueError(f"{path}: unknown keys {sorted(unknown)} (valid: {sorted(SPEC_KEYS)})")
+        raise ExperimentError(f"{path}: unknown keys {sorted(unknown)} (valid: {sorted(SPEC_KEYS)})")
     if not raw.get("arms") or not isinstance(raw["arms"], dict):
-        raise ValueError(f"{path}: `arms` must map at least one arm name to its overrides")
+        raise ExperimentError(f"{path}: `arms` must map at least one arm name to its overrides")
     base = ROOT / raw.get("base", "configs/tiny.yaml")
     if not base.is_file():
-        raise FileNotFoundError(f"{path}: base config {base} does not exist")
-    return Spec(base=base, ranks=int(raw.get("ranks", 2)), seeds=[int(s) for s in raw.get("seeds", [0])],
+        raise ExperimentError(f"{path}: base config {base} does not exist")
+    ranks, seeds = raw.get("ranks", 2), raw.get("seeds", [0])
+    if not isinstance(ranks, int) or isinstance(ranks, bool) or ranks < 1:
+        raise ExperimentError(f"{path}: ranks={ranks!r} must be an integer >= 1")
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool)
+                                                           for s in seeds):
+        raise ExperimentError(f"{path}: seeds={seeds!r} must be a non-empty list of integers")
+    return Spec(base=base, ranks=ranks, seeds=seeds,
                 overrides=render_overrides(raw.get("overrides"), f"{path}: overrides"),
                 arms={name: render_overrides(o, f"{path}: arms.{name}") for name, o in raw["arms"].items()})
 
@@ -92,7 +98,7 @@ def plan(spec: Spec, out: Path, arms: Optional[list[str]] = None, seeds: Optiona
     """Every selected arm x seed as a Job, arm-major; each config is validated here, before anything runs."""
     unknown = set(arms or []) - set(spec.arms)
     if unknown:
-        raise ValueError(f"unknown arm(s) {sorted(unknown)}; the spec has {list(spec.arms)}")
+        raise ExperimentError(f"unknown arm(s) {sorted(unknown)}; the spec has {list(spec.arms)}")
     jobs = []
     for arm in arms or spec.arms:
         for seed in spec.seeds if seeds is None else seeds:
@@ -116,28 +122,20 @@ def run_jobs(jobs: list[Job], spec: Spec, out: Path) -> None:
         with open(log, "a") as f:
             rc = subprocess.call(job.command(spec), cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
         if rc != 0 or not job.is_complete():
-            raise RuntimeError(f"{job.name} failed (exit {rc}); see {log}")
+            raise ExperimentError(f"{job.name} failed (exit {rc}); see {log}")
         print(f"[{i}/{len(jobs)}] {job.name}: done in {time.perf_counter() - start:.0f}s", flush=True)
 
 
 def run(spec_path: Path, out: Path, arms: Optional[list[str]], seeds: Optional[list[int]], extra: tuple[str, ...],
         dry_run: bool) -> int:
     """Plan, run the unfinished jobs (or print them) and write compare.md; the exit code."""
-    try:
-        spec = load_spec(spec_path)
-        jobs = plan(spec, out, arms, seeds, extra)
-    except (FileNotFoundError, ValueError) as err:  # ConfigError is a ValueError
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    spec = load_spec(spec_path)
+    jobs = plan(spec, out, arms, seeds, extra)
     if dry_run:
         for job in jobs:
             print(("# complete, skipped: " if job.is_complete() else "") + shlex.join(job.command(spec)))
         return 0
-    try:
-        run_jobs(jobs, spec, out)
-    except RuntimeError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    run_jobs(jobs, spec, out)
     report = compare.compare([job.run_dir for job in jobs], out, names=[job.arm for job in jobs])
     print(report.read_text())
     return 0

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Optional
 
 from experiments import trajectory
+from experiments.errors import ExperimentError
 from experiments.runs import (
     TOP_RISE,
     Run,
@@ -33,7 +34,11 @@ from experiments.runs import (
     summarize,
 )
 from experiments.stats import welch
-from storage.io import atomic_write_text
+from model.errors import user_errors
+from storage.io import atomic_write_text, check_output_folder, claim_output_folder
+
+MARKER = ".growlm-compare"
+"""Marks an --out folder compare made (re-running it there replaces its files)."""
 
 
 def render_markdown(arms: dict[str, list[Run]], baseline: Optional[str] = None) -> str:
@@ -68,8 +73,6 @@ def render_markdown(arms: dict[str, list[Run]], baseline: Optional[str] = None) 
 
 def differences(arms: dict[str, list[Run]], baseline: str) -> list[str]:
     """Markdown lines: per arm and metric, arm - baseline [95% Welch interval], p, and whether that is noise."""
-    if baseline not in arms:
-        raise ValueError(f"--baseline {baseline!r} is not an arm; arms: {sorted(arms)}")
     values = final_values(arms)
     metrics = [k for k in values[baseline] if k != "final step"]
     lines = ["", f"## Against {baseline}", "",
@@ -88,10 +91,24 @@ def compare(run_dirs: list[Path], out: Path, label_by: Optional[list[str]] = Non
     """Load, group, write compare.md and the plots into `out`; returns compare.md's path. The baseline arm
     (default: the one labelled "baseline", if any) is what the differences are taken against; `names` gives
     each run directory's arm name (else arms are told apart by their configs)."""
+    return write_report(load_arms(run_dirs, label_by, names), out, baseline)
+
+
+def load_arms(run_dirs: list[Path], label_by: Optional[list[str]] = None,
+              names: Optional[list[str]] = None) -> dict[str, list[Run]]:
     runs = [load_run(d) for d in run_dirs]
-    arms = group_runs(runs, label_by, None if names is None else {r.path: n for r, n in zip(runs, names)})
-    if baseline is None and "baseline" in arms:
-        baseline = "baseline"
+    return group_runs(runs, label_by, None if names is None else {r.path: n for r, n in zip(runs, names)})
+
+
+def resolve_baseline(arms: dict[str, list[Run]], baseline: Optional[str]) -> Optional[str]:
+    """The arm differences are taken against: `baseline` (which must be an arm), else the arm "baseline"."""
+    if baseline is not None and baseline not in arms:
+        raise ExperimentError(f"--baseline {baseline!r} is not an arm; arms: {sorted(arms)}")
+    return baseline if baseline is not None or "baseline" not in arms else "baseline"
+
+
+def write_report(arms: dict[str, list[Run]], out: Path, baseline: Optional[str] = None) -> Path:
+    baseline = resolve_baseline(arms, baseline)
     out.mkdir(parents=True, exist_ok=True)
     report = out / "compare.md"
     atomic_write_text(report, render_markdown(arms, baseline))
@@ -109,13 +126,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--arm-from-dir", action="store_true",
                    help="name arms by their run directories, <arm>-s<seed> (the spec runner's runs), not configs")
     args = p.parse_args(argv)
-    try:
-        names = arm_names_from_dirs(args.runs) if args.arm_from_dir else None
-        report = compare(args.runs, args.out, args.label_by.split(",") if args.label_by else None, args.baseline,
-                         names)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return user_errors(lambda: run(args))
+
+
+def run(args: argparse.Namespace) -> int:
+    check_output_folder(args.out, MARKER)  # before reading the runs: a refused --out costs nothing
+    names = arm_names_from_dirs(args.runs) if args.arm_from_dir else None
+    arms = load_arms(args.runs, args.label_by.split(",") if args.label_by else None, names)
+    resolve_baseline(arms, args.baseline)
+    report = write_report(arms, claim_output_folder(args.out, MARKER), args.baseline)
     print(report.read_text())
     return 0
 

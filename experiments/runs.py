@@ -13,6 +13,7 @@ from typing import Any, Iterable, Optional
 
 import yaml
 
+from experiments.errors import ExperimentError
 from experiments.stats import Difference, ci_halfwidth, mean_std
 from storage.io import atomic_save_figure
 
@@ -44,11 +45,11 @@ def load_run(path: Path) -> Run:
     """A run directory's resolved config.yaml and metrics.jsonl; a missing one is named in the error."""
     path = Path(path)
     if not path.is_dir():
-        raise FileNotFoundError(f"run directory {path} does not exist")
+        raise ExperimentError(f"run directory {path} does not exist")
     files = {name: path / name for name in ("config.yaml", "metrics.jsonl")}
     for f in files.values():
         if not f.is_file():
-            raise FileNotFoundError(f"{f} is missing: is {path} a growlm run directory?")
+            raise ExperimentError(f"{f} is missing: is {path} a growlm run directory?")
     config = yaml.safe_load(files["config.yaml"].read_text()) or {}
     records = [json.loads(line) for line in files["metrics.jsonl"].read_text().splitlines() if line.strip()]
     if not records:
@@ -115,7 +116,7 @@ def group_runs(runs: Iterable[Run], label_by: Optional[list[str]] = None,
         configs[key] = cfg
     labels = {key: _label(cfg, configs, label_by) for key, cfg in configs.items()}
     if len(set(labels.values())) != len(labels):
-        raise ValueError(f"--label-by {','.join(label_by or [])} gives several arms the same label: "
+        raise ExperimentError(f"--label-by {','.join(label_by or [])} gives several arms the same label: "
                          f"{sorted(labels.values())}")
     return {labels[key]: sorted(rs, key=lambda r: str(r.seed)) for key, rs in arms.items()}
 
@@ -311,6 +312,6 @@ def arm_names_from_dirs(run_dirs: list[Path]) -> list[str]:
     for d in run_dirs:
         match = re.fullmatch(r"(.+)-s\d+", Path(d).resolve().name)
         if match is None:
-            raise ValueError(f"--arm-from-dir: {d} is not named <arm>-s<seed> (the spec runner's layout)")
+            raise ExperimentError(f"--arm-from-dir: {d} is not named <arm>-s<seed> (the spec runner's layout)")
         names.append(match.group(1))
     return names

@@ -21,6 +21,7 @@ from typing import Any, Callable, Sequence
 from growth import GrowthError
 from launch.command import launch_argv, render_overrides
 from model import ModelConfig
+from model.errors import UserError, user_errors
 from storage.folders import CheckpointError, latest
 from storage.io import atomic_write_text
 
@@ -28,7 +29,7 @@ MANAGED = ("model.", "run.name", "run.out_dir", "train.init_from", "train.steps"
 """Override keys growth sets itself for the runs it starts; a user's value for them would be silently lost."""
 
 
-class RunError(RuntimeError):
+class RunError(UserError, RuntimeError):
     """A training run that failed; the message names its log file and ends with the log's tail."""
 
 
@@ -36,10 +37,7 @@ def exit_code(work: Callable[[], int]) -> int:
     """Run an orchestrating command: a refused input or a failed run prints its named error (exit 2), an
     interrupt says how to resume (130); else `work`'s own exit code."""
     try:
-        return work()
-    except (GrowthError, CheckpointError, RunError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return user_errors(work)
     except KeyboardInterrupt:
         print("interrupted; re-run the same command to resume", file=sys.stderr)
         return 130

@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Sequence
 
+from model.errors import UserError
+
 # Launcher options passed through verbatim (name -> takes a value).
 PASSTHROUGH = {
     "num_gpus": True, "num_nodes": True, "hostfile": True, "include": True, "exclude": True,
@@ -27,6 +29,10 @@ def launch_argv(config: str | Path, overrides: Sequence[str], ranks: int = 2,
     return [python, "-m", "launch", "--num_gpus", str(ranks), str(config), *overrides]
 
 
+class OverridesError(UserError, ValueError):
+    """Overrides given as something other than a mapping of config key -> value."""
+
+
 def render_overrides(mapping: Mapping[str, Any] | None, where: str = "overrides") -> list[str]:
     """{key: value} -> ['key=value'] as the command line takes them: strings as they are, everything else
     (numbers, booleans, None, lists, mappings) in JSON flow form, which the dotlist parser reads back as the same
@@ -34,7 +40,7 @@ def render_overrides(mapping: Mapping[str, Any] | None, where: str = "overrides"
     if mapping is None:
         return []
     if not isinstance(mapping, Mapping):
-        raise ValueError(f"{where} must be a mapping of config key -> value, got {mapping!r}")
+        raise OverridesError(f"{where} must be a mapping of config key -> value, got {mapping!r}")
     return [f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in mapping.items()]
 
 

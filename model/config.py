@@ -4,12 +4,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+from model.errors import UserError
+
 ROPE_SCALING_TYPES = ("llama3",)
 QUANT_SCOPES = {"blocks": ("attention", "feed_forward"), "attention": ("attention",), "mlp": ("feed_forward",)}
 """Which submodules of every block train with low-bit weights; embeddings, norms and the LM head never do."""
 
 
-class ModelConfigError(ValueError):
+class ModelConfigError(UserError, ValueError):
     """A model shape that cannot be built; the message names the field and what would be valid."""
 
 

@@ -21,6 +21,7 @@ from sentencepiece import sentencepiece_model_pb2
 from transformers import GenerationConfig, LlamaConfig
 
 from model.config import ROPE_SCALING_TYPES, ModelConfig, RopeScaling
+from model.errors import UserError
 
 # Sentencepiece ids our tokenizer is trained with; HF's generate() stops on eos_token_id.
 UNK_ID, BOS_ID, EOS_ID = 0, 1, 2
@@ -75,7 +76,7 @@ def to_hf_config(cfg: ModelConfig) -> LlamaConfig:
     )
 
 
-class UnsupportedModel(ValueError):
+class UnsupportedModel(UserError, ValueError):
     """An HF model folder using a feature growlm's Llama does not compute; the message names key and value."""
 
 
@@ -261,23 +262,27 @@ def _special_ids(tokenizer_files: dict[str, Path]) -> tuple[int | None, int | No
     return tok.bos_token_id, tok.eos_token_id
 
 
+class ExportTargetError(UserError, FileExistsError):
+    """An export target that is a file, or a folder holding what an export did not write."""
+
+
 def check_export_target(out_dir: Path, overwrite: bool) -> None:
     """Refuse, before anything is written, a target that is a file, or a non-empty folder unless `overwrite` and
     it holds an earlier export and nothing else (its marker file says growlm wrote it)."""
     if out_dir.exists() and not out_dir.is_dir():
-        raise FileExistsError(f"{out_dir} is a file, not a folder: choose a new or empty folder to export into")
+        raise ExportTargetError(f"{out_dir} is a file, not a folder: choose a new or empty folder to export into")
     if not out_dir.exists() or not any(out_dir.iterdir()):
         return
     if not overwrite:
-        raise FileExistsError(f"{out_dir} exists and is not empty: choose a new or empty folder, or --overwrite "
+        raise ExportTargetError(f"{out_dir} exists and is not empty: choose a new or empty folder, or --overwrite "
                               "(overwrite=True) to replace an earlier export there")
     entries = sorted(out_dir.iterdir())
     if not (out_dir / EXPORT_MARKER).is_file():
-        raise FileExistsError(f"{out_dir} holds {[p.name for p in entries][:5]} and no {EXPORT_MARKER}: it is not a "
+        raise ExportTargetError(f"{out_dir} holds {[p.name for p in entries][:5]} and no {EXPORT_MARKER}: it is not a "
                               "growlm export, so --overwrite leaves it alone; choose another folder")
     foreign = [p.name for p in entries if not _export_file(p)]
     if foreign:  # overwrite replaces a previous export, never a run, a checkpoint or anything else
-        raise FileExistsError(f"{out_dir} holds {foreign[:5]}, which an export does not write (a run or "
+        raise ExportTargetError(f"{out_dir} holds {foreign[:5]}, which an export does not write (a run or "
                               "checkpoints?): not replacing it; choose another folder")
 
 

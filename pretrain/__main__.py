@@ -10,10 +10,9 @@ import logging
 import os
 import sys
 
+from model.errors import user_errors
 from pretrain.config import ConfigError, load_config, to_yaml
-from pretrain.data import DataError
 from pretrain.dist import CollectiveTimeout
-from storage.folders import CheckpointError
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -34,6 +33,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    return user_errors(lambda: run(args))
+
+
+def run(args: argparse.Namespace) -> int:
+    """--print-config, --check or the training run; a collective timeout names this rank (exit 3)."""
     try:
         cfg = load_config(args.config, args.overrides)
         if args.check or args.print_config:  # the concrete precision, as the ranks will resolve it
@@ -59,9 +63,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"config ok; data: {data.stats}")
             return 0
         return train(cfg)
-    except (ConfigError, DataError, CheckpointError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
     except CollectiveTimeout as err:
         print(f"error: rank {os.environ.get('RANK', 0)}: {err}", file=sys.stderr)
         return 3

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from model.config import ModelConfig, ModelConfigError, QuantizationConfig
+from model.errors import UserError
 from pretrain.data.config import DataConfig
 from pretrain.data.errors import DataError
 from pretrain.fields import check_fields, choice, non_negative, positive, within
@@ -26,7 +27,7 @@ from storage.io import FileFormatError, read_yaml
 MODEL_PRESETS = Path(__file__).resolve().parent.parent / "configs" / "model"
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config that cannot run; raised before any rank starts or any work is done."""
 
 

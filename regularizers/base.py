@@ -8,8 +8,10 @@ from typing import ClassVar, Optional
 import torch
 from torch import Tensor
 
+from model.errors import UserError
 
-class RegularizerConfigError(ValueError):
+
+class RegularizerConfigError(UserError, ValueError):
     """A `regularizers:` entry that cannot be built; the message names the key and what would be valid."""
 
 

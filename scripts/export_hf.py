@@ -16,8 +16,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from model.errors import user_errors
 from model.hf import check_export_target, save_hf_folder
-from storage.folders import CheckpointError, locate
+from storage.folders import locate
 from storage.tokenizer_files import find_tokenizer, tokenizer_files
 from storage.weights import load_weights
 
@@ -29,20 +30,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--overwrite", action="store_true",
                    help="replace an earlier export in `out` (only a folder an export wrote: it holds its marker)")
     args = p.parse_args(argv)
-    try:
-        check_export_target(args.out, args.overwrite)  # before any work: a refused target costs nothing
-        source = locate(args.checkpoint)
-        cfg, state = load_weights(source)
-    except (CheckpointError, FileExistsError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return user_errors(lambda: export(args))
+
+
+def export(args: argparse.Namespace) -> int:
+    check_export_target(args.out, args.overwrite)  # before any work: a refused target costs nothing
+    source = locate(args.checkpoint)
+    cfg, state = load_weights(source)
     tokenizer = find_tokenizer(source)
-    try:
-        save_hf_folder(state, cfg, args.out, tokenizer_files=tokenizer_files(tokenizer) if tokenizer else None,
-                       overwrite=args.overwrite)
-    except FileExistsError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    save_hf_folder(state, cfg, args.out, tokenizer_files=tokenizer_files(tokenizer) if tokenizer else None,
+                   overwrite=args.overwrite)
     print(f"exported {source} -> {args.out}")
     return 0
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import xxhash
 
+from model.errors import UserError
 from storage import pickles
 from storage.io import atomic_write_json
 
@@ -36,7 +37,7 @@ _VERIFIED: set[tuple[str, int]] = set()
 several times (the pre-launch check, the choice of checkpoint, the load), the bytes are read once."""
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint that is missing, partial or inconsistent; the message names the file."""
 
 

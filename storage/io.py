@@ -12,8 +12,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from model.errors import UserError
 
-class FileFormatError(ValueError):
+
+class FileFormatError(UserError, ValueError):
     """A user's file that cannot be read as what it should be; the message names the file and where."""
 
 
@@ -69,3 +71,29 @@ def read_yaml(path: str | Path, what: str = "YAML file") -> Any:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise FileFormatError(f"{what} {path} is not valid YAML{where}: {problem}") from None
+
+
+class OutputFolderError(UserError, FileExistsError):
+    """An output folder a command would write into that holds something the command did not write."""
+
+
+def check_output_folder(out: str | Path, marker: str, flag: str = "--out") -> None:
+    """Refuse an output folder that is a file, or that holds files and not `marker` (the command did not make
+    it), naming what it holds. Call before any work, so a refused folder costs nothing."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise OutputFolderError(f"{flag} {out} is a file; give a new or empty folder")
+    entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if entries and marker not in entries:
+        raise OutputFolderError(f"{flag} {out} holds {entries[:5]} and no {marker}: this command did not make it, "
+                                "so it writes nothing there; give a new or empty folder")
+
+
+def claim_output_folder(out: str | Path, marker: str, flag: str = "--out") -> Path:
+    """Make `out` this command's folder (checked as `check_output_folder`): `marker` says so to a later run of
+    the command, which then replaces its own files there."""
+    check_output_folder(out, marker, flag)
+    out = Path(out)
+    if not (out / marker).is_file():
+        atomic_write_text(out / marker, "growlm writes here; re-running the same command replaces its files\n")
+    return out

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from model.errors import UserError
+
 NUMPY_RNG_GLOBALS = [np._core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
 """What numpy's generator state needs to load with `weights_only=True` (no other code can run from the file)."""
 DEEPSPEED_GLOBALS = (
@@ -24,7 +26,7 @@ DEEPSPEED_GLOBALS = (
 TRUST_ENV = "GROWLM_TRUST_PICKLES"
 
 
-class UnsafePickle(RuntimeError):
+class UnsafePickle(UserError, RuntimeError):
     """A checkpoint file whose pickle names a global that could run code when loaded."""
 
 

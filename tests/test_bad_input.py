@@ -22,6 +22,7 @@ ENTRY_POINTS = {
     "jump profile": "pretrain.jump.profile",
     "compare": "experiments.compare",
     "experiments": "experiments.__main__",
+    "trajectory report": "pretrain.trajectory.report",
 }
 
 
@@ -149,3 +150,31 @@ def test_a_typo_inside_a_list_entry_is_named(key, position, letter, scratch, cap
     line = run_mistake("pretrain --check", ["configs/tiny.yaml", f"run.out_dir={scratch / 'runs'}",
                                             f"regularizers=[{{name: jreg, {typo}: 1}}]", "--check"], scratch, capsys)
     assert typo in line, line
+
+
+@pytest.mark.parametrize("entry_point, argv", [
+    ("export_hf", ["{missing}", "{scratch}"]),
+    ("export_hf", ["{missing}", "{scratch}", "--overwrite"]),
+    ("growth grow", ["grow", "--from", "{missing}", "--op", "stack", "--to", "n_layers=4", "--out", "{scratch}"]),
+    ("prepare", ["prepare", "{missing}", "--tokenizer", "{missing}", "--out", "{scratch}"]),
+    ("jump profile", ["{missing}", "--out", "{scratch}"]),
+    ("compare", ["{missing}", "--out", "{scratch}"]),
+    ("trajectory report", ["{missing}", "--out", "{scratch}"]),
+])
+def test_no_command_writes_into_a_folder_it_did_not_make(entry_point, argv, scratch, capsys):
+    """--out (or export's target) holding a user's files is refused before any work, naming what it holds; the
+    folder's listing is unchanged (run_mistake compares it before and after)."""
+    fill = {"missing": scratch / "missing", "scratch": scratch}
+    line = run_mistake(entry_point, [a.format(**fill) for a in argv], scratch, capsys)
+    assert "notes.txt" in line or "not empty" in line, line
+
+
+def test_errors_are_printed_by_the_one_boundary_only():
+    """Every command turns a user's mistake into its `error:` line through model.errors.user_errors: no module
+    prints its own (argparse's own flag errors aside)."""
+    root = Path(__file__).resolve().parent.parent
+    printers = [str(p.relative_to(root)) for pkg in ("model", "storage", "regularizers", "launch", "pretrain",
+                                                      "growth", "experiments", "scripts")
+                for p in (root / pkg).rglob("*.py")
+                if 'print(f"error:' in p.read_text() or "sys.exit(f\"error:" in p.read_text()]
+    assert printers == ["model/errors.py", "pretrain/__main__.py"], printers  # + a rank's collective timeout (exit 3)

@@ -7,6 +7,7 @@ from typing import Any
 from torch import Tensor
 
 from model import ModelConfig
+from model.errors import UserError
 from storage.carry import OptState
 
 __all__ = ["GrowthError", "GrowthResult", "OptState", "StateDict"]
@@ -14,7 +15,7 @@ __all__ = ["GrowthError", "GrowthResult", "OptState", "StateDict"]
 StateDict = dict[str, Tensor]
 
 
-class GrowthError(ValueError):
+class GrowthError(UserError, ValueError):
     """A growth request that cannot be honoured; the message names the field or value and what would be valid."""
 
 

@@ -11,10 +11,13 @@ import json
 import sys
 from pathlib import Path
 
+from model.errors import user_errors
 from pretrain.data.errors import DataError
 from pretrain.data.prepare import PrepareJob, run
+from pretrain.data.shards import META
 from pretrain.data.tokenizer import vocab_size_of
 from pretrain.fields import above, flag, strictly_between
+from storage.io import check_output_folder
 
 
 def parse_range(text: str | None, num_shards: int) -> tuple[int, int]:
@@ -48,16 +51,17 @@ def main(argv: list[str] | None = None) -> int:
     prep.add_argument("--seed", type=int, default=0, help="salt of the hash that picks val documents")
     prep.add_argument("--cache-dir", default=".cache/growlm", help="datasets' cache of the source")
     args = p.parse_args(argv)
-    try:
-        job = PrepareJob(source=args.source, tokenizer=args.tokenizer.resolve(), out=args.out,
-                         vocab_size=vocab_size_of(args.tokenizer), num_shards=args.shards,
-                         shard_range=parse_range(args.shard_range, args.shards), procs=args.procs,
-                         text_field=args.text_field, val_fraction=args.val_fraction, seed=args.seed,
-                         cache_dir=args.cache_dir)
-        print(json.dumps(run(job)))
-    except DataError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return user_errors(lambda: prepare(args))
+
+
+def prepare(args: argparse.Namespace) -> int:
+    check_output_folder(args.out, META)  # first: a refused --out costs nothing
+    job = PrepareJob(source=args.source, tokenizer=args.tokenizer.resolve(), out=args.out,
+                     vocab_size=vocab_size_of(args.tokenizer), num_shards=args.shards,
+                     shard_range=parse_range(args.shard_range, args.shards), procs=args.procs,
+                     text_field=args.text_field, val_fraction=args.val_fraction, seed=args.seed,
+                     cache_dir=args.cache_dir)
+    print(json.dumps(run(job)))
     return 0
 
 

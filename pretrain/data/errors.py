@@ -1,5 +1,7 @@
 """The one error type of the data pipeline, so callers can catch bad data input apart from bugs."""
 
+from model.errors import UserError
 
-class DataError(ValueError):
+
+class DataError(UserError, ValueError):
     """Bad data input or config; the message names the key, file or field and what would be valid."""

@@ -25,6 +25,7 @@ from pretrain.data.shards import FORMAT, META, SHARD
 from pretrain.data.sources import load_documents, resolve_source
 from pretrain.data.split import is_val_document
 from pretrain.data.tokenizer import encode_batch, load_tokenizer, tokenizer_fingerprint
+from storage.io import check_output_folder
 from storage.tokenizer_files import copy_tokenizer
 
 log = logging.getLogger(__name__)
@@ -41,18 +42,6 @@ class PrepareJob:
     val_fraction: float = 0.01
     seed: int = 0
     cache_dir: str = ".cache/growlm"
-
-
-def check_out(job: PrepareJob) -> None:
-    """--out is new, empty, or a shard directory of this prepare (meta.json): never a folder of someone else's."""
-    out = Path(job.out)
-    if out.exists() and not out.is_dir():
-        raise DataError(f"--out {out} is a file; give a new or empty folder (or a shard directory to resume)")
-    if out.is_dir() and not (out / META).is_file():
-        foreign = sorted(p.name for p in out.iterdir() if not p.name.startswith(f".{META}"))
-        if foreign:
-            raise DataError(f"--out {out} holds {foreign[:5]} and no {META}: it is not a shard directory; give a "
-                            "new or empty folder")
 
 
 def write_meta(job: PrepareJob) -> None:
@@ -116,7 +105,7 @@ def run(job: PrepareJob) -> dict[str, float]:
     """Tokenize every pending shard of the job's range with `procs` processes; returns throughput figures."""
     from tqdm import tqdm
 
-    check_out(job)
+    check_output_folder(job.out, META)  # new, empty, or a shard directory of this prepare (to resume)
     load_tokenizer(job.tokenizer, job.vocab_size)  # a bad tokenizer fails before any work
     cfg = DataConfig(source=job.source, text_field=job.text_field, cache_dir=job.cache_dir, num_proc=job.procs)
     docs, _ = load_documents(cfg, resolve_source(cfg))  # once here, so the workers hit the cache

@@ -22,9 +22,17 @@ from typing import Optional
 
 import torch
 
+from model.errors import UserError, user_errors
 from pretrain.fields import above, flag
 from regularizers.jump import FORMS, displacement_profile, zeta_final
-from storage.io import atomic_save_figure, atomic_write_text
+from storage.io import atomic_save_figure, atomic_write_text, check_output_folder, claim_output_folder
+
+MARKER = ".growlm-jump-profile"
+"""Marks an --out folder this command made (re-running it there replaces its files)."""
+
+
+class ProfileError(UserError, ValueError):
+    """A model folder or text this command cannot measure; the message names it."""
 
 DEFAULT_CHARS = 200_000
 """Default text: the first pydoc topics (sorted by name), the prose start of growlm's embedded corpus."""
@@ -47,7 +55,7 @@ def token_rows(token_ids: list[int], seq_len: int, max_tokens: int) -> torch.Ten
     """[rows, seq_len] of consecutive tokens (the remainder dropped), so no padding or mask is needed."""
     ids = token_ids[:max_tokens]
     if len(ids) < 2:
-        raise ValueError(f"need at least 2 tokens to measure a profile, the text gave {len(ids)}")
+        raise ProfileError(f"need at least 2 tokens to measure a profile, the text gave {len(ids)}")
     seq_len = min(seq_len, len(ids))
     rows = len(ids) // seq_len
     return torch.tensor(ids[: rows * seq_len], dtype=torch.long).view(rows, seq_len)
@@ -57,7 +65,7 @@ def final_norm_module(model: torch.nn.Module) -> torch.nn.Module:
     """The decoder's final norm (Llama family: model.model.norm)."""
     norm = getattr(model.get_decoder(), "norm", None)
     if norm is None:
-        raise ValueError(f"{type(model).__name__} has no decoder.norm; only Llama-family layouts are supported")
+        raise ProfileError(f"{type(model).__name__} has no decoder.norm; only Llama-family layouts are supported")
     return norm
 
 
@@ -95,12 +103,15 @@ def load_model(model_dir: Path, device: str = "cpu") -> tuple[torch.nn.Module, o
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if not (model_dir / "config.json").is_file():
-        raise FileNotFoundError(f"{model_dir} is not a Hugging Face model folder (no config.json)")
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device).eval()
+        raise ProfileError(f"{model_dir} is not a Hugging Face model folder (no config.json)")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device).eval()
+    except (OSError, ValueError) as err:
+        raise ProfileError(f"{model_dir}: transformers cannot load it as a causal LM ({err})") from None
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
     except (OSError, ValueError) as err:
-        raise FileNotFoundError(f"{model_dir}: no loadable tokenizer ({err})") from None
+        raise ProfileError(f"{model_dir}: no loadable tokenizer ({err})") from None
     return model, tokenizer
 
 
@@ -168,18 +179,22 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = p.parse_args(argv)
     if args.text_file is not None and not args.text_file.is_file():
         p.error(f"--text-file {args.text_file} does not exist")
+    return user_errors(lambda: run(args))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Measure every model, then write: a model that cannot be measured leaves --out untouched."""
+    check_output_folder(args.out, MARKER)
     text = args.text_file.read_text(encoding="utf-8") if args.text_file else default_text()
-    args.out.mkdir(parents=True, exist_ok=True)
     records = {}
     for name, model_dir in zip(unique_names(args.models), args.models):
-        try:
-            rec = measure(model_dir, text, args.max_tokens, args.seq_len, args.form, args.final_norm, args.device)
-        except (FileNotFoundError, ValueError) as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
+        records[name] = measure(model_dir, text, args.max_tokens, args.seq_len, args.form, args.final_norm,
+                                args.device)
+        psi = ", ".join(f"{v:.4f}" for v in records[name]["psi"])
+        print(f"{name}: zeta_L={records[name]['zeta_L']:.3f} psi=[{psi}]")
+    claim_output_folder(args.out, MARKER)
+    for name, rec in records.items():
         atomic_write_text(args.out / f"{name}.json", json.dumps(rec, indent=2) + "\n")
-        print(f"{name}: zeta_L={rec['zeta_L']:.3f} psi=[{', '.join(f'{v:.4f}' for v in rec['psi'])}]")
-        records[name] = rec
     plot_profiles(records, args.out / "jump_profile.png")
     print(f"wrote {args.out}/jump_profile.png")
     return 0

@@ -24,13 +24,17 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import torch
 
+from model.errors import UserError, user_errors
 from pretrain.trajectory.groups import layer_component
 from pretrain.trajectory.maps import Trajectory, mds
 from pretrain.trajectory.online import SKETCH_FILE, load_sketches, sketch_trajectory
 from pretrain.trajectory.settings import GRANULARITIES
 from pretrain.trajectory.stream import stream_trajectory
 from storage.folders import complete_checkpoints
-from storage.io import atomic_save_figure, atomic_write_text
+from storage.io import atomic_save_figure, atomic_write_text, check_output_folder, claim_output_folder
+
+MARKER = ".growlm-trajectory-report"
+"""Marks an --out folder this command made (re-running it there replaces its files)."""
 
 COMPONENTS = ("q", "k", "v", "o", "mlp", "norms")
 
@@ -118,19 +122,19 @@ def load_trajectory(args: argparse.Namespace) -> tuple[Trajectory, str]:
     if args.from_sketches:
         path = args.run_dir / SKETCH_FILE
         if not path.is_file():
-            sys.exit(f"error: {path} does not exist; train with monitors.trajectory.every > 0, or drop --from-sketches")
+            raise UserError(f"{path} does not exist; train with monitors.trajectory.every > 0, or drop --from-sketches")
         traj, source = sketch_trajectory(load_sketches(path), args.granularity, args.start), f"sketches, {path}"
     else:
         ckpts = [(s, d) for s, d in complete_checkpoints(args.run_dir / "checkpoints") if s >= args.start]
         if len(ckpts) < 2:
-            sys.exit(f"error: {args.run_dir / 'checkpoints'} has {len(ckpts)} complete checkpoints at step >= "
-                     f"{args.start}; a trajectory needs 2 (raise checkpoint.keep, or use --from-sketches)")
+            raise UserError(f"{args.run_dir / 'checkpoints'} has {len(ckpts)} complete checkpoints at step >= "
+                            f"{args.start}; a trajectory needs 2 (raise checkpoint.keep, or use --from-sketches)")
         traj = stream_trajectory(ckpts, args.granularity, args.chunk, args.scratch)
         source = f"exact, {len(ckpts)} checkpoints"
     return traj, source
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", type=Path, help="a run directory (holds checkpoints/ and jobs/)")
     p.add_argument("--out", type=Path, required=True, help="folder for the PNGs and the summary")
@@ -140,8 +144,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--chunk", type=int, default=1 << 22, help="coordinates per Gram chunk (memory: T x chunk)")
     p.add_argument("--scratch", type=Path, default=None, help="folder for the temporary flattened checkpoints")
     args = p.parse_args(argv)
+    return user_errors(lambda: report(args))
+
+
+def report(args: argparse.Namespace) -> int:
+    """The maps, the summary and its markdown for one run, into --out (refused unless this command made it)."""
+    check_output_folder(args.out, MARKER)
     traj, source = load_trajectory(args)
-    args.out.mkdir(parents=True, exist_ok=True)
+    claim_output_folder(args.out, MARKER)
     params = traj.param_maps()
     plot_maps(params, {g: traj.steps for g in params}, f"cos(theta_i, theta_j) — {source}", args.out / "params.png",
               False)
@@ -160,7 +170,8 @@ def main(argv: list[str] | None = None) -> None:
     atomic_write_text(args.out / "summary.md", summary_markdown(summary, source))
     print(summary_markdown(summary, source))
     print(f"wrote {', '.join(str(args.out / f) for f in [*written, 'summary.md', 'summary.json'])}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

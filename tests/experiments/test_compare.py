@@ -12,6 +12,7 @@ from scipy import stats
 from experiments import compare
 from experiments import runs as cr
 from experiments import stats as xstats
+from experiments.errors import ExperimentError
 
 JREG = [{"name": "jreg", "weight": 0.1, "variant": "final"}]
 
@@ -180,7 +181,7 @@ def test_main_writes_tables_and_plots(two_arms: list[Path], tmp_path: Path) -> N
 
 
 def test_missing_run_dir_or_metrics_is_named(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(ExperimentError, match="does not exist"):
         cr.load_run(tmp_path / "nope")
     run = make_run(tmp_path, "r", 0, [])
     (run / "metrics.jsonl").unlink()

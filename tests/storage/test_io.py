@@ -4,7 +4,13 @@ from __future__ import annotations
 import pytest
 from matplotlib.figure import Figure
 
-from storage.io import atomic_save_figure, atomic_write_text
+from storage.io import (
+    OutputFolderError,
+    atomic_save_figure,
+    atomic_write_text,
+    check_output_folder,
+    claim_output_folder,
+)
 
 
 class FailingFigure:
@@ -41,3 +47,21 @@ def test_text_replaces_the_old_file_in_one_step(tmp_path):
     atomic_write_text(path, "new\n")
     assert path.read_text() == "new\n"
     assert [p.name for p in tmp_path.iterdir()] == ["report.md"]
+
+
+def test_an_output_folder_is_claimed_new_or_empty_and_reused_only_by_its_command(tmp_path):
+    new = claim_output_folder(tmp_path / "new", ".growlm-x")
+    assert sorted(p.name for p in new.iterdir()) == [".growlm-x"]
+    (new / "report.md").write_text("old report")
+    claim_output_folder(new, ".growlm-x")  # the command's own folder: reused, its files left to be replaced
+    assert (new / "report.md").read_text() == "old report"
+    with pytest.raises(OutputFolderError, match=r"holds \['.growlm-x', 'report.md'\] and no .growlm-y"):
+        claim_output_folder(new, ".growlm-y")  # another command's folder
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("a user's notes")
+    with pytest.raises(OutputFolderError, match=r"--out .*mine holds \['notes.txt'\]"):
+        claim_output_folder(mine, ".growlm-x")
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+    with pytest.raises(OutputFolderError, match="is a file"):
+        check_output_folder(mine / "notes.txt", ".growlm-x")

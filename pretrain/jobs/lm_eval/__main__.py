@@ -13,8 +13,9 @@ import logging
 import os
 import sys
 
+from model.errors import user_errors
 from pretrain.jobs.cli import add_arguments, from_args
-from pretrain.jobs.lm_eval.settings import OFFLINE_ENV, LmEvalError, LmEvalSettings
+from pretrain.jobs.lm_eval.settings import OFFLINE_ENV, LmEvalSettings
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -31,14 +32,13 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault(key, value)
     logging.basicConfig(level=logging.INFO, format="[lm_eval %(asctime)s] %(message)s", datefmt="%H:%M:%S")
     settings = from_args(LmEvalSettings, args)
-    from pretrain.jobs.lm_eval.run import run_job
-    from storage.folders import CheckpointError
+    return user_errors(lambda: run(args, settings), prefix="lm_eval: ")
 
-    try:
-        payload, path = run_job(args.checkpoint, settings)
-    except (LmEvalError, CheckpointError) as err:
-        print(f"lm_eval: error: {err}", file=sys.stderr)
-        return 2
+
+def run(args: argparse.Namespace, settings: LmEvalSettings) -> int:
+    from pretrain.jobs.lm_eval.run import run_job
+
+    payload, path = run_job(args.checkpoint, settings)
     for key, value in payload["scores"].items():
         print(f"{key:50s} {value:.4f}")
     print(f"wrote {path} ({payload['seconds']['total']:.1f} s)")

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
+from model.errors import UserError
 from pretrain.fields import above, at_least, check_fields
 from pretrain.jobs.cli import setting
 from pretrain.jobs.schedule import JobSchedule
@@ -19,7 +20,7 @@ OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_
 """Set unless already set: without them `datasets` pings the Hub (harmless offline, but noisy and slow)."""
 
 
-class LmEvalError(ValueError):
+class LmEvalError(UserError, ValueError):
     """Settings, tasks or inputs an lm_eval job cannot run with; the message names the setting or file."""
 
 

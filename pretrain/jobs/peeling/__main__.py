@@ -11,12 +11,9 @@ import argparse
 import logging
 import sys
 
-from pretrain.config import ConfigError
-from pretrain.data import DataError
+from model.errors import user_errors
 from pretrain.jobs.cli import add_arguments, from_args
-from pretrain.jobs.peeling.errors import PeelingError
 from pretrain.jobs.peeling.settings import PeelingSettings, check_settings
-from storage.folders import CheckpointError
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -35,15 +32,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[peeling %(asctime)s] %(message)s", datefmt="%H:%M:%S")
     settings = from_args(PeelingSettings, args)
+    return user_errors(lambda: run(args, settings), prefix="peeling: ")
+
+
+def run(args: argparse.Namespace, settings: PeelingSettings) -> int:
     from pretrain.jobs.peeling.job import run_job
     from pretrain.jobs.peeling.report import format_table
 
-    try:
-        check_settings(settings)  # before any loading: a typo fails in a second
-        bounds, out = run_job(args.checkpoint, settings, config=args.config, out=args.out)
-    except (PeelingError, CheckpointError, ConfigError, DataError) as err:
-        print(f"peeling: error: {err}", file=sys.stderr)
-        return 2
+    check_settings(settings)  # before any loading: a typo fails in a second
+    bounds, out = run_job(args.checkpoint, settings, config=args.config, out=args.out)
     print(format_table(bounds))
     print(f"wrote {out}")
     return 0
