@@ -6,13 +6,14 @@ The trainer only calls it; what it computes is fixed by the config (`train.loss_
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
 import regularizers as regs
 from model.llama import document_layout
+from pretrain import dist
 from pretrain.data.tokenizer import eos_id_of
 
 if TYPE_CHECKING:
@@ -33,12 +34,26 @@ class Objective:
         self.document_positions = cfg.data.document_positions
         self.eos_id = eos_id_of(tokenizer_path)  # document boundaries
 
-    def lm_forward(self, model: Any, inputs: torch.Tensor, targets: torch.Tensor,
-                   hidden_states: bool = False) -> tuple[torch.Tensor, Any]:
-        """(mean lm loss, the model's output): the plain head + cross-entropy, or with `train.loss_chunk` the
-        fused chunked head (no full logits; the output carries per-token log Z instead). With
-        data.document_masking, attention stays within documents and predictions from an EOS (of the next
-        document's first token) are left out of the mean."""
+    def step_normalizer(self, batches: Sequence[Batch], world: int) -> Optional[torch.Tensor]:
+        """Under document masking, the mean count of kept tokens per micro-batch over the whole optimizer step
+        (every micro-batch of every rank; one all-reduce); None without masking.
+
+        Each micro-batch's loss is then its kept tokens' summed loss over this count, so after DeepSpeed's
+        1/grad_accum and the ranks' mean the gradient is that of the step's token mean (as torchtitan
+        normalizes), however the batch is split into micro-batches and ranks. A per-micro-batch mean would
+        weigh the tokens of micro-batches with many short documents (fewer kept tokens) more."""
+        if not self.document_masking:
+            return None
+        kept = torch.stack([(inputs != self.eos_id).sum() for inputs, _ in batches]).sum().float()
+        return dist.all_reduce_sum(kept) / (len(batches) * world)
+
+    def lm_forward(self, model: Any, inputs: torch.Tensor, targets: torch.Tensor, hidden_states: bool = False,
+                   normalizer: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, Any]:
+        """(lm loss, the model's output): the plain head + cross-entropy, or with `train.loss_chunk` the fused
+        chunked head (no full logits; the output carries per-token log Z instead). With data.document_masking,
+        attention stays within documents and predictions from an EOS (of the next document's first token) are
+        left out: the loss is the kept tokens' sum over `normalizer` (`step_normalizer`, in training), or their
+        mean in this batch when it is None (validation, probes)."""
         kwargs, keep = {}, None
         if self.document_masking:
             documents, positions = document_layout(inputs, self.eos_id)
@@ -58,13 +73,17 @@ class Objective:
         if keep is None:
             return token_loss.mean(), out
         keep = keep.view(-1)
-        return (token_loss.view(-1) * keep).sum() / keep.sum().clamp(min=1.0), out
+        denominator = keep.sum().clamp(min=1.0) if normalizer is None else normalizer
+        return (token_loss.view(-1) * keep).sum() / denominator, out
 
-    def __call__(self, model: Any, batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def __call__(self, model: Any, batch: Batch, step: int,
+                 normalizer: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(lm loss + sum of regularizers, detached metrics); hidden states are requested only when a regularizer
-        needs them. `step` is the number of completed optimizer steps (regularizer warm-ups read it)."""
+        needs them. `step` is the number of completed optimizer steps (regularizer warm-ups read it); the lm
+        loss's `normalizer` is `lm_forward`'s. Regularizers average over this micro-batch's tokens (each
+        micro-batch weighs the same), whatever the lm loss's normalization."""
         inputs, targets = batch
-        lm_loss, out = self.lm_forward(model, inputs, targets, self.need_hidden)
+        lm_loss, out = self.lm_forward(model, inputs, targets, self.need_hidden, normalizer)
         total = lm_loss
         metrics = {"lm_loss": lm_loss.detach()}
         if self.regularizers:

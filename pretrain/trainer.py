@@ -117,17 +117,18 @@ class Trainer:
     def lm_loss(self, batch: Batch) -> torch.Tensor:
         return self.objective.lm_forward(self.engine, *batch)[0]
 
-    def loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        return self.objective(self.engine, batch, self.step)
+    def loss(self, batch: Batch, normalizer: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+        return self.objective(self.engine, batch, self.step, normalizer)
 
     # ---- the loop ------------------------------------------------------------------------------------
     def train_step(self) -> tuple[dict[str, torch.Tensor], int]:
         """One optimizer step over this rank's micro-batches: (summed per-micro-batch metrics, micro-batches)."""
         sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=self.device))
         self._current_window = self.faults.next_window(self.sampler)
-        micro_batches = self.sampler.next_step()
-        for indices in micro_batches:
-            total, metrics = self.loss(self.batch(indices))
+        micro_batches = [self.batch(indices) for indices in self.sampler.next_step()]
+        normalizer = self.objective.step_normalizer(micro_batches, self.world)
+        for batch in micro_batches:
+            total, metrics = self.loss(batch, normalizer)
             self.engine.backward(total)
             self.engine.step()
             for k, v in metrics.items():

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from model import Llama
+from model.llama import document_layout
 from pretrain.config import load_config
 from pretrain.data.tokenizer import EOS_ID
 from pretrain.objective import Objective
@@ -60,3 +61,45 @@ def test_regularizer_terms_add_to_the_total_and_are_logged_under_their_name():
     assert metrics["reg/jreg"] > 0
     torch.testing.assert_close(total, metrics["lm_loss"] + metrics["reg/jreg"])
     assert any(k.startswith("reg/jreg/") for k in metrics)
+
+
+def accumulated_gradient(objective, model, batches, world: int = 1) -> torch.Tensor:
+    """The gradient DeepSpeed applies for these micro-batches on one rank: each micro-batch's loss scaled by
+    1/grad_accum (the ranks' mean is 1/world of the sum of such gradients)."""
+    normalizer = objective.step_normalizer(batches, world)
+    model.zero_grad()
+    for batch in batches:
+        (objective(model, batch, 0, normalizer)[0] / len(batches)).backward()
+    return model.tok_embeddings.weight.grad.clone()
+
+
+@pytest.mark.parametrize("cuts", [[1, 1, 1, 1], [2, 2], [1, 3]])
+def test_under_document_masking_the_update_is_the_steps_token_mean_however_the_batch_is_split(cuts):
+    """Eight rows whose documents differ in length (fewer kept tokens where documents are short): one micro-batch
+    of eight, or the micro-batches `cuts` (in rows x 2), give the gradient of the mean loss over all kept tokens."""
+    objective, model, _ = setup("data.document_masking=true")
+    torch.manual_seed(1)
+    tokens = torch.randint(3, 64, (8, 17))
+    for row in range(4):  # short documents in the first half: many EOS, fewer kept predictions
+        tokens[row, 2::3] = EOS_ID
+    inputs, targets = tokens[:, :-1], tokens[:, 1:]
+    out = model(inputs, documents=document_layout(inputs, EOS_ID)[0]).logits
+    per_token = F.cross_entropy(out.flatten(0, 1), targets.flatten(), reduction="none")
+    keep = inputs.flatten() != EOS_ID
+    (reference,) = torch.autograd.grad(per_token[keep].mean(), model.tok_embeddings.weight)
+    whole = accumulated_gradient(objective, model, [(inputs, targets)])
+    torch.testing.assert_close(whole, reference, rtol=1e-5, atol=1e-7)
+    bounds = torch.cumsum(torch.tensor([0, *cuts]) * 2, 0).tolist()
+    split = [(inputs[a:b], targets[a:b]) for a, b in zip(bounds, bounds[1:])]
+    torch.testing.assert_close(accumulated_gradient(objective, model, split), reference, rtol=1e-5, atol=1e-7)
+
+    # each micro-batch's own mean (what growlm did before) weighs the short documents' tokens more
+    model.zero_grad()
+    for inputs_mb, targets_mb in split:
+        (objective.lm_forward(model, inputs_mb, targets_mb)[0] / len(split)).backward()
+    assert not torch.allclose(model.tok_embeddings.weight.grad, reference, rtol=1e-3, atol=1e-6)
+
+
+def test_without_document_masking_there_is_no_step_normalizer():
+    objective, _, batch = setup()
+    assert objective.step_normalizer([batch, batch], world=2) is None
