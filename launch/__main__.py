@@ -8,12 +8,14 @@ slurm, ...) are chosen with `--launcher`. See README for a 2-node example.
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 
-from launch.command import PASSTHROUGH, deepspeed_command, free_port, has_gpus, launch_env
+from launch.command import LAUNCH_OWNER_ENV, PASSTHROUGH, deepspeed_command, free_port, has_gpus, launch_env
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -72,7 +74,10 @@ def run_forwarding_preemption(cmd: list[str], env: dict[str, str]) -> int:
     DeepSpeed's own launcher answers SIGTERM by terminating the ranks and SIGKILLs them 30 s later, which would
     lose a longer save. So it runs in a session of its own: a signal to this process's group (Ctrl-C, `kill --
     -PGID`, a scheduler signalling the job's process group) reaches only this process, which passes it to the
-    ranks directly; the launcher just sees them end."""
+    ranks directly; the launcher just sees them end. Being in their own session, the ranks would outlive this
+    process when it is killed (SIGKILL, the OOM killer) and hold the run directory: each rank watches it and
+    stops, saving, when it is gone (pretrain/faults.py)."""
+    env = {**env, LAUNCH_OWNER_ENV: f"{socket.gethostname()}:{os.getpid()}"}  # the ranks stop when this dies
     proc = subprocess.Popen(cmd, env=env, start_new_session=True)
 
     def forward(signum, frame):

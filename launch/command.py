@@ -29,6 +29,10 @@ def launch_argv(config: str | Path, overrides: Sequence[str], ranks: int = 2,
     return [python, "-m", "launch", "--num_gpus", str(ranks), str(config), *overrides]
 
 
+LAUNCH_OWNER_ENV = "GROWLM_LAUNCH_OWNER"
+"""`<host>:<pid>` of the `python -m launch` process, for its ranks: they stop (saving) when it dies."""
+
+
 class OverridesError(UserError, ValueError):
     """Overrides given as something other than a mapping of config key -> value."""
 

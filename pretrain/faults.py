@@ -1,7 +1,9 @@
 """Faults a long run meets: preemption signals and non-finite steps.
 
 Preemption: SIGTERM / SIGUSR1 set a flag; after the current step every rank agrees (a MAX all-reduce over a
-CPU gloo group, so no GPU sync) to save a checkpoint and exit 0, which lets a scheduler requeue the job.
+CPU gloo group, so no GPU sync) to save a checkpoint and exit 0, which lets a scheduler requeue the job. The
+death of the `python -m launch` process that started the ranks (SIGKILL, the OOM killer) sets it too: the
+ranks run in a session of their own, so nothing else would stop them.
 Non-finite steps: DeepSpeed is configured to skip an update whose gradient norm is inf/NaN (`overflow`);
 `NonFinitePolicy` applies `train.on_nonfinite` to it and keeps what it learned in `<run>/faults.json`.
 """
@@ -9,13 +11,18 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
+import socket
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as tdist
 
+from launch.command import LAUNCH_OWNER_ENV
 from pretrain.config import ConfigError
 from storage.folders import latest
 from storage.io import atomic_write_json
@@ -23,6 +30,7 @@ from storage.io import atomic_write_json
 log = logging.getLogger("growlm")
 
 PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+LAUNCH_POLL_S = 1.0
 FAULT_STATE = "faults.json"
 MAX_ROLLBACKS = 3
 """Rollbacks to one checkpoint before `on_nonfinite: rollback` gives up (a diverging run would loop forever)."""
@@ -41,6 +49,35 @@ class Preemption:
         for sig in PREEMPT_SIGNALS:
             signal.signal(sig, self._handle)
         self._group = tdist.new_group(backend="gloo") if tdist.is_initialized() else None
+        self._watch_launch()
+
+    def _watch_launch(self) -> None:
+        """A daemon thread that sets the flag once the `python -m launch` process of this host is gone (a
+        zombie counts as gone; psutil tells a reused pid apart by its start time)."""
+        owner = os.environ.get(LAUNCH_OWNER_ENV, "")
+        host, _, pid = owner.rpartition(":")
+        if not pid.isdigit() or host != socket.gethostname():  # not started by it, or on another node
+            return
+        import psutil
+
+        try:
+            launch = psutil.Process(int(pid))
+        except psutil.NoSuchProcess:
+            launch = None
+
+        def alive() -> bool:
+            try:
+                return launch is not None and launch.is_running() and launch.status() != psutil.STATUS_ZOMBIE
+            except psutil.NoSuchProcess:
+                return False
+
+        def watch() -> None:
+            while alive():
+                time.sleep(LAUNCH_POLL_S)
+            log.warning("the launch process (pid %s) is gone: finishing this step, saving, then exiting", pid)
+            self._flag = True
+
+        threading.Thread(target=watch, name="growlm-launch-watch", daemon=True).start()
 
     def _handle(self, signum: int, frame: Any) -> None:
         log.warning("received %s: finishing this step, saving, then exiting", signal.Signals(signum).name)

@@ -6,6 +6,8 @@ Layout (docs/design.md, "Run directory"): `<run>/config.yaml`, `<run>/<tokenizer
 """
 from __future__ import annotations
 
+import dataclasses
+import logging
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -39,6 +41,41 @@ def lock(run_dir: Path, is_main: bool) -> IO | None:
     return held
 
 
+def resume_candidate(cfg: "Config") -> Path | None:
+    """The checkpoint train.resume names (`auto`: the latest complete one, or with checkpoint.fallback the
+    newest that verifies), or None for a fresh start."""
+    if cfg.train.resume == "never":
+        return None
+    if cfg.train.resume != "auto":
+        return Path(cfg.train.resume)
+    return retention.resumable(cfg.run_dir / "checkpoints", cfg.checkpoint.fallback)
+
+
+def keep_global_batch(cfg: "Config", world: int) -> "Config":
+    """The config a resume on another number of ranks continues with: train.grad_accum derived so the global
+    batch stays the checkpoint's (as Megatron and torchtitan fix the global batch and derive accumulation),
+    logged; the data order and the step count then continue exactly. Refused, naming the micro-batch sizes
+    that would work, when no grad_accum gives that batch. The same number of ranks changes nothing: a changed
+    batch there is the user's choice, which `compat.problems` refuses."""
+    ckpt = resume_candidate(cfg)
+    meta = folders.verify(ckpt).get("meta", {}) if ckpt is not None else {}
+    saved_world, saved_batch = meta.get("world_size"), meta.get("sample_sequence", {}).get(compat.GLOBAL_BATCH)
+    micro = cfg.train.micro_batch_size
+    if saved_world in (None, world) or saved_batch is None or saved_batch == micro * cfg.train.grad_accum * world:
+        return cfg
+    if saved_batch % (micro * world):
+        fits = [m for m in range(1, saved_batch // world + 1) if saved_batch % (m * world) == 0]
+        raise ConfigError(f"cannot resume from {ckpt} on {world} ranks: its global batch of {saved_batch} (saved on "
+                          f"{saved_world} ranks) is not train.micro_batch_size={micro} x {world} ranks x a whole "
+                          f"train.grad_accum; use train.micro_batch_size in {fits} (grad_accum follows), or "
+                          f"{saved_world} ranks")
+    accum = saved_batch // (micro * world)
+    logging.getLogger("growlm").warning(
+        "resuming %s (saved on %d ranks) on %d ranks: train.grad_accum %d -> %d keeps its global batch of %d",
+        ckpt, saved_world, world, cfg.train.grad_accum, accum, saved_batch)
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, grad_accum=accum))
+
+
 class RunDir:
     """One run's directory, for a run of `world` ranks training with the tokenizer at `tokenizer_path`."""
 
@@ -50,10 +87,7 @@ class RunDir:
     def resume_source(self) -> tuple[Path | None, dict[str, Any] | None]:
         """(checkpoint, its verified manifest) that train.resume names, or (None, None) for a fresh start.
         Refuses a checkpoint this run cannot continue (another model, tokenizer, batch...)."""
-        mode = self.cfg.train.resume
-        if mode == "never":
-            return None, None
-        ckpt = retention.resumable(self.checkpoints, self.cfg.checkpoint.fallback) if mode == "auto" else Path(mode)
+        ckpt = resume_candidate(self.cfg)
         if ckpt is None:
             return None, None
         manifest = folders.verify(ckpt)

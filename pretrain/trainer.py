@@ -44,6 +44,7 @@ class Trainer:
             precision.report(choice, self.device)
         self.cfg, self.run_dir = cfg, cfg.run_dir
         self._run_lock = rundir.lock(self.run_dir, self.is_main)
+        self.cfg = cfg = rundir.keep_global_batch(cfg, self.world)  # before anything reads train.grad_accum
         self.data = load_data(cfg)
 
         torch.manual_seed(cfg.run.seed)

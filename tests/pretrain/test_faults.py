@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pretrain.config import load_config
 from storage import folders, weights
 
 from launching import ROOT, ZERO_RUN, ZERO_RUN_STEPS, command, environment, launch, losses, metrics
@@ -186,6 +187,35 @@ def test_preemption_signal_saves_and_exits_zero_and_the_run_dir_is_locked_meanwh
 
 
 @pytest.mark.distributed
+def test_when_the_launch_process_is_killed_its_ranks_save_and_exit(runs_root, tmp_path):
+    """`kill -KILL -- -PGID` of the launch (as the OOM killer or a scheduler's escalation would): DeepSpeed's
+    launcher and the ranks live in a session of their own and would train on holding the run directory. Each
+    rank notices the launch is gone, saves at the end of its step and exits; every process of the job ends."""
+    import psutil
+
+    run = runs_root / "launch_killed"
+    log = tmp_path / "launch.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(command(run, ["train.steps=1000", "eval.every=0", "monitors.jump.every=0",
+                                              "checkpoint.every=1000"]),
+                                cwd=ROOT, env=environment(), stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (run / "metrics.jsonl").exists() or len(metrics(run)) < 3:
+        time.sleep(0.5)
+    job = psutil.Process(proc.pid).children(recursive=True)
+    assert sum("--local_rank" in " ".join(p.cmdline()) for p in job) == 2
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    _, alive = psutil.wait_procs(job, timeout=120)
+    assert not alive, [p.cmdline() for p in alive]
+    last = max(r["step"] for r in metrics(run))
+    assert 3 <= last < 1000
+    assert folders.latest(run / "checkpoints").name == f"step_{last}"
+    assert "the launch process (pid " in log.read_text()
+
+
+@pytest.mark.distributed
 def test_a_stopped_rank_fails_the_run_naming_it_within_the_collective_timeout(runs_root):
     """`kill -STOP` on rank 1 mid-training: rank 0's next collective gives up after deepspeed.collective_timeout_s
     and the run fails naming rank 1 and the step, instead of hanging for DeepSpeed's 10 minutes."""
@@ -245,8 +275,9 @@ def test_a_signal_to_the_process_group_lets_a_long_save_complete(runs_root):
 
 @pytest.mark.distributed
 def test_resume_on_fewer_ranks_continues_the_sample_sequence(zero_runs, runs_root):
-    """2 ranks -> 1 rank (grad_accum 2 keeps the global batch): DeepSpeed universal conversion happens
-    automatically; samples continue the planned order with no repeat or gap; losses follow the 2-rank run.
+    """2 ranks -> 1 rank with no batch setting changed: grad_accum 2 is derived to keep the global batch (and
+    recorded in the run's config), DeepSpeed universal conversion happens automatically; samples continue the
+    planned order with no repeat or gap; losses follow the 2-rank run.
     Tolerance 1e-4: both average the same 8 sequences' gradients, only the reduction order differs (fp32
     rounding, ~1e-6 relative), which compounds over a few AdamW steps."""
     run = runs_root / "two_to_one"
@@ -255,13 +286,13 @@ def test_resume_on_fewer_ranks_continues_the_sample_sequence(zero_runs, runs_roo
     (run / "checkpoints" / "latest").write_text("step_3\n")
     shutil.copy(zero_runs[1] / "metrics.jsonl", run / "metrics.jsonl")
     record = run / "samples"
-    launch(run, ["deepspeed.zero_stage=1", *ZERO_RUN, "train.grad_accum=2"], ranks=1,
-           fault=f"record_samples:{record}")
+    proc = launch(run, ["deepspeed.zero_stage=1", *ZERO_RUN], ranks=1, fault=f"record_samples:{record}")
+    assert "train.grad_accum 1 -> 2 keeps its global batch of 8" in proc.stdout + proc.stderr
+    assert load_config(run / "config.yaml").train.grad_accum == 2
     seen = [idx for line in (record / "rank_0.jsonl").read_text().splitlines() for mb in json.loads(line)
             for idx in mb]
     done_steps = int(json.loads((zero_runs[1] / "checkpoints" / "step_3" / "manifest.json").read_text())["step"])
     global_batch = 4 * 2  # micro 4 x 2 ranks, as in the 2-rank phase
-    from pretrain.config import load_config
     from pretrain.data import prepare_data
 
     cfg = load_config(zero_runs[1] / "config.yaml")

@@ -14,7 +14,9 @@ from pretrain.config import ConfigError, load_config
 from pretrain.data.pipeline import build_sampler, device_batch
 from pretrain.data.sampler import StepSampler
 from pretrain.phases import TrainablePhases
-from pretrain.rundir import RunDir
+from pretrain import compat
+from pretrain.rundir import RunDir, keep_global_batch
+from storage import folders
 
 TINY = "configs/tiny.yaml"
 CARRIED = {"step": 40, "tokens": 4_000, "sampler": {"epoch": 0, "position": 40}, "moments": {}, "optimizer_step": 40}
@@ -77,6 +79,31 @@ def test_a_named_checkpoint_that_is_not_one_is_refused(tmp_path):
     cfg = load_config(TINY, [f"run.out_dir={tmp_path}", f"train.resume={tmp_path / 'nowhere'}"])
     with pytest.raises(Exception, match="nowhere"):
         RunDir(cfg, tmp_path / "tok.model", world=1, is_main=True).resume_source()
+
+
+def saved_on(tmp_path, world: int, global_batch: int):
+    """A run directory whose latest checkpoint was saved by `world` ranks at `global_batch` (manifest only)."""
+    ckpt = tmp_path / "r" / "checkpoints" / "step_5"
+    ckpt.mkdir(parents=True)
+    folders.write_manifest(ckpt, 5, {"world_size": world, "sample_sequence": {compat.GLOBAL_BATCH: global_batch}})
+    (ckpt.parent / "latest").write_text("step_5\n")
+    return lambda *overrides: load_config(TINY, [f"run.out_dir={tmp_path}", "run.name=r", *overrides])
+
+
+def test_a_resume_on_another_number_of_ranks_keeps_the_global_batch_by_deriving_grad_accum(tmp_path, caplog):
+    config = saved_on(tmp_path, world=2, global_batch=16)
+    with caplog.at_level("WARNING", logger="growlm"):
+        one_rank = keep_global_batch(config("train.micro_batch_size=4", "train.grad_accum=1"), world=1)
+    assert one_rank.train.grad_accum == 4 and "train.grad_accum 1 -> 4 keeps its global batch of 16" in caplog.text
+    assert keep_global_batch(config("train.micro_batch_size=2"), world=4).train.grad_accum == 2
+    same = config("train.micro_batch_size=4", "train.grad_accum=3")
+    assert keep_global_batch(same, world=2) is same  # same ranks: a changed batch is compat's to refuse
+    with pytest.raises(ConfigError, match=r"global batch of 16 .* use train.micro_batch_size in \[1, 2, 4, 8, 16\]"):
+        keep_global_batch(config("train.micro_batch_size=3"), world=1)
+    with pytest.raises(ConfigError, match=r"train.micro_batch_size in \[1, 2, 4\]"):
+        keep_global_batch(config("train.micro_batch_size=3"), world=4)
+    fresh = config("train.resume=never", "train.micro_batch_size=3")
+    assert keep_global_batch(fresh, world=1) is fresh
 
 
 def test_plain_data_gets_the_shuffled_step_sampler_and_batches_shift_by_one():
