@@ -13,6 +13,7 @@ keep and resume from (`storage.retention`), weights folders (`storage.weights`),
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import random
@@ -47,20 +48,42 @@ def save(engine, root: Path, step: int, client_state: dict[str, Any], extra_file
     if dist.is_main():
         _clear_previous(ckpt)
     dist.barrier()
-    engine.save_checkpoint(str(root), tag=tag, client_state=client_state, save_latest=False)
-    _save_rng(ckpt / "rng" / f"rank_{dist.rank()}.pt")
-    if rank_state is not None:
-        (ckpt / RANK_STATE).mkdir(exist_ok=True)
-        atomic_write_json(ckpt / RANK_STATE / f"rank_{dist.rank()}.json", rank_state)
-    dist.barrier()
+    try:
+        engine.save_checkpoint(str(root), tag=tag, client_state=client_state, save_latest=False)
+        _save_rng(ckpt / "rng" / f"rank_{dist.rank()}.pt")
+        if rank_state is not None:
+            (ckpt / RANK_STATE).mkdir(exist_ok=True)
+            atomic_write_json(ckpt / RANK_STATE / f"rank_{dist.rank()}.json", rank_state)
+        dist.barrier()
+        if dist.is_main():
+            for name, src in extra_files.items():
+                atomic_write_bytes(ckpt / name, Path(src).read_bytes())
+            folders.write_manifest(ckpt, step, meta or {})
+    except OSError as err:
+        if err.errno == errno.ENOSPC:
+            raise OutOfSpace(_out_of_space(root, tag)) from err
+        raise
     if dist.is_main():
-        for name, src in extra_files.items():
-            atomic_write_bytes(ckpt / name, Path(src).read_bytes())
-        folders.write_manifest(ckpt, step, meta or {})
         atomic_write_text(root / LATEST, tag + "\n")
         retention.prune(root, keep)
     dist.barrier()
     return ckpt
+
+
+class OutOfSpace(CheckpointError):
+    """The disk filled while a checkpoint was written; `latest` still names the previous complete one."""
+
+
+def _out_of_space(root: Path, tag: str) -> str:
+    """What a user needs to act on a full disk: where, how much is free, how much a checkpoint takes."""
+    previous = folders.latest(root) if (root / LATEST).is_file() else None
+    size = sum(p.stat().st_size for p in previous.rglob("*") if p.is_file()) if previous else None
+    free = shutil.disk_usage(root).free
+    need = f"the last complete checkpoint ({previous.name}) takes {size / 2**20:.1f} MiB" if size else \
+        "no complete checkpoint yet to size one by"
+    kept = f"latest still names {previous.name}, which is intact" if previous else "no checkpoint was published"
+    return (f"no space left on the device of {root} while saving {tag} ({free / 2**20:.1f} MiB free; {need}): "
+            f"free at least that much (or lower checkpoint.keep) and resume; {kept}")
 
 
 def _clear_previous(ckpt: Path) -> None:
