@@ -36,7 +36,8 @@ def resumable(root: Path, fallback: bool) -> Path | None:
             return ckpt
         except CheckpointError as err:
             log.error("%s; trying an older one", err)
-    raise CheckpointError(f"no complete checkpoint under {root} verifies")
+    raise CheckpointError(f"no complete checkpoint under {root} verifies (each is named in the log above); they "
+                          "are left in place: start over with another run.name, or train.resume=never")
 
 
 def prune(root: Path, keep: int) -> None:
