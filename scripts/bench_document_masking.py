@@ -4,11 +4,13 @@
 
     OMP_NUM_THREADS=2 python scripts/bench_document_masking.py                 # tiny model, seq_len 256
     python scripts/bench_document_masking.py model.dim=512 model.n_layers=8 data.seq_len=1024
+    python scripts/bench_document_masking.py --bf16 model=125m data.seq_len=2048   # on a GPU (gpu_bench.sh)
 
 Interleaved rounds in one process (the order alternates), medians after a warm-up round; ratios are of times
 against the plain causal pass. `dense` is SDPA with a boolean [batch, 1, seq, seq] mask, which on GPU cannot use
 the flash kernel; `flex` is flex_attention over a block mask, compiled on CUDA (the warm-up round compiles it)
 and eager on CPU, where torch runs it without gradients only: its forward + backward is not measured there.
+`--bf16` runs under bf16 autocast, as training does on a GPU (where the causal pass then takes the flash kernel).
 """
 from __future__ import annotations
 
@@ -40,6 +42,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--steps", type=int, default=3, help="passes per variant per round")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast (fp32 weights)")
     p.add_argument("overrides", nargs="*", help="config overrides (model.*, data.seq_len, train.micro_batch_size)")
     args = p.parse_args()
     cfg = load_config("configs/tiny.yaml", ["data.seq_len=256", f"run.out_dir={tempfile.mkdtemp()}",
@@ -58,7 +61,7 @@ def main() -> None:
                                             **({"positions": positions} if restart else {})}
         dist.synchronize(device)
         t0 = time.perf_counter()
-        with torch.set_grad_enabled(backward):
+        with torch.set_grad_enabled(backward), torch.autocast(device.type, torch.bfloat16, enabled=args.bf16):
             logits = model(inputs, **kwargs).logits
             if backward:
                 F.cross_entropy(logits.float().flatten(0, 1), targets.flatten()).backward()
@@ -76,7 +79,8 @@ def main() -> None:
                     times[name, backward].append(seconds)
     docs = (inputs == eos).sum(dim=1).float().mean().item() + 1
     print(f"model dim {cfg.model.dim} x {cfg.model.n_layers} layers, {tuple(inputs.shape)} tokens, "
-          f"{docs:.1f} documents per window on average, {device}, torch {torch.__version__}")
+          f"{docs:.1f} documents per window on average, {device}, {'bf16' if args.bf16 else 'fp32'}, "
+          f"torch {torch.__version__}")
     print("| variant | " + " | ".join(f"{p} ms (median) | vs causal" for p in PASSES) + " |")
     print("|---|" + "---:|---:|" * len(PASSES))
     for name in VARIANTS:
