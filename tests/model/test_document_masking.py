@@ -106,6 +106,14 @@ def test_flex_attention_gives_the_dense_masks_logits_and_gradients(n_kv_heads, r
         torch.testing.assert_close(flex[name], dense[name], atol=1e-5, rtol=1e-5, msg=lambda m: f"{name}: {m}")
 
 
+
+def test_the_block_mask_skips_other_documents_blocks_and_marks_whole_ones_full():
+    documents, _ = document_layout(packed([[7, 150, 100, 43], [280, 20]]), EOS)
+    mask = llama.document_block_mask(documents)
+    visible = (mask.kv_num_blocks + mask.full_kv_num_blocks)[:, 0]  # [batch, query block]: kv blocks computed
+    assert visible.tolist() == [[1, 2, 2], [1, 2, 3]]  # row 0's last query block skips key block 0 (documents 0, 1)
+    assert mask.full_kv_num_blocks[1, 0, 1].item() == 1  # row 1: tokens 128-255 see all of 0-127, unmasked
+
 @pytest.mark.usefixtures("one_thread")
 def test_flex_attention_of_a_window_with_one_document_is_plain_causal_attention():
     torch.manual_seed(0)
