@@ -9,6 +9,8 @@ from model.errors import UserError
 ROPE_SCALING_TYPES = ("llama3",)
 QUANT_SCOPES = {"blocks": ("attention", "feed_forward"), "attention": ("attention",), "mlp": ("feed_forward",)}
 """Which submodules of every block train with low-bit weights; embeddings, norms and the LM head never do."""
+DOCUMENT_ATTENTION = ("auto", "dense", "flex")
+"""Kernels of block-causal attention under document masking (train.document_attention, model/llama.py)."""
 
 
 class ModelConfigError(UserError, ValueError):

@@ -1,20 +1,27 @@
-"""A from-scratch Llama-style decoder: RMSNorm, RoPE, grouped-query SDPA attention, SwiGLU.
+"""A from-scratch Llama-style decoder: RMSNorm, RoPE, grouped-query SDPA attention (flex_attention for
+block-causal masks when asked), SwiGLU.
 
 The model knows nothing of how it is distributed or checkpointed: the trainer may set
 `Llama.checkpoint_fn` (e.g. `torch.utils.checkpoint` or DeepSpeed's) to recompute blocks in backward.
 """
 from __future__ import annotations
 
+import functools
 import math
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
-from model.config import ModelConfig
+from model.config import DOCUMENT_ATTENTION, ModelConfig
 from model.loss import chunked_linear_cross_entropy
 from model.quant import QuantLinear
+
+
+AttentionMask = Union[torch.Tensor, BlockMask, None]
+"""None: causal | a [batch, 1, seq, seq] bool tensor (True: may attend) for SDPA | a BlockMask for flex_attention."""
 
 
 class LlamaOutput(NamedTuple):
@@ -80,6 +87,40 @@ def block_causal_mask(documents: torch.Tensor) -> torch.Tensor:
     return (causal & (documents[:, :, None] == documents[:, None, :])).unsqueeze(1)
 
 
+def document_block_mask(documents: torch.Tensor) -> BlockMask:
+    """`block_causal_mask` as flex_attention's BlockMask: only the blocks of the mask that are partly visible
+    are kept, so the kernel skips the rest and no [seq, seq] mask exists (when compiled, i.e. on CUDA)."""
+    def same_document_causal(b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+        return (q >= kv) & (documents[b, q] == documents[b, kv])
+
+    batch, t = documents.shape
+    build = _on_device(create_block_mask, documents.device)
+    return build(same_document_causal, batch, None, t, t, device=documents.device)
+
+
+def document_attention_kernel(choice: str, device: torch.device) -> str:
+    """The kernel (`dense` or `flex`) that `choice` (train.document_attention) runs on `device`. auto takes
+    flex only on CUDA, where it runs compiled; on CPU, flex runs eagerly (materializing the scores, slower
+    than SDPA with the dense mask: scripts/bench_document_masking.py) and torch gives it no backward."""
+    if choice not in DOCUMENT_ATTENTION:
+        raise ValueError(f"document_attention={choice!r} is not valid; choose one of {list(DOCUMENT_ATTENTION)}")
+    if choice == "auto":
+        return "flex" if device.type == "cuda" else "dense"
+    return choice
+
+
+@functools.cache
+def _compiled(fn: Callable) -> Callable:
+    """`fn` compiled once per process: flex attention (and building its block mask) is fast only compiled."""
+    return torch.compile(fn)
+
+
+def _on_device(fn: Callable, device: torch.device) -> Callable:
+    """`fn` compiled on CUDA; eager elsewhere (a reference path there) and inside a region being compiled
+    already (a `train.compile` block compiles it with the block)."""
+    return _compiled(fn) if device.type == "cuda" and not torch.compiler.is_compiling() else fn
+
+
 def document_layout(tokens: torch.Tensor, eos_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(document id, position within the document) of every token of packed windows [batch, seq] whose
     documents each end in `eos_id`: a document starts at the window's start and after every EOS."""
@@ -100,16 +141,18 @@ class Attention(nn.Module):
         self.wo = QuantLinear(cfg.n_heads * cfg.head_width, cfg.dim, bias=False)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                mask: torch.Tensor | None = None) -> torch.Tensor:
-        """`mask` [batch, 1, seq, seq] (True: may attend) replaces the causal mask, e.g. block-causal per document."""
+                mask: AttentionMask = None) -> torch.Tensor:
+        """A `mask` replaces the causal mask, e.g. block-causal per document: a BlockMask runs flex_attention."""
         b, t, _ = x.shape
         q = self.wq(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.wk(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = self.wv(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=self.n_kv_heads != self.n_heads
-        )
+        gqa = self.n_kv_heads != self.n_heads
+        if isinstance(mask, BlockMask):
+            out = _on_device(flex_attention, x.device)(q, k, v, block_mask=mask, enable_gqa=gqa)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=gqa)
         return self.wo(out.transpose(1, 2).reshape(b, t, -1))
 
 
@@ -135,7 +178,7 @@ class Block(nn.Module):
         self.feed_forward = FeedForward(cfg)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                mask: torch.Tensor | None = None) -> torch.Tensor:
+                mask: AttentionMask = None) -> torch.Tensor:
         h = x + self.attention(self.attention_norm(x), cos, sin, mask)
         return h + self.feed_forward(self.ffn_norm(h))
 
@@ -184,11 +227,12 @@ class Llama(nn.Module):
 
     def forward(self, tokens: torch.Tensor, return_hidden_states: bool = False, targets: torch.Tensor | None = None,
                 loss_chunk: int = 0, log_z_grad: bool = True, documents: torch.Tensor | None = None,
-                positions: torch.Tensor | None = None) -> LlamaOutput:
+                positions: torch.Tensor | None = None, document_attention: str = "auto") -> LlamaOutput:
         """tokens [batch, seq] -> logits [batch, seq, vocab] (+ h_0..h_L when asked). With `targets` [batch, seq]
         the head computes per-token cross-entropy and log Z in chunks of `loss_chunk` tokens instead, and no
         logits are returned (model/loss.py); `log_z_grad=False` (nothing differentiates log Z) takes the
-        faster path. `documents` [batch, seq] (a document id per token) keeps attention inside each document;
+        faster path. `documents` [batch, seq] (a document id per token) keeps attention inside each document,
+        through the kernel `document_attention` names (auto | dense | flex, `document_attention_kernel`);
         `positions` [batch, seq] replaces 0..seq-1 as RoPE positions (e.g. restarting per document)."""
         seq_len = tokens.shape[1]
         if seq_len > self.config.max_seq_len:
@@ -197,7 +241,10 @@ class Llama(nn.Module):
         cos, sin = rope_cos_sin(seq_len, self.config, tokens.device)
         if positions is not None:  # [batch, 1 (heads), seq, head_width]
             cos, sin = cos[positions].unsqueeze(1), sin[positions].unsqueeze(1)
-        mask = None if documents is None else block_causal_mask(documents)
+        mask: AttentionMask = None
+        if documents is not None:
+            flex = document_attention_kernel(document_attention, tokens.device) == "flex"
+            mask = document_block_mask(documents) if flex else block_causal_mask(documents)
         h = self.tok_embeddings(tokens)
         hidden = [h] if return_hidden_states else None
         for layer in self.layers:

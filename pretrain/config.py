@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from model.config import ModelConfig, ModelConfigError, QuantizationConfig
+from model.config import DOCUMENT_ATTENTION, ModelConfig, ModelConfigError, QuantizationConfig
 from model.errors import UserError
 from pretrain.data.config import DataConfig
 from pretrain.data.errors import DataError
@@ -103,6 +103,12 @@ class TrainConfig:
     compile: bool = False
     """torch.compile each block in place (parameter names and checkpoints unchanged): 1.45-1.6x tokens/s on
     an H100, 1.1-1.4x on CPU, after a one-off compile (~1 min); off so short runs and tests skip it."""
+    document_attention: str = choice("auto", DOCUMENT_ATTENTION)
+    """The kernel of block-causal attention under data.document_masking: auto (flex on CUDA, dense elsewhere) |
+    dense (SDPA with a [batch, 1, seq, seq] boolean mask: no flash kernel, seq^2 memory; the reference) | flex
+    (flex_attention over a block mask of the document ids, compiled once per process on CUDA; torch has no flex
+    backward on CPU). Here, not in `model`, because it changes how attention is computed, never what: `model`
+    is the shape a resume compares, weights folders record and export writes to config.json."""
     resume: str = "auto"
     """auto: continue from `checkpoints/latest` when present | never | a checkpoint directory."""
     init_from: Optional[str] = None

@@ -1,7 +1,8 @@
 """The training objective: the language-model loss plus the sum of the configured regularizers.
 
-The trainer only calls it; what it computes is fixed by the config (`train.loss_chunk`, `data.document_masking`,
-`regularizers`), so validation, monitors and benchmarks share the exact loss the optimizer sees.
+The trainer only calls it; what it computes is fixed by the config (`train.loss_chunk`, `data.document_masking`
+with its `train.document_attention` kernel, `regularizers`), so validation, monitors and benchmarks share the
+exact loss the optimizer sees.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import torch.nn.functional as F
 import regularizers as regs
 from model.llama import document_layout
 from pretrain import dist
+from pretrain.config import ConfigError
 from pretrain.data.tokenizer import eos_id_of
 
 if TYPE_CHECKING:
@@ -32,6 +34,10 @@ class Objective:
         self.loss_chunk = cfg.train.loss_chunk
         self.document_masking = cfg.data.document_masking
         self.document_positions = cfg.data.document_positions
+        self.document_attention = cfg.train.document_attention
+        if self.document_masking and self.document_attention == "flex" and dist.device().type != "cuda":
+            raise ConfigError("train.document_attention=flex trains only on CUDA: torch's flex_attention has no "
+                              "backward on CPU; use auto or dense here")
         self.eos_id = eos_id_of(tokenizer_path)  # document boundaries
 
     def step_normalizer(self, batches: Sequence[Batch], world: int) -> Optional[torch.Tensor]:
@@ -57,7 +63,7 @@ class Objective:
         kwargs, keep = {}, None
         if self.document_masking:
             documents, positions = document_layout(inputs, self.eos_id)
-            kwargs = {"documents": documents}
+            kwargs = {"documents": documents, "document_attention": self.document_attention}
             if self.document_positions == "document":
                 kwargs["positions"] = positions
             keep = (inputs != self.eos_id).float()

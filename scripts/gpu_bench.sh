@@ -18,7 +18,8 @@
 #   loss        scripts/bench_loss.py: the fused chunked LM head vs plain cross-entropy, 32k vocab, 8k tokens
 #   1b-run-chunked   1b-run-compile with train.loss_chunk=1024 (the fused head): MFU against 1b-run-compile
 #   jreg-125m   configs/experiments/jreg_125m_gpu.yaml: baseline vs JREG final vs rise at 125m, 600 steps each
-#   docmask     scripts/bench_document_masking.py on 125m, seq 2048: block-causal SDPA (no flash kernel) vs causal
+#   docmask     scripts/bench_document_masking.py on 125m, seq 2048, bf16: causal (flash) vs block-causal through
+#               SDPA's dense mask (no flash kernel) and through compiled flex_attention
 #   7b          configs/7b.yaml on one H200, 4 steps per recipe: ZeRO-3 + activation checkpointing,
 #               ZeRO-2 + offloaded optimizer + checkpointing, ZeRO-1 + checkpointing (SEVEN_B="zero3-ckpt")
 # The whole script stops starting jobs once fewer than the next one's budget of seconds is left of
@@ -116,7 +117,7 @@ for j in "${jobs[@]}"; do
             summarize /tmp/gpu_runs/1b-run-chunked/metrics.jsonl ;;
     jreg-125m) job jreg-125m 540 python3 scripts/run_experiment.py configs/experiments/jreg_125m_gpu.yaml \
             --out /tmp/gpu_runs/jreg_125m ;;
-    docmask) job docmask 90 python3 scripts/bench_document_masking.py model=125m data.seq_len=2048 \
+    docmask) job docmask 150 python3 scripts/bench_document_masking.py --bf16 model=125m data.seq_len=2048 \
             train.micro_batch_size=8 ;;
     7b) job 7b 420 seven_b ;;
     *) echo "unknown job $j"; exit 2 ;;

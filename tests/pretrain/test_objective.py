@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from model import Llama
 from model.llama import document_layout
-from pretrain.config import load_config
+from pretrain.config import ConfigError, load_config
 from pretrain.data.tokenizer import EOS_ID
 from pretrain.objective import Objective
 
@@ -42,6 +42,25 @@ def test_document_masking_averages_over_predictions_not_made_from_an_eos():
     assert keep.sum() == inputs.numel() - 2
     torch.testing.assert_close(loss, per_token[keep].mean())
 
+
+
+def test_the_model_gets_the_configured_document_attention_kernel():
+    objective, model, (inputs, targets) = setup("data.document_masking=true", "train.document_attention=dense")
+    seen = []
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("document_attention"))
+        return model(*args, **kwargs)
+
+    objective.lm_forward(spy, inputs, targets)
+    assert seen == ["dense"]
+
+
+def test_flex_document_attention_is_refused_for_training_off_cuda():
+    """torch's flex_attention has no backward on CPU: refused when the objective is built, naming the key."""
+    with pytest.raises(ConfigError, match=r"train\.document_attention=flex .*auto or dense"):
+        setup("data.document_masking=true", "train.document_attention=flex")
+    assert setup("train.document_attention=flex")[0].document_attention == "flex"  # unmasked: never runs
 
 def test_the_chunked_head_gives_the_plain_loss_and_gradient():
     objective, model, batch = setup()

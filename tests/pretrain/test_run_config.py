@@ -23,6 +23,7 @@ TINY = "configs/tiny.yaml"
     (["model.n_kv_heads=3"], ["n_kv_heads"]),
     (["data.seq_len=4096"], ["data.seq_len", "model.max_seq_len"]),
     (["train.precision=fp8"], ["train.precision", "bf16", "fp32"]),
+    (["train.document_attention=fast"], ["train.document_attention='fast'", "['auto', 'dense', 'flex']"]),
     (["deepspeed.zero_stage=4"], ["deepspeed.zero_stage", "[0, 1, 2, 3]"]),
     (["deepspeed.config.train_batch_size=64"], ["train_batch_size", "train.micro_batch_size"]),
     (["model=huge"], ["huge", "tiny"]),
