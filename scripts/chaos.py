@@ -76,11 +76,13 @@ class Chaos:
                                     stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def progress(run: Path) -> int:
-    """The last step metrics.jsonl records (0 before the first)."""
+def progress(run: Path, since: float = 0.0) -> int:
+    """The last step metrics.jsonl records, counting only a file written after `since` (a time): an attempt's
+    first write rewinds the records a killed attempt left beyond its checkpoint."""
     path = run / "metrics.jsonl"
-    steps = [json.loads(line).get("step", 0) for line in path.read_text().splitlines() if line.strip()] \
-        if path.is_file() else []
+    if not path.is_file() or path.stat().st_mtime < since:
+        return 0
+    steps = [json.loads(line).get("step", 0) for line in path.read_text().splitlines() if line.strip()]
     return max(steps, default=0)
 
 
@@ -110,12 +112,12 @@ def ranks_of(job: list[psutil.Process]) -> list[psutil.Process]:
     return out
 
 
-def wait_until(run: Path, proc: subprocess.Popen, step: int, timeout: float = 600) -> bool:
-    """Until metrics.jsonl reaches `step`; False if the attempt ended first."""
+def wait_until(run: Path, proc: subprocess.Popen, step: int, since: float, timeout: float = 600) -> bool:
+    """Until this attempt's metrics reach `step`; False if the attempt ended first."""
     deadline = time.time() + timeout
-    while progress(run) < step and proc.poll() is None and time.time() < deadline:
+    while progress(run, since) < step and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
-    return progress(run) >= step
+    return progress(run, since) >= step
 
 
 def end(proc: subprocess.Popen, job: list[psutil.Process], timeout: float = 180) -> None:
@@ -144,10 +146,11 @@ def corrupt(run: Path, rng: random.Random) -> str:
     return f"flipped byte {i} of {victim.relative_to(run)}"
 
 
-def inject(chaos: Chaos, kind: str, steps: int) -> str:
-    """Run one attempt and inject `kind` at a random step ahead of the resumed one; a note of what happened."""
+def inject(chaos: Chaos, kind: str, steps: int, faults_left: int) -> str:
+    """Run one attempt and inject `kind` at a random step ahead of the resumed one, spacing the faults left over
+    the steps left; a note of what happened."""
     start = resumed_step(chaos.run)
-    target = min(steps - 1, start + chaos.rng.randint(1, 10))
+    target = min(steps - 1, start + chaos.rng.randint(1, max(1, 2 * (steps - start) // (faults_left + 1))))
     if target <= start:
         return "skipped: the run is at its end"
     ranks = 1 if kind == "resize" else chaos.ranks
@@ -155,11 +158,12 @@ def inject(chaos: Chaos, kind: str, steps: int) -> str:
     if kind == "disk_full":  # the first save at or after the target fails
         save_step = -(-target // 4) * 4
         fault_env = f"enospc_in_save:{save_step}" if save_step < steps else ""
+    started = time.time()
     proc = chaos.start(ranks, fault_env)
     chaos.restarts += 1
-    reached = wait_until(chaos.run, proc, target)
+    reached = wait_until(chaos.run, proc, target, started)
     job = job_processes(proc)
-    note = f"{kind} at step {progress(chaos.run)}"
+    note = f"{kind} at step {progress(chaos.run, started)}"
     if reached and kind != "disk_full":
         time.sleep(chaos.rng.uniform(0, 0.3))  # somewhere in the next step or its save
         ranks_now = ranks_of(job)
@@ -182,7 +186,7 @@ def inject(chaos: Chaos, kind: str, steps: int) -> str:
         complete = folders.complete_checkpoints(chaos.run / "checkpoints")
         note += "; " + (corrupt(chaos.run, chaos.rng) if len(complete) >= 2 else "one checkpoint: left intact")
     chaos.resized |= kind == "resize"
-    chaos.recomputed += max(0, progress(chaos.run) - resumed_step(chaos.run))
+    chaos.recomputed += max(0, progress(chaos.run, started) - resumed_step(chaos.run))
     chaos.injected[kind] += 1
     return f"{note} -> exit {proc.returncode}, resumes from step {resumed_step(chaos.run)}"
 
@@ -264,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     chaos = Chaos(out / "broken", args.config, [*overrides, "run.name=broken"], args.ranks, rng, out / "broken.log")
     for i in range(args.faults):
-        note = inject(chaos, rng.choice(kinds), steps)
+        note = inject(chaos, rng.choice(kinds), steps, args.faults - i)
         print(f"[{i + 1}/{args.faults}] {note}", flush=True)
     run_to_end(chaos, steps)
     broken_s = time.time() - t0
