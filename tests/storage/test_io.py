@@ -65,3 +65,16 @@ def test_an_output_folder_is_claimed_new_or_empty_and_reused_only_by_its_command
     assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
     with pytest.raises(OutputFolderError, match="is a file"):
         check_output_folder(mine / "notes.txt", ".growlm-x")
+
+
+def test_an_atomic_write_gets_the_mode_a_plain_open_would(tmp_path):
+    import os
+
+    old = os.umask(0o027)
+    try:
+        atomic_write_text(tmp_path / "a.txt", "x")
+        with open(tmp_path / "b.txt", "w") as f:
+            f.write("x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == (tmp_path / "b.txt").stat().st_mode & 0o777 == 0o640
