@@ -13,6 +13,7 @@ Extra `key=value` arguments apply to every run, after the spec's. compare.md and
 """
 from __future__ import annotations
 
+import re
 import shlex
 import subprocess
 import time
@@ -28,11 +29,13 @@ from experiments.runs import run_dir_name
 from launch.command import launch_argv, render_overrides
 from pretrain.config import load_config
 from storage import folders
-from storage.io import read_yaml
+from storage.io import check_output_folder, claim_output_folder, read_yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 """The repository root: a spec's `base` config is relative to it, and runs start there."""
 
+MARKER = ".growlm-experiment"
+"""Marks an --out folder the spec runner made (re-running the spec there resumes it)."""
 SPEC_KEYS = {"base", "ranks", "seeds", "overrides", "arms"}
 
 
@@ -88,6 +91,12 @@ def load_spec(path: Path) -> Spec:
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool)
                                                            for s in seeds):
         raise ExperimentError(f"{path}: seeds={seeds!r} must be a non-empty list of integers")
+    if len(set(seeds)) != len(seeds):
+        raise ExperimentError(f"{path}: seeds={seeds} lists a seed twice (each arm x seed is one run)")
+    bad_names = [name for name in raw["arms"] if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", str(name))]
+    if bad_names:
+        raise ExperimentError(f"{path}: arm names {bad_names} must be letters, digits, '_', '-' or '.' (they name run "
+                              "directories under --out)")
     return Spec(base=base, ranks=ranks, seeds=seeds,
                 overrides=render_overrides(raw.get("overrides"), f"{path}: overrides"),
                 arms={name: render_overrides(o, f"{path}: arms.{name}") for name, o in raw["arms"].items()})
@@ -96,6 +105,10 @@ def load_spec(path: Path) -> Spec:
 def plan(spec: Spec, out: Path, arms: Optional[list[str]] = None, seeds: Optional[list[int]] = None,
          extra: tuple[str, ...] = ()) -> list[Job]:
     """Every selected arm x seed as a Job, arm-major; each config is validated here, before anything runs."""
+    off_plan = sorted(set(seeds or []) - set(spec.seeds))
+    if off_plan:  # a seed added after seeing results would be optional stopping
+        raise ExperimentError(f"--seeds {off_plan} not in the spec's seed plan {spec.seeds}: add seeds to the spec "
+                              "(every arm) before running, or run extra seeds as a separate, exploratory experiment")
     unknown = set(arms or []) - set(spec.arms)
     if unknown:
         raise ExperimentError(f"unknown arm(s) {sorted(unknown)}; the spec has {list(spec.arms)}")
@@ -131,10 +144,12 @@ def run(spec_path: Path, out: Path, arms: Optional[list[str]], seeds: Optional[l
     """Plan, run the unfinished jobs (or print them) and write compare.md; the exit code."""
     spec = load_spec(spec_path)
     jobs = plan(spec, out, arms, seeds, extra)
+    check_output_folder(out, MARKER)
     if dry_run:
         for job in jobs:
             print(("# complete, skipped: " if job.is_complete() else "") + shlex.join(job.command(spec)))
         return 0
+    claim_output_folder(out, MARKER)
     run_jobs(jobs, spec, out)
     report = compare.compare([job.run_dir for job in jobs], out, names=[job.arm for job in jobs])
     print(report.read_text())

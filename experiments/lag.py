@@ -26,7 +26,7 @@ from experiments.stats import mean_ci
 from growth import GrowthError
 from growth.folders import resolve_target
 from growth.lag import LagPlan, parse_pool, run_lag
-from growth.runs import check_user_overrides, claim_experiment, exit_code, train_phase, val_curve
+from growth.runs import check_run_config, check_user_overrides, claim_experiment, exit_code, train_phase, val_curve
 from launch.command import render_overrides
 from model import ModelConfig
 from storage.folders import tag_for
@@ -151,6 +151,7 @@ def scratch_steps(source: ModelConfig, target: ModelConfig, seq_len: int, source
 # ---- the experiment ----------------------------------------------------------------------------------------
 def run_experiment(spec: LagExperiment, out: Path) -> dict[str, Any]:
     out = Path(out)
+    check_run_config(spec.config, spec.overrides)  # before anything is written
     claim_experiment(out, spec.identity())
     results: dict[str, Any] = {"growths": {}}
     for g in spec.growths:

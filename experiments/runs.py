@@ -51,14 +51,30 @@ def load_run(path: Path) -> Run:
         if not f.is_file():
             raise ExperimentError(f"{f} is missing: is {path} a growlm run directory?")
     config = yaml.safe_load(files["config.yaml"].read_text()) or {}
-    records = [json.loads(line) for line in files["metrics.jsonl"].read_text().splitlines() if line.strip()]
+    records = read_records(files["metrics.jsonl"])
     if not records:
         log.warning("warning: %s holds no records (the run never logged a step): its cells read n/a",
                     files["metrics.jsonl"])
     downstream = path / "jobs" / "lm_eval" / "metrics.jsonl"  # eval/<task>/<metric>, written by the lm_eval job
     if downstream.is_file():
-        records += [json.loads(line) for line in downstream.read_text().splitlines() if line.strip()]
+        records += read_records(downstream)
     return Run(path, config, records)
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """The JSON records of a metrics file, one per line; a line that is not one is named. A torn last line (a
+    run killed mid-write, which a resume drops) is left out with a warning."""
+    lines = [(i, line) for i, line in enumerate(path.read_text().splitlines(), 1) if line.strip()]
+    records = []
+    for i, line in lines:
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            if i == lines[-1][0]:
+                log.warning("warning: %s line %d is torn (%s): left out", path, i, err)
+                continue
+            raise ExperimentError(f"{path} line {i} is not a JSON record ({err}): is it a growlm metrics file?") from None
+    return records
 
 
 def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -114,6 +130,10 @@ def group_runs(runs: Iterable[Run], label_by: Optional[list[str]] = None,
         key = json.dumps(cfg, sort_keys=True, default=str)
         arms.setdefault(key, []).append(run)
         configs[key] = cfg
+    unknown = [k for k in label_by or [] if all(k not in cfg for cfg in configs.values())]
+    if unknown:
+        raise ExperimentError(f"--label-by {','.join(unknown)}: no run's config has that key (keys are dotted, e.g. "
+                              "train.lr, regularizers)")
     labels = {key: _label(cfg, configs, label_by) for key, cfg in configs.items()}
     if len(set(labels.values())) != len(labels):
         raise ExperimentError(f"--label-by {','.join(label_by or [])} gives several arms the same label: "

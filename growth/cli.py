@@ -17,6 +17,17 @@ from storage.tokenizer_files import find_tokenizer
 _OPS = ", ".join(available_operators())
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1 (0 steps or ranks is a typo, never "the default")."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
+    return value
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m growth", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -39,13 +50,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     lag.add_argument("--to", nargs="+", required=True, help="target shape (as for grow)")
     lag.add_argument("--pool", required=True,
                      help=f"comma-separated candidates, each OP or OP:k=v[:k=v] (operators: {_OPS})")
-    lag.add_argument("--lag-steps", type=int, required=True, help="k: steps each candidate trains before the choice")
+    lag.add_argument("--lag-steps", type=positive_int, required=True, help="k: steps each candidate trains before the choice")
     lag.add_argument("--carry", action="store_true",
                      help="candidates continue the source's Adam moments, step and data order (train.carry) instead "
                           "of a fresh optimizer and a new warmup")
-    lag.add_argument("--validate-steps", type=int, help="also train every candidate to this step and report the "
+    lag.add_argument("--validate-steps", type=positive_int, help="also train every candidate to this step and report the "
                                                         "rank correlation of step-0 and step-k loss with it")
-    lag.add_argument("--continue-steps", type=int,
+    lag.add_argument("--continue-steps", type=positive_int,
                      help="continue the winner's run to this step (its run dir resumed with a larger train.steps; "
                           "with --validate-steps M >= this, the winner is already there)")
 
@@ -55,10 +66,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     st.add_argument("--schedule", help='stages as "at_step:depth,...", e.g. "100:4,200:8"')
     st.add_argument("--pool", help="stacking candidates (default stack_top,stack_middle:block=all,stack; block=all is "
                                    "every block size the stage allows)")
-    st.add_argument("--lag-steps", type=int, help="lag of every stage's choice")
-    st.add_argument("--steps", type=int, help="total steps of the whole run (default: the plan's, else train.steps)")
+    st.add_argument("--lag-steps", type=positive_int, help="lag of every stage's choice")
+    st.add_argument("--steps", type=positive_int, help="total steps of the whole run (default: the plan's, else train.steps)")
     st.add_argument("--out", type=Path, required=True, help="experiment directory (re-run to resume)")
-    st.add_argument("--ranks", type=int, default=2, help="ranks per run (--num_gpus of the launcher)")
+    st.add_argument("--ranks", type=positive_int, default=2, help="ranks per run (--num_gpus of the launcher)")
     st.add_argument("--carry", action="store_true", help="carry Adam moments, step and data position across stages "
                     "(one run grown in place) instead of a fresh optimizer and warmup per stage")
     st.add_argument("overrides", nargs="*", help="key=value overrides for every run")
@@ -70,7 +81,7 @@ def _source_and_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path,
                    help="run config of the grown runs (default: the source checkpoint's resolved config.yaml)")
     p.add_argument("--out", type=Path, required=True, help="experiment directory (re-run to resume)")
-    p.add_argument("--ranks", type=int, default=2, help="ranks per run (--num_gpus of the launcher)")
+    p.add_argument("--ranks", type=positive_int, default=2, help="ranks per run (--num_gpus of the launcher)")
     p.add_argument("overrides", nargs="*", help="key=value overrides for every run, e.g. deepspeed.zero_stage=3")
 
 

@@ -20,6 +20,7 @@ from model import ModelConfig
 from model.config import ModelConfigError
 from storage.carry import save_carry, source_optimizer, source_progress
 from storage.folders import MANIFEST, WEIGHTS, CheckpointError, locate, verify
+from storage.io import read_yaml
 from storage.tokenizer_files import copy_tokenizer, find_tokenizer
 from storage.weights import load_weights, save_weights
 
@@ -49,7 +50,7 @@ def _model_fields(name: str) -> dict[str, Any]:
     path = next((p for p in (Path(name), MODEL_PRESETS / f"{name}.yaml") if p.is_file()), None)
     if path is None:
         raise GrowthError(f"--to {name!r} is neither a YAML file nor a model preset; presets: {presets}")
-    raw = OmegaConf.to_container(OmegaConf.load(path))
+    raw = OmegaConf.to_container(read_yaml(path, "--to model file"))
     if isinstance(raw, dict) and "model" in raw:  # a run config: its model section (a mapping or a preset)
         raw = raw["model"] if isinstance(raw["model"], dict) else _model_fields(raw["model"])
     if not isinstance(raw, dict):
@@ -104,6 +105,15 @@ def parse_params(items: Sequence[str]) -> dict[str, Any]:
     return OmegaConf.to_container(OmegaConf.from_dotlist(list(items)))
 
 
+def check_target(cfg: ModelConfig, target_spec: Sequence[str]) -> ModelConfig:
+    """The target shape `--to` names, refused when it is the source's own (nothing to grow)."""
+    target = resolve_target(cfg, target_spec)
+    if target == cfg:
+        raise GrowthError(f"--to {' '.join(target_spec)} is the source's own shape ({cfg.n_layers} layers, dim "
+                          f"{cfg.dim}): nothing to grow; give a larger n_layers, dim, n_heads or ffn_dim")
+    return target
+
+
 def grow_folder(source: Path, op: str, target_spec: Sequence[str], out: Path,
                 params: dict[str, Any] | None = None, carry: bool = False) -> GrowthResult:
     """Grow the checkpoint at `source` with operator `op` into the shape `target_spec` and write it to `out`;
@@ -120,10 +130,7 @@ def grow_folder(source: Path, op: str, target_spec: Sequence[str], out: Path,
                           "--out")
     info = source_info(source)
     cfg, state = load_weights(Path(info["path"]))
-    target = resolve_target(cfg, target_spec)
-    if target == cfg:
-        raise GrowthError(f"--to {' '.join(target_spec)} is the source's own shape ({cfg.n_layers} layers, dim "
-                          f"{cfg.dim}): nothing to grow; give a larger n_layers, dim, n_heads or ffn_dim")
+    target = check_target(cfg, target_spec)
     if carry:
         if not (Path(info["path"]) / MANIFEST).is_file():
             raise GrowthError(f"--carry needs a training checkpoint (with optimizer state); {info['path']} is a "

@@ -17,15 +17,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from omegaconf import OmegaConf
 from scipy import stats
 
 from growth import GrowthError
-from growth.folders import check_operator, grow_folder, is_grown_folder, parse_params, source_info
+from growth.folders import check_operator, check_target, grow_folder, is_grown_folder, parse_params, source_info
 from growth.report import write_lag_report
-from growth.runs import check_user_overrides, claim_experiment, model_overrides, train_phase, val_curve
+from growth.runs import (check_run_config, check_user_overrides, claim_experiment, model_overrides, train_phase,
+                         val_curve)
 from model import ModelConfig
+from storage.io import read_yaml
 from storage.tokenizer_files import copy_tokenizer, find_tokenizer
+from storage.weights import weights_config
 
 Curves = Mapping[str, Mapping[int, float]]
 
@@ -157,6 +159,8 @@ def parse_pool(text: str | Sequence[str]) -> list[Candidate]:
     names = [c.name for c in pool]
     if len(set(names)) != len(names):
         raise LagError(f"--pool lists a candidate twice: {names}")
+    for cand in pool:  # an operator's name and parameters, before any source trains
+        check_operator(cand.op, cand.params)
     return pool
 
 
@@ -203,6 +207,8 @@ class LagPlan:
 def run_lag(plan: LagPlan) -> dict[str, Any]:
     """Grow, lag-train, choose, (validate, continue) and report; returns the summary written to lag.json."""
     plan.check()
+    check_target(weights_config(Path(source_info(plan.source)["path"])), plan.target)  # before anything is written
+    check_run_config(plan.config, plan.overrides)
     out = Path(plan.out)
     claim_experiment(out, plan.identity())
     common = [*plan.overrides, *_pinned_tokenizer(plan.source, out)]
@@ -254,7 +260,7 @@ def _constant_lr(plan: LagPlan) -> bool:
     """Whether the candidates' config (with the plan's overrides) keeps a constant lr after warmup, so that the
     validation phase's schedule is the lag's."""
     schedules = [o.split("=", 1)[1] for o in plan.overrides if o.startswith("train.schedule=")]
-    return (schedules[-1] if schedules else OmegaConf.load(plan.config).get("train", {}).get("schedule")) == "constant"
+    return (schedules[-1] if schedules else read_yaml(plan.config, "--config").get("train", {}).get("schedule")) == "constant"
 
 
 def _warn_if_same_model(name: str, records: dict[str, dict]) -> None:

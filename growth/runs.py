@@ -43,6 +43,21 @@ def exit_code(work: Callable[[], int]) -> int:
         return 130
 
 
+def check_run_config(config: str | Path, overrides: Sequence[str]) -> dict[str, Any]:
+    """The resolved run config of `config` + `overrides`, or a named error before anything is written for a
+    config or override the runs would refuse: what `python -m pretrain --print-config` says of them (a
+    process: growth never imports pretrain)."""
+    import yaml
+
+    proc = subprocess.run([sys.executable, "-m", "pretrain", str(config), *overrides, "--print-config"],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        errors = [line[len("error: "):] for line in proc.stderr.splitlines() if line.startswith("error: ")]
+        raise GrowthError(errors[-1] if errors else f"--config {config} with overrides {list(overrides)} is refused "
+                          f"by python -m pretrain (exit {proc.returncode}): {proc.stderr[-500:]}")
+    return yaml.safe_load(proc.stdout[proc.stdout.index("run:"):] if "run:" in proc.stdout else proc.stdout)
+
+
 def check_user_overrides(overrides: Sequence[str]) -> None:
     """Refuse overrides of what growth manages, naming the option that sets it instead."""
     bad = [o for o in overrides if "=" not in o or o.split("=", 1)[0].startswith(MANAGED)]

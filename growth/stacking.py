@@ -27,9 +27,9 @@ from omegaconf import OmegaConf
 from growth import GrowthError
 from growth.lag import LagPlan, parse_pool, run_lag
 from growth.report import plot_curves
-from growth.runs import check_user_overrides, claim_experiment, train_phase, val_curve
+from growth.runs import check_run_config, check_user_overrides, claim_experiment, train_phase, val_curve
 from storage.folders import tag_for
-from storage.io import atomic_write_text
+from storage.io import atomic_write_text, read_yaml
 from storage.weights import model_config_of
 
 DEFAULT_POOL = "stack_top,stack_middle:block=all,stack"
@@ -87,7 +87,7 @@ class StackingPlan:
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "StackingPlan":
         """Command-line values win over the --plan file's; total steps default to the config's train.steps."""
-        spec = OmegaConf.to_container(OmegaConf.load(args.plan)) if args.plan else {}
+        spec = OmegaConf.to_container(read_yaml(args.plan, "--plan")) if args.plan else {}
         unknown = set(spec) - {"stages", "pool", "lag_steps", "steps", "carry"}
         if unknown:
             raise GrowthError(f"--plan {args.plan}: unknown keys {sorted(unknown)}; valid: stages, pool, lag_steps, "
@@ -125,6 +125,10 @@ class StackingPlan:
 def run_stacking(plan: StackingPlan) -> dict[str, Any]:
     """Train stage 0, then at every stage grow by LAG and continue the winner; writes stacking.{md,json,png}."""
     plan.check()
+    first = check_run_config(plan.config, plan.overrides)["model"]["n_layers"]  # before anything is written
+    if plan.stages[0].depth <= first:
+        raise GrowthError(f"stage 1 depth={plan.stages[0].depth} must exceed the stage-0 model's n_layers={first} "
+                          "(stacking only grows)")
     out = Path(plan.out)
     claim_experiment(out, {"config": str(Path(plan.config).resolve()), "stages": [vars(s) for s in plan.stages],
                            "steps": plan.steps, "lag_steps": plan.lag_steps, "pool": plan.pool,

@@ -145,6 +145,19 @@ def read_hf_config(path: str | Path) -> ModelConfig:
         raise UnsupportedModel(f"{config_file}: {err}") from None
 
 
+class UnreadableWeights(UserError, ValueError):
+    """A safetensors file that cannot be read (truncated, or not safetensors); the message names it."""
+
+
+def _tensor_names(file: Path) -> list[str]:
+    try:
+        with safe_open(file, "pt") as f:
+            return list(f.keys())
+    except Exception as err:  # safetensors raises its own SafetensorError (no common base with OSError)
+        raise UnreadableWeights(f"{file} cannot be read as safetensors ({err}): truncated or damaged? "
+                                "Download or export it again") from None
+
+
 class HFWeights(Mapping[str, torch.Tensor]):
     """An HF folder's weights under growlm's names, read one tensor at a time (as fp32) from its safetensors
     file or shards: a caller that copies them parameter by parameter (ZeRO-3) never holds the whole model."""
@@ -155,10 +168,11 @@ class HFWeights(Mapping[str, torch.Tensor]):
         if index.is_file():
             weight_map = json.loads(index.read_text())["weight_map"]
         elif (self.path / "model.safetensors").is_file():
-            with safe_open(self.path / "model.safetensors", "pt") as f:
-                weight_map = {name: "model.safetensors" for name in f.keys()}
+            weight_map = {name: "model.safetensors" for name in _tensor_names(self.path / "model.safetensors")}
         else:
             raise FileNotFoundError(f"{self.path} holds no model.safetensors or model.safetensors.index.json")
+        for shard in sorted(set(weight_map.values()) - {"model.safetensors"}):
+            _tensor_names(self.path / shard)  # a truncated shard is named now, not at its first tensor
         top = {v: k for k, v in _TOP_LEVEL.items()}
         per_layer = {v: k for k, v in _PER_LAYER.items()}
         self._source = {_rename(k, top, per_layer, _HF_LAYER, "layers."): (k, shard)
@@ -244,7 +258,8 @@ def save_hf_folder(
         if "tokenizer.model" in tokenizer_files:
             tok_cfg = hf_tokenizer_config(tokenizer_files["tokenizer.model"].read_bytes(), cfg.max_seq_len)
             (tmp / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2) + "\n")
-        (tmp / EXPORT_MARKER).write_text(json.dumps({"written_by": "growlm export"}) + "\n")
+        written = sorted(p.name for p in tmp.iterdir())
+        (tmp / EXPORT_MARKER).write_text(json.dumps({"written_by": "growlm export", "files": written}) + "\n")
         _replace_dir(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -280,15 +295,23 @@ def check_export_target(out_dir: Path, overwrite: bool) -> None:
     if not (out_dir / EXPORT_MARKER).is_file():
         raise ExportTargetError(f"{out_dir} holds {[p.name for p in entries][:5]} and no {EXPORT_MARKER}: it is not a "
                               "growlm export, so --overwrite leaves it alone; choose another folder")
-    foreign = [p.name for p in entries if not _export_file(p)]
+    foreign = [p.name for p in entries if p.name not in _exported_files(out_dir)]
     if foreign:  # overwrite replaces a previous export, never a run, a checkpoint or anything else
         raise ExportTargetError(f"{out_dir} holds {foreign[:5]}, which an export does not write (a run or "
                               "checkpoints?): not replacing it; choose another folder")
 
 
-def _export_file(path: Path) -> bool:
-    """A file of the kind an HF model folder holds (config, weights, tokenizer), not a folder or run state."""
-    return path.is_file() and path.suffix in (".json", ".safetensors", ".model", ".txt") and path.name != "manifest.json"
+def _exported_files(out_dir: Path) -> set[str]:
+    """The names the export in `out_dir` wrote (its marker lists them; an older marker without the list: the
+    kinds of file an HF folder holds), with the marker itself."""
+    try:
+        listed = json.loads((out_dir / EXPORT_MARKER).read_text()).get("files")
+    except (OSError, ValueError, AttributeError):
+        listed = None
+    if listed is None:
+        listed = [p.name for p in out_dir.iterdir() if p.is_file() and p.name != "manifest.json"
+                  and p.suffix in (".json", ".safetensors", ".model")]
+    return {*listed, EXPORT_MARKER}
 
 
 def hf_tokenizer_config(sp_model: bytes, max_seq_len: int) -> dict[str, object]:

@@ -71,12 +71,10 @@ def run(args: argparse.Namespace) -> int:
 def check_resume(cfg, tokenizer_path) -> None:
     """Refuse, before any rank starts, to resume a checkpoint this config cannot continue."""
     from pretrain import compat
-    from storage import retention
+    from pretrain.rundir import resume_candidate
     from storage.folders import verify
 
-    if cfg.train.resume != "auto":
-        return
-    ckpt = retention.resumable(cfg.run_dir / "checkpoints", cfg.checkpoint.fallback)
+    ckpt = resume_candidate(cfg)  # auto: the latest that verifies; a named checkpoint: that one
     if ckpt is None:
         return
     saved = verify(ckpt).get("meta", {})

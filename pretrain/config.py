@@ -9,10 +9,12 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import importlib.util
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
@@ -82,11 +84,11 @@ class TrainConfig:
     """Decay after warmup: cosine | linear | constant."""
     weight_decay: float = non_negative(0.1)
     """Decoupled (AdamW) weight decay on matrices; norms and biases are never decayed."""
-    beta1: float = 0.9
-    """AdamW beta1."""
-    beta2: float = 0.95
-    """AdamW beta2."""
-    eps: float = 1e-8
+    beta1: float = non_negative(0.9)
+    """AdamW beta1, in [0, 1) (0: no momentum)."""
+    beta2: float = non_negative(0.95)
+    """AdamW beta2, in [0, 1)."""
+    eps: float = positive(1e-8)
     """AdamW epsilon."""
     grad_clip: float = non_negative(1.0)
     """Clip the global gradient norm to this (0 disables)."""
@@ -166,7 +168,7 @@ class LogConfig:
     """Also write TensorBoard events to `<run>/tb`."""
     progress: str = choice("auto", ("auto", "bar", "plain", "none"))
     """auto (a bar on a terminal, plain lines otherwise) | bar | plain | none."""
-    peak_tflops: Optional[float] = None
+    peak_tflops: Optional[float] = positive(None)
     """Peak FLOP/s per device (in TFLOP/s) for MFU; auto-detected for A100/H100/H200, absent on CPU."""
     wandb: WandbConfig = field(default_factory=WandbConfig)
     """Weights & Biases tracking (off unless `project` is set); a resumed run continues the same W&B run."""
@@ -232,7 +234,13 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value (e.g. train.steps=100)")
-        layers.append((f"override {item!r}", _resolve_model_preset(OmegaConf.from_dotlist([item]), Path.cwd())))
+        try:
+            layer = OmegaConf.from_dotlist([item])
+        except yaml.YAMLError as err:
+            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise ConfigError(f"override {item!r}: its value is not valid YAML ({problem}); close its brackets "
+                              "or quote it") from None
+        layers.append((f"override {item!r}", _resolve_model_preset(layer, Path.cwd())))
     _import_plugins(layers)
     merged = OmegaConf.structured(Config)  # after the imports: their jobs and monitors are sections now
     for source, layer in layers:  # one at a time, so an error can name the file or override it came from
@@ -263,6 +271,15 @@ def validate(cfg: Config) -> None:
             f"data.seq_len={cfg.data.seq_len} exceeds model.max_seq_len={cfg.model.max_seq_len}; "
             "lower data.seq_len or raise model.max_seq_len"
         )
+    for beta in ("beta1", "beta2"):
+        if getattr(cfg.train, beta) >= 1:
+            raise ConfigError(f"train.{beta}={getattr(cfg.train, beta)} must be < 1 (an exponential average's "
+                              "decay; valid: [0, 1))")
+    for pattern in cfg.train.trainable.groups:
+        try:
+            re.compile(pattern)
+        except re.error as err:
+            raise ConfigError(f"train.trainable.groups: {pattern!r} is not a regular expression ({err})") from None
     carry = cfg.train.carry
     if (carry.optimizer or carry.schedule != "rewarm") and not cfg.train.init_from:
         raise ConfigError("train.carry takes over a grown folder's optimizer state or step; set train.init_from to "

@@ -39,6 +39,29 @@ def strictly_between(low: float, high: float) -> dict[str, Any]:
     return {"open_range": (low, high)}
 
 
+def a_device() -> dict[str, Any]:
+    """The rule: a torch device this machine has (cpu, cuda, cuda:N)."""
+    return {"device": True}
+
+
+def device_problem(name: str) -> str | None:
+    """Why `name` is not a device a job can run on here, or None. Imports torch only for a device other than the
+    default cpu (the run config loads without torch)."""
+    if name == "cpu":
+        return None
+    import torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        return "is not a torch device (e.g. cpu, cuda, cuda:1)"
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        return f"is not on this machine, which has {torch.cuda.device_count()} CUDA devices (use cpu)"
+    if device.type not in ("cpu", "cuda"):
+        return "is not a device growlm's jobs run on (cpu, cuda, cuda:N)"
+    return None
+
+
 def choice(default: Any, valid: Sequence[Any]) -> Any:
     """A field whose value must be one of `valid`."""
     if default not in valid:
@@ -90,6 +113,8 @@ def check_value(key: str, value: Any, metadata: Any) -> None:
     if value is None:
         return
     key = f"{key}=" if key else ""
+    if metadata.get("device") and (problem := device_problem(value)):
+        raise ValueError(f"{key}{value!r} {problem}")
     if "choices" in metadata and value not in metadata["choices"]:
         raise ValueError(f"{key}{value!r} is not valid; choose one of {list(metadata['choices'])}")
     bounded = {"min", "range", "open_range"} & set(metadata)

@@ -17,16 +17,33 @@ from pathlib import Path
 from typing import IO
 
 from pretrain.config import ConfigError
+from storage.io import file_in_the_way
 
 LOCK = ".lock"
+RUN_FILES = (LOCK, "config.yaml", "metrics.jsonl", "checkpoints")
+"""What every run directory holds once a run has started in it (the lock first of all)."""
 
 
 class RunDirInUse(ConfigError):
     """Another process holds the run directory."""
 
 
+def check_run_dir(run_dir: Path) -> None:
+    """Refuse a run directory that is a file, or a folder of someone else's (files, none of a run's): a run
+    would write its checkpoints and logs among them."""
+    if (blocker := file_in_the_way(run_dir)) is not None:
+        raise ConfigError(f"run directory {run_dir} (run.out_dir/run.name): {blocker} is a file; choose another "
+                          "run.name or run.out_dir")
+    entries = sorted(p.name for p in run_dir.iterdir()) if run_dir.is_dir() else []
+    if entries and not set(entries) & set(RUN_FILES):
+        raise ConfigError(f"run directory {run_dir} (run.out_dir/run.name) holds {entries[:5]} and none of a run's "
+                          f"files {list(RUN_FILES)}: a run would write among them; choose another run.name or "
+                          "run.out_dir")
+
+
 def acquire(run_dir: Path) -> IO:
     """Take the run directory's lock for the life of the returned file (keep it open); raises RunDirInUse."""
+    check_run_dir(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     handle = open(run_dir / LOCK, "a+")
     try:
@@ -44,7 +61,8 @@ def acquire(run_dir: Path) -> IO:
 
 
 def check_free(run_dir: Path) -> None:
-    """Refuse early (before any rank starts) when another process holds the run directory."""
+    """Refuse early (before any rank starts) a run directory of someone else's, or one another process holds."""
+    check_run_dir(run_dir)
     if (run_dir / LOCK).is_file():
         acquire(run_dir).close()
 

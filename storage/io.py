@@ -73,12 +73,25 @@ def read_yaml(path: str | Path, what: str = "YAML file") -> Any:
         raise FileFormatError(f"{what} {path} is not a text file (a binary file such as weights?): give a YAML "
                               "file") from None
     try:
+        top = yaml.safe_load(text)
+        if top is not None and not isinstance(top, (dict, list)):  # omegaconf would make `{top: null}` of it
+            raise FileFormatError(f"{what} {path} holds a YAML {type(top).__name__} ({str(top)[:40]!r}), not a "
+                                  "mapping of keys: is it the file you meant?")
         return OmegaConf.load(io.StringIO(text))
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise FileFormatError(f"{what} {path} is not valid YAML{where}: {problem}") from None
+
+
+def file_in_the_way(path: str | Path) -> Path | None:
+    """The file (not folder) at `path` or at the nearest existing parent of it, which would stop a folder being
+    made there; None when the folder exists or can be made."""
+    for p in (Path(path), *Path(path).parents):
+        if p.exists():
+            return None if p.is_dir() else p
+    return None
 
 
 class OutputFolderError(UserError, FileExistsError):
@@ -89,8 +102,8 @@ def check_output_folder(out: str | Path, marker: str, flag: str = "--out") -> No
     """Refuse an output folder that is a file, or that holds files and not `marker` (the command did not make
     it), naming what it holds. Call before any work, so a refused folder costs nothing."""
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise OutputFolderError(f"{flag} {out} is a file; give a new or empty folder")
+    if (blocker := file_in_the_way(out)) is not None:
+        raise OutputFolderError(f"{flag} {out}: {blocker} is a file; give a new or empty folder")
     entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
     if entries and marker not in entries:
         raise OutputFolderError(f"{flag} {out} holds {entries[:5]} and no {marker}: this command did not make it, "

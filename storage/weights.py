@@ -122,6 +122,7 @@ def weights_config(path: Path) -> ModelConfig:
             raise CheckpointError(str(err)) from None
     if not (path / WEIGHTS).is_file():
         _refuse_unless_checkpoint(path)
+        verify(path)  # a damaged checkpoint is named now, not when the ranks load it
     return model_config_of(path)
 
 

@@ -54,8 +54,8 @@ def stack_middle(cfg: ModelConfig, state: StateDict, target: ModelConfig, *,
     and the bottom and top layers keep their places. `block` defaults to L_big - L (capped at L)."""
     n, k = cfg.n_layers, target.n_layers - cfg.n_layers
     block = min(k, n) if block is None else block
-    if k and not (1 <= block <= n and k % block == 0):
-        raise GrowthError(f"stack_middle block={block} must be in [1, source n_layers={n}] and divide the "
+    if k and not (isinstance(block, int) and 1 <= block <= n and k % block == 0):
+        raise GrowthError(f"stack_middle block={block!r} must be an integer in [1, source n_layers={n}] and divide the "
                           f"number of new layers {k}")
     start = (n - block) // 2
     middle = list(range(start, start + block)) * (k // block if k else 0)

@@ -31,6 +31,7 @@ from pretrain.data.sources import load_documents, map_procs, resolve_source
 from pretrain.data.split import doc_hash, split_by_hash
 from pretrain.data.tokenizer import (encode_batch, load_tokenizer, tokenizer_cache_path, tokenizer_fingerprint,
                                      train_tokenizer)
+from storage.io import file_in_the_way
 
 if TYPE_CHECKING:  # imported by builds only: a rank that memory-maps a cached build never needs it (~0.8 s)
     import datasets
@@ -64,6 +65,8 @@ def prepare_data(cfg: DataConfig, vocab_size: int, seed: int = 0) -> PackedData:
     """
     start = time.perf_counter()
     cfg = _as_config(cfg)
+    if (blocker := file_in_the_way(cfg.cache_dir)) is not None:
+        raise DataError(f"data.cache_dir={cfg.cache_dir}: {blocker} is a file; give a folder for the caches")
     if cfg.streaming:  # validation windows only: training windows are read as steps need them
         from pretrain.data.streaming import validation_windows
 

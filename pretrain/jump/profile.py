@@ -23,7 +23,7 @@ from typing import Optional
 import torch
 
 from model.errors import UserError, user_errors
-from pretrain.fields import above, flag
+from pretrain.fields import a_device, above, flag
 from regularizers.jump import FORMS, displacement_profile, zeta_final
 from storage.io import atomic_save_figure, atomic_write_text, check_output_folder, claim_output_folder
 
@@ -100,13 +100,14 @@ def hf_profile(model: torch.nn.Module, tokens: torch.Tensor, form: str = "cosine
 
 def load_model(model_dir: Path, device: str = "cpu") -> tuple[torch.nn.Module, object]:
     """(model in fp32, eval mode; tokenizer) from a local HF folder; names the folder when it is not one."""
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if not (model_dir / "config.json").is_file():
         raise ProfileError(f"{model_dir} is not a Hugging Face model folder (no config.json)")
     try:
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device).eval()
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, SafetensorError) as err:
         raise ProfileError(f"{model_dir}: transformers cannot load it as a causal LM ({err})") from None
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -175,17 +176,28 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--form", choices=FORMS, default="cosine", help="(1-cos)/2 or arccos(cos)/pi")
     p.add_argument("--final-norm", choices=("include", "exclude"), default="include",
                    help="h_L after the final norm (as HF's hidden states and the monitor's default) or before")
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
+    p.add_argument("--device", type=flag(str, a_device()), default="cpu", help="torch device, e.g. cuda")
     args = p.parse_args(argv)
     if args.text_file is not None and not args.text_file.is_file():
         p.error(f"--text-file {args.text_file} does not exist")
     return user_errors(lambda: run(args))
 
 
+def read_text(path: Path) -> str:
+    """--text-file's text; a binary or empty file is named."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ProfileError(f"--text-file {path} is not UTF-8 text") from None
+    if not text.strip():
+        raise ProfileError(f"--text-file {path} is empty: give text to measure on")
+    return text
+
+
 def run(args: argparse.Namespace) -> int:
     """Measure every model, then write: a model that cannot be measured leaves --out untouched."""
     check_output_folder(args.out, MARKER)
-    text = args.text_file.read_text(encoding="utf-8") if args.text_file else default_text()
+    text = read_text(args.text_file) if args.text_file else default_text()
     records = {}
     for name, model_dir in zip(unique_names(args.models), args.models):
         records[name] = measure(model_dir, text, args.max_tokens, args.seq_len, args.form, args.final_norm,

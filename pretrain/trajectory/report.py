@@ -25,13 +25,14 @@ import matplotlib.pyplot as plt
 import torch
 
 from model.errors import UserError, user_errors
+from pretrain.fields import above, at_least, flag
 from pretrain.trajectory.groups import layer_component
 from pretrain.trajectory.maps import Trajectory, mds
 from pretrain.trajectory.online import SKETCH_FILE, load_sketches, sketch_trajectory
 from pretrain.trajectory.settings import GRANULARITIES
 from pretrain.trajectory.stream import stream_trajectory
 from storage.folders import complete_checkpoints
-from storage.io import atomic_save_figure, atomic_write_text, check_output_folder, claim_output_folder
+from storage.io import atomic_save_figure, atomic_write_text, check_output_folder, claim_output_folder, file_in_the_way
 
 MARKER = ".growlm-trajectory-report"
 """Marks an --out folder this command made (re-running it there replaces its files)."""
@@ -140,8 +141,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True, help="folder for the PNGs and the summary")
     p.add_argument("--from-sketches", action="store_true", help="use the online sketch instead of checkpoints")
     p.add_argument("--granularity", choices=GRANULARITIES, default="component", help="parameter grouping")
-    p.add_argument("--start", type=int, default=0, help="ignore checkpoints / sketches before this step")
-    p.add_argument("--chunk", type=int, default=1 << 22, help="coordinates per Gram chunk (memory: T x chunk)")
+    p.add_argument("--start", type=flag(int, at_least(0)), default=0,
+                   help="ignore checkpoints / sketches before this step")
+    p.add_argument("--chunk", type=flag(int, above(0)), default=1 << 22,
+                   help="coordinates per Gram chunk (memory: T x chunk)")
     p.add_argument("--scratch", type=Path, default=None, help="folder for the temporary flattened checkpoints")
     args = p.parse_args(argv)
     return user_errors(lambda: report(args))
@@ -150,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
 def report(args: argparse.Namespace) -> int:
     """The maps, the summary and its markdown for one run, into --out (refused unless this command made it)."""
     check_output_folder(args.out, MARKER)
+    if args.scratch is not None and (blocker := file_in_the_way(args.scratch)) is not None:
+        raise UserError(f"--scratch {args.scratch}: {blocker} is a file; give a folder for the temporary files")
     traj, source = load_trajectory(args)
     claim_output_folder(args.out, MARKER)
     params = traj.param_maps()

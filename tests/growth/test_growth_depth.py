@@ -68,7 +68,8 @@ def test_tied_copies_stay_one_tensor():
 @pytest.mark.parametrize("op, params, n_layers, match", [
     ("interleave", {}, 6, r"n_layers=6 to be a multiple of the source's 4"),
     ("stack_top", {}, 9, r"top k = .* 5 layers, but the source has only model.n_layers=4"),
-    ("stack_middle", {"block": 3}, 6, r"block=3 must be in \[1, source n_layers=4\] and divide .* 2"),
+    ("stack_middle", {"block": 3}, 6, r"block=3 must be an integer in \[1, source n_layers=4\] and divide .* 2"),
+    ("stack_middle", {"block": "x"}, 6, r"block='x' must be an integer in \[1, source n_layers=4\]"),
     ("zero_block", {"position": "bottom"}, 6, r"position='bottom'"),
 ])
 def test_bad_depth_requests_name_the_value(op, params, n_layers, match):

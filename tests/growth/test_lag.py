@@ -105,6 +105,8 @@ def test_pool_entries_carry_operator_parameters():
         ("zero_block", {"position": "interleave", "seed": 2}, "zero_block-positioninterleave-seed2")]
     with pytest.raises(LagError, match="twice"):
         parse_pool("stack,stack")
+    with pytest.raises(GrowthError, match=r"'zero_block' takes no parameter \['positon'\]"):
+        parse_pool("stack,zero_block:positon=top")  # at parse time: before any source trains (audit case s12)
 
 
 @pytest.mark.parametrize("change, message", [
@@ -112,7 +114,6 @@ def test_pool_entries_carry_operator_parameters():
     ({"validate_steps": 3}, "--validate-steps=3 must exceed --lag-steps=3"),
     ({"overrides": ["model.n_layers=8"]}, "the model shape comes from --to"),
     ({"config": Path("missing.yaml")}, "missing.yaml does not exist"),
-    ({"pool": parse_pool("stack,zero_block:positon=top")}, r"'zero_block' takes no parameter \['positon'\]"),
 ])
 def test_lag_plan_refuses_bad_requests(tmp_path, change, message):
     config = tmp_path / "run.yaml"

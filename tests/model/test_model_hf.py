@@ -235,3 +235,15 @@ def test_overwrite_never_replaces_a_run_or_checkpoints(tmp_path: Path) -> None:
     with pytest.raises(FileExistsError, match=r"\['checkpoints', 'metrics.jsonl'\]"):
         save_hf_folder(our_model(cfg).state_dict(), cfg, run, overwrite=True)
     assert (run / "checkpoints" / "step_2").is_dir() and (run / "metrics.jsonl").read_text() == '{"step": 1}\n'
+
+
+def test_overwrite_keeps_a_file_the_user_added_to_an_export(tmp_path: Path) -> None:
+    """The marker lists what the export wrote: a user's notes beside it (even a .txt or .json, kinds an HF
+    folder holds) make --overwrite refuse, naming them (the audit's case o6 deleted them)."""
+    cfg = small_cfg(True)
+    export = save_hf_folder(our_model(cfg).state_dict(), cfg, tmp_path / "export")
+    (export / "notes.txt").write_text("precious")
+    (export / "eval.json").write_text("{}")
+    with pytest.raises(FileExistsError, match=r"holds \['eval.json', 'notes.txt'\], which an export does not"):
+        save_hf_folder(our_model(cfg).state_dict(), cfg, export, overwrite=True)
+    assert (export / "notes.txt").read_text() == "precious"

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from model.errors import UserError
-from pretrain.fields import above, at_least, check_fields
+from pretrain.fields import a_device, above, at_least, check_fields
 from pretrain.jobs.cli import setting
 from pretrain.jobs.schedule import JobSchedule
 
@@ -36,7 +36,8 @@ class LmEvalSettings:
     limit: Optional[int] = setting(None, "evaluate only the first N documents of each task (None: all), for "
                                          "quick checks", valid=above(0))
     batch_size: int = setting(8, "sequences per forward pass", valid=above(0))
-    device: str = setting("cpu", "torch device for the job (cpu keeps it off the training accelerators)")
+    device: str = setting("cpu", "torch device for the job (cpu keeps it off the training accelerators)",
+                          valid=a_device())
     threads: int = setting(0, "torch CPU threads (0: torch's default); beside CPU training ranks a few keep it "
                               "from starving them", valid=at_least(0))
 

@@ -20,8 +20,9 @@ from pretrain.data import prepare_data
 from pretrain.jobs.location import locate
 from pretrain.jobs.peeling.bounds import Bounds, compute_bounds
 from pretrain.jobs.peeling.errors import PeelingError
-from pretrain.jobs.peeling.report import write_outputs
+from pretrain.jobs.peeling.report import BOUNDS_JSON, write_outputs
 from pretrain.jobs.peeling.settings import PeelingSettings, check_settings
+from storage.io import check_output_folder
 from storage.tokenizer_files import find_tokenizer
 from storage.weights import load_weights
 
@@ -59,9 +60,13 @@ def calibration_windows(cfg: Config, model_cfg: ModelConfig, n: int) -> torch.Te
 
 def run_job(checkpoint: str | Path, settings: PeelingSettings, config: Config | str | Path | None = None,
             out: str | Path | None = None) -> tuple[Bounds, Path]:
-    """Compute and write the bounds of one checkpoint; returns them and the output folder."""
+    """Compute and write the bounds of one checkpoint; returns them and the output folder. A given `out` must be
+    new, empty or an earlier peeling output (checked first), and gets no summary of other steps."""
+    if out is not None:
+        check_output_folder(out, BOUNDS_JSON)
     target = locate(checkpoint, "peeling")
     ckpt, step = target.checkpoint, target.step
+    summary = out is None
     out = Path(out) if out is not None else target.out
     model_cfg, state = load_weights(ckpt)
     check_settings(settings, model_cfg.n_layers)
@@ -89,5 +94,5 @@ def run_job(checkpoint: str | Path, settings: PeelingSettings, config: Config | 
     bounds.meta = {"checkpoint": str(ckpt), "step": step, "calib_windows": len(windows),
                    "holdout_windows": len(holdout),
                    "seq_len": windows.shape[1] - 1, "data_source": cfg.data.source}
-    write_outputs(bounds, out)
+    write_outputs(bounds, out, summary)
     return bounds, out

@@ -20,11 +20,13 @@ SUMMARY_PNG = "summary.png"
 _COLORS = colormaps["tab20"]  # 20 distinct colors: rows are (offset, permutation, variant) combinations
 
 
-def write_outputs(bounds: Bounds, out: Path) -> None:
-    """bounds.json and bounds.png into `out` (created), then summary.png in its parent."""
+def write_outputs(bounds: Bounds, out: Path, summary: bool = True) -> None:
+    """bounds.json and bounds.png into `out` (created), then, for a run's jobs/peeling/step_<N>, summary.png of
+    every step in its parent."""
     atomic_write_json(out / BOUNDS_JSON, bounds.to_json())
     atomic_save_figure(bars_figure(bounds), out / BOUNDS_PNG, dpi=110, bbox_inches="tight")
-    write_summary(out.parent)
+    if summary:
+        write_summary(out.parent)
 
 
 def bars_figure(bounds: Bounds) -> Figure:

@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass
 from typing import List
 
-from pretrain.fields import above, at_least, check_fields, one_of
+from pretrain.fields import a_device, above, at_least, check_fields, one_of
 from pretrain.jobs.cli import setting
 from pretrain.jobs.peeling.errors import PeelingError
 from pretrain.jobs.peeling.plan import PERMUTATIONS, plan
@@ -59,7 +59,7 @@ class PeelingSettings:
                                  valid=above(0))
     tolerance: float = setting(1e-3, "a layer is flagged lazy when a bound that removes it is <= model loss + this",
                                valid=at_least(0))
-    device: str = setting("cpu", "torch device for the job (cpu keeps it off the training GPUs)")
+    device: str = setting("cpu", "torch device for the job (cpu keeps it off the training GPUs)", valid=a_device())
     threads: int = setting(0, "torch CPU threads for the job (0: torch's default); beside CPU training ranks, "
                            "a few threads keep it from starving them", valid=at_least(0))
     seed: int = setting(0, "seed of fresh inits")
