@@ -5,8 +5,8 @@ then the runs compared (experiments/compare.py).
     python -m experiments SPEC.yaml --out DIR --dry-run                 # print the plan
     python -m experiments SPEC.yaml --out DIR --arms baseline --seeds 0,1 train.steps=100
 
-Spec (YAML): `base` config (relative to the repository root), `ranks`, `seeds`, shared `overrides` and
-`arms` (name -> overrides), each overrides a mapping of config key -> value. Runs go to DIR/runs/<arm>-s<seed>
+The spec (experiments/spec.py): `base` config, `ranks`, `seeds`, shared `overrides`, `arms` (name -> overrides)
+and an optional pre-registered `protocol` (experiments/protocol.py). Runs go to DIR/runs/<arm>-s<seed>
 with launcher logs in DIR/logs/; a run whose checkpoints/latest is already at the final step is skipped and
 an unfinished one resumes (train.resume: auto), so an interrupted experiment is continued by rerunning it.
 Extra `key=value` arguments apply to every run, after the spec's. compare.md and its plots go into DIR at the end.
@@ -20,29 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from omegaconf import OmegaConf
-
 from experiments import compare
 from experiments.errors import ExperimentError
 from experiments.runs import run_dir_name
-from launch.command import launch_argv, render_overrides
+from experiments.spec import ROOT, Spec, load_spec
+from launch.command import launch_argv
 from pretrain.config import load_config
 from storage import folders
-from storage.io import read_yaml
-
-ROOT = Path(__file__).resolve().parent.parent
-"""The repository root: a spec's `base` config is relative to it, and runs start there."""
-
-SPEC_KEYS = {"base", "ranks", "seeds", "overrides", "arms"}
-
-
-@dataclass
-class Spec:
-    base: Path
-    ranks: int
-    seeds: list[int]
-    overrides: list[str]
-    arms: dict[str, list[str]]
 
 
 @dataclass
@@ -66,31 +50,6 @@ class Job:
         except folders.CheckpointError:
             return False
         return ckpt is not None and folders.verify(ckpt)["step"] >= self.steps
-
-
-def load_spec(path: Path) -> Spec:
-    """Read and check an experiment spec; errors name the file and the offending key."""
-    loaded = read_yaml(path, "experiment spec")
-    raw = OmegaConf.to_container(loaded) if loaded is not None else {}
-    if not isinstance(raw, dict):
-        raise ExperimentError(f"{path}: an experiment spec is a mapping with keys {sorted(SPEC_KEYS)}")
-    unknown = set(raw) - SPEC_KEYS
-    if unknown:
-        raise ExperimentError(f"{path}: unknown keys {sorted(unknown)} (valid: {sorted(SPEC_KEYS)})")
-    if not raw.get("arms") or not isinstance(raw["arms"], dict):
-        raise ExperimentError(f"{path}: `arms` must map at least one arm name to its overrides")
-    base = ROOT / raw.get("base", "configs/tiny.yaml")
-    if not base.is_file():
-        raise ExperimentError(f"{path}: base config {base} does not exist")
-    ranks, seeds = raw.get("ranks", 2), raw.get("seeds", [0])
-    if not isinstance(ranks, int) or isinstance(ranks, bool) or ranks < 1:
-        raise ExperimentError(f"{path}: ranks={ranks!r} must be an integer >= 1")
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool)
-                                                           for s in seeds):
-        raise ExperimentError(f"{path}: seeds={seeds!r} must be a non-empty list of integers")
-    return Spec(base=base, ranks=ranks, seeds=seeds,
-                overrides=render_overrides(raw.get("overrides"), f"{path}: overrides"),
-                arms={name: render_overrides(o, f"{path}: arms.{name}") for name, o in raw["arms"].items()})
 
 
 def plan(spec: Spec, out: Path, arms: Optional[list[str]] = None, seeds: Optional[list[int]] = None,
@@ -136,6 +95,7 @@ def run(spec_path: Path, out: Path, arms: Optional[list[str]], seeds: Optional[l
             print(("# complete, skipped: " if job.is_complete() else "") + shlex.join(job.command(spec)))
         return 0
     run_jobs(jobs, spec, out)
-    report = compare.compare([job.run_dir for job in jobs], out, names=[job.arm for job in jobs])
+    report = compare.compare([job.run_dir for job in jobs], out, names=[job.arm for job in jobs],
+                             protocol=spec.protocol)
     print(report.read_text())
     return 0
