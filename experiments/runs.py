@@ -14,7 +14,7 @@ from typing import Any, Iterable, Optional
 import yaml
 
 from experiments.errors import ExperimentError
-from experiments.stats import Difference, ci_halfwidth, mean_std
+from experiments.stats import Difference, ci_halfwidth, mean_std, slope
 from storage.io import atomic_save_figure
 
 IGNORED_KEYS = frozenset({"run.name", "run.seed", "run.out_dir", "data.cache_dir"})
@@ -195,6 +195,18 @@ def curve(records: list[dict[str, Any]], key: str) -> dict[int, float]:
     return {int(r["step"]): float(r[key]) for r in records if key in r}
 
 
+def final_point(records: list[dict[str, Any]], key: str) -> float:
+    """The value of `key` (a metrics.jsonl key or a derived curve) at its last logged step (nan when never)."""
+    points = curve(records, key)
+    return points[max(points)] if points else math.nan
+
+
+def window_slope(records: list[dict[str, Any]], key: str, window: tuple[int, int], per: int = 1) -> float:
+    """Least-squares slope of `key` against step over the logged steps first <= step <= last, per `per` steps."""
+    points = {s: v for s, v in curve(records, key).items() if window[0] <= s <= window[1]}
+    return per * slope(list(points), list(points.values()))
+
+
 def signed_jump(record: dict[str, Any]) -> float:
     """100 (Psi_L - Psi_{L-1}) of a logged profile: zeta_L before its max(0, .), so the plot shows a jump
     approaching (negative, rising) as well as one that has formed."""
@@ -321,7 +333,8 @@ def save_figure(fig, path: Path) -> None:
 
 
 def run_dir_name(arm: str, seed: int) -> str:
-    """`<arm>-s<seed>`: how the spec runner (experiments/arms.py) names an arm's run directories, and what --arm-from-dir reads."""
+    """`<arm>-s<seed>`: how the spec runner (experiments/arms.py) names an arm's run directories, and what
+    --arm-from-dir reads."""
     return f"{arm}-s{seed}"
 
 
@@ -332,6 +345,6 @@ def arm_names_from_dirs(run_dirs: list[Path]) -> list[str]:
     for d in run_dirs:
         match = re.fullmatch(r"(.+)-s\d+", Path(d).resolve().name)
         if match is None:
-            raise ExperimentError(f"--arm-from-dir: {d} is not named <arm>-s<seed> (the spec runner's layout)")
+            raise ExperimentError(f"--arm-from-dir/--spec: {d} is not named <arm>-s<seed> (the spec runner's layout)")
         names.append(match.group(1))
     return names

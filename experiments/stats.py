@@ -1,8 +1,9 @@
 """The statistics every experiment report uses: means with t intervals over seeds, Welch differences between
-arms, paired differences by seed. One confidence level for the whole report.
+arms (two- or one-sided), paired differences by seed, and for a pre-registered protocol Holm's adjustment,
+equivalence by two one-sided tests (TOST) and per-seed slopes. One confidence level for the whole report.
 
 Pure functions over lists of floats (non-finite values are dropped: a run that never logged a metric does not
-count as a seed for it). scipy computes the distributions; nothing here re-derives them.
+count as a seed for it). scipy and statsmodels compute the distributions and tests; nothing here re-derives them.
 """
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ import math
 import statistics
 import warnings
 from dataclasses import dataclass
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Sequence
 
 from scipy import stats
+from statsmodels.stats.multitest import multipletests
+from statsmodels.stats.weightstats import ttost_ind
 
 LEVEL = 0.95
 """Confidence level of every interval in a report."""
@@ -56,14 +59,17 @@ class Difference:
         return not self.p < 1 - LEVEL
 
 
-def welch(arm: Iterable[float], baseline: Iterable[float], level: float = LEVEL) -> Optional[Difference]:
-    """Welch's unequal-variance t-test of arm against baseline (None with fewer than two seeds on a side)."""
+def welch(arm: Iterable[float], baseline: Iterable[float], level: float = LEVEL,
+          alternative: str = "two-sided") -> Optional[Difference]:
+    """Welch's unequal-variance t-test of arm against baseline (None with fewer than two seeds on a side).
+    alternative "less" or "greater" tests a predicted direction of arm − baseline; its interval is then the
+    one-sided bound (−inf or +inf on the other side)."""
     a, b = finite(arm), finite(baseline)
     if len(a) < 2 or len(b) < 2:
         return None
     with warnings.catch_warnings():  # identical seeds: scipy warns and answers nan, reported as such
         warnings.simplefilter("ignore", RuntimeWarning)
-        test = stats.ttest_ind(a, b, equal_var=False)
+        test = stats.ttest_ind(a, b, equal_var=False, alternative=alternative)
     ci = test.confidence_interval(level)
     return Difference(statistics.fmean(a) - statistics.fmean(b), float(ci.low), float(ci.high), float(test.pvalue))
 
@@ -79,3 +85,35 @@ def paired(differences: Iterable[float], level: float = LEVEL) -> Optional[Diffe
         test = stats.ttest_1samp(xs, 0.0)
     ci = test.confidence_interval(level)
     return Difference(statistics.fmean(xs), float(ci.low), float(ci.high), float(test.pvalue))
+
+
+def tost(arm: Iterable[float], baseline: Iterable[float], margin: float, alpha: float) -> Optional[Difference]:
+    """Equivalence of arm and baseline within ±margin by two one-sided Welch tests: p is the larger of their
+    p-values, and the interval the 1 − 2 alpha Welch one, which lies inside ±margin exactly when p < alpha.
+    "Within noise" is no evidence of equivalence; this is. None with fewer than two seeds on a side."""
+    a, b = finite(arm), finite(baseline)
+    interval = welch(a, b, level=1 - 2 * alpha)
+    if interval is None:
+        return None
+    with warnings.catch_warnings():  # identical seeds: no variance, p is nan, reported as such
+        warnings.simplefilter("ignore", RuntimeWarning)
+        p = ttost_ind(a, b, -margin, margin, usevar="unequal")[0]
+    return Difference(interval.diff, interval.low, interval.high, float(p))
+
+
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm-adjusted p-values of one family of claims. A claim no test could be run on (p nan) counts as p = 1,
+    so the family keeps the size the protocol declared and missing runs never make the correction milder."""
+    if not pvalues:
+        return []
+    return [float(p) for p in multipletests([1.0 if math.isnan(p) else p for p in pvalues], method="holm")[1]]
+
+
+def slope(steps: Sequence[float], values: Sequence[float]) -> float:
+    """Least-squares slope of values against steps over the finite values (nan below two distinct steps): one
+    seed's rate of change, so that seeds, not logged steps, are the units a test counts."""
+    points = [(s, v) for s, v in zip(steps, values) if math.isfinite(v)]
+    if len({s for s, _ in points}) < 2:
+        return math.nan
+    xs, ys = zip(*points)
+    return float(stats.linregress(xs, ys).slope)

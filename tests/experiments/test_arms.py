@@ -107,3 +107,20 @@ def test_bad_specs_are_refused_with_the_reason(tmp_path: Path, text: str, messag
     path.write_text(text)
     with pytest.raises((ValueError, FileNotFoundError), match=message):
         rx.load_spec(path)
+
+
+def test_jreg_cpu_is_pre_registered(tmp_path: Path) -> None:
+    """Equal, fresh seeds and its claims fixed in the spec: what issue 32 asks of the JREG experiment."""
+    spec = rx.load_spec(rx.ROOT / "configs" / "experiments" / "jreg_cpu.yaml")
+    protocol = spec.protocol
+    assert protocol is not None and protocol.baseline == "baseline" and len(set(spec.seeds)) >= 5
+    # seeds 0-5 and 10-11 ran this shape before (docs/results.md, jump_sweep.yaml); other specs' seeds likewise
+    used = {0, 1, 2, 3, 4, 5, 10, 11}
+    used |= {s for p in SHIPPED_SPECS if p.stem != "jreg_cpu" for s in rx.load_spec(p).seeds}
+    assert not used & set(spec.seeds)
+    claims = {(o.metric, o.predicts, o.margin) for o in protocol.primary}
+    assert ("jump/zeta_L", "lower", None) in claims and ("val/loss", None, 0.02) in claims
+    (slope,) = protocol.slopes
+    assert slope.predicts == "higher" and 0 < slope.window[0] < slope.window[1] <= 1000
+    (job,) = rx.plan(spec, tmp_path, arms=list(slope.arms), seeds=spec.seeds[:1])
+    assert load_config(spec.base, job.overrides).train.schedule == "constant"

@@ -1,0 +1,70 @@
+"""An arm x seed experiment spec (configs/experiments/*.yaml), read and checked before anything runs: in its own
+module because both the runner (experiments/arms.py) and compare_runs' `--spec` read it.
+
+Spec (YAML): `base` config (relative to the repository root), `ranks`, `seeds` (every arm runs every seed),
+shared `overrides`, `arms` (name -> overrides), each overrides a mapping of config key -> value, and an optional
+pre-registered `protocol` (experiments/protocol.py).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from omegaconf import OmegaConf
+
+from experiments.errors import ExperimentError
+from experiments.protocol import Protocol, parse_protocol
+from launch.command import render_overrides
+from storage.io import read_yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+"""The repository root: a spec's `base` config is relative to it, and runs start there."""
+
+SPEC_KEYS = {"base", "ranks", "seeds", "overrides", "arms", "protocol"}
+
+
+@dataclass
+class Spec:
+    base: Path
+    ranks: int
+    seeds: list[int]
+    overrides: list[str]
+    arms: dict[str, list[str]]
+    protocol: Optional[Protocol] = None
+
+
+def load_spec(path: Path) -> Spec:
+    """Read and check an experiment spec; errors name the file and the offending key."""
+    loaded = read_yaml(path, "experiment spec")
+    raw = OmegaConf.to_container(loaded) if loaded is not None else {}
+    if not isinstance(raw, dict):
+        raise ExperimentError(f"{path}: an experiment spec is a mapping with keys {sorted(SPEC_KEYS)}")
+    unknown = set(raw) - SPEC_KEYS
+    if unknown:
+        raise ExperimentError(f"{path}: unknown keys {sorted(unknown)} (valid: {sorted(SPEC_KEYS)})")
+    if not raw.get("arms") or not isinstance(raw["arms"], dict):
+        raise ExperimentError(f"{path}: `arms` must map at least one arm name to its overrides")
+    base = ROOT / raw.get("base", "configs/tiny.yaml")
+    if not base.is_file():
+        raise ExperimentError(f"{path}: base config {base} does not exist")
+    ranks, seeds = raw.get("ranks", 2), raw.get("seeds", [0])
+    if not isinstance(ranks, int) or isinstance(ranks, bool) or ranks < 1:
+        raise ExperimentError(f"{path}: ranks={ranks!r} must be an integer >= 1")
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool)
+                                                           for s in seeds):
+        raise ExperimentError(f"{path}: seeds={seeds!r} must be a non-empty list of integers")
+    if len(set(seeds)) != len(seeds):
+        raise ExperimentError(f"{path}: seeds={seeds} lists a seed twice (each arm x seed is one run)")
+    bad_names = [name for name in raw["arms"] if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", str(name))]
+    if bad_names:
+        raise ExperimentError(f"{path}: arm names {bad_names} must be letters, digits, '_', '-' or '.' (they name run "
+                              "directories under --out)")
+    protocol = None
+    if "protocol" in raw:
+        protocol = parse_protocol(raw["protocol"], list(raw["arms"]), seeds, f"{path}: protocol")
+    return Spec(base=base, ranks=ranks, seeds=seeds,
+                overrides=render_overrides(raw.get("overrides"), f"{path}: overrides"),
+                arms={name: render_overrides(o, f"{path}: arms.{name}") for name, o in raw["arms"].items()},
+                protocol=protocol)
