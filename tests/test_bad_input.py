@@ -64,6 +64,14 @@ def scratch(tmp_path_factory) -> Path:
     (root / "notes.txt").write_text("not a checkpoint\n")
     (root / "empty_dir").mkdir()
     (root / "spec.yaml").write_text("arms: {a: {}}\nsedes: [0]\n")
+    (root / "notes.yaml").write_text("not a config, just notes\n")
+    (root / "twice.yaml").write_text("arms: {a: {}}\nseeds: [0, 0]\n")
+    (root / "escape.yaml").write_text("arms: {../../escape: {}}\nseeds: [0]\n")
+    (root / "plan.yaml").write_text("arms: {a: {}, b: {}}\nseeds: [0, 1]\n")
+    run = root / "run_garbled"
+    run.mkdir()
+    (run / "config.yaml").write_text("run: {seed: 0}\n")
+    (run / "metrics.jsonl").write_text('{"step": 1, "loss": 4.0}\n{"step": 2, "loss": 3.9\n{"step": 3, "loss": 3.8}\n')
     return root
 
 
@@ -179,3 +187,52 @@ def test_errors_are_printed_by_the_one_boundary_only():
                 for p in (root / pkg).rglob("*.py")
                 if 'print(f"error:' in p.read_text() or "sys.exit(f\"error:" in p.read_text()]
     assert printers == ["model/errors.py", "pretrain/__main__.py"], printers  # + a rank's collective timeout (exit 3)
+
+
+AUDITED = [  # issue 37's second audit (337 cases by hand): the ones that slipped through, each as it was typed
+    ("pretrain --check", ["configs/tiny.yaml", "train.beta1=1.5", "--check"], "train.beta1=1.5 must be < 1"),
+    ("pretrain --check", ["configs/tiny.yaml", "train.beta2=-0.1", "--check"], "train.beta2=-0.1 must be >= 0"),
+    ("pretrain --check", ["configs/tiny.yaml", "train.eps=-1", "--check"], "train.eps=-1.0 must be > 0"),
+    ("pretrain --check", ["configs/tiny.yaml", "log.peak_tflops=-5", "--check"], "log.peak_tflops=-5.0 must be > 0"),
+    ("pretrain --check", ["configs/tiny.yaml", 'train.trainable.groups=["("]', "--check"],
+     "'(' is not a regular expression"),
+    ("pretrain --check", ["configs/tiny.yaml", "regularizers=[{name: jreg", "--check"],
+     "override 'regularizers=[{name: jreg': its value is not valid YAML"),
+    ("pretrain --check", ["{scratch}/notes.yaml", "--check"], "notes.yaml holds a YAML str"),
+    ("pretrain --check", ["configs/tiny.yaml", "model={scratch}/notes.yaml", "--check"], "notes.yaml holds a YAML str"),
+    ("pretrain --check", ["configs/tiny.yaml", "run.out_dir={scratch}/notes.txt", "--check"], "notes.txt is a file"),
+    ("pretrain --check", ["configs/tiny.yaml", "run.out_dir={scratch_parent}", "run.name={scratch_name}", "--check"],
+     "and none of a run's files"),
+    ("pretrain --check", ["configs/tiny.yaml", "run.out_dir={scratch}/runs", "data.cache_dir={scratch}/notes.txt",
+                          "--check"], "data.cache_dir="),
+    ("pretrain --check", ["configs/tiny.yaml", "run.out_dir={scratch}/runs", "train.resume={scratch}/missing",
+                          "--check"], "missing"),
+    ("peeling", ["--checkpoint", "{scratch}/missing", "--device", "gpu9"], "device='gpu9' is not a torch device"),
+    ("lm_eval", ["--checkpoint", "{scratch}/missing", "--device", "cuda:7"], "device='cuda:7' is not on this machine"),
+    ("jump profile", ["{scratch}/missing", "--out", "{scratch}/out", "--device", "bogus"], "'bogus' is not a torch"),
+    ("jump profile", ["{scratch}/missing", "--out", "{scratch}/out", "--text-file", "{scratch}/weights.safetensors"],
+     "--text-file"),
+    ("trajectory report", ["{scratch}/missing", "--out", "{scratch}/out", "--chunk", "0"], "--chunk"),
+    ("trajectory report", ["{scratch}/missing", "--out", "{scratch}/out", "--start", "-1"], "--start"),
+    ("trajectory report", ["{scratch}/missing", "--out", "{scratch}/out", "--scratch", "{scratch}/notes.txt"],
+     "notes.txt is a file"),
+    ("compare", ["{scratch}/run_garbled", "--out", "{scratch}/out"], "metrics.jsonl line 2 is not a JSON record"),
+    ("experiments", ["{scratch}/twice.yaml", "--out", "{scratch}/out", "--dry-run"], "lists a seed twice"),
+    ("experiments", ["{scratch}/escape.yaml", "--out", "{scratch}/out", "--dry-run"], "../../escape"),
+    ("experiments", ["{scratch}/plan.yaml", "--out", "{scratch}/out", "--dry-run", "--seeds", "7"],
+     "not in the spec's seed plan"),
+    ("experiments", ["{scratch}/plan.yaml", "--out", "{scratch}", "--dry-run"], "no .growlm-experiment"),
+    ("growth grow", ["lag", "--from", "{scratch}/missing", "--to", "n_layers=8", "--pool", "stack", "--lag-steps", "2",
+                     "--out", "{scratch}/out", "--ranks", "0"], "--ranks"),
+    ("growth grow", ["stack", "--config", "configs/tiny.yaml", "--schedule", "10:8", "--steps", "0", "--out",
+                     "{scratch}/out"], "--steps"),
+]
+
+
+@pytest.mark.parametrize("entry_point, argv, named", AUDITED)
+def test_the_audits_mistakes_are_refused_naming_the_input(entry_point, argv, named, scratch, capsys):
+    fill = {"{scratch_parent}": scratch.parent, "{scratch_name}": scratch.name, "{scratch}": scratch}
+    for key, value in fill.items():  # not str.format: some mistakes are unclosed braces
+        argv = [a.replace(key, str(value)) for a in argv]
+    line = run_mistake(entry_point, argv, scratch, capsys)
+    assert named in line, line

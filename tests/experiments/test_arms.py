@@ -54,11 +54,13 @@ def test_plan_is_arm_major_with_one_run_per_seed(spec_file: Path, tmp_path: Path
 
 
 def test_filters_and_extra_overrides_win(spec_file: Path, tmp_path: Path) -> None:
-    jobs = rx.plan(rx.load_spec(spec_file), tmp_path, arms=["jreg"], seeds=[7], extra=("train.steps=12",))
-    assert [j.name for j in jobs] == ["jreg-s7"]
+    jobs = rx.plan(rx.load_spec(spec_file), tmp_path, arms=["jreg"], seeds=[1], extra=("train.steps=12",))
+    assert [j.name for j in jobs] == ["jreg-s1"]
     assert jobs[0].steps == 12 and jobs[0].overrides[-1] == "train.steps=12"
     with pytest.raises(ValueError, match=r"unknown arm\(s\) \['nope'\]"):
         rx.plan(rx.load_spec(spec_file), tmp_path, arms=["nope"])
+    with pytest.raises(ValueError, match=r"--seeds \[7\] not in the spec's seed plan \[0, 1\]"):
+        rx.plan(rx.load_spec(spec_file), tmp_path, seeds=[1, 7])  # a seed added after the fact: refused
 
 
 def test_dry_run_marks_only_runs_finished_at_the_final_step(spec_file: Path, tmp_path: Path,
