@@ -80,10 +80,26 @@ class TrainConfig:
     """Final learning rate as a fraction of the peak."""
     warmup_steps: int = non_negative(20)
     """Linear warmup from lr/warmup_steps to lr."""
-    schedule: str = choice("cosine", ("cosine", "linear", "constant"))
-    """Decay after warmup: cosine | linear | constant."""
+    schedule: str = choice("cosine", ("cosine", "linear", "constant", "wsd"))
+    """Decay after warmup: cosine | linear | constant | wsd (warmup-stable-decay: the peak lr until the last
+    `decay_steps` (or `decay_fraction` of the run), then `decay_shape` down to min_lr_ratio. A run resumed from a
+    stable-phase checkpoint with another train.steps decays from there: train.resume=<checkpoint> in a new
+    run.name anneals a branch and leaves the source untouched)."""
+    decay_steps: int = non_negative(0)
+    """wsd: steps of the final decay (0: `decay_fraction` of train.steps)."""
+    decay_fraction: float = within(0.2, 0.0, 1.0)
+    """wsd: the final decay's share of train.steps, when decay_steps is 0."""
+    decay_shape: str = choice("linear", ("linear", "cosine", "1-sqrt"))
+    """wsd: linear | cosine | 1-sqrt (1 - sqrt(progress), fast at first: Hägele et al. 2024)."""
+    optimizer: str = choice("adamw", ("adamw", "sgd"))
+    """adamw (beta1, beta2, eps; decoupled weight decay) | sgd (torch SGD with heavy-ball `momentum`, optionally
+    `nesterov`; weight_decay is L2 added to the gradient, as torch's SGD does)."""
+    momentum: float = non_negative(0.9)
+    """sgd: heavy-ball momentum, in [0, 1)."""
+    nesterov: bool = False
+    """sgd: Nesterov momentum (needs momentum > 0)."""
     weight_decay: float = non_negative(0.1)
-    """Decoupled (AdamW) weight decay on matrices; norms and biases are never decayed."""
+    """Weight decay on matrices (AdamW: decoupled; SGD: L2); norms and biases are never decayed."""
     beta1: float = non_negative(0.9)
     """AdamW beta1, in [0, 1) (0: no momentum)."""
     beta2: float = non_negative(0.95)
@@ -260,6 +276,30 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
     return cfg
 
 
+def _check_optimizer(cfg: Config) -> None:
+    """The optimizer and schedule settings that relate to each other or to features built on AdamW's state."""
+    train = cfg.train
+    if train.schedule == "wsd" and wsd_decay_steps(train) > train.steps - train.warmup_steps:
+        raise ConfigError(f"train.schedule=wsd decays over {wsd_decay_steps(train)} steps, more than the "
+                          f"{train.steps - train.warmup_steps} after warmup; lower train.decay_steps or decay_fraction")
+    if train.optimizer != "sgd":
+        return
+    if train.momentum >= 1 or (train.nesterov and train.momentum == 0):
+        raise ConfigError(f"train.momentum={train.momentum} (nesterov={train.nesterov}): momentum must be in [0, 1), "
+                          "and > 0 for Nesterov")
+    if train.carry.optimizer or train.trainable.mode != "all":
+        raise ConfigError("train.optimizer=sgd: train.carry.optimizer and train.trainable.mode carry Adam's moments, "
+                          "which SGD has not; use train.optimizer=adamw for them")
+    if (cfg.deepspeed.config.get("zero_optimization") or {}).get("offload_optimizer"):
+        raise ConfigError("train.optimizer=sgd cannot run under ZeRO-Offload (DeepSpeed offloads only its own Adam); "
+                          "drop offload_optimizer from deepspeed.config or use adamw")
+
+
+def wsd_decay_steps(train: TrainConfig) -> int:
+    """The length of wsd's final decay: decay_steps, else decay_fraction of the run."""
+    return train.decay_steps or round(train.decay_fraction * train.steps)
+
+
 def validate(cfg: Config) -> None:
     """Every field's declared valid values (pretrain/fields.py), then the checks that relate several fields."""
     try:
@@ -271,6 +311,7 @@ def validate(cfg: Config) -> None:
             f"data.seq_len={cfg.data.seq_len} exceeds model.max_seq_len={cfg.model.max_seq_len}; "
             "lower data.seq_len or raise model.max_seq_len"
         )
+    _check_optimizer(cfg)
     for beta in ("beta1", "beta2"):
         if getattr(cfg.train, beta) >= 1:
             raise ConfigError(f"train.{beta}={getattr(cfg.train, beta)} must be < 1 (an exponential average's "

@@ -6,7 +6,7 @@ import math
 import torch
 from torch import nn
 
-from pretrain.config import TrainConfig
+from pretrain.config import TrainConfig, wsd_decay_steps
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -24,10 +24,13 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig, offload: bool = False) -> torch.optim.Optimizer:
-    """AdamW; fused (one kernel for the whole update) when the parameters are already on a GPU, which is
-    what DeepSpeed's flat fp32 partitions will be too. With ZeRO-Offload (`offload`) the update runs on the
-    host, so it is DeepSpeed's vectorized CPU AdamW (JIT-built on first use; DeepSpeed refuses others)."""
+    """`train.optimizer`: AdamW, fused (one kernel for the whole update) when the parameters are already on a
+    GPU, which is what DeepSpeed's flat fp32 partitions will be too; with ZeRO-Offload (`offload`) the update
+    runs on the host, so it is DeepSpeed's vectorized CPU AdamW (JIT-built on first use; DeepSpeed refuses
+    others). Or torch's SGD with heavy-ball (or Nesterov) momentum, what the trajectory paper's claims are about."""
     groups = param_groups(model, cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
     if offload:
         from deepspeed.ops.adam import DeepSpeedCPUAdam
 
@@ -36,19 +39,30 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, offload: bool = False) -
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=on_gpu or None)
 
 
+DECAY_SHAPES = {
+    "linear": lambda progress: 1.0 - progress,
+    "cosine": lambda progress: 0.5 * (1.0 + math.cos(math.pi * progress)),
+    "1-sqrt": lambda progress: 1.0 - math.sqrt(progress),
+}
+"""progress in [0, 1] of a decay -> the share of (peak - floor) left."""
+
+
 def lr_factor(step: int, cfg: TrainConfig) -> float:
-    """Multiplier of the peak lr at optimizer step `step` (0-based): linear warmup, then decay to min_lr_ratio."""
+    """Multiplier of the peak lr at optimizer step `step` (0-based): linear warmup, then decay to min_lr_ratio
+    over the rest of the run (cosine, linear), or only over its last wsd_decay_steps (wsd), or none (constant)."""
     if step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
     if cfg.schedule == "constant":
         return 1.0
-    decay_steps = max(1, cfg.steps - cfg.warmup_steps)
-    progress = min(1.0, (step - cfg.warmup_steps) / decay_steps)
-    if cfg.schedule == "cosine":
-        shape = 0.5 * (1.0 + math.cos(math.pi * progress))
-    else:  # linear
-        shape = 1.0 - progress
-    return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * shape
+    if cfg.schedule == "wsd":
+        decay_steps, shape = wsd_decay_steps(cfg), DECAY_SHAPES[cfg.decay_shape]
+        start = cfg.steps - decay_steps
+        if step < start:
+            return 1.0
+    else:
+        decay_steps, shape, start = cfg.steps - cfg.warmup_steps, DECAY_SHAPES[cfg.schedule], cfg.warmup_steps
+    progress = min(1.0, (step - start) / max(1, decay_steps))
+    return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * shape(progress)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, offset: int = 0) -> torch.optim.lr_scheduler.LambdaLR:

@@ -2,15 +2,17 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import pytest
+import torch
 
 from model import Llama, ModelConfig
 from launching import ROOT
 from pretrain.config import ConfigError, TrainConfig, load_config
 from pretrain.engine import deep_merge, deepspeed_config
-from pretrain.optim import lr_factor, param_groups
+from pretrain.optim import build_optimizer, lr_factor, param_groups
 
 TINY = "configs/tiny.yaml"
 
@@ -70,6 +72,51 @@ def test_lr_schedule_shape():
     assert lr_factor(35, lin) == pytest.approx(0.75)
     factors = [lr_factor(s, cfg) for s in range(10, 111)]
     assert all(a >= b for a, b in zip(factors, factors[1:])) and not any(math.isnan(f) for f in factors)
+
+
+@pytest.mark.parametrize("shape, at_half, at_end", [
+    ("linear", 0.5, 0.0), ("cosine", 0.5, 0.0), ("1-sqrt", 1 - math.sqrt(0.5), 0.0)])
+def test_wsd_holds_the_peak_then_decays_over_its_last_steps(shape, at_half, at_end):
+    """100 steps, warmup 10, the last 20 decaying to 0.1 of the peak: hand-computed factors."""
+    cfg = TrainConfig(steps=100, warmup_steps=10, min_lr_ratio=0.1, schedule="wsd", decay_steps=20,
+                      decay_shape=shape)
+    assert lr_factor(4, cfg) == pytest.approx(0.5)  # warmup: (4 + 1) / 10
+    assert [lr_factor(s, cfg) for s in (10, 50, 79, 80)] == [1.0, 1.0, 1.0, 1.0]  # stable, up to the decay's start
+    assert lr_factor(90, cfg) == pytest.approx(0.1 + 0.9 * at_half)  # half way through the decay
+    assert lr_factor(100, cfg) == pytest.approx(0.1 + 0.9 * at_end)
+    by_fraction = TrainConfig(steps=100, warmup_steps=10, min_lr_ratio=0.1, schedule="wsd", decay_fraction=0.2,
+                              decay_shape=shape)
+    assert [lr_factor(s, by_fraction) for s in range(101)] == [lr_factor(s, cfg) for s in range(101)]
+
+
+def test_a_longer_wsd_run_is_the_same_schedule_until_its_own_decay():
+    """What annealing a branch relies on: the stable phase does not depend on the total length."""
+    short = TrainConfig(steps=40, warmup_steps=5, schedule="wsd", decay_steps=10)
+    long = TrainConfig(steps=400, warmup_steps=5, schedule="wsd", decay_steps=10)
+    assert [lr_factor(s, short) for s in range(30)] == [lr_factor(s, long) for s in range(30)]
+
+
+@pytest.mark.parametrize("overrides, named", [
+    (["train.schedule=wsd", "train.steps=30", "train.warmup_steps=10", "train.decay_steps=25"], "decays over 25 steps"),
+    (["train.optimizer=sgd", "train.momentum=1.0"], "train.momentum=1.0"),
+    (["train.optimizer=sgd", "train.momentum=0", "train.nesterov=true"], "> 0 for Nesterov"),
+    (["train.optimizer=sgd", "train.trainable.mode=norms_only"], "SGD has not"),
+    (["train.optimizer=lion"], "train.optimizer='lion' is not valid; choose one of ['adamw', 'sgd']"),
+    (["train.decay_shape=sqrt"], "train.decay_shape='sqrt' is not valid"),
+])
+def test_optimizer_and_schedule_mistakes_are_named(overrides, named):
+    with pytest.raises(ConfigError, match=re.escape(named)):
+        load_config("configs/tiny.yaml", overrides)
+
+
+def test_sgd_is_torch_sgd_with_the_momentum_and_decay_groups():
+    cfg = load_config("configs/tiny.yaml", ["train.optimizer=sgd", "train.momentum=0.8", "train.nesterov=true",
+                                            "train.weight_decay=5e-4"])
+    model = Llama(cfg.model)
+    opt = build_optimizer(model, cfg.train)
+    assert type(opt) is torch.optim.SGD
+    assert [(g["momentum"], g["nesterov"], g["weight_decay"]) for g in opt.param_groups] == [(0.8, True, 5e-4),
+                                                                                          (0.8, True, 0.0)]
 
 
 def test_no_weight_decay_on_norms():

@@ -1,0 +1,54 @@
+"""Training recipes in real runs (issue 33), fp32: a WSD run and a branch annealed from a stable-phase
+checkpoint of a longer run end bitwise alike; SGD with momentum resumes exactly under ZeRO 1 and 2."""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from storage import folders
+
+from launching import launch, losses
+
+WSD = ["train.schedule=wsd", "train.decay_steps=3", "train.warmup_steps=2", "train.grad_clip=0", "eval.every=0",
+       "monitors.jump.every=0", "checkpoint.every=2", "checkpoint.keep=5"]
+
+
+@pytest.mark.process
+def test_a_branch_annealed_from_a_stable_phase_checkpoint_matches_the_wsd_run(runs_root):
+    """An 8-step WSD run decays over steps 6-8. A 100-step WSD run (stable through step 97) stopped after step 5
+    leaves its step-4 checkpoint; a branch resumed from it with train.steps=8, in a run directory of its own,
+    decays from there: its losses over steps 5-8 equal the 8-step run's, and the source is untouched."""
+    whole = runs_root / "wsd-8"
+    launch(whole, [*WSD, "train.steps=8"], ranks=None)
+    long = runs_root / "wsd-100"
+    assert launch(long, [*WSD, "train.steps=100"], ranks=None, check=False, fault="kill_rank:0:5").returncode != 0
+    source = long / "checkpoints" / "step_4"
+    before = sorted((p.name, p.stat().st_size) for p in source.rglob("*"))
+    branch = runs_root / "wsd-100-annealed-to-8"
+    launch(branch, [*WSD, "train.steps=8", f"train.resume={source}"], ranks=None)
+    ours, theirs = losses(branch), losses(whole)
+    assert sorted(ours) == [5, 6, 7, 8]
+    assert [ours[s] for s in ours] == [theirs[s] for s in ours]  # bitwise: the decay starts from the same state
+    assert sorted((p.name, p.stat().st_size) for p in source.rglob("*")) == before
+    assert folders.latest(long / "checkpoints").name == "step_4"
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("stage", [1, pytest.param(2, marks=pytest.mark.slow)])
+def test_sgd_with_momentum_resumes_exactly(runs_root, stage):
+    """A 6-step SGD run (heavy-ball momentum, weight decay) on 2 ranks, and a run resumed from its step-3
+    checkpoint, copied into a fresh run directory: steps 4-6 bitwise equal (the momentum buffers resumed)."""
+    sgd = ["train.optimizer=sgd", "train.momentum=0.9", "train.weight_decay=5e-4", "train.lr=0.05",
+           f"deepspeed.zero_stage={stage}", "train.steps=6", "checkpoint.every=3", "eval.every=0",
+           "monitors.jump.every=0", "train.grad_clip=0"]
+    full = runs_root / f"sgd-z{stage}"
+    launch(full, sgd)
+    resumed = runs_root / f"sgd-z{stage}-resumed"
+    (resumed / "checkpoints").mkdir(parents=True)
+    shutil.copytree(full / "checkpoints" / "step_3", resumed / "checkpoints" / "step_3")
+    (resumed / "checkpoints" / "latest").write_text("step_3\n")
+    launch(resumed, sgd)
+    ours, theirs = losses(resumed), losses(full)
+    assert sorted(ours) == [4, 5, 6] and all(ours[s] == theirs[s] for s in ours), (ours, theirs)
+    assert theirs[6] < theirs[1]  # and SGD trained
