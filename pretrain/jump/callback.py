@@ -28,7 +28,7 @@ class JumpMonitor(Callback):
 
     def measure(self, trainer: "Trainer") -> dict[str, float]:
         micro, world, rank = trainer.cfg.train.micro_batch_size, dist.world_size(), dist.rank()
-        profiles = []
+        profiles, before_norm = [], []
         trainer.engine.eval()
         with torch.no_grad():
             for b in range(self.cfg.batches):  # Validation's windows: batch b of rank r starts at (b*world + r)*micro
@@ -37,8 +37,14 @@ class JumpMonitor(Callback):
                 out = trainer.engine(inputs, return_hidden_states=True)
                 final = out.final_normed if self.cfg.final_norm == "include" else None
                 profiles.append(displacement_profile(out.hidden_states, form=self.cfg.form, final=final))
+                if final is not None:  # the raw residual stream as well: how much of the jump is the norm's
+                    before_norm.append(displacement_profile(out.hidden_states, form=self.cfg.form))
         trainer.engine.train()
         profile = dist.all_reduce_mean(torch.stack(profiles).mean(dim=0))
         metrics = {f"jump/psi_{l}": v for l, v in enumerate(profile.tolist(), start=1)}
         metrics["jump/zeta_L"] = zeta_final(profile).item() if len(profile) > 1 else 0.0
+        if before_norm:
+            raw = dist.all_reduce_mean(torch.stack(before_norm).mean(dim=0))
+            metrics["jump/psi_L_before_norm"] = raw[-1].item()
+            metrics["jump/zeta_L_before_norm"] = zeta_final(raw).item() if len(raw) > 1 else 0.0
         return metrics

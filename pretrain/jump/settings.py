@@ -12,7 +12,8 @@ FINAL_NORM = ("include", "exclude")
 @dataclass
 class JumpMonitorConfig:
     every: int = 50
-    """Log jump/psi_<l> and jump/zeta_L every this many steps (0 disables); also at the end."""
+    """Log jump/psi_<l> and jump/zeta_L every this many steps (0 disables); also at the end. With final_norm
+    include, also jump/psi_L_before_norm and jump/zeta_L_before_norm (h_L before the final norm)."""
     form: str = choice("cosine", FORMS)
     """Displacement form: cosine = (1 - cos)/2 | angular = arccos(cos)/pi."""
     final_norm: str = choice("include", FINAL_NORM)
