@@ -78,6 +78,9 @@ def load_documents(cfg: DataConfig, source: Source) -> tuple[datasets.Dataset, d
         raise DataError(f"data.source={cfg.source!r} holds no text: every file is empty")
     cache = str(Path(cfg.cache_dir) / "hf")
     parts = []
+    quiet = logging.getLogger("datasets")  # its reader logs the parse error itself: ours names it, once
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
     try:
         if source.hub:
             name, config = source.hub
@@ -94,6 +97,8 @@ def load_documents(cfg: DataConfig, source: Source) -> tuple[datasets.Dataset, d
         cause = _reader_error(exc)  # datasets wraps the parser's error (it names the bad row) in a generic one
         raise DataError(f"data.source={cfg.source!r} could not be read: {type(cause).__name__}: "
                         f"{str(cause).splitlines()[0] if str(cause) else ''}") from exc
+    finally:
+        quiet.setLevel(level)
     if sum(len(d) for d in parts) == 0:
         raise DataError(f"data.source={cfg.source!r} holds no text: 0 records")
     for ds in parts:
