@@ -96,7 +96,7 @@ class StackingPlan:
             stages = parse_schedule(args.schedule)
         else:
             stages = [Stage(int(s["at_step"]), int(s["depth"])) for s in spec.get("stages", [])]
-        steps = args.steps or spec.get("steps") or OmegaConf.load(args.config).get("train", {}).get("steps")
+        steps = args.steps or spec.get("steps") or read_yaml(args.config, "--config").get("train", {}).get("steps")
         lag_steps = args.lag_steps or spec.get("lag_steps")
         if not stages or not steps or not lag_steps:
             raise GrowthError("gradual stacking needs stages (--schedule or the plan's stages), --lag-steps (or "
