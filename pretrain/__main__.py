@@ -54,12 +54,14 @@ def run(args: argparse.Namespace) -> int:
             from pretrain import runlock
             from pretrain.carry import check_init_from
             from pretrain.data.pipeline import load_data
+            from pretrain.rundir import resume_candidate
 
             if not args.not_first_node:  # node 0's rank 0 may hold the run directory already: that is this run
                 runlock.check_free(cfg.run_dir)
             check_init_from(cfg)  # cheap checks first: no data is prepared for a run that cannot start
+            resume = resume_candidate(cfg)  # verified (files, sizes, hashes) before the data
             data = load_data(cfg)
-            check_resume(cfg, data.tokenizer_path)
+            check_resume(cfg, resume, data.tokenizer_path)
             print(f"config ok; data: {data.stats}")
             return 0
         return train(cfg)
@@ -68,13 +70,12 @@ def run(args: argparse.Namespace) -> int:
         return 3
 
 
-def check_resume(cfg, tokenizer_path) -> None:
-    """Refuse, before any rank starts, to resume a checkpoint this config cannot continue."""
+def check_resume(cfg, ckpt, tokenizer_path) -> None:
+    """Refuse, before any rank starts, to resume a checkpoint (`resume_candidate`'s) this config cannot
+    continue."""
     from pretrain import compat
-    from pretrain.rundir import resume_candidate
     from storage.folders import verify
 
-    ckpt = resume_candidate(cfg)  # auto: the latest that verifies; a named checkpoint: that one
     if ckpt is None:
         return
     saved = verify(ckpt).get("meta", {})

@@ -42,11 +42,13 @@ def lock(run_dir: Path, is_main: bool) -> IO | None:
 
 
 def resume_candidate(cfg: "Config") -> Path | None:
-    """The checkpoint train.resume names (`auto`: the latest complete one, or with checkpoint.fallback the
-    newest that verifies), or None for a fresh start."""
+    """The checkpoint train.resume names, verified (`auto`: the latest complete one, or with checkpoint.fallback
+    the newest that verifies; a named one: that one, refused naming what is wrong with it), or None for a fresh
+    start."""
     if cfg.train.resume == "never":
         return None
     if cfg.train.resume != "auto":
+        folders.verify(Path(cfg.train.resume))
         return Path(cfg.train.resume)
     return retention.resumable(cfg.run_dir / "checkpoints", cfg.checkpoint.fallback)
 
