@@ -98,9 +98,12 @@ class StackingPlan:
             stages = [Stage(int(s["at_step"]), int(s["depth"])) for s in spec.get("stages", [])]
         steps = args.steps or spec.get("steps") or read_yaml(args.config, "--config").get("train", {}).get("steps")
         lag_steps = args.lag_steps or spec.get("lag_steps")
-        if not stages or not steps or not lag_steps:
-            raise GrowthError("gradual stacking needs stages (--schedule or the plan's stages), --lag-steps (or "
-                              "lag_steps) and total steps (--steps, the plan's steps, or the config's train.steps)")
+        needed = (("stages (--schedule, or the plan's stages)", stages),
+                  ("--lag-steps (or the plan's lag_steps)", lag_steps),
+                  ("total steps (--steps, the plan's steps or the config's train.steps)", steps))
+        missing = [what for what, value in needed if not value]
+        if missing:
+            raise GrowthError(f"gradual stacking needs {'; '.join(missing)}")
         return cls(config=args.config, stages=stages, out=args.out, steps=int(steps), lag_steps=int(lag_steps),
                    pool=args.pool or ",".join(spec.get("pool", [])) or DEFAULT_POOL, ranks=args.ranks,
                    overrides=args.overrides, carry=bool(args.carry or spec.get("carry", False)))
