@@ -37,7 +37,7 @@ import psutil
 import torch
 
 from launch.command import launch_argv
-from storage import folders, pickles
+from storage import folders, pickles, retention
 from storage.weights import consolidated_state_dict
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -87,10 +87,12 @@ def progress(run: Path, since: float = 0.0) -> int:
 
 
 def resumed_step(run: Path) -> int:
+    """The step the next attempt resumes from: the checkpoint the trainer's own rule picks (with the fallback a
+    corrupted checkpoint needs)."""
     try:
-        ckpt = folders.latest(run / "checkpoints")
-    except folders.CheckpointError:  # corrupted on purpose: the resume falls back to an older one
-        return max((s for s, _ in folders.complete_checkpoints(run / "checkpoints")), default=0)
+        ckpt = retention.resumable(run / "checkpoints", fallback=True)
+    except folders.CheckpointError:  # none verifies: the run starts over
+        return 0
     return folders.step_of(ckpt) if ckpt else 0
 
 
@@ -132,9 +134,21 @@ def end(proc: subprocess.Popen, job: list[psutil.Process], timeout: float = 180)
     psutil.wait_procs(alive, timeout=30)
 
 
+def verifies(ckpt: Path) -> bool:
+    try:
+        folders.verify(ckpt)
+        return True
+    except folders.CheckpointError:
+        return False
+
+
 def corrupt(run: Path, rng: random.Random) -> str:
-    """Truncate or bit-flip one file of the latest checkpoint; what was done."""
-    ckpt = folders.latest(run / "checkpoints")
+    """Truncate or bit-flip one file of the checkpoint the next attempt would resume from, when an older one
+    verifies (else no run could go on); what was done."""
+    ckpt = retention.resumable(run / "checkpoints", fallback=True)
+    older = [c for s, c in folders.complete_checkpoints(run / "checkpoints") if ckpt and s < folders.step_of(ckpt)]
+    if ckpt is None or not any(verifies(c) for c in older):
+        return "no older intact checkpoint: left intact"
     victim = rng.choice(sorted(p for p in ckpt.rglob("*.pt") if p.stat().st_size > 0))
     data = bytearray(victim.read_bytes())
     if rng.random() < 0.5:
@@ -182,9 +196,8 @@ def inject(chaos: Chaos, kind: str, steps: int, faults_left: int) -> str:
             psutil.wait_procs([r for r in ranks_now if r != stopped], timeout=120)
             stopped.kill()  # a stopped process takes no other signal: end it, as a scheduler would
     end(proc, job)
-    if kind == "corrupt_checkpoint":  # only with an older one to fall back to: else no run could go on
-        complete = folders.complete_checkpoints(chaos.run / "checkpoints")
-        note += "; " + (corrupt(chaos.run, chaos.rng) if len(complete) >= 2 else "one checkpoint: left intact")
+    if kind == "corrupt_checkpoint":
+        note += "; " + corrupt(chaos.run, chaos.rng)
     chaos.resized |= kind == "resize"
     chaos.recomputed += max(0, progress(chaos.run, started) - resumed_step(chaos.run))
     chaos.injected[kind] += 1
