@@ -145,6 +145,11 @@ class CheckpointConfig:
     fallback: bool = False
     """When `latest` is partial or damaged (a file missing or truncated), resume from the newest older
     checkpoint that verifies instead of stopping with an error."""
+    async_save: bool = False
+    """Write checkpoints in a background thread while training goes on: a save stalls the loop only for a copy
+    of the state in host memory (turn it on when saves are large or the disk is slow). Off by default: the
+    copy needs host memory for one more copy of the model and optimizer state, and a checkpoint (and the jobs
+    that read it) comes a few steps later (pretrain/async_save.py)."""
 
 
 @dataclass
