@@ -34,6 +34,7 @@ import logging
 import shutil
 import threading
 import time
+from collections import defaultdict
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -56,17 +57,40 @@ MARKER_POLL_S = 0.05
 Write = Callable[[], None]
 
 
-def snapshot(state: Any) -> Any:
+def snapshot(state: Any, staging: "Staging") -> Any:
     """A deep copy of `state` that later in-place updates of its tensors cannot reach, its tensors in host
-    memory (a GPU's memory is not doubled). It is what torch.save writes that is kept: every storage is copied
-    once (views into one flat buffer share its copy), a tensor keeps its attributes and `requires_grad`, and
-    an object met twice is copied once, so the file is byte for byte that of a synchronous save."""
+    memory taken from `staging` (a GPU's memory is not doubled). It is what torch.save writes that is kept:
+    every storage is copied once (views into one flat buffer share its copy), a tensor keeps its attributes
+    and `requires_grad`, and an object met twice is copied once, so the file is byte for byte that of a
+    synchronous save."""
     memo: dict[int, Any] = {}
-    storages: dict[int, torch.UntypedStorage] = {}
+    copies: dict[int, torch.UntypedStorage] = {}
     for tensor in _tensors(state):
         if id(tensor) not in memo:
-            memo[id(tensor)] = _host_copy(tensor, storages, memo)
+            memo[id(tensor)] = _host_copy(tensor, copies, staging, memo)
     return copy.deepcopy(state, memo)
+
+
+class Staging:
+    """The host buffers snapshots copy into, kept from one save to the next: a buffer already in memory takes
+    a copy ~2.5x faster than a new one, whose pages the kernel must first map and zero (measured here: 72 MB
+    in 22 ms vs 61 ms). They hold one more copy of the state for the run, as a copy per save would at its peak."""
+
+    def __init__(self) -> None:
+        self._free: dict[int, list[torch.UntypedStorage]] = defaultdict(list)
+        self._taken: list[torch.UntypedStorage] = []
+
+    def copy_of(self, storage: torch.UntypedStorage) -> torch.UntypedStorage:
+        free = self._free[storage.nbytes()]
+        buffer = free.pop() if free else torch.UntypedStorage(storage.nbytes())
+        self._taken.append(buffer)
+        return buffer.copy_(storage)
+
+    def release(self) -> None:
+        """The files are written: the buffers taken since the last release may be copied into again."""
+        for buffer in self._taken:
+            self._free[buffer.nbytes()].append(buffer)
+        self._taken = []
 
 
 def _tensors(value: Any) -> Iterator[torch.Tensor]:
@@ -81,14 +105,14 @@ def _tensors(value: Any) -> Iterator[torch.Tensor]:
             yield from _tensors(v)
 
 
-def _host_copy(tensor: torch.Tensor, storages: dict[int, torch.UntypedStorage], memo: dict[int, Any]
-               ) -> torch.Tensor:
+def _host_copy(tensor: torch.Tensor, copies: dict[int, torch.UntypedStorage], staging: Staging,
+               memo: dict[int, Any]) -> torch.Tensor:
     """`tensor` on a host copy of its storage, one copy per storage (told apart as torch.save does)."""
     storage = tensor.untyped_storage()
-    if storage._cdata not in storages:
-        storages[storage._cdata] = storage.clone() if storage.device.type == "cpu" else storage.cpu()
-    out = torch.empty(0, dtype=tensor.dtype).set_(storages[storage._cdata], tensor.storage_offset(),
-                                                  tensor.size(), tensor.stride())
+    if storage._cdata not in copies:
+        copies[storage._cdata] = staging.copy_of(storage)
+    out = torch.empty(0, dtype=tensor.dtype).set_(copies[storage._cdata], tensor.storage_offset(), tensor.size(),
+                                                  tensor.stride())
     if isinstance(tensor, torch.nn.Parameter):
         out = torch.nn.Parameter(out, requires_grad=tensor.requires_grad)
     else:
@@ -102,9 +126,9 @@ class SnapshotEngine(CheckpointEngine):
     write (by the engine it stands in for, so the file format is DeepSpeed's own) in `writes`; everything
     else goes to that engine. `commit` has nothing to do: publishing is ours, after every rank's writes."""
 
-    def __init__(self, inner: CheckpointEngine):
+    def __init__(self, inner: CheckpointEngine, staging: Staging):
         super().__init__()
-        self.name, self.inner = "growlm-snapshot", inner
+        self.name, self.inner, self.staging = "growlm-snapshot", inner, staging
         self.writes: list[Write] = []
 
     def create(self, info: Any) -> None:
@@ -114,7 +138,7 @@ class SnapshotEngine(CheckpointEngine):
         self.inner.makedirs(path, exist_ok=exist_ok)
 
     def save(self, state_dict: Any, path: str) -> None:
-        self.writes.append(partial(self.inner.save, snapshot(state_dict), path))
+        self.writes.append(partial(self.inner.save, snapshot(state_dict, self.staging), path))
 
     def load(self, path: str, map_location: Any = None) -> Any:
         return self.inner.load(path, map_location=map_location)
@@ -127,10 +151,10 @@ class SnapshotEngine(CheckpointEngine):
 
 
 @contextmanager
-def snapshotting(engine: Any) -> Iterator[SnapshotEngine]:
+def snapshotting(engine: Any, staging: Staging) -> Iterator[SnapshotEngine]:
     """`engine` saves through a SnapshotEngine inside the block (and loads through its own engine after)."""
     own = engine.checkpoint_engine
-    engine.checkpoint_engine = SnapshotEngine(own)
+    engine.checkpoint_engine = SnapshotEngine(own, staging)
     try:
         yield engine.checkpoint_engine
     finally:
@@ -212,6 +236,7 @@ class AsyncSaves(checkpoint.Saves):
     def __init__(self, root: Path, keep: int, timeout_s: float):
         super().__init__(root, keep)
         self.timeout_s = timeout_s
+        self._staging = Staging()
         self._flight: InFlight | None = None
         self._group = tdist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=timeout_s)) \
             if dist.world_size() > 1 else None
@@ -221,7 +246,7 @@ class AsyncSaves(checkpoint.Saves):
         """Wait for this rank's part of the previous save, snapshot the state (collective), and return while a
         thread writes it."""
         landed = self._land()
-        with snapshotting(engine) as snapshots:
+        with snapshotting(engine, self._staging) as snapshots:
             ckpt = checkpoint.write_rank_files(engine, self.root, step, client_state, rank_state)
         self._completed += landed  # every rank has landed it: write_rank_files passed a barrier
         publish = partial(checkpoint.publish, ckpt, step, extra_files, meta, self.keep) if dist.is_main() else None
@@ -260,6 +285,7 @@ class AsyncSaves(checkpoint.Saves):
             return []
         flight, self._flight = self._flight, None
         flight.wait()
+        self._staging.release()
         if flight.error is not None:
             raise flight.error
         return [flight.ckpt]

@@ -13,7 +13,7 @@ import pytest
 import torch
 from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
 
-from pretrain.async_save import WRITTEN, AsyncSaves, finish_rank, mark_written, snapshot, wait_for_ranks
+from pretrain.async_save import WRITTEN, AsyncSaves, Staging, finish_rank, mark_written, snapshot, wait_for_ranks
 from pretrain.checkpoint import OutOfSpace
 from storage import folders
 
@@ -39,7 +39,7 @@ def test_a_snapshot_keeps_the_state_of_its_time_and_saves_the_same_bytes():
     state = {"module": module, "params": [param, param * 2, fp32, *placeholders], "scaler": {"scale": 1.0},
              "step": 7}
     state["again"] = state["scaler"]
-    copy = snapshot(state)
+    copy = snapshot(state, Staging())
     assert saved_bytes(copy) == saved_bytes(state)
     flat += 100  # training goes on in place
     param.data += 1
