@@ -6,6 +6,7 @@ import errno
 import io
 import json
 import threading
+import zipfile
 from collections import OrderedDict
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 import torch
 from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
 
+from pretrain import async_save
 from pretrain.async_save import WRITTEN, AsyncSaves, Staging, finish_rank, mark_written, snapshot, wait_for_ranks
 from pretrain.checkpoint import OutOfSpace
 from storage import folders
@@ -78,26 +80,27 @@ def test_a_rank_that_failed_or_never_finished_is_named(tmp_path):
         wait_for_ranks(ckpt, 2, timeout_s=30)
 
 
-class GatedWrites(TorchCheckpointEngine):
-    """DeepSpeed's own engine, whose writes wait for `gate` (a slow disk) or fail (`error`)."""
+class Disk:
+    """The background writes, held at `gate` (a slow disk) and failing with `error` once let through."""
 
     def __init__(self):
-        super().__init__()
         self.gate, self.error = threading.Event(), None
 
-    def save(self, state_dict, path):
+    def write(self, state, path, zipfile, _write=async_save.write_file):
         assert self.gate.wait(30)
         if self.error:
             raise self.error
-        torch.save(state_dict, path)
+        _write(state, path, zipfile)
 
 
 class FakeEngine:
-    """What a save uses of a DeepSpeed engine: save_checkpoint writing one file through its checkpoint engine."""
+    """What a save uses of a DeepSpeed engine: save_checkpoint writing one file through its checkpoint engine
+    (DeepSpeed's own, which the save replaces with a SnapshotEngine meanwhile)."""
 
     def __init__(self):
         self.weights = torch.zeros(4)
-        self.checkpoint_engine = GatedWrites()
+        self.checkpoint_engine = TorchCheckpointEngine()
+        self.checkpoint_engine.zipfile_serialization = True  # DeepSpeed's config default
 
     def save_checkpoint(self, save_dir, tag, client_state, save_latest):
         self.checkpoint_engine.makedirs(f"{save_dir}/{tag}", exist_ok=True)
@@ -105,15 +108,17 @@ class FakeEngine:
 
 
 @pytest.fixture()
-def saving(tmp_path):
-    """An AsyncSaves of one process, a FakeEngine and what a save needs beside them."""
+def saving(tmp_path, monkeypatch):
+    """An AsyncSaves of one process, a FakeEngine, what a save needs beside them, and the Disk it writes to."""
     (tmp_path / "config.yaml").write_text("run: {}\n")
+    disk = Disk()
+    monkeypatch.setattr(async_save, "write_file", disk.write)
     root = tmp_path / "checkpoints"
-    return AsyncSaves(root, keep=3, timeout_s=30), FakeEngine(), {"config.yaml": tmp_path / "config.yaml"}, root
+    return AsyncSaves(root, keep=3, timeout_s=30), FakeEngine(), {"config.yaml": tmp_path / "config.yaml"}, root, disk
 
 
 def test_one_save_in_flight_published_when_written_with_the_state_of_its_step(saving):
-    saves, engine, extra, root = saving
+    saves, engine, extra, root, disk = saving
     saves.save(engine, 2, {"step": 2}, extra, {})  # returns while the write waits at the gate
     engine.weights += 1  # training goes on
     assert saves.completed() == [] and not (root / "step_2" / folders.MANIFEST).exists()
@@ -122,7 +127,7 @@ def test_one_save_in_flight_published_when_written_with_the_state_of_its_step(sa
     second.start()
     second.join(0.5)
     assert second.is_alive()  # the next save waits for the one in flight
-    engine.checkpoint_engine.gate.set()
+    disk.gate.set()
     second.join(30)
     assert saves.completed(wait=True) == [root / "step_2", root / "step_4"]
     assert folders.latest(root) == root / "step_4" and folders.verify(root / "step_2")["step"] == 2
@@ -133,17 +138,17 @@ def test_one_save_in_flight_published_when_written_with_the_state_of_its_step(sa
 
 
 def test_training_that_dies_still_publishes_the_checkpoint_in_flight(saving):
-    saves, engine, extra, root = saving
+    saves, engine, extra, root, disk = saving
     saves.save(engine, 2, {"step": 2}, extra, {})
-    threading.Timer(0.3, engine.checkpoint_engine.gate.set).start()  # the write takes a while
+    threading.Timer(0.3, disk.gate.set).start()  # the write takes a while
     saves.settle()  # what Trainer.fit does on an exception: no collectives
     assert folders.latest(root) == root / "step_2"
 
 
 def test_a_failed_background_write_raises_in_training_and_publishes_nothing(saving):
-    saves, engine, extra, root = saving
-    engine.checkpoint_engine.error = OSError(errno.ENOSPC, "No space left on device")
-    engine.checkpoint_engine.gate.set()
+    saves, engine, extra, root, disk = saving
+    disk.error = OSError(errno.ENOSPC, "No space left on device")
+    disk.gate.set()
     saves.save(engine, 2, {"step": 2}, extra, {})
     with pytest.raises(OutOfSpace, match="no space left on the device of .* while saving step_2"):
         saves.completed(wait=True)
@@ -152,26 +157,31 @@ def test_a_failed_background_write_raises_in_training_and_publishes_nothing(savi
     saves.settle()  # nothing left in flight: returns at once
 
 
-def content_hashes(ckpt: Path) -> dict[str, str]:
-    """The manifest's hashes of the files DeepSpeed wrote (config.yaml names the run; the RNG file holds
-    Python's global random state, which differs from run to run)."""
-    hashes = folders.verify(ckpt)[folders.HASHES]
-    return {name: h for name, h in hashes.items() if name.endswith(".pt") and not name.startswith("rng/")}
+def deepspeed_records(ckpt: Path) -> dict[str, bytes]:
+    """Every record of every file DeepSpeed wrote in `ckpt`, by file and name inside its archive (whose folder
+    is the file's name or, written through a Python file, `archive`)."""
+    folders.verify(ckpt)
+    records = {}
+    for path in sorted(ckpt.glob("*.pt")):
+        with zipfile.ZipFile(path) as z:
+            records |= {f"{path.name}:{name.split('/', 1)[1]}": z.read(name) for name in z.namelist()}
+    return records
 
 
 @pytest.mark.distributed
 @pytest.mark.parametrize("stage", [1, 3])
 def test_async_saves_train_and_write_exactly_what_synchronous_saves_do(zero_runs, runs_root, stage):
-    """Same losses bitwise, and the same bytes in every DeepSpeed file of every checkpoint: the snapshot is
-    the state of its step though training went on. An inline job sees each checkpoint only once complete."""
+    """Same losses bitwise, and the same bytes in every record of every DeepSpeed file of every checkpoint:
+    the snapshot is the state of its step though training went on. An inline job sees each checkpoint only
+    once complete."""
     run = runs_root / f"async_zero{stage}"
     launch(run, [f"deepspeed.zero_stage={stage}", *ZERO_RUN, ASYNC, "imports=[toy_plugins]", "jobs.toy.every=1",
                  "jobs.toy.mode=inline"])
     assert losses(run) == losses(zero_runs[stage])
     assert [s for s, _ in folders.complete_checkpoints(run / "checkpoints")] == [3, 6]
     for step in (3, 6):
-        ours, theirs = (content_hashes(r / "checkpoints" / f"step_{step}") for r in (run, zero_runs[stage]))
-        assert ours == theirs and any("pp_rank_1" in name for name in ours)  # both ranks' files
+        ours, theirs = (deepspeed_records(r / "checkpoints" / f"step_{step}") for r in (run, zero_runs[stage]))
+        assert ours == theirs and any(name.startswith("zero_pp_rank_1") for name in ours)  # both ranks' files
         seen = json.loads((run / "jobs" / "toy" / f"step_{step}" / "seen.json").read_text())
         assert seen["complete"]
 
