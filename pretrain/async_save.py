@@ -22,9 +22,9 @@ Why not DeepSpeed 0.19's own engines (deepspeed/runtime/checkpoint_engine/):
   the launcher's CROSS_RANK/CROSS_SIZE variables, fails with AttributeError ('UniversalParallelInfo' has no
   'dp_rank') unless `checkpoint.writer.data_parallel` is set, and with it fails to send ZeRO's optimizer state
   ("Cowardly refusing to serialize non-leaf tensor which requires_grad").
-A snapshot in this process works under every ZeRO stage (it copies whatever DeepSpeed hands to `save`) and
-keeps the files exactly those of a synchronous save: views into one flat buffer keep sharing one copied
-storage, which is what torch.save writes.
+A snapshot in this process works under every ZeRO stage (it copies whatever DeepSpeed hands to `save`;
+measured under ZeRO 1, 2 and 3 on 2 CPU ranks) and keeps the files those of a synchronous save, record for
+record: views into one flat buffer keep sharing one copied storage, which is what torch.save writes.
 """
 from __future__ import annotations
 
@@ -61,8 +61,8 @@ def snapshot(state: Any, staging: "Staging") -> Any:
     """A deep copy of `state` that later in-place updates of its tensors cannot reach, its tensors in host
     memory taken from `staging` (a GPU's memory is not doubled). It is what torch.save writes that is kept:
     every storage is copied once (views into one flat buffer share its copy), a tensor keeps its attributes
-    and `requires_grad`, and an object met twice is copied once, so the file is byte for byte that of a
-    synchronous save."""
+    and `requires_grad`, and an object met twice is copied once, so every record torch.save writes is byte
+    for byte a synchronous save's."""
     memo: dict[int, Any] = {}
     copies: dict[int, torch.UntypedStorage] = {}
     for tensor in _tensors(state):
@@ -123,9 +123,9 @@ def _host_copy(tensor: torch.Tensor, copies: dict[int, torch.UntypedStorage], st
 
 def write_file(state: Any, path: str, zipfile: bool) -> None:
     """torch.save into a Python file: the interpreter lock is released while the bytes go out (given a path,
-    torch's writer holds it through each tensor's write, and training's thread waits; measured here on 2
-    busy cores: the stall of a 72 MB save ~40% lower). The zip's records sit under `archive/` rather than
-    the file's name; torch.load reads either."""
+    torch's writer holds it through each tensor's write, and training's thread waits: on 2 busy cores the
+    loop's stall per 72 MB save fell from 258-386 ms to 200-228 ms in two A/B runs). The zip's records then
+    sit under `archive/` rather than the file's name; torch.load reads either."""
     with open(path, "wb") as f:
         torch.save(state, f, _use_new_zipfile_serialization=zipfile)
 
