@@ -8,6 +8,7 @@ state across steps returns it from `state_dict`; it is saved in every checkpoint
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -15,6 +16,8 @@ import torch
 
 from pretrain import dist
 from pretrain.plugins import JOBS, MONITORS
+
+log = logging.getLogger("growlm")
 
 if TYPE_CHECKING:
     from pretrain.config import Config
@@ -47,6 +50,15 @@ class Callback:
     def state_key(self) -> str:
         """Where the checkpoint keeps this callback's state."""
         return f"{type(self).__module__}.{type(self).__qualname__}"
+
+
+def abort(callbacks: Sequence[Callback], trainer: "Trainer", error: BaseException) -> None:
+    """Every callback's on_train_abort, each guarded: the original error is the one to report."""
+    for cb in callbacks:
+        try:
+            cb.on_train_abort(trainer, error)
+        except Exception:
+            log.exception("callback %s failed while training was aborting", type(cb).__name__)
 
 
 def due(step: int, every: int, last_step: int) -> bool:

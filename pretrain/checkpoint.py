@@ -19,8 +19,9 @@ import logging
 import random
 import shutil
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -43,35 +44,81 @@ def save(engine, root: Path, step: int, client_state: dict[str, Any], extra_file
     `meta` (model shape, ZeRO stage, world size, tokenizer hash, ...) goes into the manifest, so a resume can
     check compatibility before DeepSpeed reads anything. `rank_state` (JSON data that differs per rank, e.g.
     a data stream's position) is written by each rank to `rank_state/rank_<r>.json`; `load` returns it."""
-    tag = tag_for(step)
-    ckpt = root / tag
-    if dist.is_main():
-        _clear_previous(ckpt)
+    ckpt = write_rank_files(engine, root, step, client_state, rank_state)
     dist.barrier()
-    try:
-        engine.save_checkpoint(str(root), tag=tag, client_state=client_state, save_latest=False)
-        _save_rng(ckpt / "rng" / f"rank_{dist.rank()}.pt")
-        if rank_state is not None:
-            (ckpt / RANK_STATE).mkdir(exist_ok=True)
-            atomic_write_json(ckpt / RANK_STATE / f"rank_{dist.rank()}.json", rank_state)
-        dist.barrier()
-        if dist.is_main():
-            for name, src in extra_files.items():
-                atomic_write_bytes(ckpt / name, Path(src).read_bytes())
-            folders.write_manifest(ckpt, step, meta or {})
-    except OSError as err:
-        if err.errno == errno.ENOSPC:
-            raise OutOfSpace(_out_of_space(root, tag)) from err
-        raise
     if dist.is_main():
-        atomic_write_text(root / LATEST, tag + "\n")
-        retention.prune(root, keep)
+        publish(ckpt, step, extra_files, meta or {}, keep)
     dist.barrier()
     return ckpt
 
 
+def write_rank_files(engine, root: Path, step: int, client_state: dict[str, Any],
+                     rank_state: dict[str, Any] | None = None) -> Path:
+    """This rank's files of checkpoint `step` (collective): DeepSpeed's, written through
+    `engine.checkpoint_engine`, then its RNG states and `rank_state`. Rank 0 first clears an earlier attempt
+    at the same step."""
+    ckpt = root / tag_for(step)
+    if dist.is_main():
+        _clear_previous(ckpt)
+    dist.barrier()
+    with naming_full_disk(ckpt):
+        engine.save_checkpoint(str(root), tag=ckpt.name, client_state=client_state, save_latest=False)
+        _save_rng(ckpt / "rng" / f"rank_{dist.rank()}.pt")
+        if rank_state is not None:
+            (ckpt / RANK_STATE).mkdir(exist_ok=True)
+            atomic_write_json(ckpt / RANK_STATE / f"rank_{dist.rank()}.json", rank_state)
+    return ckpt
+
+
+def publish(ckpt: Path, step: int, extra_files: dict[str, Path], meta: dict[str, Any], keep: int) -> None:
+    """Rank 0, once every rank's files of `ckpt` are complete: the run's files beside them, the manifest
+    (written last: it makes the checkpoint complete), `latest` replaced atomically, then pruning."""
+    with naming_full_disk(ckpt):
+        for name, src in extra_files.items():
+            atomic_write_bytes(ckpt / name, Path(src).read_bytes())
+        folders.write_manifest(ckpt, step, meta)
+    atomic_write_text(ckpt.parent / LATEST, ckpt.name + "\n")
+    retention.prune(ckpt.parent, keep)
+
+
+class Saves:
+    """A run's checkpoint saves, each complete when `save` returns (the default; `pretrain.async_save`
+    returns earlier). `completed` tells the trainer which checkpoints its callbacks may read."""
+
+    def __init__(self, root: Path, keep: int):
+        self.root, self.keep = root, keep
+        self._completed: list[Path] = []
+
+    def save(self, engine, step: int, client_state: dict[str, Any], extra_files: dict[str, Path],
+             meta: dict[str, Any], rank_state: dict[str, Any] | None = None) -> None:
+        """A complete checkpoint of `step` (collective; `save` above)."""
+        self._completed.append(save(engine, self.root, step, client_state, extra_files, self.keep, meta,
+                                    rank_state))
+
+    def completed(self, wait: bool = False) -> list[Path]:
+        """The checkpoints completed since the last call, oldest first (collective; `wait`: for the one in
+        flight as well)."""
+        done, self._completed = self._completed, []
+        return done
+
+    def settle(self) -> None:
+        """Training is dying: finish what this rank still writes (nothing here), without collectives."""
+
+
 class OutOfSpace(CheckpointError):
     """The disk filled while a checkpoint was written; `latest` still names the previous complete one."""
+
+
+@contextmanager
+def naming_full_disk(ckpt: Path) -> Iterator[None]:
+    """A full disk while `ckpt` is written raises OutOfSpace, which says where, how much is free and what
+    `latest` still names, instead of a bare ENOSPC."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno == errno.ENOSPC:
+            raise OutOfSpace(_out_of_space(ckpt.parent, ckpt.name)) from err
+        raise
 
 
 def _out_of_space(root: Path, tag: str) -> str:

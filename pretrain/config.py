@@ -163,6 +163,13 @@ class CheckpointConfig:
     fallback: bool = False
     """When `latest` is partial or damaged (a file missing or truncated), resume from the newest older
     checkpoint that verifies instead of stopping with an error."""
+    async_save: bool = False
+    """Write checkpoints in a background thread while training goes on: the save call waits only for a copy of
+    the state in host memory. Turn it on when saves are long and cores are spare for the writer (an
+    accelerator's host) or the disk is slow. Off by default: it holds one more copy of the model and optimizer
+    state in host memory, a checkpoint (and the jobs that read it) comes a few steps later, and where training
+    keeps every core busy (CPU runs) the writer's work slows the steps about as much as a synchronous save
+    would stall them (scripts/bench_checkpoint.py; pretrain/async_save.py)."""
 
 
 @dataclass

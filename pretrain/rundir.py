@@ -14,6 +14,7 @@ from typing import IO, TYPE_CHECKING, Any
 import torch
 
 from pretrain import checkpoint, compat, dist, runlock
+from pretrain.async_save import AsyncSaves
 from pretrain.checkpoint import RANK_STATE
 from pretrain.config import ConfigError, save_config
 from storage import folders, retention
@@ -85,6 +86,9 @@ class RunDir:
         self.cfg, self.tokenizer_path, self.world, self.is_main = cfg, Path(tokenizer_path), world, is_main
         self.root = cfg.run_dir
         self.checkpoints = self.root / "checkpoints"
+        keep = cfg.checkpoint.keep
+        self.saves = AsyncSaves(self.checkpoints, keep, cfg.deepspeed.collective_timeout_s) \
+            if cfg.checkpoint.async_save else checkpoint.Saves(self.checkpoints, keep)
 
     def resume_source(self) -> tuple[Path | None, dict[str, Any] | None]:
         """(checkpoint, its verified manifest) that train.resume names, or (None, None) for a fresh start.
@@ -114,12 +118,12 @@ class RunDir:
         saved_world = folders.verify(ckpt).get("meta", {}).get("world_size", self.world)
         return checkpoint.load(engine, ckpt, universal=saved_world != self.world)
 
-    def save(self, engine: Any, step: int, client: dict[str, Any], rank_state: dict | None) -> Path:
-        """A complete checkpoint of `step` with the run's config and tokenizer files (collective)."""
+    def save(self, engine: Any, step: int, client: dict[str, Any], rank_state: dict | None) -> None:
+        """A checkpoint of `step` with the run's config and tokenizer files (collective): complete on return,
+        or (checkpoint.async_save) once `self.saves.completed()` returns it."""
         extra = {"config.yaml": self.root / "config.yaml"}
         extra |= {name: self.root / name for name in tokenizer_files(self.tokenizer_path)}
-        return checkpoint.save(engine, self.checkpoints, step, client, extra, self.cfg.checkpoint.keep,
-                               meta=self._meta(), rank_state=rank_state)
+        self.saves.save(engine, step, client, extra, self._meta(), rank_state)
 
     def start_step(self, ckpt: Path) -> int:
         return int(folders.verify(ckpt)["step"])

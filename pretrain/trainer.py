@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from pretrain import carry, dist, precision, rundir
-from pretrain.callbacks import Callback, build_callbacks, due
+from pretrain.callbacks import Callback, abort, build_callbacks, due
 from pretrain.data.pipeline import build_sampler, device_batch, load_data
 from pretrain.engine import build_model
 from pretrain.faults import NonFinitePolicy, Preemption
@@ -142,11 +142,8 @@ class Trainer:
         try:
             self._fit()
         except BaseException as err:
-            for cb in self.callbacks:
-                try:
-                    cb.on_train_abort(self, err)
-                except Exception:  # the original error is the one to report
-                    log.exception("callback %s failed while training was aborting", type(cb).__name__)
+            self.files.saves.settle()  # a complete checkpoint in flight is published, not lost
+            abort(self.callbacks, self, err)
             raise
 
     def _fit(self) -> None:
@@ -183,12 +180,14 @@ class Trainer:
                 log.warning("preempted: saved step %d, exiting so the job can be requeued", self.step)
                 self.preempted = True
                 break
+        self._checkpoints_saved(wait=True)
         for cb in self.callbacks:
             cb.on_train_end(self, record)
         self.logger.close()
 
     def _on_nonfinite(self, metrics: dict[str, torch.Tensor]) -> bool:
         """Apply train.on_nonfinite to a step DeepSpeed skipped; True when the run was rolled back."""
+        self._checkpoints_saved(wait=True)  # every rank then reads the same `latest`
         self._skipped_seen = self.engine.skipped_steps
         ckpt = self.faults.handle(self.step, metrics, self.engine.module, self._current_window,
                                   self.files.checkpoints)
@@ -210,6 +209,7 @@ class Trainer:
         return counts
 
     def _run_step_end_hooks(self, record: dict[str, Any]) -> None:
+        self._checkpoints_saved()
         for cb in self.callbacks:
             cb.on_step_end(self, record)
         if len(record) > 2:
@@ -232,17 +232,16 @@ class Trainer:
             out.update(self.sampler.realized(self.cfg.data.seq_len))
         return out
 
-    def save(self) -> Path:
-        client = {
-            "step": self.step,
-            "tokens": self.tokens,
-            "sampler": self.sampler.state_dict(),
-            "world_size": self.world,
-            "zero_stage": self.cfg.deepspeed.zero_stage,
-            "callbacks": {cb.state_key: state for cb in self.callbacks if (state := cb.state_dict())},
-        }
-        path = self.files.save(self.engine, self.step, client,
-                               self.sampler.rank_state() if self.cfg.data.streaming else None)
-        for cb in self.callbacks:
-            cb.on_checkpoint_saved(self, path)
-        return path
+    def save(self) -> None:
+        client = {"step": self.step, "tokens": self.tokens, "sampler": self.sampler.state_dict(),
+                  "world_size": self.world, "zero_stage": self.cfg.deepspeed.zero_stage,
+                  "callbacks": {cb.state_key: state for cb in self.callbacks if (state := cb.state_dict())}}
+        rank_state = self.sampler.rank_state() if self.cfg.data.streaming else None
+        self.files.save(self.engine, self.step, client, rank_state)
+        self._checkpoints_saved()
+
+    def _checkpoints_saved(self, wait: bool = False) -> None:
+        """on_checkpoint_saved for each checkpoint complete since the last call (async: once published)."""
+        for path in self.files.saves.completed(wait):
+            for cb in self.callbacks:
+                cb.on_checkpoint_saved(self, path)

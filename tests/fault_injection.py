@@ -5,6 +5,8 @@ patches the trainer from outside, so the framework carries no test hooks. GROWLM
 list of:
   kill_rank:R:S      rank R SIGKILLs itself right after completing step S
   kill_in_save:S     the process dies while writing checkpoint S (DeepSpeed files written, no manifest yet)
+  kill_in_async_save:S  with checkpoint.async_save, every rank SIGKILLs itself in the background write of
+                     checkpoint S, after its first file and once training has completed step S+1
   nan_at:S[:FILE]    the batch window of step S gives a NaN loss on every rank (wherever it is met again; with
                      FILE, also in a later process: the window is kept there, as a bad record in the data is)
   enospc_in_save:S    writing checkpoint S fails with "No space left on device" (ENOSPC)
@@ -21,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from pretrain import checkpoint, dist
+from pretrain import async_save, checkpoint, dist
 from pretrain.data import StepSampler
 from pretrain.trainer import Trainer
 from storage import folders
@@ -67,6 +69,34 @@ for name, *args in _faults():
             _orig(ckpt, step, meta)
 
         folders.write_manifest = dying_write_manifest
+    elif name == "kill_in_async_save":
+        import sys
+        import threading
+
+        at_step = int(args[0])
+        went_on = threading.Event()  # training completed step S+1: it did not wait for the write
+        train_step, snapshot_save = Trainer.train_step, async_save.SnapshotEngine.save
+
+        def noting_train_step(self, _orig=train_step, _at=at_step, _went_on=went_on):
+            out = _orig(self)
+            if self.step > _at:
+                _went_on.set()
+            return out
+
+        def dying_save(self, state_dict, path, _orig=snapshot_save, _at=at_step, _went_on=went_on):
+            _orig(self, state_dict, path)
+            if folders.step_of(Path(path).parent) == _at and len(self.writes) == 1:
+                def write_then_die(_write=self.writes[0]):
+                    _write()
+                    went = _went_on.wait(120)
+                    print(f"killed while writing step_{_at}, training {'at step %d' % (_at + 1) if went else 'stuck'}",
+                          file=sys.stderr, flush=True)
+                    os.kill(os.getpid(), signal.SIGKILL)
+
+                self.writes[0] = write_then_die
+
+        Trainer.train_step = noting_train_step
+        async_save.SnapshotEngine.save = dying_save
     elif name == "nan_at":
         at_step = int(args[0])
         loss = Trainer.loss

@@ -24,7 +24,8 @@ class ToyJob(CheckpointJob):
 
     def run_inline(self, trainer: Any, ckpt: Path, out: Path) -> None:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "seen.json").write_text(json.dumps({"checkpoint": ckpt.name, "label": self.cfg.label}))
+        (out / "seen.json").write_text(json.dumps({"checkpoint": ckpt.name, "label": self.cfg.label,
+                                                   "complete": (ckpt / "manifest.json").is_file()}))
 
 
 @dataclass

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from pretrain.callbacks import Callback
 from pretrain.jobs.cli import to_argv
 from pretrain.jobs.location import target_of
+from storage.folders import step_of
 from storage.retention import hold_for_reading
 
 if TYPE_CHECKING:
@@ -53,19 +54,23 @@ class CheckpointJob(Callback):
     def run_inline(self, trainer: "Trainer", ckpt: Path, out: Path) -> None:
         raise NotImplementedError
 
-    def due(self, trainer: "Trainer") -> bool:
-        """By checkpoint count (from the step, so a resumed run keeps the same schedule), and at the end."""
+    def due(self, trainer: "Trainer", ckpt: Path) -> bool:
+        """By checkpoint count, from the checkpoint's step (its `step_<N>` name, else the trainer's step): a
+        resumed run keeps the same schedule, and an asynchronous save that completes steps later counts at
+        the step it was taken. And at the end."""
+        step = step_of(ckpt)
+        step = trainer.step if step is None else step
         every_ckpt = trainer.cfg.checkpoint.every
-        index = trainer.step // every_ckpt if every_ckpt else 0
-        return index % self.cfg.every == 0 or trainer.step == trainer.cfg.train.steps
+        index = step // every_ckpt if every_ckpt else 0
+        return index % self.cfg.every == 0 or step == trainer.cfg.train.steps
 
     def on_checkpoint_saved(self, trainer: "Trainer", path: Path) -> None:
         if not trainer.is_main:
             return
         self._reap()
-        if not (self.enabled and self.due(trainer)):
-            return
         ckpt = Path(path)
+        if not (self.enabled and self.due(trainer, ckpt)):
+            return
         try:
             out = self.output_dir(trainer, ckpt)
             if self.cfg.mode == "inline":

@@ -43,9 +43,12 @@ def test_fit_tells_every_callback_why_training_died_and_reraises(caplog):
     def dies():
         raise ValueError("boom at step 7")
 
-    fake = SimpleNamespace(callbacks=[FailsToo(), recorder], _fit=dies)
+    settled = []  # a checkpoint still being written is finished first
+    fake = SimpleNamespace(callbacks=[FailsToo(), recorder], _fit=dies,
+                           files=SimpleNamespace(saves=SimpleNamespace(settle=lambda: settled.append(True))))
     with caplog.at_level(logging.ERROR, logger="growlm"), pytest.raises(ValueError, match="boom at step 7"):
         Trainer.fit(fake)
+    assert settled == [True]
     assert isinstance(recorder.aborted_with, ValueError)  # reached past the callback that failed
     assert "FailsToo failed while training was aborting" in caplog.text
 
