@@ -158,11 +158,16 @@ def last_value(records: list[dict[str, Any]], key: str) -> float:
     return math.nan
 
 
+def layers_logged(record: dict[str, Any]) -> int:
+    """How many layers' Psi_l a record holds (jump/psi_<l>; not jump/psi_L_before_norm)."""
+    return sum(1 for k in record if k.startswith(PSI_PREFIX) and k[len(PSI_PREFIX):].isdigit())
+
+
 def final_profile(records: list[dict[str, Any]]) -> list[float]:
     """Psi_1..Psi_L at the last record holding a jump profile ([] when the monitor never ran)."""
     for rec in reversed(records):
         if f"{PSI_PREFIX}1" in rec:
-            n = sum(1 for k in rec if k.startswith(PSI_PREFIX))
+            n = layers_logged(rec)
             return [float(rec[f"{PSI_PREFIX}{l}"]) for l in range(1, n + 1)]
     return []
 
@@ -210,7 +215,7 @@ def window_slope(records: list[dict[str, Any]], key: str, window: tuple[int, int
 def signed_jump(record: dict[str, Any]) -> float:
     """100 (Psi_L - Psi_{L-1}) of a logged profile: zeta_L before its max(0, .), so the plot shows a jump
     approaching (negative, rising) as well as one that has formed."""
-    n = sum(1 for k in record if k.startswith(PSI_PREFIX))
+    n = layers_logged(record)
     return 100.0 * (float(record[f"{PSI_PREFIX}{n}"]) - float(record[f"{PSI_PREFIX}{n - 1}"]))
 
 

@@ -197,3 +197,9 @@ def test_a_run_with_no_records_is_warned_about(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="growlm"):
         cr.load_run(run)
     assert f"{run / 'metrics.jsonl'} holds no records" in caplog.text
+
+
+def test_the_final_profile_counts_only_numbered_layers():
+    """The monitor also logs jump/psi_L_before_norm: it is not a layer of the profile."""
+    record = {"step": 5, "jump/psi_1": 0.1, "jump/psi_2": 0.2, "jump/psi_L_before_norm": 0.05}
+    assert cr.final_profile([record]) == [0.1, 0.2]
