@@ -98,13 +98,14 @@ class OutputFolderError(UserError, FileExistsError):
     """An output folder a command would write into that holds something the command did not write."""
 
 
-def check_output_folder(out: str | Path, marker: str, flag: str = "--out") -> None:
+def check_output_folder(out: str | Path, marker: str, flag: str = "--out", ours: tuple[str, ...] = ()) -> None:
     """Refuse an output folder that is a file, or that holds files and not `marker` (the command did not make
-    it), naming what it holds. Call before any work, so a refused folder costs nothing."""
+    it), naming what it holds; `ours` are names growlm put there first (a detached job's log). Call before any
+    work, so a refused folder costs nothing."""
     out = Path(out)
     if (blocker := file_in_the_way(out)) is not None:
         raise OutputFolderError(f"{flag} {out}: {blocker} is a file; give a new or empty folder")
-    entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    entries = sorted(p.name for p in out.iterdir() if p.name not in ours) if out.is_dir() else []
     if entries and marker not in entries:
         raise OutputFolderError(f"{flag} {out} holds {entries[:5]} and no {marker}: this command did not make it, "
                                 "so it writes nothing there; give a new or empty folder")

@@ -63,7 +63,7 @@ def run_job(checkpoint: str | Path, settings: PeelingSettings, config: Config | 
     """Compute and write the bounds of one checkpoint; returns them and the output folder. A given `out` must be
     new, empty or an earlier peeling output (checked first), and gets no summary of other steps."""
     if out is not None:
-        check_output_folder(out, BOUNDS_JSON)
+        check_output_folder(out, BOUNDS_JSON, ours=("job.log",))  # a detached job's log comes first
     target = locate(checkpoint, "peeling")
     ckpt, step = target.checkpoint, target.step
     summary = out is None
