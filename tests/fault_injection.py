@@ -103,8 +103,8 @@ for name, *args in _faults():
         memo = Path(args[1]) if len(args) > 1 else None  # the bad window, shared with a requeued process
         bad_windows: set = {tuple(json.loads(memo.read_text()))} if memo and memo.is_file() else set()
 
-        def nan_loss(self, batch, _orig=loss, _at=at_step, _bad=bad_windows, _memo=memo):
-            total, metrics = _orig(self, batch)
+        def nan_loss(self, batch, normalizer=None, _orig=loss, _at=at_step, _bad=bad_windows, _memo=memo):
+            total, metrics = _orig(self, batch, normalizer)
             if self.step + 1 == _at and not _bad:  # self.step counts completed steps; first pass only
                 _bad.add(self._current_window)
                 if _memo:
