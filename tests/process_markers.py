@@ -8,6 +8,7 @@ session runs included) or body runs, and fails a test whose markers do not cover
 from __future__ import annotations
 
 import multiprocessing.process
+import platform
 import subprocess
 from typing import Any
 
@@ -54,6 +55,9 @@ def missing_marker(markers: set[str], started: list[str]) -> str | None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # platform.processor() runs `uname -p` once and caches it; ask before recording, so the answer is not charged
+    # to whichever test first names the CPU (under xdist that differs from worker to worker).
+    platform.processor()
     _install_recorders()
 
 

@@ -72,6 +72,7 @@ def test_streaming_needs_a_tokenizer(stream_source):
 
 
 @pytest.mark.distributed
+@pytest.mark.slow  # three launches; the stream's own resume is tested in-process above
 def test_a_streamed_run_resumes_exactly_on_two_ranks(stream_source, tokenizer_path, runs_root):
     overrides = [f"data.source={stream_source / '*.jsonl'}", "data.streaming=true", f"data.tokenizer={tokenizer_path}",
                  "train.steps=4", "checkpoint.every=2", "eval.every=2", "monitors.jump.every=0"]

@@ -16,6 +16,7 @@ LM_EVAL = ["jobs.lm_eval.every=1", "jobs.lm_eval.mode=inline", "jobs.lm_eval.tas
 
 
 @pytest.mark.process
+@pytest.mark.slow  # two runs, one with inline lm-eval and peeling jobs: ~45 s
 def test_inline_jobs_write_per_checkpoint_and_leave_training_unchanged(runs_root):
     pytest.importorskip("lm_eval", reason="lm-evaluation-harness is not installed: pip install 'growlm[eval]'")
     plain, with_jobs = runs_root / "no_jobs", runs_root / "with_jobs"

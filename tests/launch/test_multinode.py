@@ -9,7 +9,7 @@ import pytest
 from launch.command import free_port
 from launching import ROOT, ZERO_RUN, command, environment, losses
 
-pytestmark = pytest.mark.distributed
+pytestmark = [pytest.mark.distributed, pytest.mark.slow]  # two launchers and a resume: ~25 s
 
 
 def two_nodes(run, hostfile, overrides) -> None:

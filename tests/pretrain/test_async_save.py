@@ -169,7 +169,7 @@ def deepspeed_records(ckpt: Path) -> dict[str, bytes]:
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("stage", [1, 3])
+@pytest.mark.parametrize("stage", [1, pytest.param(3, marks=pytest.mark.slow)])
 def test_async_saves_train_and_write_exactly_what_synchronous_saves_do(zero_runs, runs_root, stage):
     """Same losses bitwise, and the same bytes in every record of every DeepSpeed file of every checkpoint:
     the snapshot is the state of its step though training went on. An inline job sees each checkpoint only

@@ -42,7 +42,7 @@ def hf_validation_loss(folder, run) -> float:
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("stage", [1, 3])
+@pytest.mark.parametrize("stage", [1, pytest.param(3, marks=pytest.mark.slow)])  # ZeRO-3 continued pretraining: the slow suite
 def test_continued_pretraining_from_an_open_weight_folder(folder, runs_root, stage):
     run = runs_root / f"open_weights_zero{stage}"
     launch(run, [f"model={folder}", f"train.init_from={folder}", f"data.tokenizer={folder}",
@@ -55,6 +55,7 @@ def test_continued_pretraining_from_an_open_weight_folder(folder, runs_root, sta
 
 
 @pytest.mark.distributed
+@pytest.mark.slow  # three launches; LAG itself is in the default suite (tests/growth/test_lag.py)
 def test_lag_grows_its_candidates_from_an_open_weight_folder(folder, runs_root):
     """`growth lag --from HF_FOLDER`: every candidate is grown from the folder's weights and trained with its
     tokenizer; the exactly function-preserving zero_block starts at the folder's own validation loss."""
