@@ -27,8 +27,10 @@ from pretrain.engine import build_model
 from pretrain.faults import NonFinitePolicy, Preemption
 from pretrain.metrics import MetricsLogger, detect_peak_tflops, memory_gb
 from pretrain.objective import Batch, Objective
+from pretrain.phase_times import PhaseTimes, describe
 from pretrain.phases import TrainablePhases
 from pretrain.rundir import RANK_STATE, RunDir
+from storage.io import atomic_write_json
 
 if TYPE_CHECKING:
     from pretrain.config import Config
@@ -58,6 +60,7 @@ class Trainer:
         self.tokens_per_step = cfg.train.micro_batch_size * cfg.train.grad_accum * self.world * cfg.data.seq_len
         self.step, self.tokens = 0, 0
         self.faults = NonFinitePolicy(cfg.train.on_nonfinite, self.run_dir, self.is_main, cfg.train.resume)
+        self.times = PhaseTimes()
 
         self.files = RunDir(cfg, self.data.tokenizer_path, self.world, self.is_main)
         resume_from, manifest = self.files.resume_source()
@@ -125,15 +128,17 @@ class Trainer:
     def train_step(self) -> tuple[dict[str, torch.Tensor], int]:
         """One optimizer step over this rank's micro-batches: (summed per-micro-batch metrics, micro-batches)."""
         sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=self.device))
-        self._current_window = self.faults.next_window(self.sampler)
-        micro_batches = [self.batch(indices) for indices in self.sampler.next_step()]
-        normalizer = self.objective.step_normalizer(micro_batches, self.world)
-        for batch in micro_batches:
-            total, metrics = self.loss(batch, normalizer)
-            self.engine.backward(total)
-            self.engine.step()
-            for k, v in metrics.items():
-                sums[k] += v.float()
+        with self.times("data"):
+            self._current_window = self.faults.next_window(self.sampler)
+            micro_batches = [self.batch(indices) for indices in self.sampler.next_step()]
+        with self.times("step"):
+            normalizer = self.objective.step_normalizer(micro_batches, self.world)
+            for batch in micro_batches:
+                total, metrics = self.loss(batch, normalizer)
+                self.engine.backward(total)
+                self.engine.step()
+                for k, v in metrics.items():
+                    sums[k] += v.float()
         self.step += 1
         self.tokens += self.tokens_per_step
         return sums, len(micro_batches)
@@ -154,8 +159,10 @@ class Trainer:
         record: dict[str, Any] = {"step": self.step, "tokens": self.tokens}
         if self.step == self.phases.origin_step:  # periodic monitors and validation also measure the start
             self._run_step_end_hooks(record)
+        self.times, first_step, first_tokens = PhaseTimes(), self.step, self.tokens
         while self.step < cfg.train.steps:
-            dist.report_progress(self.step)
+            with self.times("progress"):
+                dist.report_progress(self.step)
             t0 = time.perf_counter()
             lr = self.scheduler.get_last_lr()[0]  # the lr this step uses (the scheduler moves on inside step)
             sums, n_micro = self.train_step()
@@ -168,22 +175,36 @@ class Trainer:
             if not self.subset_only and self.phases.subset_phase(self.step):
                 record.update(self.train_subset_only())
             if due(self.step, cfg.log.every, cfg.train.steps):
-                record.update(self._train_metrics(sums, n_micro, window_time, window_tokens), lr=lr)
+                with self.times("metrics"):
+                    record.update(self._train_metrics(sums, n_micro, window_time, window_tokens), lr=lr)
                 window_time, window_tokens = 0.0, 0
             self._run_step_end_hooks(record)
             saved = due(self.step, cfg.checkpoint.every, cfg.train.steps) or self.step == cfg.train.steps
             if saved:
-                self.save()
-            if self.preemption.requested():
+                with self.times("checkpoint"):
+                    self.save()
+            with self.times("preemption"):
+                preempted = self.preemption.requested()
+            if preempted:
                 if not saved:
                     self.save()
                 log.warning("preempted: saved step %d, exiting so the job can be requeued", self.step)
                 self.preempted = True
                 break
         self._checkpoints_saved(wait=True)
+        self._report_times(self.step - first_step, self.tokens - first_tokens)
         for cb in self.callbacks:
             cb.on_train_end(self, record)
         self.logger.close()
+
+    def _report_times(self, steps: int, tokens: int) -> None:
+        """timing.json and one log line: the loop's wall time by phase (pretrain/phase_times.py)."""
+        if not self.is_main or steps == 0:
+            return
+        summary = {**self.times.summary(steps, tokens), "ranks": self.world}
+        atomic_write_json(self.run_dir / "timing.json", summary)
+        log.info("time: %d steps in %.1f s (%.4g tokens/s over training): %s", steps, summary["wall_s"],
+                 summary["tokens_per_s"], describe(summary))
 
     def _on_nonfinite(self, metrics: dict[str, torch.Tensor]) -> bool:
         """Apply train.on_nonfinite to a step DeepSpeed skipped; True when the run was rolled back."""
@@ -211,9 +232,11 @@ class Trainer:
     def _run_step_end_hooks(self, record: dict[str, Any]) -> None:
         self._checkpoints_saved()
         for cb in self.callbacks:
-            cb.on_step_end(self, record)
+            with self.times(f"hook/{type(cb).__name__}"):
+                cb.on_step_end(self, record)
         if len(record) > 2:
-            self.logger.log(record)
+            with self.times("log"):
+                self.logger.log(record)
 
     def _train_metrics(self, sums: dict[str, torch.Tensor], n_micro: int, seconds: float, tokens: int) -> dict:
         keys = sorted(sums)

@@ -1,6 +1,8 @@
 """The trainer through the real deepspeed launcher on 2 CPU ranks (gloo): ZeRO 1, 2 and 3."""
 from __future__ import annotations
 
+import json
+
 import shutil
 from pathlib import Path
 
@@ -39,6 +41,20 @@ def test_loss_falls(zero_runs, stage):
     curve = losses(zero_runs[stage])
     assert sorted(curve) == list(range(1, STEPS + 1))
     assert curve[STEPS] < curve[1] - 0.3, curve
+
+
+def test_timing_accounts_for_the_loops_wall_time_by_phase(zero_runs):
+    """timing.json: every step's phases are there, they add up to the loop's wall time, and the training
+    throughput leaves out the saves and the validations (ZERO_RUN saves and validates every 3 steps)."""
+    timing = json.loads((zero_runs[1] / "timing.json").read_text())
+    phases = timing["phases_s"]
+    assert {"data", "step", "progress", "preemption", "metrics", "log", "checkpoint", "hook/Validation"} <= set(phases)
+    assert (timing["steps"], timing["tokens"], timing["ranks"]) == (STEPS, metrics(zero_runs[1])[-1]["tokens"], 2)
+    assert sum(phases.values()) == pytest.approx(timing["wall_s"], rel=1e-6)
+    assert phases["step"] > phases["data"] > 0
+    left_out = phases["checkpoint"] + phases["hook/Validation"]
+    assert timing["training_s"] == pytest.approx(timing["wall_s"] - left_out, rel=1e-6)
+    assert timing["tokens_per_s"] == pytest.approx(timing["tokens"] / timing["training_s"], rel=1e-6)
 
 
 def test_stages_agree_on_first_steps(zero_runs):
