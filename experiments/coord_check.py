@@ -62,13 +62,14 @@ def activation_scales(cfg: ModelConfig, steps: int, lr: float, seed: int, batch:
 
 
 def coord_check(widths: Sequence[int] = WIDTHS, base_width: int = 64, steps: int = 5, lr: float = 1e-2,
-                seeds: Sequence[int] = (0,), progress: Callable[[str], None] | None = None) -> dict:
+                seeds: Sequence[int] = (0,), batch: int = 8, progress: Callable[[str], None] | None = None) -> dict:
     """{"sp": {layer: [scale per width]}, "mup": {...}, and the settings}: scales averaged over `seeds`."""
-    result: dict = {"widths": list(widths), "base_width": base_width, "steps": steps, "lr": lr, "seeds": list(seeds)}
+    result: dict = {"widths": list(widths), "base_width": base_width, "steps": steps, "lr": lr, "seeds": list(seeds),
+                    "batch": batch}
     for label, base in (("sp", None), ("mup", base_width)):
         per_layer: dict[str, list[float]] = {}
         for width in widths:
-            runs = [activation_scales(width_config(width, base), steps, lr, seed) for seed in seeds]
+            runs = [activation_scales(width_config(width, base), steps, lr, seed, batch) for seed in seeds]
             for layer in runs[0]:
                 per_layer.setdefault(layer, []).append(sum(r[layer] for r in runs) / len(runs))
             if progress:
