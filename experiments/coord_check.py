@@ -90,9 +90,10 @@ def plot(result: dict, path: Path) -> None:
         for layer, scales in result[label].items():
             ax.plot(result["widths"], scales, marker="o", label=layer)
         ax.set(xscale="log", yscale="log", xlabel="width (model.dim)", title=title)
+        ax.minorticks_off()
         ax.set_xticks(result["widths"], [str(w) for w in result["widths"]])
     axes[0].set_ylabel(f"mean |x| after {result['steps']} AdamW steps (lr {result['lr']})")
-    axes[1].legend(title="activation", fontsize=8)
+    axes[1].legend(title="h0 embedding, h<l> after block l", fontsize=8, title_fontsize=8)
     fig.suptitle(f"coordinate check: µP base width {result['base_width']}, {len(result['seeds'])} seed(s)")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
