@@ -292,9 +292,9 @@ def _check_optimizer(cfg: Config) -> None:
     if train.optimizer != "sgd":
         return
     if cfg.model.mup is not None:
-        raise ConfigError(f"model.mup={{base_width: {cfg.model.mup.base_width}}} scales learning rates by µP's rules for "
-                          "Adam; SGD needs other ones (Tensor Programs V, Table 3), which growlm does not implement: "
-                          "use train.optimizer=adamw or model.mup=null")
+        raise ConfigError(f"model.mup={{base_width: {cfg.model.mup.base_width}}} scales learning rates by µP's rules "
+                          "for Adam; SGD needs other ones (Tensor Programs V, Table 3), which growlm does not "
+                          "implement: use train.optimizer=adamw or model.mup=null")
     if train.momentum >= 1 or (train.nesterov and train.momentum == 0):
         raise ConfigError(f"train.momentum={train.momentum} (nesterov={train.nesterov}): momentum must be in [0, 1), "
                           "and > 0 for Nesterov")
