@@ -63,8 +63,8 @@ class MupConfig:
     this width. The block matrices' init std and Adam lr shrink with width, the logits are scaled by
     base_width / dim; at dim == base_width the model is the standard one."""
 
-    base_width: int = 128
-    """The width (model.dim) the learning rate and init_std were tuned at."""
+    base_width: Optional[int] = None
+    """The width (model.dim) the learning rate and init_std were tuned at (required)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.base_width, bool) or not isinstance(self.base_width, int) or self.base_width <= 0:

@@ -105,12 +105,20 @@ def test_a_bad_base_width_names_the_key(value) -> None:
         MupConfig(value)
 
 
-def test_the_run_config_takes_mup_and_refuses_it_with_sgd() -> None:
-    cfg = load_config(None, ["model.mup.base_width=64"])
-    assert cfg.model.mup == MupConfig(64)
+def test_the_run_config_takes_mup() -> None:
+    assert load_config(None, ["model.mup.base_width=64"]).model.mup == MupConfig(64)
     assert load_config(None, ["model.mup={base_width: 32}"]).model.mup == MupConfig(32)
     assert load_config(None).model.mup is None
-    with pytest.raises(ConfigError, match=r"model\.mup\.base_width"):
-        load_config(None, ["model.mup.base_width=0"])
-    with pytest.raises(ConfigError, match=r"model\.mup=.*train\.optimizer=adamw or model\.mup=null"):
-        load_config(None, ["model.mup.base_width=64", "train.optimizer=sgd"])
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (["model.mup.base_width=0"], r"model\.mup\.base_width must be a positive integer"),
+    (["model.mup={}"], r"model\.mup\.base_width must be a positive integer .* got None"),
+    (["model.mup=64"], r"model\.mup is a section with keys \['base_width'\] \(or null\), not a value; got 64"),
+    (["model.mup.width=64"], r"unknown config key 'model\.mup\.width'; valid keys in section 'model\.mup': "
+                             r"\['base_width'\]"),
+    (["model.mup.base_width=64", "train.optimizer=sgd"], r"model\.mup=.*use train\.optimizer=adamw or model\.mup=null"),
+])
+def test_the_run_config_refuses_bad_mup_naming_the_key(overrides: list[str], match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        load_config(None, overrides)
