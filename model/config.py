@@ -58,6 +58,21 @@ class RopeScaling:
 
 
 @dataclass
+class MupConfig:
+    """µP (Tensor Programs V; model/mup.py): hyperparameters tuned on a model of width `base_width` carry over to
+    this width. The block matrices' init std and Adam lr shrink with width, the logits are scaled by
+    base_width / dim; at dim == base_width the model is the standard one."""
+
+    base_width: Optional[int] = None
+    """The width (model.dim) the learning rate and init_std were tuned at (required)."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.base_width, bool) or not isinstance(self.base_width, int) or self.base_width <= 0:
+            raise ModelConfigError(f"model.mup.base_width must be a positive integer (the model.dim the lr and "
+                                   f"init_std were tuned at), got {self.base_width!r}; or model.mup=null (µP off)")
+
+
+@dataclass
 class ModelConfig:
     """Shape of a Llama-style decoder. Field names follow Llama/torchtitan; HF names are mapped in `model.hf`."""
 
@@ -90,6 +105,8 @@ class ModelConfig:
     scale_residual_init: bool = True
     """Divide the init std of the residual-branch outputs (wo, w2) by sqrt(2 * n_layers), as GPT-2/OLMo do,
     so the residual stream's variance does not grow with depth at init."""
+    mup: Optional[MupConfig] = None
+    """µP: e.g. {base_width: 128} (model/mup.py, docs/guide.md); None: the standard parametrization."""
 
     def __post_init__(self) -> None:
         positive = ("dim", "n_layers", "n_heads", "n_kv_heads", "ffn_dim", "vocab_size", "max_seq_len")
@@ -102,6 +119,8 @@ class ModelConfig:
             raise ModelConfigError(f"model.head_dim must be a positive integer or null, got {self.head_dim!r}")
         if isinstance(self.rope_scaling, dict):  # from a JSON file (weights folders, HF configs)
             self.rope_scaling = RopeScaling(**self.rope_scaling)
+        if isinstance(self.mup, dict):
+            self.mup = MupConfig(**self.mup)
         if self.head_dim is None and self.dim % self.n_heads:
             raise ModelConfigError(
                 f"model.dim={self.dim} is not divisible by model.n_heads={self.n_heads}; "

@@ -22,6 +22,7 @@ from transformers import GenerationConfig, LlamaConfig
 
 from model.config import ROPE_SCALING_TYPES, ModelConfig, RopeScaling
 from model.errors import UserError
+from model.mup import fold_into_final_norm, readout_multiplier
 
 # Sentencepiece ids our tokenizer is trained with; HF's generate() stops on eos_token_id.
 UNK_ID, BOS_ID, EOS_ID = 0, 1, 2
@@ -229,7 +230,8 @@ def save_hf_folder(
     tokenizer_files: dict[str, Path] | None = None,
     overwrite: bool = False,
 ) -> Path:
-    """Write a folder `LlamaForCausalLM.from_pretrained` (and, with a tokenizer, `AutoTokenizer`) loads.
+    """Write a folder `LlamaForCausalLM.from_pretrained` (and, with a tokenizer, `AutoTokenizer`) loads, computing
+    what `Llama(cfg)` computes (µP included: its readout multiplier is folded in).
 
     `tokenizer_files` (name -> file) is a sentencepiece `tokenizer.model` (a LlamaTokenizer config is written
     for it) or an HF tokenizer's files, copied as they are, whose BOS/EOS ids go into the model's config.
@@ -237,7 +239,9 @@ def save_hf_folder(
     """
     out_dir = Path(out_dir)
     check_export_target(out_dir, overwrite)
-    hf_sd = to_hf_state_dict(state_dict)
+    # µP's readout multiplier is the only multiplier in the forward: into the final norm's gain with it, so the
+    # folder is a plain Llama (init and lr scales live in the weights already).
+    hf_sd = to_hf_state_dict(fold_into_final_norm(state_dict, readout_multiplier(cfg)))
     if cfg.tie_embeddings:  # safetensors refuses shared storage; HF re-ties lm_head on load
         hf_sd.pop("lm_head.weight", None)
     hf_cfg = to_hf_config(cfg)

@@ -17,6 +17,7 @@ from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex
 
 from model.config import DOCUMENT_ATTENTION, ModelConfig
 from model.loss import chunked_linear_cross_entropy
+from model.mup import init_scale, readout_multiplier
 from model.quant import QuantLinear
 
 
@@ -185,10 +186,18 @@ class Block(nn.Module):
 
 class LMHead(nn.Linear):
     """The output projection; given targets it returns (per-token loss, log Z) through the chunked fused
-    cross-entropy instead of logits. Being the module that owns the weight is what makes ZeRO-3 gather it."""
+    cross-entropy instead of logits. Being the module that owns the weight is what makes ZeRO-3 gather it.
+    `multiplier` scales the logits (µP's readout multiplier, model/mup.py), applied to the input: same logits,
+    [.., dim] work instead of [.., vocab], and the fused loss gets it too."""
+
+    def __init__(self, in_features: int, out_features: int, multiplier: float = 1.0):
+        super().__init__(in_features, out_features, bias=False)
+        self.multiplier = multiplier
 
     def forward(self, x: torch.Tensor, targets: torch.Tensor | None = None, chunk: int = 0,
                 log_z_grad: bool = True) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        if self.multiplier != 1.0:
+            x = x * self.multiplier
         if targets is None:
             return super().forward(x)
         return chunked_linear_cross_entropy(x, self.weight, targets, chunk, log_z_grad)
@@ -201,7 +210,7 @@ class Llama(nn.Module):
         self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.dim)
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
-        self.output = LMHead(cfg.dim, cfg.vocab_size, bias=False)
+        self.output = LMHead(cfg.dim, cfg.vocab_size, multiplier=readout_multiplier(cfg))
         if cfg.tie_embeddings:
             self.output.weight = self.tok_embeddings.weight
         self.checkpoint_fn: Callable[..., torch.Tensor] | None = None
@@ -216,14 +225,16 @@ class Llama(nn.Module):
     @torch.no_grad()
     def init_parameter(self, name: str, p: torch.Tensor) -> None:
         """Llama init of one parameter: N(0, init_std) for weights, norms at 1, residual outputs scaled (see
-        ModelConfig). One at a time, so a partitioned model can gather, init and release each in turn."""
+        ModelConfig), hidden weights narrowed under µP (model/mup.py). One at a time, so a partitioned model can
+        gather, init and release each in turn."""
         cfg = self.config
         if name.endswith("norm.weight"):
             p.fill_(1.0)
-        elif name.endswith(("attention.wo.weight", "feed_forward.w2.weight")):
-            p.normal_(0.0, cfg.init_std / math.sqrt(2 * cfg.n_layers) if cfg.scale_residual_init else cfg.init_std)
-        else:
-            p.normal_(0.0, cfg.init_std)
+            return
+        std = cfg.init_std * init_scale(cfg, name)
+        if cfg.scale_residual_init and name.endswith(("attention.wo.weight", "feed_forward.w2.weight")):
+            std /= math.sqrt(2 * cfg.n_layers)
+        p.normal_(0.0, std)
 
     def forward(self, tokens: torch.Tensor, return_hidden_states: bool = False, targets: torch.Tensor | None = None,
                 loss_chunk: int = 0, log_z_grad: bool = True, documents: torch.Tensor | None = None,

@@ -10,6 +10,7 @@ import dataclasses
 import importlib
 import importlib.util
 import re
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -291,6 +292,10 @@ def _check_optimizer(cfg: Config) -> None:
                           f"{train.steps - train.warmup_steps} after warmup; lower train.decay_steps or decay_fraction")
     if train.optimizer != "sgd":
         return
+    if cfg.model.mup is not None:
+        raise ConfigError(f"model.mup={{base_width: {cfg.model.mup.base_width}}} scales learning rates by µP's rules "
+                          "for Adam; SGD needs other ones (Tensor Programs V, Table 3), which growlm does not "
+                          "implement: use train.optimizer=adamw or model.mup=null")
     if train.momentum >= 1 or (train.nesterov and train.momentum == 0):
         raise ConfigError(f"train.momentum={train.momentum} (nesterov={train.nesterov}): momentum must be in [0, 1), "
                           "and > 0 for Nesterov")
@@ -444,7 +449,12 @@ def _shape_mismatch(schema: DictConfig, layer: DictConfig, source: str, prefix: 
         except OmegaConfBaseException:  # e.g. an interpolation that does not resolve: omegaconf's words will do
             continue
         dotted = f"{prefix}{key}"
-        if want is None:
+        if want is None:  # an Optional section unset (model.mup) takes a section or null, never a value
+            section = _optional_section(OmegaConf.get_type(schema), str(key)) if key in schema else None
+            if section is not None and got is not None and not OmegaConf.is_dict(got):
+                shown = OmegaConf.to_container(got) if OmegaConf.is_config(got) else got
+                return (f"{source}: {dotted} is a section with keys {_fields(section)} (or null), not a value; "
+                        f"got {shown!r}")
             continue
         if OmegaConf.is_dict(want) and OmegaConf.is_dict(got):
             found = _shape_mismatch(want, got, source, f"{dotted}.")
@@ -476,11 +486,19 @@ def _fields(cls: type) -> list[str]:
 
 def _fields_at(dotted: str) -> list[str]:
     """Field names of the dataclass section at a dotted path (the top level when empty), registered plug-in
-    sections included."""
+    sections included; an Optional section unset by default (model.mup, model.rope_scaling) by its type."""
     section: Any = Config()
     for part in filter(None, dotted.split(".")):
         value = getattr(section, part, None)
+        if value is None and not isinstance(section, type):
+            value = _optional_section(type(section), part)
         if not dataclasses.is_dataclass(value):
             break
         section = value
-    return _fields(type(section))
+    return _fields(section if isinstance(section, type) else type(section))
+
+
+def _optional_section(cls: type | None, name: str) -> type | None:
+    """The dataclass X of a field `name: Optional[X]` of the dataclass `cls`, else None."""
+    hint = typing.get_type_hints(cls).get(name) if dataclasses.is_dataclass(cls) else None
+    return next((arg for arg in typing.get_args(hint) if dataclasses.is_dataclass(arg)), None)

@@ -6,21 +6,27 @@ import math
 import torch
 from torch import nn
 
+from model import ModelConfig, mup
 from pretrain.config import TrainConfig, wsd_decay_steps
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Decay matrices (linear and embedding weights); never norms or biases (1-D tensors)."""
-    decay, no_decay = [], []
-    seen: set[int] = set()
-    for p in model.parameters():  # parameters() skips tied duplicates, so each tensor appears once
-        if not p.requires_grad or id(p) in seen:
+def param_groups(model: nn.Module, weight_decay: float, lr: float) -> list[dict]:
+    """Decay matrices (linear and embedding weights); never norms or biases (1-D tensors). Under µP
+    (model.mup) the hidden matrices train at their own lr (model/mup.py): each group carries its `lr` and the
+    `lr_scale` that made it, so the schedule (LambdaLR scales every group's own lr), checkpoints and every ZeRO
+    stage (each keeps the client's groups) apply it without knowing µP."""
+    cfg = getattr(model, "config", None)
+    groups: dict[tuple[bool, float], list[nn.Parameter]] = {}
+    for name, p in model.named_parameters():  # tied duplicates are named once
+        if not p.requires_grad:
             continue
-        seen.add(id(p))
         shape = getattr(p, "ds_shape", p.shape)  # a zero.Init shard is a flat 1-D tensor: ask its real shape
-        (decay if len(shape) >= 2 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return [g for g in groups if g["params"]]  # a frozen subset can leave a group empty
+        scale = mup.lr_scale(cfg, name) if isinstance(cfg, ModelConfig) else 1.0
+        groups.setdefault((len(shape) >= 2, scale), []).append(p)
+    # Decayed groups first, then by falling scale: without µP exactly [decay, no_decay], as checkpoints expect.
+    order = sorted(groups, key=lambda key: (not key[0], -key[1]))  # a frozen subset can leave a group out
+    return [{"params": groups[key], "weight_decay": weight_decay if key[0] else 0.0, "lr": lr * key[1],
+             "lr_scale": key[1]} for key in order]
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig, offload: bool = False) -> torch.optim.Optimizer:
@@ -28,7 +34,7 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, offload: bool = False) -
     GPU, which is what DeepSpeed's flat fp32 partitions will be too; with ZeRO-Offload (`offload`) the update
     runs on the host, so it is DeepSpeed's vectorized CPU AdamW (JIT-built on first use; DeepSpeed refuses
     others). Or torch's SGD with heavy-ball (or Nesterov) momentum, what the trajectory paper's claims are about."""
-    groups = param_groups(model, cfg.weight_decay)
+    groups = param_groups(model, cfg.weight_decay, cfg.lr)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
     if offload:
@@ -65,6 +71,15 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
     return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * shape(progress)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, offset: int = 0) -> torch.optim.lr_scheduler.LambdaLR:
+class Schedule(torch.optim.lr_scheduler.LambdaLR):
+    """LambdaLR: every group's own lr (µP's scaled ones too) times the schedule's factor."""
+
+    def base_lr(self) -> float:
+        """train.lr times the factor at this step, before µP's per-group scales: what metrics log as `lr` (a
+        group restored from a checkpoint written before `lr_scale` existed has scale 1)."""
+        return self.get_last_lr()[0] / self.optimizer.param_groups[0].get("lr_scale", 1.0)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, offset: int = 0) -> Schedule:
     """The schedule from step `offset` on (an engine rebuilt mid-run continues the same curve)."""
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step + offset, cfg))
+    return Schedule(optimizer, lambda step: lr_factor(step + offset, cfg))

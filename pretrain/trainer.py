@@ -164,7 +164,7 @@ class Trainer:
             with self.times("progress"):
                 dist.report_progress(self.step)
             t0 = time.perf_counter()
-            lr = self.scheduler.get_last_lr()[0]  # the lr this step uses (the scheduler moves on inside step)
+            lr = self.scheduler.base_lr()  # the lr this step uses (the scheduler moves on inside step)
             sums, n_micro = self.train_step()
             if self.engine.skipped_steps > self._skipped_seen and self._on_nonfinite(sums):
                 continue  # rolled back to the last checkpoint

@@ -12,7 +12,9 @@ from typing import Any, Callable, Literal
 
 from growth.operators.base import GrowthError, GrowthResult, OptState, StateDict
 from growth.operators.checks import check_opt_state, check_state, check_target
+from growth.operators.moments import map_moments
 from model import ModelConfig
+from model.mup import FINAL_NORM, fold_into_final_norm, readout_multiplier
 
 Kind = Literal["depth", "width"]
 
@@ -46,12 +48,28 @@ def register_operator(name: str, kind: Kind) -> Callable[[GrowthOperator], Growt
                 check_opt_state(state, opt_state, "opt_state")
             result = fn(cfg, state, target, opt_state=opt_state, **params)
             result.record = {"operator": name, "kind": kind, **result.record}
+            _keep_mup(cfg, result)
             return result
 
         _REGISTRY[name] = _Entry(checked, kind)
         return checked
 
     return decorate
+
+
+def _keep_mup(cfg: ModelConfig, result: GrowthResult) -> None:
+    """Keep a µP model's function across a change of width: its logits carry base_width / dim (model/mup.py), so
+    an operator that preserves the head's input-output map leaves the logits scaled by dim / dim'. That factor
+    goes into the final norm's gain (tied heads too); the gain's gradient scales by its inverse, and so do its
+    moments (moments.py's rule). The grown config keeps the source's model.mup (check_target), so the grown model
+    is the µP model of its width: its hidden lrs and logits follow the new dim."""
+    factor = readout_multiplier(cfg) / readout_multiplier(result.config)
+    if factor == 1.0:
+        return
+    result.state_dict = fold_into_final_norm(result.state_dict, factor)
+    if result.opt_state is not None and FINAL_NORM in result.opt_state:
+        result.opt_state[FINAL_NORM] = map_moments([result.opt_state[FINAL_NORM]], lambda t: t, 1.0 / factor)
+    result.record["mup_final_norm_factor"] = factor
 
 
 def get_operator(name: str) -> GrowthOperator:

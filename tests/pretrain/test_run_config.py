@@ -122,7 +122,7 @@ def test_sgd_is_torch_sgd_with_the_momentum_and_decay_groups():
 def test_no_weight_decay_on_norms():
     model = Llama(ModelConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=64, vocab_size=64,
                               max_seq_len=16, tie_embeddings=True))
-    decay, no_decay = param_groups(model, 0.1)
+    decay, no_decay = param_groups(model, 0.1, lr=1e-3)
     names = {id(p): n for n, p in model.named_parameters()}
     assert all(names[id(p)].endswith("norm.weight") for p in no_decay["params"])
     assert len(no_decay["params"]) == 2 * 2 + 1
