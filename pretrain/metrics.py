@@ -1,4 +1,5 @@
-"""Where metrics go on rank 0: metrics.jsonl (the contract), TensorBoard, and a progress bar or plain lines."""
+"""Where metrics go on rank 0: metrics.jsonl (the contract), TensorBoard, and a progress bar or plain lines; and
+where the loop's wall time goes, by phase (timing.json)."""
 from __future__ import annotations
 
 import json
@@ -8,12 +9,16 @@ import resource
 import sys
 import time
 import uuid
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
 from pretrain.config import WandbConfig
+from storage.io import atomic_write_json
 
 log = logging.getLogger("growlm")
 
@@ -27,6 +32,16 @@ def detect_peak_tflops() -> float | None:
         return None
     name = torch.cuda.get_device_name()
     return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
+
+
+def throughput(tokens: int, seconds: float, tokens_per_step: int, flops_per_token: float, ranks: int,
+               peak_tflops: float | None) -> dict[str, float]:
+    """tokens/s (all ranks), seconds per step, achieved TFLOP/s per rank and, with a known peak, MFU."""
+    out = {"tokens_per_s": tokens / seconds, "step_time": seconds * tokens_per_step / tokens}
+    out["tflops"] = out["tokens_per_s"] * flops_per_token / ranks / 1e12
+    if peak_tflops:
+        out["mfu"] = out["tflops"] / peak_tflops
+    return out
 
 
 def memory_gb() -> float:
@@ -153,3 +168,59 @@ def _plain(value: Any) -> Any:
     if isinstance(value, torch.Tensor):
         return value.item()
     return value
+
+
+# ---- where the loop's wall time goes ----------------------------------------------------------------
+T = TypeVar("T")
+
+EXCLUDED = ("checkpoint", "hook/Validation")
+"""Phases a training throughput leaves out (reported apart): saves and held-out evaluation."""
+
+
+class PhaseTimes:
+    """Seconds per named phase, summed over the steps of one `fit` (phases must not nest): what a launched run
+    pays beyond the step. Host wall time (perf_counter): on a GPU, queued work shows up in whichever phase waits
+    for it (the metrics' `.tolist()` on log steps). Rank 0 writes the totals to the run's `timing.json`."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+        self._start = time.perf_counter()
+
+    @contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] += time.perf_counter() - start
+
+    def run(self, phase: str, fn: Callable[..., T], *args: Any) -> T:
+        """fn(*args), its time charged to `phase`."""
+        with self(phase):
+            return fn(*args)
+
+    def summary(self, steps: int, tokens: int) -> dict[str, Any]:
+        """Totals, the loop's wall time, the unattributed rest, and the throughput over the training phases."""
+        wall = time.perf_counter() - self._start
+        phases = dict(sorted(self.seconds.items()))
+        phases["other"] = max(0.0, wall - sum(phases.values()))
+        training = wall - sum(phases.get(name, 0.0) for name in EXCLUDED)
+        return {"steps": steps, "tokens": tokens, "wall_s": wall, "training_s": training,
+                "tokens_per_s": tokens / training if training > 0 else float("nan"), "phases_s": phases}
+
+
+def report_times(times: PhaseTimes, run_dir: Path, steps: int, tokens: int, ranks: int) -> None:
+    """Write `timing.json` and log one line (rank 0 calls it once training ends)."""
+    if steps == 0:
+        return
+    summary = {**times.summary(steps, tokens), "ranks": ranks}
+    atomic_write_json(run_dir / "timing.json", summary)
+    log.info("time: %d steps in %.1f s (%.4g tokens/s over training): %s", steps, summary["wall_s"],
+             summary["tokens_per_s"], describe(summary))
+
+
+def describe(summary: dict[str, Any]) -> str:
+    """One log line: the largest phases as shares of the loop's wall time."""
+    wall = summary["wall_s"] or float("nan")
+    shares = sorted(summary["phases_s"].items(), key=lambda kv: -kv[1])
+    return " ".join(f"{name}={seconds / wall:.1%}" for name, seconds in shares if seconds / wall >= 0.005)

@@ -25,12 +25,10 @@ from pretrain.callbacks import Callback, abort, build_callbacks, due
 from pretrain.data.pipeline import build_sampler, device_batch, load_data
 from pretrain.engine import build_model
 from pretrain.faults import NonFinitePolicy, Preemption
-from pretrain.metrics import MetricsLogger, detect_peak_tflops, memory_gb
+from pretrain.metrics import MetricsLogger, PhaseTimes, detect_peak_tflops, memory_gb, report_times, throughput
 from pretrain.objective import Batch, Objective
-from pretrain.phase_times import PhaseTimes, describe
 from pretrain.phases import TrainablePhases
 from pretrain.rundir import RANK_STATE, RunDir
-from storage.io import atomic_write_json
 
 if TYPE_CHECKING:
     from pretrain.config import Config
@@ -161,8 +159,7 @@ class Trainer:
             self._run_step_end_hooks(record)
         self.times, first_step, first_tokens = PhaseTimes(), self.step, self.tokens
         while self.step < cfg.train.steps:
-            with self.times("progress"):
-                dist.report_progress(self.step)
+            self.times.run("progress", dist.report_progress, self.step)
             t0 = time.perf_counter()
             lr = self.scheduler.base_lr()  # the lr this step uses (the scheduler moves on inside step)
             sums, n_micro = self.train_step()
@@ -170,41 +167,29 @@ class Trainer:
                 continue  # rolled back to the last checkpoint
             window_time += time.perf_counter() - t0
             window_tokens += self.tokens_per_step
-
             record = {"step": self.step, "tokens": self.tokens}
             if not self.subset_only and self.phases.subset_phase(self.step):
                 record.update(self.train_subset_only())
             if due(self.step, cfg.log.every, cfg.train.steps):
-                with self.times("metrics"):
-                    record.update(self._train_metrics(sums, n_micro, window_time, window_tokens), lr=lr)
+                record.update(self.times.run("metrics", self._train_metrics, sums, n_micro, window_time, window_tokens),
+                              lr=lr)
                 window_time, window_tokens = 0.0, 0
             self._run_step_end_hooks(record)
             saved = due(self.step, cfg.checkpoint.every, cfg.train.steps) or self.step == cfg.train.steps
             if saved:
-                with self.times("checkpoint"):
-                    self.save()
-            with self.times("preemption"):
-                preempted = self.preemption.requested()
-            if preempted:
+                self.times.run("checkpoint", self.save)
+            if self.times.run("preemption", self.preemption.requested):
                 if not saved:
                     self.save()
                 log.warning("preempted: saved step %d, exiting so the job can be requeued", self.step)
                 self.preempted = True
                 break
         self._checkpoints_saved(wait=True)
-        self._report_times(self.step - first_step, self.tokens - first_tokens)
+        if self.is_main:
+            report_times(self.times, self.run_dir, self.step - first_step, self.tokens - first_tokens, self.world)
         for cb in self.callbacks:
             cb.on_train_end(self, record)
         self.logger.close()
-
-    def _report_times(self, steps: int, tokens: int) -> None:
-        """timing.json and one log line: the loop's wall time by phase (pretrain/phase_times.py)."""
-        if not self.is_main or steps == 0:
-            return
-        summary = {**self.times.summary(steps, tokens), "ranks": self.world}
-        atomic_write_json(self.run_dir / "timing.json", summary)
-        log.info("time: %d steps in %.1f s (%.4g tokens/s over training): %s", steps, summary["wall_s"],
-                 summary["tokens_per_s"], describe(summary))
 
     def _on_nonfinite(self, metrics: dict[str, torch.Tensor]) -> bool:
         """Apply train.on_nonfinite to a step DeepSpeed skipped; True when the run was rolled back."""
@@ -232,11 +217,9 @@ class Trainer:
     def _run_step_end_hooks(self, record: dict[str, Any]) -> None:
         self._checkpoints_saved()
         for cb in self.callbacks:
-            with self.times(f"hook/{type(cb).__name__}"):
-                cb.on_step_end(self, record)
+            self.times.run(f"hook/{type(cb).__name__}", cb.on_step_end, self, record)
         if len(record) > 2:
-            with self.times("log"):
-                self.logger.log(record)
+            self.times.run("log", self.logger.log, record)
 
     def _train_metrics(self, sums: dict[str, torch.Tensor], n_micro: int, seconds: float, tokens: int) -> dict:
         keys = sorted(sums)
@@ -244,12 +227,8 @@ class Trainer:
         out: dict[str, Any] = dict(zip(keys, means.tolist()))
         grad_norm = self.engine.get_global_grad_norm()
         out["grad_norm"] = float(grad_norm) if grad_norm is not None else float("nan")
-        out["tokens_per_s"] = tokens / seconds
-        out["step_time"] = seconds * self.tokens_per_step / tokens
-        out["tflops"] = out["tokens_per_s"] * self.flops_per_token / self.world / 1e12
-        if self.peak_tflops:
-            out["mfu"] = out["tflops"] / self.peak_tflops
-        out["mem_gb"] = memory_gb()
+        out.update(throughput(tokens, seconds, self.tokens_per_step, self.flops_per_token, self.world,
+                              self.peak_tflops), mem_gb=memory_gb())
         out["nonfinite_steps"] = self.faults.nonfinite_steps
         if self.data.mixture:
             out.update(self.sampler.realized(self.cfg.data.seq_len))

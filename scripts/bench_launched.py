@@ -2,7 +2,7 @@
 """What a launched run pays beyond the step: real `python -m launch` runs (1 and 2 ranks) against the bare
 PyTorch loop of scripts/bench.py, in interleaved rounds on the same machine.
 
-Each launched run writes `timing.json` (pretrain/phase_times.py): its training loop's wall time by phase. Its
+Each launched run writes `timing.json` (pretrain/metrics.py, PhaseTimes): its training loop's wall time by phase. Its
 throughput is tokens over the loop's wall time less checkpoints and validation (reported apart), so collectives,
 hooks, logging and data all count; start-up (imports, engine build) and teardown are reported apart too. The bare
 loop runs in this process over the same windows, one thread, as every rank here gets one
@@ -15,6 +15,7 @@ loop runs in this process over the same windows, one thread, as every rank here 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import statistics
@@ -26,18 +27,19 @@ from pathlib import Path
 
 import torch
 
+from model import Llama
+from pretrain.config import load_config
+from pretrain.data.pipeline import load_data
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "scripts"))  # bench.py's bare loop
+_bench = importlib.util.spec_from_file_location("bench", ROOT / "scripts" / "bench.py")
+bench = importlib.util.module_from_spec(_bench)
+_bench.loader.exec_module(bench)  # its bare loop: the floor both benchmarks measure against
 
-from bench import bare_loop  # noqa: E402
-
-from model import Llama  # noqa: E402
-from pretrain.config import load_config  # noqa: E402
-from pretrain.data.pipeline import load_data  # noqa: E402
-
-FIXED = ["train.precision=fp32", "eval.every=0", "checkpoint.every=0", "log.tensorboard=false",
+FIXED = ["train.precision=fp32", "eval.every=0", "monitors.jump.every=0", "checkpoint.every=0", "log.tensorboard=false",
          "log.progress=plain", "train.resume=never"]
-"""What every side shares: fp32, no periodic validation or saves (the final save is timed and left out)."""
+"""What every side shares: fp32, no periodic validation, monitors or saves (the bare loop has none; the final
+save is timed and left out)."""
 
 
 def launched(ranks: int, config: str, steps: int, overrides: list[str], out: Path, name: str) -> dict:
@@ -65,7 +67,7 @@ def bare(config: str, steps: int, overrides: list[str], out: Path) -> dict:
                for i in range(min(len(windows) // micro, 64))]
     torch.manual_seed(cfg.run.seed)
     model = Llama(cfg.model)
-    step = bare_loop(model, lambda x: model(x).logits, cfg, batches, torch.device("cpu"))
+    step = bench.bare_loop(model, lambda x: model(x).logits, cfg, batches, torch.device("cpu"))
     for _ in range(3):
         step()
     start = time.perf_counter()
