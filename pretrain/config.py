@@ -288,6 +288,9 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
     return cfg
 
 
+OPTIMIZER_NAMES = {"adamw": "AdamW", "sgd": "SGD", "muon": "Muon"}
+
+
 def _check_optimizer(cfg: Config) -> None:
     """The optimizer and schedule settings that relate to each other or to features built on AdamW's state."""
     train = cfg.train
@@ -302,7 +305,7 @@ def _check_optimizer(cfg: Config) -> None:
                           "and > 0 for Nesterov")
     if train.carry.optimizer or train.trainable.mode != "all":
         raise ConfigError(f"{name}: train.carry.optimizer and train.trainable.mode carry Adam's moments, which "
-                          f"{train.optimizer} has not; use train.optimizer=adamw for them")
+                          f"{OPTIMIZER_NAMES[train.optimizer]} has not; use train.optimizer=adamw for them")
     if (cfg.deepspeed.config.get("zero_optimization") or {}).get("offload_optimizer"):
         raise ConfigError(f"{name} cannot run under ZeRO-Offload (DeepSpeed offloads only its own Adam); drop "
                           "offload_optimizer from deepspeed.config or use adamw")
@@ -315,8 +318,9 @@ def _check_muon(cfg: Config) -> None:
     clipping, because ZeRO clips the orthogonalized Muon updates together with the Adam gradients."""
     if cfg.deepspeed.zero_stage not in (1, 2):
         raise ConfigError(f"train.optimizer=muon runs under deepspeed.zero_stage 1 or 2, not "
-                          f"{cfg.deepspeed.zero_stage} (the stages whose Muon path and exact resume growlm tests; DeepSpeed "
-                          "orthogonalizes in a different place under each stage); set deepspeed.zero_stage=1 or 2")
+                          f"{cfg.deepspeed.zero_stage} (the stages whose Muon path and exact resume growlm tests; "
+                          "DeepSpeed orthogonalizes in a different place under each stage); set deepspeed.zero_stage=1 "
+                          "or 2")
     if cfg.train.grad_clip:
         raise ConfigError(f"train.optimizer=muon with train.grad_clip={cfg.train.grad_clip}: DeepSpeed's ZeRO clips "
                           "the global norm of the orthogonalized Muon updates (each ~sqrt(width), by design) with the "

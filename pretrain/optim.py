@@ -41,7 +41,7 @@ def muon_param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
     for group in param_groups(model, cfg.weight_decay):
         for p in group["params"]:
             p.use_muon = is_muon_matrix(names[id(p)], p)
-        for use_muon in (True, False):
+        for use_muon in (False, True):  # AdamW first: the logged `lr` (group 0) is train.lr's for every optimizer
             params = [p for p in group["params"] if p.use_muon is use_muon]
             settings = (dict(lr=cfg.muon_lr, momentum=cfg.momentum) if use_muon
                         else dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps))
