@@ -5,6 +5,7 @@ import json
 import logging
 import math
 import resource
+import subprocess
 import sys
 import time
 import uuid
@@ -27,6 +28,16 @@ def detect_peak_tflops() -> float | None:
         return None
     name = torch.cuda.get_device_name()
     return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
+
+
+def cpu_name() -> str:
+    """The CPU's model name as lscpu gives it, for benchmark reports ('unknown CPU' without lscpu)."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown CPU"
+    return next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")),
+                "unknown CPU")
 
 
 def memory_gb() -> float:
