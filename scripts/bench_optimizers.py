@@ -83,7 +83,7 @@ def main() -> None:
         for name in names[seed % len(names):] + names[:seed % len(names)]:
             results[name].append(run(args.config, name, seed, out, args.steps, args.ranks, args.overrides))
             print(f"seed {seed} {name}: {results[name][-1]}", flush=True)
-    print(f"\n{args.config} {' '.join(args.overrides)}, {args.steps} steps, {args.ranks} ranks, {cpu_name()} "
+    print(f"\n{' '.join([args.config, *args.overrides])}, {args.steps} steps, {args.ranks} ranks, {cpu_name()} "
           f"({os.cpu_count()} logical CPUs); {time.perf_counter() - start:.0f} s; runs in {out}\n")
     print(table(results, args.steps))
 

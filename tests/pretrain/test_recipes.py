@@ -67,10 +67,11 @@ def resume_from(full: Path, resumed: Path, step: int) -> None:
 def test_muon_orthogonalizes_exactly_the_block_matrices_and_resumes_exactly(runs_root, stage):
     """A 6-step Muon run on 2 ranks (untied head): every rank's ZeRO optimizer has the AdamW group of the embedding
     and head, the Muon group of the 2 blocks' 14 matrices (whose state is Muon's momentum), the AdamW group of the 5
-    norms, at their own lrs; a run resumed from its step-3 checkpoint then takes steps 4-6 bitwise alike."""
+    norms, at their own lrs as our LambdaLR scales them; a run resumed from its step-3 checkpoint then takes steps
+    4-6 bitwise alike."""
     muon = ["train.optimizer=muon", "train.muon_lr=0.01", "train.lr=0.002", "train.grad_clip=0",
-            "model.tie_embeddings=false", f"deepspeed.zero_stage={stage}", "train.steps=6", "checkpoint.every=3",
-            "eval.every=0", "monitors.jump.every=0"]
+            "model.tie_embeddings=false", f"deepspeed.zero_stage={stage}", "train.steps=6", "train.warmup_steps=4",
+            "checkpoint.every=3", "eval.every=0", "monitors.jump.every=0"]
     full, groups = runs_root / f"muon-z{stage}", runs_root / f"muon-z{stage}-groups"
     launch(full, muon, fault=f"optimizer_groups:{groups}")
     blocks = sorted(f"layers.{i}.{m}.weight" for i in range(2) for m in (
@@ -79,9 +80,9 @@ def test_muon_orthogonalizes_exactly_the_block_matrices_and_resumes_exactly(runs
     norms = sorted(["norm.weight", *(f"layers.{i}.{n}.weight" for i in range(2) for n in ("attention_norm",
                                                                                               "ffn_norm"))])
     adam = ["exp_avg", "exp_avg_sq", "step"]
-    expected = [(["output.weight", "tok_embeddings.weight"], False, 0.002, adam),
-                (blocks, True, 0.01, ["momentum_buffer"]),
-                (norms, False, 0.002, adam)]  # lr after step 1: the end of the 2-step warmup
+    expected = [(["output.weight", "tok_embeddings.weight"], False, 0.002 * 2 / 4, adam),
+                (blocks, True, 0.01 * 2 / 4, ["momentum_buffer"]),
+                (norms, False, 0.002 * 2 / 4, adam)]  # after step 1 our schedule set warmup step 2 of 4 on each
     for rank in (0, 1):
         built = json.loads((groups / f"rank_{rank}.json").read_text())
         assert [(sorted(g["names"]), g["use_muon"], g["lr"], g["state"]) for g in built] == expected
