@@ -318,9 +318,9 @@ def _check_muon(cfg: Config) -> None:
     clipping, because ZeRO clips the orthogonalized Muon updates together with the Adam gradients."""
     if cfg.deepspeed.zero_stage not in (1, 2):
         raise ConfigError(f"train.optimizer=muon runs under deepspeed.zero_stage 1 or 2, not "
-                          f"{cfg.deepspeed.zero_stage} (the stages whose Muon path and exact resume growlm tests; "
-                          "DeepSpeed orthogonalizes in a different place under each stage); set deepspeed.zero_stage=1 "
-                          "or 2")
+                          f"{cfg.deepspeed.zero_stage}: the stages whose Muon path and exact resume growlm tests "
+                          "(DeepSpeed orthogonalizes in a different place under each stage, and its ZeRO-3 refuses "
+                          "Muon with its default reduce_scatter); set deepspeed.zero_stage=1 or 2")
     if cfg.train.grad_clip:
         raise ConfigError(f"train.optimizer=muon with train.grad_clip={cfg.train.grad_clip}: DeepSpeed's ZeRO clips "
                           "the global norm of the orthogonalized Muon updates (each ~sqrt(width), by design) with the "
