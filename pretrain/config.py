@@ -92,21 +92,26 @@ class TrainConfig:
     """wsd: the final decay's share of train.steps, when decay_steps is 0."""
     decay_shape: str = choice("linear", ("linear", "cosine", "1-sqrt"))
     """wsd: linear | cosine | 1-sqrt (1 - sqrt(progress), fast at first: Hägele et al. 2024)."""
-    optimizer: str = choice("adamw", ("adamw", "sgd"))
+    optimizer: str = choice("adamw", ("adamw", "sgd", "muon"))
     """adamw (beta1, beta2, eps; decoupled weight decay) | sgd (torch SGD with heavy-ball `momentum`, optionally
-    `nesterov`; weight_decay is L2 added to the gradient, as torch's SGD does)."""
+    `nesterov`; weight_decay is L2 added to the gradient, as torch's SGD does) | muon (DeepSpeed's Muon on the
+    blocks' 2-D matrices at `muon_lr` with `momentum`, an AdamW (lr, beta1, beta2, eps) on the embedding, head and
+    norms; ZeRO 1-2, train.grad_clip=0; docs/guide.md)."""
     momentum: float = non_negative(0.9)
-    """sgd: heavy-ball momentum, in [0, 1)."""
+    """sgd: heavy-ball momentum | muon: Muon's momentum (always Nesterov, as DeepSpeed's update is); in [0, 1)."""
     nesterov: bool = False
     """sgd: Nesterov momentum (needs momentum > 0)."""
+    muon_lr: float = positive(0.02)
+    """muon: peak lr of the Muon matrices (the aux AdamW takes `lr`); one schedule scales both. Its own value
+    because an orthogonalized update has RMS ~ 1/sqrt(width), far below Adam's: 0.02 is Muon's usual setting."""
     weight_decay: float = non_negative(0.1)
-    """Weight decay on matrices (AdamW: decoupled; SGD: L2); norms and biases are never decayed."""
+    """Weight decay on matrices (AdamW and muon: decoupled; SGD: L2); norms and biases are never decayed."""
     beta1: float = non_negative(0.9)
-    """AdamW beta1, in [0, 1) (0: no momentum)."""
+    """AdamW (and muon's aux AdamW) beta1, in [0, 1) (0: no momentum)."""
     beta2: float = non_negative(0.95)
-    """AdamW beta2, in [0, 1)."""
+    """AdamW (and muon's aux AdamW) beta2, in [0, 1)."""
     eps: float = positive(1e-8)
-    """AdamW epsilon."""
+    """AdamW (and muon's aux AdamW) epsilon."""
     grad_clip: float = non_negative(1.0)
     """Clip the global gradient norm to this (0 disables)."""
     precision: str = choice("auto", ("auto", "bf16", "fp32"))
@@ -284,27 +289,48 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
     return cfg
 
 
+OPTIMIZER_NAMES = {"adamw": "AdamW", "sgd": "SGD", "muon": "Muon"}
+
+
 def _check_optimizer(cfg: Config) -> None:
     """The optimizer and schedule settings that relate to each other or to features built on AdamW's state."""
     train = cfg.train
     if train.schedule == "wsd" and wsd_decay_steps(train) > train.steps - train.warmup_steps:
         raise ConfigError(f"train.schedule=wsd decays over {wsd_decay_steps(train)} steps, more than the "
                           f"{train.steps - train.warmup_steps} after warmup; lower train.decay_steps or decay_fraction")
-    if train.optimizer != "sgd":
+    if train.optimizer == "adamw":
         return
+    name = f"train.optimizer={train.optimizer}"
     if cfg.model.mup is not None:
         raise ConfigError(f"model.mup={{base_width: {cfg.model.mup.base_width}}} scales learning rates by µP's rules "
-                          "for Adam; SGD needs other ones (Tensor Programs V, Table 3), which growlm does not "
-                          "implement: use train.optimizer=adamw or model.mup=null")
+                          f"for Adam; {name} needs other ones (SGD: Tensor Programs V, Table 3; Muon already scales "
+                          "its update to each matrix's shape), which growlm does not implement: use "
+                          "train.optimizer=adamw or model.mup=null")
     if train.momentum >= 1 or (train.nesterov and train.momentum == 0):
         raise ConfigError(f"train.momentum={train.momentum} (nesterov={train.nesterov}): momentum must be in [0, 1), "
                           "and > 0 for Nesterov")
     if train.carry.optimizer or train.trainable.mode != "all":
-        raise ConfigError("train.optimizer=sgd: train.carry.optimizer and train.trainable.mode carry Adam's moments, "
-                          "which SGD has not; use train.optimizer=adamw for them")
+        raise ConfigError(f"{name}: train.carry.optimizer and train.trainable.mode carry Adam's moments, which "
+                          f"{OPTIMIZER_NAMES[train.optimizer]} has not; use train.optimizer=adamw for them")
     if (cfg.deepspeed.config.get("zero_optimization") or {}).get("offload_optimizer"):
-        raise ConfigError("train.optimizer=sgd cannot run under ZeRO-Offload (DeepSpeed offloads only its own Adam); "
-                          "drop offload_optimizer from deepspeed.config or use adamw")
+        raise ConfigError(f"{name} cannot run under ZeRO-Offload (DeepSpeed offloads only its own Adam); drop "
+                          "offload_optimizer from deepspeed.config or use adamw")
+    if train.optimizer == "muon":
+        _check_muon(cfg)
+
+
+def _check_muon(cfg: Config) -> None:
+    """What DeepSpeed's Muon runs correctly here: ZeRO 1-2 (where growlm tests its update and exact resume), and no
+    clipping, because ZeRO clips the orthogonalized Muon updates together with the Adam gradients."""
+    if cfg.deepspeed.zero_stage not in (1, 2):
+        raise ConfigError(f"train.optimizer=muon runs under deepspeed.zero_stage 1 or 2, not "
+                          f"{cfg.deepspeed.zero_stage}: the stages whose Muon path and exact resume growlm tests "
+                          "(DeepSpeed orthogonalizes in a different place under each stage, and its ZeRO-3 refuses "
+                          "Muon with its default reduce_scatter); set deepspeed.zero_stage=1 or 2")
+    if cfg.train.grad_clip:
+        raise ConfigError(f"train.optimizer=muon with train.grad_clip={cfg.train.grad_clip}: DeepSpeed's ZeRO clips "
+                          "the global norm of the orthogonalized Muon updates (each ~sqrt(width), by design) with the "
+                          "Adam gradients, so clipping would shrink every Muon step; set train.grad_clip=0")
 
 
 def wsd_decay_steps(train: TrainConfig) -> int:

@@ -1,4 +1,5 @@
-"""AdamW parameter groups and the learning-rate schedule (a plain LambdaLR: easy to test and to resume)."""
+"""The optimizer (AdamW, SGD or DeepSpeed's Muon) over its parameter groups, and the learning-rate schedule (a plain
+LambdaLR: easy to test and to resume)."""
 from __future__ import annotations
 
 import math
@@ -29,11 +30,46 @@ def param_groups(model: nn.Module, weight_decay: float, lr: float) -> list[dict]
              "lr_scale": key[1]} for key in order]
 
 
+def is_muon_matrix(name: str, p: torch.Tensor) -> bool:
+    """Whether Muon updates this parameter: the 2-D matrices of the blocks (attention q/k/v/o, MLP w1/w2/w3), which
+    map hidden states to hidden states, as Muon's orthogonalized update assumes. The embedding and the head (a
+    lookup table and a map to logits) and the 1-D norm gains go to the auxiliary AdamW (Jordan et al.'s recipe)."""
+    return name.startswith("layers.") and len(getattr(p, "ds_shape", p.shape)) == 2
+
+
+def muon_param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
+    """`param_groups` split into Muon and auxiliary-AdamW halves, each parameter tagged `use_muon` (what DeepSpeed's
+    ZeRO-1/2 reads to orthogonalize a gradient) by `is_muon_matrix`: DeepSpeed's own tagging goes by name and would
+    put an untied head (`output.weight`) in Muon. The Muon half takes `muon_lr` and `momentum`; the AdamW half `lr`,
+    betas and eps; both keep their group's weight decay (none on norms)."""
+    names = {id(p): name for name, p in model.named_parameters()}
+    groups = []
+    for group in param_groups(model, cfg.weight_decay, cfg.lr):  # µP is refused with Muon: every lr_scale is 1
+        for p in group["params"]:
+            p.use_muon = is_muon_matrix(names[id(p)], p)
+        for use_muon in (False, True):  # AdamW first: the logged `lr` (group 0) is train.lr's for every optimizer
+            params = [p for p in group["params"] if p.use_muon is use_muon]
+            settings = (dict(lr=cfg.muon_lr, momentum=cfg.momentum) if use_muon
+                        else dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps))
+            if params:
+                groups.append({"params": params, "use_muon": use_muon, "weight_decay": group["weight_decay"],
+                               **settings})
+    return groups
+
+
 def build_optimizer(model: nn.Module, cfg: TrainConfig, offload: bool = False) -> torch.optim.Optimizer:
     """`train.optimizer`: AdamW, fused (one kernel for the whole update) when the parameters are already on a
     GPU, which is what DeepSpeed's flat fp32 partitions will be too; with ZeRO-Offload (`offload`) the update
     runs on the host, so it is DeepSpeed's vectorized CPU AdamW (JIT-built on first use; DeepSpeed refuses
-    others). Or torch's SGD with heavy-ball (or Nesterov) momentum, what the trajectory paper's claims are about."""
+    others). Or torch's SGD with heavy-ball (or Nesterov) momentum, what the trajectory paper's claims are about.
+    Or DeepSpeed's Muon with its auxiliary torch AdamW (`muon_param_groups`): the class DeepSpeed's config would
+    build, built here so that our tags, not DeepSpeed's name rule, say which parameters are Muon's."""
+    on_gpu = all(p.is_cuda for p in model.parameters())
+    if cfg.optimizer == "muon":
+        from deepspeed.runtime.zero.muon.muon_optimizer import MuonWithAuxAdam  # imports torch.compile'd kernels
+
+        return MuonWithAuxAdam(muon_param_groups(model, cfg), adam_optimizer=torch.optim.AdamW,
+                               adam_optimizer_kwargs={"fused": on_gpu or None})
     groups = param_groups(model, cfg.weight_decay, cfg.lr)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
@@ -41,7 +77,6 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, offload: bool = False) -
         from deepspeed.ops.adam import DeepSpeedCPUAdam
 
         return DeepSpeedCPUAdam(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, adamw_mode=True)
-    on_gpu = all(p.is_cuda for g in groups for p in g["params"])
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=on_gpu or None)
 
 

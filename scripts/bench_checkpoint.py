@@ -18,7 +18,6 @@ import argparse
 import os
 import shutil
 import statistics
-import subprocess
 import time
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import torch
 from pretrain.async_save import AsyncSaves
 from pretrain.checkpoint import Saves
 from pretrain.config import load_config
+from pretrain.metrics import cpu_name
 from pretrain.dist import init_distributed
 from pretrain.trainer import Trainer
 from storage import folders
@@ -36,15 +36,6 @@ MODEL = ["model.dim=256", "model.n_layers=6", "model.n_heads=4", "model.n_kv_hea
          "data.tokenizer_sample_bytes=300000", "train.micro_batch_size=1", "train.precision=fp32"]
 """~4.7M parameters (fp32 weights, master copy and Adam moments: a ~72 MB checkpoint) trained on 32 tokens a
 step: a save takes several steps' time, as a large model's does on an accelerator."""
-
-
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown CPU"
-    return next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")),
-                "unknown CPU")
 
 
 def timed_steps(trainer: Trainer, k: int) -> float:

@@ -30,6 +30,7 @@ import torch
 from model import Llama
 from pretrain.config import load_config
 from pretrain.data.pipeline import load_data
+from pretrain.metrics import cpu_name
 
 ROOT = Path(__file__).resolve().parent.parent
 _bench = importlib.util.spec_from_file_location("bench", ROOT / "scripts" / "bench.py")
@@ -110,9 +111,7 @@ def main() -> None:
     p.add_argument("--json", type=Path, help="also write every round's figures here")
     p.add_argument("overrides", nargs="*", help="config overrides key=value for every side")
     args = p.parse_args()
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), "unknown CPU") if Path("/proc/cpuinfo").exists() else "unknown"
-    print(f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}; {args.rounds} rounds of {args.steps} steps")
+    print(f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}; {args.rounds} rounds of {args.steps} steps")
     results: dict[str, list[dict]] = {"bare": [], "launched-1": [], "launched-2": []}
     with tempfile.TemporaryDirectory(prefix="growlm-bench-launched-") as tmp:
         out = Path(tmp)

@@ -13,6 +13,8 @@ list of:
   record_samples:DIR each rank appends the window indices of every step to DIR/rank_<r>.jsonl
   cpu_bf16:yes|no    torch reports this CPU with (AMX) or without native bf16 units
   slow_save:SECONDS  every checkpoint save takes SECONDS longer (before its manifest is written)
+  optimizer_groups:DIR  after step 1, each rank writes DIR/rank_<r>.json: per ZeRO-1/2 optimizer group, its
+                     parameter names, use_muon, lr and the optimizer-state keys of this rank's flat partition
 """
 from __future__ import annotations
 
@@ -149,3 +151,20 @@ for name, *args in _faults():
             return micro_batches
 
         StepSampler.next_step = recording_next_step
+    elif name == "optimizer_groups":
+        out_dir = Path(args[0])
+        train_step = Trainer.train_step
+
+        def inspecting_train_step(self, _orig=train_step, _dir=out_dir):
+            out = _orig(self)
+            if self.step == 1:
+                zero = self.engine.optimizer  # DeepSpeedZeroOptimizer: groups of module parameters, flat partitions
+                names = {id(p): n for n, p in self.engine.module.named_parameters()}
+                groups = [{"names": [names[id(p)] for p in zero.bit16_groups[i]], "use_muon": group["use_muon"],
+                           "lr": group["lr"], "state": sorted(zero.optimizer.state[group["params"][0]])}
+                          for i, group in enumerate(zero.optimizer.param_groups)]
+                _dir.mkdir(parents=True, exist_ok=True)
+                (_dir / f"rank_{dist.rank()}.json").write_text(json.dumps(groups))
+            return out
+
+        Trainer.train_step = inspecting_train_step

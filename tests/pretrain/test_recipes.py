@@ -1,8 +1,11 @@
 """Training recipes in real runs (issue 33), fp32: a WSD run and a branch annealed from a stable-phase
-checkpoint of a longer run end bitwise alike; SGD with momentum resumes exactly under ZeRO 1 and 2."""
+checkpoint of a longer run end bitwise alike; SGD with momentum and Muon resume exactly under ZeRO 1 and 2, and
+Muon's ZeRO groups hold exactly the block matrices."""
 from __future__ import annotations
 
+import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -45,10 +48,47 @@ def test_sgd_with_momentum_resumes_exactly(runs_root, stage):
     full = runs_root / f"sgd-z{stage}"
     launch(full, sgd)
     resumed = runs_root / f"sgd-z{stage}-resumed"
-    (resumed / "checkpoints").mkdir(parents=True)
-    shutil.copytree(full / "checkpoints" / "step_3", resumed / "checkpoints" / "step_3")
-    (resumed / "checkpoints" / "latest").write_text("step_3\n")
+    resume_from(full, resumed, 3)
     launch(resumed, sgd)
     ours, theirs = losses(resumed), losses(full)
     assert sorted(ours) == [4, 5, 6] and all(ours[s] == theirs[s] for s in ours), (ours, theirs)
     assert theirs[6] < theirs[1]  # and SGD trained
+
+
+def resume_from(full: Path, resumed: Path, step: int) -> None:
+    """A fresh run directory holding only `full`'s step-`step` checkpoint, marked latest."""
+    (resumed / "checkpoints").mkdir(parents=True)
+    shutil.copytree(full / "checkpoints" / f"step_{step}", resumed / "checkpoints" / f"step_{step}")
+    (resumed / "checkpoints" / "latest").write_text(f"step_{step}\n")
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("stage", [1, pytest.param(2, marks=pytest.mark.slow)])
+def test_muon_orthogonalizes_exactly_the_block_matrices_and_resumes_exactly(runs_root, stage):
+    """A 6-step Muon run on 2 ranks (untied head): every rank's ZeRO optimizer has the AdamW group of the embedding
+    and head, the Muon group of the 2 blocks' 14 matrices (whose state is Muon's momentum), the AdamW group of the 5
+    norms, at their own lrs as our LambdaLR scales them; a run resumed from its step-3 checkpoint then takes steps
+    4-6 bitwise alike."""
+    muon = ["train.optimizer=muon", "train.muon_lr=0.01", "train.lr=0.002", "train.grad_clip=0",
+            "model.tie_embeddings=false", f"deepspeed.zero_stage={stage}", "train.steps=6", "train.warmup_steps=4",
+            "checkpoint.every=3", "eval.every=0", "monitors.jump.every=0"]
+    full, groups = runs_root / f"muon-z{stage}", runs_root / f"muon-z{stage}-groups"
+    launch(full, muon, fault=f"optimizer_groups:{groups}")
+    blocks = sorted(f"layers.{i}.{m}.weight" for i in range(2) for m in (
+        "attention.wq", "attention.wk", "attention.wv", "attention.wo", "feed_forward.w1", "feed_forward.w2",
+        "feed_forward.w3"))
+    norms = sorted(["norm.weight", *(f"layers.{i}.{n}.weight" for i in range(2) for n in ("attention_norm",
+                                                                                              "ffn_norm"))])
+    adam = ["exp_avg", "exp_avg_sq", "step"]
+    expected = [(["output.weight", "tok_embeddings.weight"], False, 0.002 * 2 / 4, adam),
+                (blocks, True, 0.01 * 2 / 4, ["momentum_buffer"]),
+                (norms, False, 0.002 * 2 / 4, adam)]  # after step 1 our schedule set warmup step 2 of 4 on each
+    for rank in (0, 1):
+        built = json.loads((groups / f"rank_{rank}.json").read_text())
+        assert [(sorted(g["names"]), g["use_muon"], g["lr"], g["state"]) for g in built] == expected
+    resumed = runs_root / f"muon-z{stage}-resumed"
+    resume_from(full, resumed, 3)
+    launch(resumed, muon)
+    ours, theirs = losses(resumed), losses(full)
+    assert sorted(ours) == [4, 5, 6] and all(ours[s] == theirs[s] for s in ours), (ours, theirs)
+    assert theirs[6] < theirs[1]  # and Muon trained

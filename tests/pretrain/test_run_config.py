@@ -12,7 +12,7 @@ from model import Llama, ModelConfig
 from launching import ROOT
 from pretrain.config import ConfigError, TrainConfig, load_config
 from pretrain.engine import deep_merge, deepspeed_config
-from pretrain.optim import build_optimizer, lr_factor, param_groups
+from pretrain.optim import build_optimizer, build_scheduler, lr_factor, param_groups
 
 TINY = "configs/tiny.yaml"
 
@@ -101,8 +101,16 @@ def test_a_longer_wsd_run_is_the_same_schedule_until_its_own_decay():
     (["train.optimizer=sgd", "train.momentum=1.0"], "train.momentum=1.0"),
     (["train.optimizer=sgd", "train.momentum=0", "train.nesterov=true"], "> 0 for Nesterov"),
     (["train.optimizer=sgd", "train.trainable.mode=norms_only"], "SGD has not"),
-    (["train.optimizer=lion"], "train.optimizer='lion' is not valid; choose one of ['adamw', 'sgd']"),
+    (["train.optimizer=lion"], "train.optimizer='lion' is not valid; choose one of ['adamw', 'sgd', 'muon']"),
     (["train.decay_shape=sqrt"], "train.decay_shape='sqrt' is not valid"),
+    (["train.optimizer=muon"], "train.grad_clip=1.0"),  # tiny.yaml clips; Muon needs train.grad_clip=0
+    (["train.optimizer=muon", "train.grad_clip=0", "deepspeed.zero_stage=3"], "deepspeed.zero_stage 1 or 2, not 3"),
+    (["train.optimizer=muon", "train.grad_clip=0", "deepspeed.zero_stage=0"], "deepspeed.zero_stage 1 or 2, not 0"),
+    (["train.optimizer=muon", "train.grad_clip=0", "train.trainable.mode=random"], "Muon has not"),
+    (["train.optimizer=muon", "train.grad_clip=0", "train.carry.optimizer=true", "train.init_from=x"], "Muon has not"),
+    (["train.optimizer=muon", "train.grad_clip=0", "deepspeed.zero_stage=2",
+      "deepspeed.config={zero_optimization: {offload_optimizer: {device: cpu}}}"], "cannot run under ZeRO-Offload"),
+    (["train.optimizer=muon", "train.grad_clip=0", "train.momentum=1"], "train.momentum=1.0"),
 ])
 def test_optimizer_and_schedule_mistakes_are_named(overrides, named):
     with pytest.raises(ConfigError, match=re.escape(named)):
@@ -117,6 +125,51 @@ def test_sgd_is_torch_sgd_with_the_momentum_and_decay_groups():
     assert type(opt) is torch.optim.SGD
     assert [(g["momentum"], g["nesterov"], g["weight_decay"]) for g in opt.param_groups] == [(0.8, True, 5e-4),
                                                                                           (0.8, True, 0.0)]
+
+
+MUON = ["train.optimizer=muon", "train.grad_clip=0", "train.muon_lr=0.01", "train.lr=0.002", "train.momentum=0.95",
+        "train.beta1=0.8", "train.beta2=0.99", "train.eps=1e-10", "train.weight_decay=0.05", "train.warmup_steps=4",
+        "model.tie_embeddings=false"]
+
+
+def test_muon_puts_exactly_the_block_matrices_in_muon_and_the_rest_in_adamw():
+    """DeepSpeed's Muon over three groups: AdamW on the embedding and untied head (decayed), Muon on the blocks'
+    attention and MLP matrices, AdamW on the norms (not decayed); each with its own settings from train.*."""
+    from deepspeed.runtime.zero.muon.muon_optimizer import MuonWithAuxAdam
+
+    cfg = load_config(TINY, MUON)
+    model = Llama(cfg.model)
+    opt = build_optimizer(model, cfg.train)
+    names = {id(p): n for n, p in model.named_parameters()}
+    blocks = {f"layers.{i}.{m}.weight" for i in range(cfg.model.n_layers)
+              for m in ("attention.wq", "attention.wk", "attention.wv", "attention.wo",
+                        "feed_forward.w1", "feed_forward.w2", "feed_forward.w3")}
+    norms = {"norm.weight"} | {f"layers.{i}.{n}.weight" for i in range(cfg.model.n_layers)
+                               for n in ("attention_norm", "ffn_norm")}
+    assert type(opt) is MuonWithAuxAdam and len(opt.param_groups) == 3
+    embed, muon, gains = opt.param_groups
+    assert {names[id(p)] for p in embed["params"]} == {"tok_embeddings.weight", "output.weight"}
+    assert {names[id(p)] for p in muon["params"]} == blocks
+    assert {names[id(p)] for p in gains["params"]} == norms
+    assert [g["use_muon"] for g in opt.param_groups] == [False, True, False]
+    assert all(p.use_muon is (names[id(p)] in blocks) for p in model.parameters())  # what ZeRO-1/2 reads
+    assert (muon["lr"], muon["momentum"], muon["weight_decay"]) == (0.01, 0.95, 0.05)
+    assert [(g["lr"], g["betas"], g["eps"], g["weight_decay"]) for g in (embed, gains)] == [
+        (0.002, (0.8, 0.99), 1e-10, 0.05), (0.002, (0.8, 0.99), 1e-10, 0.0)]
+    scheduler = build_scheduler(opt, cfg.train)
+    assert scheduler.get_last_lr() == [0.002 / 4, 0.01 / 4, 0.002 / 4]  # warmup step 0 of 4 scales both lrs
+
+
+def test_deepspeeds_own_muon_tagging_would_put_an_untied_head_in_muon():
+    """Why growlm tags use_muon itself: deepspeed.initialize tags by name ("embed", "lm_head") whenever its config
+    names Muon, and our untied head is `output.weight`."""
+    from types import SimpleNamespace
+
+    from deepspeed import set_optimizer_flags
+
+    model = Llama(load_config(TINY, MUON).model)
+    set_optimizer_flags(SimpleNamespace(optimizer_name="muon", optimizer_params={}), model)
+    assert model.output.weight.use_muon and not model.tok_embeddings.weight.use_muon
 
 
 def test_no_weight_decay_on_norms():
