@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from launching import ROOT, launch
+from launching import ROOT, command, environment, launch
 
 
 def run_launch(*args: str) -> subprocess.CompletedProcess:
@@ -86,7 +86,14 @@ def test_each_python_environment_builds_its_ops_in_its_own_directory(monkeypatch
 
 @pytest.mark.distributed
 def test_cpu_runs_leave_no_shared_memory_behind(runs_root):
-    """DeepSpeed's CPU comm op never unlinks its ~70 MB per-rank /dev/shm buffers; the trainer does."""
-    before = set(Path("/dev/shm").glob("deepspeed_allreduce_buffer_*"))
-    launch(runs_root / "shm_check", ["train.steps=2", "eval.every=0", "monitors.jump.every=0"])
-    assert set(Path("/dev/shm").glob("deepspeed_allreduce_buffer_*")) - before == set()
+    """DeepSpeed's CPU comm op never unlinks its ~70 MB per-rank /dev/shm buffers; the trainer does. The buffers
+    are named by the rendezvous port, so a fixed one tells this run's from those of runs other workers launch."""
+    from launch.command import free_port
+
+    port = free_port()
+    cmd = command(runs_root / "shm_check", ["train.steps=2", "eval.every=0", "monitors.jump.every=0"],
+                  launcher_args=["--num_gpus", "2", "--skip-check", "--master_port", str(port)])
+    proc = subprocess.run(cmd, cwd=ROOT, env=environment(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "step 2/2" in proc.stderr + proc.stdout  # it trained, so its ranks made buffers
+    assert sorted(Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{port}_*")) == []
