@@ -24,7 +24,9 @@ def test_a_run_broken_six_ways_ends_bitwise_where_an_unbroken_one_does(tmp_path)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
     injected = [line for line in report.splitlines() if line.startswith("| ") and line.endswith(" |")
                 and line.split("|")[2].strip().isdigit()]
-    assert sum(int(line.split("|")[2]) for line in injected) >= 5, report
+    # Where each fault lands depends on how far the previous attempt got (a killed launcher's ranks save first),
+    # so a fault planned near the end can find the run finished: at least 4 of the 6 fire.
+    assert sum(int(line.split("|")[2]) for line in injected) >= 4, report
     assert len([line for line in injected if int(line.split("|")[2]) > 0]) >= 3, report  # of different kinds
     for check in ("metrics.jsonl: every step once | yes", "losses bitwise | yes",
                   "data position (final sampler state) | yes", "final weights bitwise | yes"):
