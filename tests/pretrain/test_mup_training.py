@@ -14,6 +14,7 @@ MUP = ["model.mup.base_width=16", "deepspeed.zero_stage=3", "train.steps=4", "ch
 
 
 @pytest.mark.distributed
+@pytest.mark.slow  # two launches; the groups themselves are checked in-process (tests/pretrain/test_mup_groups.py)
 def test_mup_groups_train_checkpoint_and_resume_exactly_under_zero3(runs_root):
     """dim 64 from base 16: the hidden group's lr is 1/4 of the others' in the saved optimizer state of every
     rank; `lr` in the metrics is the schedule's (warmup 2: 1/2 then all of train.lr); a run resumed from the

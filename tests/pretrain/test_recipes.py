@@ -47,12 +47,7 @@ def test_sgd_with_momentum_resumes_exactly(runs_root, stage):
            "monitors.jump.every=0", "train.grad_clip=0"]
     full = runs_root / f"sgd-z{stage}"
     launch(full, sgd)
-    resumed = runs_root / f"sgd-z{stage}-resumed"
-    resume_from(full, resumed, 3)
-    launch(resumed, sgd)
-    ours, theirs = losses(resumed), losses(full)
-    assert sorted(ours) == [4, 5, 6] and all(ours[s] == theirs[s] for s in ours), (ours, theirs)
-    assert theirs[6] < theirs[1]  # and SGD trained
+    assert_resumes_exactly(full, sgd)
 
 
 def resume_from(full: Path, resumed: Path, step: int) -> None:
@@ -60,6 +55,17 @@ def resume_from(full: Path, resumed: Path, step: int) -> None:
     (resumed / "checkpoints").mkdir(parents=True)
     shutil.copytree(full / "checkpoints" / f"step_{step}", resumed / "checkpoints" / f"step_{step}")
     (resumed / "checkpoints" / "latest").write_text(f"step_{step}\n")
+
+
+def assert_resumes_exactly(full: Path, overrides: list[str]) -> None:
+    """Launched from `full`'s step-3 checkpoint in a fresh run directory, the 6-step run takes steps 4-6 bitwise as
+    `full` did (the optimizer state resumed), and `full` trained."""
+    resumed = full.with_name(full.name + "-resumed")
+    resume_from(full, resumed, 3)
+    launch(resumed, overrides)
+    ours, theirs = losses(resumed), losses(full)
+    assert sorted(ours) == [4, 5, 6] and all(ours[s] == theirs[s] for s in ours), (ours, theirs)
+    assert theirs[6] < theirs[1]
 
 
 @pytest.mark.distributed
@@ -87,9 +93,4 @@ def test_muon_orthogonalizes_exactly_the_block_matrices_and_resumes_exactly(runs
     for rank in (0, 1):
         built = json.loads((groups / f"rank_{rank}.json").read_text())
         assert [(sorted(g["names"]), g["use_muon"], g["lr"], g["state"]) for g in built] == expected
-    resumed = runs_root / f"muon-z{stage}-resumed"
-    resume_from(full, resumed, 3)
-    launch(resumed, muon)
-    ours, theirs = losses(resumed), losses(full)
-    assert sorted(ours) == [4, 5, 6] and all(ours[s] == theirs[s] for s in ours), (ours, theirs)
-    assert theirs[6] < theirs[1]  # and Muon trained
+    assert_resumes_exactly(full, muon)
