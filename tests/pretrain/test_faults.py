@@ -290,6 +290,7 @@ def test_a_signal_to_the_process_group_lets_a_long_save_complete(runs_root):
 
 
 @pytest.mark.distributed
+@pytest.mark.slow  # grad_accum derived in-process: test_run_components.py; chaos.py's resize fault
 def test_resume_on_fewer_ranks_continues_the_sample_sequence(zero_runs, runs_root):
     """2 ranks -> 1 rank with no batch setting changed: grad_accum 2 is derived to keep the global batch (and
     recorded in the run's config), DeepSpeed universal conversion happens automatically; samples continue the

@@ -13,6 +13,9 @@ from launching import launch, losses
 QAT = ["train.steps=4", "checkpoint.every=4", "eval.every=0", "monitors.jump.every=0", "train.quantization.bits=2"]
 
 
+pytestmark = pytest.mark.slow  # two launches (ZeRO 1 and 3); the quantized model itself: tests/model/test_quant.py
+
+
 @pytest.fixture(scope="module")
 def qat_runs(runs_root):
     runs = {stage: runs_root / f"qat_zero{stage}" for stage in (1, 3)}
