@@ -45,8 +45,9 @@ def bars_figure(bounds: Bounds) -> Figure:
         xs = [layers.index(l) + (i - (len(series) - 1) / 2) * width for l in values]
         ax.bar(xs, list(values.values()), width, label=name, color="black" if i == 0 else _COLORS(i % 20))
     ax.axhline(model_loss, color="black", lw=0.8, ls="--")
-    lazy = set(bounds.lazy_layers)
-    ax.set_xticks(range(len(layers)), [f"l={l}" + (" (lazy)" if l in lazy else "") for l in layers])
+    tags = {v.layer: "".join(tag for tag, on in ((" (removable)", v.lazy), (" (under-opt.)", v.under_optimized))
+                             if on) for v in bounds.layers}
+    ax.set_xticks(range(len(layers)), [f"l={l}" + tags.get(l, "") for l in layers])
     values = [v for _, vals in series for v in vals.values()]
     pad = 0.05 * (max(values) - min(values)) or 0.05
     ax.set_ylim(min(values) - pad, max(values) + pad)
@@ -61,7 +62,9 @@ def _step_suffix(step: int | None) -> str:
 
 
 def write_summary(peeling_dir: Path) -> Path | None:
-    """summary.png: per layer, the model's loss and the layer's removal bound (per variant) over training."""
+    """summary.png: per layer, over training, the model's loss, the layer's removal bound (per variant) and the
+    loss with its block refitted on the LM loss (model loss minus the refits' mean gain, best variant): the
+    bound-model gap of both verdicts."""
     runs = []
     for path in peeling_dir.glob(f"*/{BOUNDS_JSON}"):
         data = json.loads(path.read_text())
@@ -78,6 +81,8 @@ def write_summary(peeling_dir: Path) -> Path | None:
         ax.plot(steps, [_reference(d) for d in runs], "k-o", ms=3, label="trained model")
         for variant, points in sorted(_removal_bounds(runs, layer).items()):
             ax.plot(*zip(*points), "-o", ms=3, label=f"removal bound, {variant}")
+        if refitted := _refit_losses(runs, layer):
+            ax.plot(*zip(*refitted), "--s", ms=3, label="own block refitted on the LM loss")
         ax.set_title(f"layer {layer}")
         ax.set_xlabel("step")
     axes[0].set_ylabel("LM loss (held-out where measured)")
@@ -111,6 +116,12 @@ def _removal_bounds(runs: list[dict], layer: int) -> dict[str, list[tuple[int, f
     return points
 
 
+def _refit_losses(runs: list[dict], layer: int) -> list[tuple[int, float]]:
+    """[(step, model loss − the layer's mean refit gain)] over the checkpoints that refitted it."""
+    return [(d["step"], _reference(d) - v["refit_gain"]) for d in runs for v in d["layers"]
+            if v["layer"] == layer and v.get("refit_gain") is not None]
+
+
 def format_table(bounds: Bounds) -> str:
     """The rows and the per-layer verdicts as fixed-width text."""
     held = bounds.holdout_model_loss is not None
@@ -126,12 +137,14 @@ def format_table(bounds: Bounds) -> str:
                      f"{','.join(map(str, r.removes)) or '-':<8} {r.seconds:>6.1f}")
     lines.append("")
     lines.append(f"verdicts on the {bounds.scored_on} windows")
-    lines.append(f"{'layer':>5} {'removal bound':>13} {'margin':>8}  verdict (row)")
+    lines.append(f"{'layer':>5} {'removal bound':>13} {'margin':>8} {'refit gain':>10} {'gain bound':>10}  verdicts")
     for v in bounds.layers:
-        if v.removal_bound is None:
-            lines.append(f"{v.layer:>5} {'-':>13} {'-':>8}  no row removes it")
-        else:
-            verdict = "LAZY" if v.lazy else "ok"
-            lines.append(f"{v.layer:>5} {v.removal_bound:>13.4f} {v.margin:>+8.4f}  {verdict} ({v.removal_row})")
+        removal = (f"{'-':>13} {'-':>8}" if v.removal_bound is None
+                   else f"{v.removal_bound:>13.4f} {v.margin:>+8.4f}")
+        refit = (f"{'-':>10} {'-':>10}" if v.refit_gain is None
+                 else f"{v.refit_gain:>+10.4f} {v.refit_margin:>+10.4f}")
+        said = [w for w, on in (("REMOVABLE", v.lazy), ("UNDER-OPTIMIZED", v.under_optimized)) if on] or ["ok"]
+        why = f" (removal: {v.removal_row})" if v.removal_row else " (no row removes it)"
+        lines.append(f"{v.layer:>5} {removal} {refit}  {', '.join(said)}{why}")
     lines.append(f"{bounds.seconds:.1f} s")
     return "\n".join(lines)

@@ -57,8 +57,15 @@ class PeelingSettings:
                                   valid=at_least(0))
     batch_windows: int = setting(8, "windows per forward pass when recording hidden states and measuring losses",
                                  valid=above(0))
-    tolerance: float = setting(1e-3, "a layer is flagged lazy when a bound that removes it is <= model loss + this",
+    tolerance: float = setting(1e-3, "a layer is flagged removable (lazy) when a bound that removes it is <= model "
+                               "loss + this, and under-optimized when its refits' gain bound exceeds this",
                                valid=at_least(0))
+    refit_seeds: int = setting(3, "refits of each layer's block on the LM loss (the under-optimized verdict; "
+                               "pretrain/jobs/peeling/refit.py), each on its own bootstrap resample of the "
+                               "calibration windows: their spread sets the margin (0: off; else >= 2)",
+                               valid=at_least(0))
+    refit_steps: int = setting(10, "Adam steps per LM-loss refit (full batch)", valid=above(0))
+    refit_lr: float = setting(1e-3, "Adam learning rate of the LM-loss refits", valid=above(0))
     device: str = setting("cpu", "torch device for the job (cpu keeps it off the training GPUs)", valid=a_device())
     threads: int = setting(0, "torch CPU threads for the job (0: torch's default); beside CPU training ranks, "
                            "a few threads keep it from starving them", valid=at_least(0))
@@ -97,6 +104,8 @@ def check_settings(s: PeelingSettings, n_layers: int | None = None) -> None:
                            "with init=fresh they coincide: drop 'backward'")
     if not s.variants:
         raise PeelingError("variants must not be empty")
+    if s.refit_seeds == 1:
+        raise PeelingError("refit_seeds=1 gives no seed spread to measure the margin against: use 0 (off) or >= 2")
     for v in s.variants:
         parse_variant(v)
     if n_layers is not None and not plan(s.layers, s.offsets, s.permutations, n_layers):
