@@ -60,7 +60,7 @@ class PeelingSettings:
     tolerance: float = setting(1e-3, "a layer is flagged removable (lazy) when a bound that removes it is <= model "
                                "loss + this, and under-optimized when its refits' gain bound exceeds this",
                                valid=at_least(0))
-    refit_seeds: int = setting(3, "refits of each layer's block on the LM loss (the under-optimized verdict; "
+    refit_seeds: int = setting(0, "refits of each layer's block on the LM loss (the under-optimized verdict; "
                                "pretrain/jobs/peeling/refit.py), each on its own bootstrap resample of the "
                                "calibration windows: their spread sets the margin (0: off; else >= 2)",
                                valid=at_least(0))
@@ -73,15 +73,17 @@ class PeelingSettings:
 
 
 THOROUGH = {"offsets": [0, 1], "permutations": ["forward", "backward", "swap"], "variants": ["fp", "binary", "4bit"],
-            "steps": 200, "calib_windows": 16, "holdout_windows": 16}
+            "steps": 200, "calib_windows": 16, "holdout_windows": 16, "refit_seeds": 3}
 """The opt-in thorough profile (`--offsets 0,1 --permutations forward,backward,swap --variants fp,binary,4bit
---steps 200 --calib-windows 16 --holdout-windows 16`): every role assignment and weight variant, fitted much
-longer. The defaults are the cheap detector (scripts/bench_peeling.py: 0.1-0.25x the training time between two
-checkpoints of configs/tiny.yaml at 4 and 8 layers, where this profile costs ~27x at 4): one fp block refitted
-to do the work of two neighbours (forward and backward, j = 1, so every layer is tested for removal) with 10
-Adam steps on 8 windows, scored on 8 others. What they
-give up: low-bit bounds, role swaps, the j = 0 sanity rows, and tightness: a short fit only reaches the model's
-loss where a layer is already nearly redundant, so they flag fewer layers than the thorough fits would."""
+--steps 200 --calib-windows 16 --holdout-windows 16 --refit-seeds 3`): every role assignment and weight variant,
+fitted much longer, and the under-optimized verdict. The defaults are the cheap detector (scripts/bench_peeling.py:
+0.1-0.25x the training time between two checkpoints of configs/tiny.yaml at 4 and 8 layers, where this profile
+costs ~27x at 4): one fp block refitted to do the work of two neighbours (forward and backward, j = 1, so every
+layer is tested for removal) with 10 Adam steps on 8 windows, scored on 8 others. What they give up: low-bit
+bounds, role swaps, the j = 0 sanity rows, the under-optimized verdict (`--refit-seeds 3` adds it: ~0.9x the
+interval at 4 layers, since each refit runs the rest of the model and the head), and tightness: a short fit only
+reaches the model's loss where a layer is already nearly redundant, so they flag fewer layers than the thorough
+fits would."""
 
 
 def check_settings(s: PeelingSettings, n_layers: int | None = None) -> None:
