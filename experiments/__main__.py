@@ -4,7 +4,9 @@ Two kinds of spec, told apart by their keys:
 - arm x seed (`arms:`): every arm of a base config trained with every seed, then compare.md
   (experiments/arms.py; e.g. configs/experiments/jreg_cpu.yaml);
 - LAG (`growths:`): sources, LAG over a pool of growth operators and from-scratch controls per seed, then
-  experiment.md (experiments/lag.py; e.g. configs/experiments/lag_cpu.yaml).
+  experiment.md (experiments/lag.py; e.g. configs/experiments/lag_cpu.yaml);
+- peeling against planted truth (`alphas:`): models with planted layers peeled, then planted.md
+  (experiments/peeling_planted.py; configs/experiments/peeling_planted.yaml).
 Re-running the same command continues an interrupted experiment: finished runs are skipped.
 """
 from __future__ import annotations
@@ -43,12 +45,15 @@ def seed_list(text: str) -> list[int]:
 
 
 def spec_kind(path: Path) -> str:
-    """'lag' for a spec with `growths:`, 'arms' otherwise (its own loader names what is wrong with it)."""
+    """'lag' for a spec with `growths:`, 'planted' with `alphas:`, 'arms' otherwise (its own loader names what is
+    wrong with it)."""
     try:
         raw = read_yaml(path)
     except FileFormatError:
         return "arms"
-    return "lag" if OmegaConf.is_dict(raw) and "growths" in raw else "arms"
+    if not OmegaConf.is_dict(raw):
+        return "arms"
+    return "lag" if "growths" in raw else "planted" if "alphas" in raw else "arms"
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -65,6 +70,12 @@ def run(args: argparse.Namespace) -> int:
 
         return run_lag_experiment(args.spec, args.out, args.growths.split(",") if args.growths else None,
                                   args.seeds)
+    if spec_kind(args.spec) == "planted":
+        if args.arms or args.dry_run or args.overrides or args.growths or args.seeds:
+            raise ExperimentError("a planted-peeling spec takes only --out (its seeds and settings live in the spec)")
+        from experiments.peeling_planted import main as run_planted
+
+        return run_planted(args.spec, args.out)
     if args.growths:
         raise ExperimentError(f"--growths applies to LAG specs; {args.spec} is an arm x seed spec (use --arms)")
     return arms.run(args.spec, args.out.resolve(), args.arms.split(",") if args.arms else None, args.seeds,
