@@ -228,19 +228,23 @@ def render(results: dict[str, Any]) -> str:
              f"(every later k too) hits ≥ {share:.0%}.",
              "- FLOPs pick / scratch: FLOPs for LAG's pick at k to reach the from-scratch control's final val loss "
              "(the source, the other candidates' k steps each and the pick's own steps), over the control's; "
-             "mean over the seeds that reached it (n reached / seeds). < 1: growth with LAG pays."]
+             "mean over the seeds that reached it (n reached / seeds). < 1: growth with LAG pays. Grown runs are "
+             "validated only at the choosing steps and m, so a pick reaches it at m (ratio ≈ 1 + the choosing cost) "
+             "or not at all.",
+             "- Δloss vs scratch: the pick's val loss at m minus the control's final one (equal FLOPs but for the "
+             "choosing cost; < 0: the grown run ends lower)."]
     for name, g in results["growths"].items():
         lines += ["", f"## {name}: to {' '.join(g['to'])}, pool {g['pool']}"]
         for mode, r in g["modes"].items():
             t = r["table"]
             lines += ["", f"### {mode}", "", "| k | ΔSpearman vs k = 0 | Spearman(k, m) | regret | hits | "
-                      "FLOPs pick / scratch |", "|---|---|---|---|---|---|"]
+                      "FLOPs pick / scratch | Δloss vs scratch |", "|---|---|---|---|---|---|---|"]
             lines += [f"| {row['k']} | {_fmt_gain(row['spearman_gain'])} | {_fmt(row['spearman'])} | "
                       f"{_fmt(row['regret'], 4)} | {row['hits']:.0%} | {_fmt(row['flops_pick'])} "
-                      f"({row['pick_reached']}/{t['seeds']}) |" for row in t["rows"]]
+                      f"({row['pick_reached']}/{t['seeds']}) | {_fmt(row['gap_pick'], 4)} |" for row in t["rows"]]
             lines += ["", f"- s* = {t['s_star'] if t['s_star'] is not None else f'none (not by k = {ks[-1]})'}",
                       f"- hindsight best at m, FLOPs / scratch: {_fmt(t['flops_best'])} (reached in "
-                      f"{t['best_reached']}/{t['seeds']})",
+                      f"{t['best_reached']}/{t['seeds']}); Δloss vs scratch {_fmt(t['gap_best'], 4)}",
                       f"- picks per seed at k = {ks[1]}: {[s['pick'][ks[1]] for s in r['seeds']]}; "
                       f"best at m: {[s['best'] for s in r['seeds']]}"]
     return "\n".join(lines) + "\n"

@@ -34,19 +34,21 @@ def lag_flops(curve: Mapping[int, float], target: float, source_flops: float, fl
 def seed_result(summary: Mapping[str, Any], ks: Sequence[int], target: float, source_flops: float,
                 flops_per_step: float, scratch_flops: float) -> dict[str, Any]:
     """One seed's LAG measurement from growth.lag's summary: per k the Spearman of the losses at k with those at
-    m, the pick and its regret, and the pick's FLOPs to `target` over the scratch control's; the same for the
-    step-m best in hindsight (no choosing cost)."""
+    m, the pick and its regret, the pick's FLOPs to `target` over the scratch control's and its loss at m minus
+    `target` (the FLOPs resolve only as finely as the validated steps; the gap is the same comparison at equal
+    FLOPs, in loss); the same for the step-m best in hindsight (no choosing cost)."""
     rows = {r["step"]: r for r in summary["by_step"]}
     missing = [k for k in ks if k not in rows]
     if missing:
         raise ValueError(f"choosing steps {missing} were not validated in every candidate (logged: {sorted(rows)})")
     curves = {c["name"]: {int(s): v for s, v in c["curve"].items()} for c in summary["candidates"]}
-    best = summary["best_at_m"]
+    best, m = summary["best_at_m"], summary["m"]
     return {"spearman": {k: rows[k]["spearman"] for k in ks}, "pick": {k: rows[k]["choice"] for k in ks},
             "regret": {k: rows[k]["regret"] for k in ks}, "best": best,
             "flops_pick": {k: lag_flops(curves[rows[k]["choice"]], target, source_flops, flops_per_step, k,
                                         len(curves)) / scratch_flops for k in ks},
-            "flops_best": flops_to_reach(curves[best], target, source_flops, flops_per_step) / scratch_flops}
+            "flops_best": flops_to_reach(curves[best], target, source_flops, flops_per_step) / scratch_flops,
+            "gap_pick": {k: curves[rows[k]["choice"]][m] - target for k in ks}, "gap_best": curves[best][m] - target}
 
 
 def spearman_gain(per_seed: Sequence[Mapping[str, Any]], k: int) -> dict[str, float] | None:
@@ -74,15 +76,17 @@ def s_star(hits: Mapping[int, float], share: float = HIT_SHARE) -> int | None:
 
 def horizon_table(per_seed: Sequence[Mapping[str, Any]], ks: Sequence[int]) -> dict[str, Any]:
     """Per k over seeds: the paired Spearman gain, the mean Spearman and regret with t intervals, the hit rate
-    and the pick's FLOPs ratio (mean over the seeds whose pick reached the target, and how many did); then s*
-    and the hindsight best's FLOPs ratio."""
+    and the pick's FLOPs ratio (mean over the seeds whose pick reached the target, and how many did) and loss gap
+    to the target at m; then s* and the hindsight best's FLOPs ratio and gap."""
     rows = []
     for k in ks:
         ratios = [s["flops_pick"][k] for s in per_seed]
         rows.append({"k": k, "spearman_gain": spearman_gain(per_seed, k) if k else None,
                      "spearman": mean_ci(s["spearman"][k] for s in per_seed),
                      "regret": mean_ci(s["regret"][k] for s in per_seed), "hits": hit_rate(per_seed, k),
-                     "flops_pick": mean_ci(ratios), "pick_reached": sum(math.isfinite(r) for r in ratios)})
+                     "flops_pick": mean_ci(ratios), "pick_reached": sum(math.isfinite(r) for r in ratios),
+                     "gap_pick": mean_ci(s["gap_pick"][k] for s in per_seed)})
     best = [s["flops_best"] for s in per_seed]
     return {"rows": rows, "s_star": s_star({r["k"]: r["hits"] for r in rows}), "flops_best": mean_ci(best),
-            "best_reached": sum(math.isfinite(r) for r in best), "seeds": len(per_seed)}
+            "best_reached": sum(math.isfinite(r) for r in best), "gap_best": mean_ci(s["gap_best"] for s in per_seed),
+            "seeds": len(per_seed)}

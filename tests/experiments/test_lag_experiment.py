@@ -74,7 +74,7 @@ def seed(spearman_by_k, picks, best, regrets=None, flops=None):
     ks = list(spearman_by_k)
     return {"spearman": spearman_by_k, "pick": dict(zip(ks, picks)), "best": best,
             "regret": dict(zip(ks, regrets or [0.0] * len(ks))), "flops_pick": dict(zip(ks, flops or [1.0] * len(ks))),
-            "flops_best": 0.5}
+            "flops_best": 0.5, "gap_pick": {k: 0.01 for k in ks}, "gap_best": -0.02}
 
 
 def test_spearman_gain_is_the_paired_difference_of_scipys_rank_correlations():
@@ -124,7 +124,7 @@ def test_lags_own_pick_pays_for_the_source_the_other_candidates_lag_and_its_own_
               "bad": {0: 4.9, 10: 4.6, 400: 3.5, 2000: 3.4}}
     curves["late"][200] = 2.99
     assert lag_flops(curves["good"], 3.0, 1000.0, 2.0, 10, 3) == 1840.0
-    summary = {"best_at_m": "late", "candidates": [{"name": n, "curve": {str(s): v for s, v in c.items()}}
+    summary = {"best_at_m": "late", "m": 2000, "candidates": [{"name": n, "curve": {str(s): v for s, v in c.items()}}
                                                    for n, c in curves.items()],
                "by_step": [{"step": 0, "spearman": -0.5, "choice": "bad", "regret": 0.6},
                            {"step": 10, "spearman": 0.5, "choice": "good", "regret": 0.1}]}
@@ -132,6 +132,8 @@ def test_lags_own_pick_pays_for_the_source_the_other_candidates_lag_and_its_own_
     assert result["flops_pick"][10] == pytest.approx(0.92) and result["flops_best"] == pytest.approx(0.7)
     assert math.isnan(result["flops_pick"][0])  # "bad", picked at growth, never reaches 3.0
     assert result["pick"] == {0: "bad", 10: "good"} and result["spearman"][10] == 0.5
+    assert result["gap_pick"] == {0: pytest.approx(0.4), 10: pytest.approx(-0.1)}
+    assert result["gap_best"] == pytest.approx(-0.2)
     with pytest.raises(ValueError, match=r"choosing steps \[25\] were not validated"):
         seed_result(summary, [0, 10, 25], 3.0, 1000.0, 2.0, 2000.0)
 
@@ -144,6 +146,7 @@ def test_the_report_tables_every_choosing_step(tmp_path):
     text = render({"k": ks, "m": 2000, "seeds": [0, 1], "hit_share": 0.8, "growths": {"g": {
         "to": ["n_layers=4"], "pool": "a,b", "modes": {"fresh": {"table": table, "seeds": per_seed}}}}})
     assert "| 0 | — | 0.200 ± " in text and "| 25 | +0.600 [" in text and "(1/2) |" in text
+    assert "(1/2) | 0.0100 ± 0.0000 |" in text and "Δloss vs scratch -0.0200" in text
     assert "- s* = 25" in text and "best at m: ['b', 'b']" in text
     results = {"k": ks, "m": 2000, "growths": {"g": {"modes": {"fresh": {"table": horizon_table(per_seed[:1], ks)}}}}}
     plot_by_step(tmp_path / "p.png", results)  # one seed: no interval anywhere, still a plot
