@@ -271,7 +271,7 @@ def plot_by_step(path: Path, results: dict[str, Any]) -> None:
             axes[2].plot(ks, [row["flops_pick"][0] for row in rows], marker="o", color=line.get_color())
             axes[2].axhline(r["table"]["flops_best"][0], color=line.get_color(), linestyle="--", linewidth=0.8)
     labels = ("Spearman(k, m) − Spearman(0, m)", f"top-1 regret (val loss at m = {results['m']})",
-              "FLOPs to scratch's loss, pick / scratch (dashed: hindsight best)")
+              "pick's FLOPs / scratch's (dashed: best)")
     ks = [k for k in results["k"] if k > 0]
     for ax, ylabel in zip(axes, labels):
         ax.set(xlabel="choosing step k", ylabel=ylabel)
