@@ -184,6 +184,9 @@ class LagPlan:
     carry: bool = False
     """Grow with the source's mapped Adam moments and let every candidate continue the source's optimizer, step
     and data position (train.carry: no fresh Adam, no new warmup); steps and curves stay counted from growth."""
+    choosing_steps: list[int] | None = None
+    """LAG read at a real horizon (experiments/lag.py): each candidate is one launch to `validate_steps` under
+    the config's own schedule (decayed to its floor at m), validated only at these steps and at m."""
 
     def check(self) -> None:
         if self.lag_steps < 1:
@@ -191,6 +194,11 @@ class LagPlan:
         for name, value in (("--validate-steps", self.validate_steps), ("--continue-steps", self.continue_steps)):
             if value is not None and value <= self.lag_steps:
                 raise LagError(f"{name}={value} must exceed --lag-steps={self.lag_steps}")
+        if self.choosing_steps is not None:
+            bad = [s for s in self.choosing_steps if not 0 <= s < (self.validate_steps or 0)]
+            if self.validate_steps is None or bad:
+                raise LagError(f"choosing steps {bad or self.choosing_steps} must lie in [0, m) with m = "
+                               f"--validate-steps={self.validate_steps}")
         if not Path(self.config).is_file():
             raise LagError(f"--config {self.config} does not exist")
         check_user_overrides(self.overrides)
@@ -201,7 +209,7 @@ class LagPlan:
         """What must not change when an experiment directory is re-used (the pool may grow)."""
         return {"source": source_info(self.source)["path"], "target": self.target, "lag_steps": self.lag_steps,
                 "config": str(Path(self.config).resolve()), "overrides": self.overrides, "ranks": self.ranks,
-                "carry": self.carry}
+                "carry": self.carry, "choosing_steps": self.choosing_steps}
 
 
 def run_lag(plan: LagPlan) -> dict[str, Any]:
@@ -224,17 +232,10 @@ def run_lag(plan: LagPlan) -> dict[str, Any]:
         _warn_if_same_model(cand.name, records)
     # A carried run counts its steps from the source's start; the plan's steps (and the curves) from growth.
     origin = int(records[plan.pool[0].name]["source_step"] or 0) if plan.carry else 0
-    # Under a constant lr the lag and the validation are one phase: one launch to m, evaluated every step.
-    in_one = plan.validate_steps is not None and _constant_lr(plan)
-    for i, cand in enumerate(plan.pool, 1):
-        train_phase(out / "runs" / cand.name, plan.config, _run_overrides(out, cand.name, common),
-                    origin + (plan.validate_steps if in_one else plan.lag_steps), final=False, ranks=plan.ranks,
-                    label=f"[{i}/{len(plan.pool)}] {cand.name} lag" + (" and validation" if in_one else ""),
-                    eval_every=1)
-    for i, cand in enumerate(plan.pool if plan.validate_steps and not in_one else [], 1):
-        train_phase(out / "runs" / cand.name, plan.config, _run_overrides(out, cand.name, common),
-                    origin + plan.validate_steps, final=True, ranks=plan.ranks,
-                    label=f"[{i}/{len(plan.pool)}] {cand.name} validation")
+    if plan.choosing_steps is not None:
+        _train_to_horizon(plan, out, common, origin)
+    else:
+        _train_lag_then_validate(plan, out, common, origin)
     curves = {c.name: {s - origin: v for s, v in val_curve(out / "runs" / c.name).items()} for c in plan.pool}
     summary = summarize(curves, plan.lag_steps, plan.validate_steps)
     summary |= {"source": plan.identity()["source"], "source_step": records[plan.pool[0].name]["source_step"],
@@ -254,6 +255,30 @@ def run_lag(plan: LagPlan) -> dict[str, Any]:
     write_lag_report(out, summary)
     print(f"[growth] report: {out / 'lag.md'}", flush=True)
     return summary
+
+
+def _train_to_horizon(plan: LagPlan, out: Path, common: list[str], origin: int) -> None:
+    """Every candidate in one launch to m under the config's schedule, validated at the choosing steps and m."""
+    steps = [origin + s for s in [*plan.choosing_steps, plan.validate_steps]]
+    for i, cand in enumerate(plan.pool, 1):
+        train_phase(out / "runs" / cand.name, plan.config, _run_overrides(out, cand.name, common),
+                    origin + plan.validate_steps, final=True, ranks=plan.ranks, eval_every=0, eval_at=steps,
+                    label=f"[{i}/{len(plan.pool)}] {cand.name} to m = {plan.validate_steps}")
+
+
+def _train_lag_then_validate(plan: LagPlan, out: Path, common: list[str], origin: int) -> None:
+    """The lag at constant lr, validated every step, then (with --validate-steps) each run on to m under the
+    config's schedule; under a constant lr the two are one phase: one launch to m, evaluated every step."""
+    in_one = plan.validate_steps is not None and _constant_lr(plan)
+    for i, cand in enumerate(plan.pool, 1):
+        train_phase(out / "runs" / cand.name, plan.config, _run_overrides(out, cand.name, common),
+                    origin + (plan.validate_steps if in_one else plan.lag_steps), final=False, ranks=plan.ranks,
+                    label=f"[{i}/{len(plan.pool)}] {cand.name} lag" + (" and validation" if in_one else ""),
+                    eval_every=1)
+    for i, cand in enumerate(plan.pool if plan.validate_steps and not in_one else [], 1):
+        train_phase(out / "runs" / cand.name, plan.config, _run_overrides(out, cand.name, common),
+                    origin + plan.validate_steps, final=True, ranks=plan.ranks,
+                    label=f"[{i}/{len(plan.pool)}] {cand.name} validation")
 
 
 def _constant_lr(plan: LagPlan) -> bool:

@@ -1,5 +1,5 @@
 """Training runs that growth orchestrates from above: one phase of a run through the real launcher
-(`python -m launch`, a subprocess: growth never imports the trainer), and what a run has written.
+(`python -m launch`, or `python -m pretrain` for one CPU rank; a subprocess: growth never imports the trainer), and what a run has written.
 
 A run is trained in phases that all use `train.resume=auto`: a later phase resumes the same run directory with
 a larger `train.steps`. Schedule: the trainer has no "stop before the schedule ends" option, so every phase
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from growth import GrowthError
-from launch.command import launch_argv, render_overrides
+from launch.command import has_gpus, launch_env, render_overrides, trainer_argv
 from model import ModelConfig
 from model.errors import UserError, user_errors
 from storage.folders import CheckpointError, latest
@@ -91,12 +91,13 @@ def val_curve(run_dir: Path) -> dict[int, float]:
 
 
 def train_phase(run_dir: Path, config: Path, overrides: Sequence[str], steps: int, *, final: bool,
-                ranks: int, label: str, eval_every: int | None = None) -> bool:
+                ranks: int, label: str, eval_every: int | None = None, eval_at: Sequence[int] = ()) -> bool:
     """Train `run_dir` up to `steps` (resuming it), unless it already got there; True when it trained.
 
     `final`: this is the run's last phase (the config's schedule) rather than a lag or an intermediate stage
     (constant lr after warmup; see the module docstring). `eval_every` overrides the config's (a lag needs
-    val/loss at every step). Output goes to `<run_dir>.log`."""
+    val/loss at every step); `eval_at` adds validations at exactly these steps (a long run read at a few).
+    Output goes to `<run_dir>.log`."""
     run_dir = Path(run_dir).resolve()
     reached = step_reached(run_dir)
     if reached >= steps:
@@ -107,7 +108,9 @@ def train_phase(run_dir: Path, config: Path, overrides: Sequence[str], steps: in
         phase.append("train.schedule=constant")
     if eval_every is not None:
         phase.append(f"eval.every={eval_every}")
-    cmd = launch_argv(Path(config).resolve(), [*overrides, *phase], ranks)
+    if eval_at:
+        phase.append(f"eval.at=[{','.join(str(s) for s in sorted(set(eval_at)))}]")
+    cmd = trainer_argv(Path(config).resolve(), [*overrides, *phase], ranks)
     log_path = run_dir.with_name(run_dir.name + ".log")
     log_path.parent.mkdir(parents=True, exist_ok=True)
     print(f"[growth] {label}: steps {reached}..{steps} -> {run_dir} (log {log_path})", flush=True)
@@ -115,7 +118,7 @@ def train_phase(run_dir: Path, config: Path, overrides: Sequence[str], steps: in
     with log_path.open("a") as log:
         log.write(f"$ {' '.join(cmd)}\n")
         log.flush()
-        rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT)
+        rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=launch_env(ranks, has_gpus()))
     if rc != 0 or step_reached(run_dir) < steps:
         tail = "".join(log_path.read_text().splitlines(keepends=True)[-30:])
         raise RunError(f"{label}: training failed (exit {rc}); log {log_path}, last lines:\n{tail}")

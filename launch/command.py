@@ -29,6 +29,16 @@ def launch_argv(config: str | Path, overrides: Sequence[str], ranks: int = 2,
     return [python, "-m", "launch", "--num_gpus", str(ranks), str(config), *overrides]
 
 
+def trainer_argv(config: str | Path, overrides: Sequence[str], ranks: int = 2) -> list[str]:
+    """The command of one training run: one CPU rank trains in a single `python -m pretrain` process (a world of
+    one, as a bare run is), any other run through the launcher. The launcher's own interpreters and pre-flight
+    check cost ~10 s a run, which a sweep of hundreds of short single-rank runs (experiments/lag.py) would pay
+    hundreds of times; run it under `launch_env(1, False)`."""
+    if ranks == 1 and not has_gpus():
+        return [sys.executable, "-m", "pretrain", str(config), *overrides]
+    return launch_argv(config, overrides, ranks)
+
+
 LAUNCH_OWNER_ENV = "GROWLM_LAUNCH_OWNER"
 """`<host>:<pid>` of the `python -m launch` process, for its ranks: they stop (saving) when it dies."""
 

@@ -67,13 +67,14 @@ def due(step: int, every: int, last_step: int) -> bool:
 
 
 class Validation(Callback):
-    """Held-out loss on a fixed set of validation windows, the same at every evaluation."""
+    """Held-out loss on a fixed set of validation windows, the same at every evaluation: every `every` steps
+    and at the steps `at`."""
 
-    def __init__(self, every: int, batches: int):
-        self.every, self.batches = every, batches
+    def __init__(self, every: int, batches: int, at: Sequence[int] = ()):
+        self.every, self.batches, self.at = every, batches, frozenset(at)
 
     def on_step_end(self, trainer: "Trainer", record: dict[str, Any]) -> None:
-        if due(trainer.step, self.every, trainer.cfg.train.steps):
+        if due(trainer.step, self.every, trainer.cfg.train.steps) or trainer.step in self.at:
             record["val/loss"] = self.evaluate(trainer)
 
     def evaluate(self, trainer: "Trainer") -> float:
@@ -93,5 +94,6 @@ class Validation(Callback):
 def build_callbacks(cfg: "Config", extra: Sequence[Callback] = ()) -> list[Callback]:
     """The run's callbacks in the order their hooks run: validation, the enabled monitors, the enabled jobs
     (each in registration order), then `extra` (the caller's own)."""
-    callbacks: list[Callback] = [Validation(cfg.eval.every, cfg.eval.batches)] if cfg.eval.every > 0 else []
+    validates = cfg.eval.every > 0 or cfg.eval.at
+    callbacks: list[Callback] = [Validation(cfg.eval.every, cfg.eval.batches, cfg.eval.at)] if validates else []
     return callbacks + MONITORS.build(cfg.monitors) + JOBS.build(cfg.jobs) + list(extra)

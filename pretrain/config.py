@@ -158,6 +158,9 @@ class EvalConfig:
     """Validation loss every this many steps (0 disables); also at the end."""
     batches: int = non_negative(8)
     """Validation micro-batches per rank per evaluation (fixed, so curves are comparable)."""
+    at: List[int] = field(default_factory=list)
+    """Also validate at exactly these steps (with every=0: only at them): a long run read at a few chosen steps,
+    e.g. LAG's choosing steps and its horizon, pays for those evaluations alone."""
 
 
 @dataclass
@@ -350,6 +353,8 @@ def validate(cfg: Config) -> None:
             "lower data.seq_len or raise model.max_seq_len"
         )
     _check_optimizer(cfg)
+    if any(step < 0 for step in cfg.eval.at):
+        raise ConfigError(f"eval.at={list(cfg.eval.at)} lists a negative step; valid: steps >= 0")
     for beta in ("beta1", "beta2"):
         if getattr(cfg.train, beta) >= 1:
             raise ConfigError(f"train.{beta}={getattr(cfg.train, beta)} must be < 1 (an exponential average's "

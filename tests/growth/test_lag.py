@@ -114,6 +114,8 @@ def test_pool_entries_carry_operator_parameters():
     ({"validate_steps": 3}, "--validate-steps=3 must exceed --lag-steps=3"),
     ({"overrides": ["model.n_layers=8"]}, "the model shape comes from --to"),
     ({"config": Path("missing.yaml")}, "missing.yaml does not exist"),
+    ({"choosing_steps": [0, 3, 9], "validate_steps": 9}, r"choosing steps \[9\] must lie in \[0, m\)"),
+    ({"choosing_steps": [0, 3]}, r"choosing steps \[0, 3\] must lie in \[0, m\) with m = --validate-steps=None"),
 ])
 def test_lag_plan_refuses_bad_requests(tmp_path, change, message):
     config = tmp_path / "run.yaml"
