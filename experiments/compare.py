@@ -13,8 +13,8 @@ seeds; against the baseline arm, each difference with its 95% Welch interval and
 
 With `--spec SPEC` (and always when the spec runner writes it) arms are named by their run directories as the
 spec names them, and a spec's pre-registered `protocol` (experiments/protocol.py) adds its tests first: each
-directional claim by a one- or two-sided Welch t-test and each equivalence claim by TOST, Holm-adjusted within
-each family, and the per-seed slopes; a run outside the seed plan is tested nowhere and listed under
+directional claim by a one- or two-sided Welch t-test and each equivalence claim by TOST (paired by seed where
+the claim says so), Holm-adjusted within each family, and the per-seed slopes; a run outside the seed plan is tested nowhere and listed under
 "Exploratory (off-protocol)".
 """
 from __future__ import annotations
@@ -44,7 +44,7 @@ from experiments.runs import (
     window_slope,
 )
 from experiments.spec import load_spec
-from experiments.stats import LEVEL, Difference, finite, holm, mean_ci, tost, welch
+from experiments.stats import LEVEL, Difference, finite, holm, mean_ci, paired, tost, tost_paired, welch
 from model.errors import user_errors
 from storage.io import atomic_write_text, check_output_folder, claim_output_folder
 
@@ -136,25 +136,49 @@ def outcome_values(runs: list[Run], outcome: Outcome) -> list[float]:
     return [window_slope(r.records, outcome.metric, outcome.window, SLOPE_UNIT) for r in runs]
 
 
+def claim_values(arm: list[Run], baseline: list[Run], outcome: Outcome) -> tuple[list[float], list[float]]:
+    """(arm's, baseline's) values of an outcome; for a paired claim only the seeds both sides have, aligned."""
+    if not outcome.paired:
+        return outcome_values(arm, outcome), outcome_values(baseline, outcome)
+    base = {r.seed: r for r in baseline}
+    pairs = [(r, base[r.seed]) for r in arm if r.seed in base]
+    return outcome_values([a for a, _ in pairs], outcome), outcome_values([b for _, b in pairs], outcome)
+
+
 def comparisons(arms: dict[str, list[Run]], protocol: Protocol, outcomes: list[Outcome],
                 test: Callable[[Outcome, list[float], list[float]], Optional[Difference]]) -> list[Comparison]:
     """Every (outcome, arm) claim of one family, in the order the spec declares them, with `test`'s result."""
     rows = []
     for outcome in outcomes:
-        base = outcome_values(arms.get(protocol.baseline, []), outcome)
         for arm in outcome.arms:
-            values = outcome_values(arms.get(arm, []), outcome)
+            values, base = claim_values(arms.get(arm, []), arms.get(protocol.baseline, []), outcome)
             rows.append(Comparison(arm, outcome, (len(finite(values)), len(finite(base))),
                                    test(outcome, values, base)))
     return rows
+
+
+def directional_test(outcome: Outcome, arm: list[float], baseline: list[float], alpha: float) -> Optional[Difference]:
+    """A predicted direction: Welch's t-test, or the paired t-test of arm − baseline by seed."""
+    side = PREDICTIONS[outcome.predicts]
+    if outcome.paired:
+        return paired([a - b for a, b in zip(arm, baseline, strict=True)], 1 - alpha, side)
+    return welch(arm, baseline, 1 - alpha, side)
+
+
+def equivalence_test(outcome: Outcome, arm: list[float], baseline: list[float], alpha: float) -> Optional[Difference]:
+    """Equivalence within the claim's margin: TOST by Welch tests, or by paired tests by seed."""
+    return (tost_paired if outcome.paired else tost)(arm, baseline, outcome.margin, alpha)
+
+
+def paired_note(outcome: Outcome) -> str:
+    return " (paired)" if outcome.paired else ""
 
 
 def protocol_lines(arms: dict[str, list[Run]], protocol: Protocol) -> list[str]:
     """The pre-registered tests: the directional and the equivalence family (each Holm-adjusted over all its
     claims) and the per-seed slopes."""
     alpha = protocol.alpha
-    directional = comparisons(arms, protocol, protocol.directional,
-                              lambda o, a, b: welch(a, b, 1 - alpha, PREDICTIONS[o.predicts]))
+    directional = comparisons(arms, protocol, protocol.directional, lambda o, a, b: directional_test(o, a, b, alpha))
     lines = ["## Pre-registered protocol", "",
              f"Fixed in the spec before the runs: baseline `{protocol.baseline}`, seeds "
              f"{', '.join(map(str, protocol.seeds))} in every arm, alpha = {alpha:g} per family. Only runs in this "
@@ -162,18 +186,22 @@ def protocol_lines(arms: dict[str, list[Run]], protocol: Protocol) -> list[str]:
              "family, a claim without data counting as p = 1.", "",
              "### Directional claims", "",
              f"arm − {protocol.baseline}: difference of means, its {1 - alpha:.0%} Welch interval (one-sided for a "
-             "predicted lower or higher, two-sided for `differs`), the Welch t-test's p-value (one-sided likewise) "
+             "predicted lower or higher, two-sided for `differs`), the Welch t-test's p-value (one-sided likewise; "
+             "a claim marked (paired): the mean difference by seed and the paired t-test) "
              f"and Holm's adjustment over the family ({len(directional)} directional claims); supported when the "
              f"adjusted p < {alpha:g}.", ""]
-    lines += claim_table(directional, alpha, ("predicts", "p"), lambda o: str(o.predicts), ("supported", "not shown"))
+    lines += claim_table(directional, alpha, ("predicts", "p"), lambda o: str(o.predicts) + paired_note(o),
+                         ("supported", "not shown"))
     if protocol.equivalence:
-        equivalence = comparisons(arms, protocol, protocol.equivalence, lambda o, a, b: tost(a, b, o.margin, alpha))
+        equivalence = comparisons(arms, protocol, protocol.equivalence,
+                                  lambda o, a, b: equivalence_test(o, a, b, alpha))
         lines += ["", "### Equivalence claims", "",
-                  f"arm − {protocol.baseline} against ± the declared margin by two one-sided Welch tests (TOST): the "
-                  f"{1 - 2 * alpha:.0%} Welch interval (equivalent at alpha exactly when it lies inside ± margin), "
+                  f"arm − {protocol.baseline} against ± the declared margin by two one-sided Welch tests (TOST; a "
+                  "claim marked (paired): two one-sided paired t-tests on the differences by seed): the "
+                  f"{1 - 2 * alpha:.0%} interval (equivalent at alpha exactly when it lies inside ± margin), "
                   f"the TOST p-value and Holm's adjustment over the family ({len(equivalence)} equivalence "
                   f"claims); equivalent when the adjusted p < {alpha:g}.", ""]
-        lines += claim_table(equivalence, alpha, ("margin", "TOST p"), lambda o: f"± {o.margin:g}",
+        lines += claim_table(equivalence, alpha, ("margin", "TOST p"), lambda o: f"± {o.margin:g}" + paired_note(o),
                              ("equivalent", "not shown equivalent"))
     if protocol.slopes:
         lines += slope_lines(arms, protocol)

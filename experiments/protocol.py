@@ -9,10 +9,14 @@ compare.md tests exactly these claims and sets every run outside the seed plan a
       primary:                                  # metric key, as metrics.jsonl logs it -> its claim
         jump/zeta_L: {predicts: lower}          # one-sided Welch t-test (lower | higher; differs: two-sided)
         val/loss: {equivalent_within: 0.02}     # two one-sided tests (TOST) against +-0.02
+        train/loss: {equivalent_within: 0.02, paired: true}   # ... paired by seed (arms branched from the baseline)
       slopes:                                   # per-seed least-squares slope of the metric against step
         jump/zeta_L: {window: [400, 1000], predicts: higher, arms: [constant_lr]}
 
-Every claim is about `arms` (default: every arm but the baseline) against the baseline.
+Every claim is about `arms` (default: every arm but the baseline) against the baseline, by Welch's unequal-variance
+tests unless it says `paired: true`: then arm and baseline runs of one seed form a pair and the tests are paired
+t-tests, right for arms identical to the baseline up to a branching step (train.trainable's t0), whose shared
+seed-to-seed spread an unpaired test would count as noise.
 """
 from __future__ import annotations
 
@@ -25,7 +29,7 @@ from experiments.errors import ExperimentError
 PREDICTIONS = {"lower": "less", "higher": "greater", "differs": "two-sided"}
 """What a directional claim may predict of arm − baseline -> the alternative hypothesis scipy tests."""
 PROTOCOL_KEYS = ("baseline", "alpha", "primary", "slopes")
-PRIMARY_KEYS = ("predicts", "equivalent_within", "arms")
+PRIMARY_KEYS = ("predicts", "equivalent_within", "arms", "paired")
 SLOPE_KEYS = ("window", "predicts", "arms")
 SLOPE_UNIT = 1000
 """Slopes are reported per this many steps: a jump's growth reads as a number near 1, not 0.001."""
@@ -34,13 +38,14 @@ SLOPE_UNIT = 1000
 @dataclass(frozen=True)
 class Outcome:
     """One claim about `metric`, made of each of `arms` against the baseline: a predicted direction of its final
-    value (or of its slope over `window`), or equivalence within `margin`."""
+    value (or of its slope over `window`), or equivalence within `margin`; `paired`: tested paired by seed."""
 
     metric: str
     arms: tuple[str, ...]
     predicts: Optional[str] = None
     margin: Optional[float] = None
     window: Optional[tuple[int, int]] = None
+    paired: bool = False
 
     @property
     def label(self) -> str:
@@ -105,19 +110,22 @@ def parse_protocol(raw: Any, arms: Sequence[str], seeds: Sequence[int], where: s
 
 
 def primary_outcome(metric: str, raw: Any, others: tuple[str, ...], where: str) -> Outcome:
-    """`{predicts: lower|higher|differs}` or `{equivalent_within: margin}`, with optional `arms`."""
+    """`{predicts: lower|higher|differs}` or `{equivalent_within: margin}`, with optional `arms` and `paired`."""
     body = mapping(raw, where, PRIMARY_KEYS)
     if ("predicts" in body) == ("equivalent_within" in body):
         raise ExperimentError(f"{where}: give exactly one of `predicts` ({', '.join(PREDICTIONS)}) or "
                               "`equivalent_within` (a margin > 0)")
     arms = claim_arms(body, others, where)
+    paired = body.get("paired", False)
+    if not isinstance(paired, bool):
+        raise ExperimentError(f"{where}.paired={paired!r} must be true (paired by seed) or false (Welch, the default)")
     if "predicts" in body:
-        return Outcome(metric, arms, predicts=prediction(body["predicts"], where))
+        return Outcome(metric, arms, predicts=prediction(body["predicts"], where), paired=paired)
     margin = body["equivalent_within"]
     if not is_number(margin) or not margin > 0:
         raise ExperimentError(f"{where}.equivalent_within={margin!r} must be a number > 0 (the margin, in the "
                               "metric's units)")
-    return Outcome(metric, arms, margin=float(margin))
+    return Outcome(metric, arms, margin=float(margin), paired=paired)
 
 
 def slope_outcome(metric: str, raw: Any, others: tuple[str, ...], where: str) -> Outcome:

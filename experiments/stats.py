@@ -1,6 +1,6 @@
 """The statistics every experiment report uses: means with t intervals over seeds, Welch differences between
 arms (two- or one-sided), paired differences by seed, and for a pre-registered protocol Holm's adjustment,
-equivalence by two one-sided tests (TOST) and per-seed slopes. One confidence level for the whole report.
+equivalence by two one-sided tests (TOST, Welch or paired by seed) and per-seed slopes. One confidence level for the whole report.
 
 Pure functions over lists of floats (non-finite values are dropped: a run that never logged a metric does not
 count as a seed for it). scipy and statsmodels compute the distributions and tests; nothing here re-derives them.
@@ -13,9 +13,10 @@ import warnings
 from dataclasses import dataclass
 from typing import Iterable, Optional, Sequence
 
+import numpy as np
 from scipy import stats
 from statsmodels.stats.multitest import multipletests
-from statsmodels.stats.weightstats import ttost_ind
+from statsmodels.stats.weightstats import ttost_ind, ttost_paired
 
 LEVEL = 0.95
 """Confidence level of every interval in a report."""
@@ -74,15 +75,15 @@ def welch(arm: Iterable[float], baseline: Iterable[float], level: float = LEVEL,
     return Difference(statistics.fmean(a) - statistics.fmean(b), float(ci.low), float(ci.high), float(test.pvalue))
 
 
-def paired(differences: Iterable[float], level: float = LEVEL) -> Optional[Difference]:
+def paired(differences: Iterable[float], level: float = LEVEL, alternative: str = "two-sided") -> Optional[Difference]:
     """Mean of paired (by seed) differences with its t interval and the one-sample t-test p-value (None below
-    two pairs)."""
+    two pairs). alternative "less" or "greater" tests a predicted direction, with the one-sided bound."""
     xs = finite(differences)
     if len(xs) < 2:
         return None
     with warnings.catch_warnings():  # identical differences: scipy warns and answers nan, reported as such
         warnings.simplefilter("ignore", RuntimeWarning)
-        test = stats.ttest_1samp(xs, 0.0)
+        test = stats.ttest_1samp(xs, 0.0, alternative=alternative)
     ci = test.confidence_interval(level)
     return Difference(statistics.fmean(xs), float(ci.low), float(ci.high), float(test.pvalue))
 
@@ -98,6 +99,22 @@ def tost(arm: Iterable[float], baseline: Iterable[float], margin: float, alpha: 
     with warnings.catch_warnings():  # identical seeds: no variance, p is nan, reported as such
         warnings.simplefilter("ignore", RuntimeWarning)
         p = ttost_ind(a, b, -margin, margin, usevar="unequal")[0]
+    return Difference(interval.diff, interval.low, interval.high, float(p))
+
+
+def tost_paired(arm: Sequence[float], baseline: Sequence[float], margin: float,
+                alpha: float) -> Optional[Difference]:
+    """Equivalence within ±margin of arm and baseline paired by seed (arm[i] and baseline[i] share a seed): two
+    one-sided paired t-tests. For arms identical up to a branching step, pairing removes the seed-to-seed spread
+    they share, which an unpaired test would count as noise. A pair with a non-finite side is dropped; None below
+    two pairs."""
+    pairs = [(a, b) for a, b in zip(arm, baseline, strict=True) if math.isfinite(a) and math.isfinite(b)]
+    interval = paired([a - b for a, b in pairs], level=1 - 2 * alpha)
+    if interval is None:
+        return None
+    with warnings.catch_warnings():  # identical differences: no variance, p is nan, reported as such
+        warnings.simplefilter("ignore", RuntimeWarning)
+        p = ttost_paired(np.array([a for a, _ in pairs]), np.array([b for _, b in pairs]), -margin, margin)[0]
     return Difference(interval.diff, interval.low, interval.high, float(p))
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy import stats
 from statsmodels.stats.multitest import multipletests
-from statsmodels.stats.weightstats import ttost_ind
+from statsmodels.stats.weightstats import ttost_ind, ttost_paired
 from test_compare import make_run, records
 
 from experiments import compare
@@ -172,6 +172,50 @@ def test_equivalence_claims_read_tost_with_holm(tmp_path: Path) -> None:
         assert row.endswith(f"| {p:.3g} | {holm_p:.3g} | {verdict} |"), row
 
 
+def test_paired_claims_pair_runs_by_seed_and_match_scipy_and_statsmodels(tmp_path: Path) -> None:
+    """Branched arms share each seed's spread: paired by seed, the small differences are equivalent (and lower)
+    where Welch's tests, which count that spread as noise, cannot tell. Runs arrive in another seed order and the
+    baseline's seed 0 has no partner: pairs are matched by seed, never by position."""
+    spec = write_spec(tmp_path, """
+seeds: [0, 1, 2, 3]
+arms: {baseline: {}, branch: {}}
+protocol:
+  baseline: baseline
+  primary:
+    val/loss: {equivalent_within: 0.05, paired: true}
+    jump/zeta_L: {predicts: lower, paired: true}
+""")
+    vals = {"baseline": {0: 3.00, 1: 4.00, 2: 4.20, 3: 4.10}, "branch": {3: 4.12, 1: 4.01, 2: 4.22}}
+    zetas = {"baseline": {0: 1.0, 1: 6.0, 2: 8.0, 3: 7.0}, "branch": {3: 6.7, 1: 5.8, 2: 7.6}}
+    runs = [make_run(tmp_path / "runs", f"{arm}-s{seed}", seed, records(v, [0.4, 0.02, 0.04, 0.1], zetas[arm][seed],
+                                                                         5.0, 4.5))
+            for arm, per_seed in vals.items() for seed, v in per_seed.items()]
+    assert compare.main([*map(str, runs), "--out", str(tmp_path / "cmp"), "--spec", str(spec)]) == 0
+    report = (tmp_path / "cmp" / "compare.md").read_text()
+    seeds = [1, 2, 3]
+    arm_v, base_v = (np.array([vals[a][s] for s in seeds]) for a in ("branch", "baseline"))
+    tost_p = ttost_paired(arm_v, base_v, -0.05, 0.05)[0]
+    interval = stats.ttest_rel(arm_v, base_v).confidence_interval(0.90)
+    lower = stats.ttest_rel([zetas["branch"][s] for s in seeds], [zetas["baseline"][s] for s in seeds],
+                            alternative="less")
+    row = table_row(report, "### Equivalence claims", "| branch | val/loss | ± 0.05 (paired) | 3, 3 |")
+    assert f"| {(arm_v - base_v).mean():+.4f} | [{interval.low:+.4f}, {interval.high:+.4f}] | {tost_p:.3g} |" in row
+    assert row.endswith("| equivalent |") and tost_p < 0.05, row
+    welch_tost = ttost_ind(np.array(list(vals["branch"].values())), np.array(list(vals["baseline"].values())), -0.05,
+                           0.05, usevar="unequal")[0]
+    assert welch_tost > 0.05  # unpaired, the same runs show nothing
+    row = table_row(report, "### Directional claims", "| branch | jump/zeta_L | lower (paired) | 3, 3 |")
+    assert f"-inf, {lower.confidence_interval(0.95).high:+.4f}] | {lower.pvalue:.3g} |" in row, row
+    assert row.endswith("| supported |") and lower.pvalue < 0.05
+
+
+def test_a_paired_tost_drops_a_pair_with_a_missing_side() -> None:
+    d = xstats.tost_paired([4.01, math.nan, 4.12, 4.22], [4.00, 4.20, 4.10, 4.20], 0.05, 0.05)
+    expected = ttost_paired(np.array([4.01, 4.12, 4.22]), np.array([4.00, 4.10, 4.20]), -0.05, 0.05)[0]
+    assert d is not None and d.p == pytest.approx(expected) and d.diff == pytest.approx(0.05 / 3)
+    assert xstats.tost_paired([4.0, math.nan], [4.1, 4.2], 0.05, 0.05) is None
+
+
 def test_runs_outside_the_seed_plan_are_exploratory_only(tmp_path: Path) -> None:
     runs = jump_runs(tmp_path / "runs", ZETAS, VALS)
     runs.append(make_run(tmp_path / "runs", "jreg-s9", 9, records(4.0, [0.4, 0.02, 0.04, 0.1], 40.0, 5.0, 4.5)))
@@ -207,6 +251,8 @@ def test_without_a_protocol_the_report_is_unchanged(tmp_path: Path) -> None:
     ("{baseline: baseline, primary: {val/loss: {predicts: lower, equivalent_within: 0.1}}}", "exactly one of"),
     ("{baseline: baseline, primary: {val/loss: {equivalent_within: -1}}}", "equivalent_within=-1"),
     ("{baseline: baseline, primary: {val/loss: {predicts: lower, arms: [baseline]}}}", "arms=['baseline']"),
+    ("{baseline: baseline, primary: {val/loss: {equivalent_within: 0.1, paired: yes please}}}",
+     "primary.val/loss.paired='yes please'"),
     ("{baseline: baseline, primary: {}}", "primary must map at least one metric"),
     ("{baseline: baseline, alpha: 0.5, primary: {val/loss: {predicts: lower}}}", "alpha=0.5"),
     ("{baseline: baseline, primary: {val/loss: {predicts: lower}}, slopes: {jump/zeta_L: {window: [400, 100], "
