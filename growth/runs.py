@@ -1,5 +1,6 @@
 """Training runs that growth orchestrates from above: one phase of a run through the real launcher
-(`python -m launch`, or `python -m pretrain` for one CPU rank; a subprocess: growth never imports the trainer), and what a run has written.
+(`python -m launch`, or `python -m pretrain` for one CPU rank; a subprocess: growth never imports the trainer),
+and what a run has written.
 
 A run is trained in phases that all use `train.resume=auto`: a later phase resumes the same run directory with
 a larger `train.steps`. Schedule: the trainer has no "stop before the schedule ends" option, so every phase
