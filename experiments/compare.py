@@ -14,8 +14,8 @@ seeds; against the baseline arm, each difference with its 95% Welch interval and
 With `--spec SPEC` (and always when the spec runner writes it) arms are named by their run directories as the
 spec names them, and a spec's pre-registered `protocol` (experiments/protocol.py) adds its tests first: each
 directional claim by a one- or two-sided Welch t-test and each equivalence claim by TOST (paired by seed where
-the claim says so), Holm-adjusted within each family, and the per-seed slopes; a run outside the seed plan is tested nowhere and listed under
-"Exploratory (off-protocol)".
+the claim says so), Holm-adjusted within each family, and the per-seed slopes; a run outside the seed plan is
+tested nowhere and listed under "Exploratory (off-protocol)".
 """
 from __future__ import annotations
 

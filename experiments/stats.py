@@ -1,6 +1,7 @@
 """The statistics every experiment report uses: means with t intervals over seeds, Welch differences between
 arms (two- or one-sided), paired differences by seed, and for a pre-registered protocol Holm's adjustment,
-equivalence by two one-sided tests (TOST, Welch or paired by seed) and per-seed slopes. One confidence level for the whole report.
+equivalence by two one-sided tests (TOST, Welch or paired by seed) and per-seed slopes. One confidence level for
+the whole report.
 
 Pure functions over lists of floats (non-finite values are dropped: a run that never logged a metric does not
 count as a seed for it). scipy and statsmodels compute the distributions and tests; nothing here re-derives them.

@@ -38,7 +38,8 @@ def test_the_late_t0_sweep_holds_every_subset_arm_to_full_training(tmp_path: Pat
     spec = rx.load_spec(SPECS / "norms_only_long.yaml")
     cfgs = configs(spec, tmp_path)
     steps = cfgs["full"].train.steps
-    subsets = {a: (c.train.trainable.mode, c.train.trainable.after_step / steps) for a, c in cfgs.items() if a != "full"}
+    subsets = {a: (c.train.trainable.mode, c.train.trainable.after_step / steps)
+               for a, c in cfgs.items() if a != "full"}
     assert sorted(subsets.values()) == sorted((m, f) for m in ("norms_only", "random") for f in (0.5, 0.75, 0.9))
     assert all(c.train.trainable.after_step % c.eval.every == 0 for c in cfgs.values())  # stop at t0 is read there
     protocol = spec.protocol
