@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
+import torch
 from matplotlib.figure import Figure
 from omegaconf import OmegaConf
 from scipy import stats as sps
@@ -98,24 +99,26 @@ def variant_of(bits: Optional[int]) -> str:
     return "fp" if bits is None else "binary" if bits == 1 else f"{bits}bit"
 
 
-def peel(model: Llama, cfg: Config, settings: PeelingSettings) -> Any:
-    windows = calibration_windows(cfg, cfg.model, settings.calib_windows + settings.holdout_windows)
-    return compute_bounds(model, windows[:settings.calib_windows], settings, holdout=windows[settings.calib_windows:])
+def peel(model: Llama, windows: torch.Tensor, settings: PeelingSettings) -> Any:
+    """Bounds on the first `calib_windows` of `windows`, scored on the next `holdout_windows`."""
+    return compute_bounds(model, windows[:settings.calib_windows], settings,
+                          holdout=windows[settings.calib_windows:settings.calib_windows + settings.holdout_windows])
 
 
-def run_cell(spec: PlantedSpec, bits: Optional[int], seed: int, train: np.ndarray, out: Path) -> None:
+def run_cell(spec: PlantedSpec, bits: Optional[int], seed: int, train: np.ndarray, windows: torch.Tensor,
+             out: Path) -> None:
     """One planted model trained and peeled (skipped when its bounds.json exists)."""
     if (out / BOUNDS_JSON).is_file():
         return
     plants = place_plants(plant_kinds(spec.alphas), spec.config.model.n_layers, seed)
     model = train_planted(spec.config, plants, spec.freeze_step, train, seed, bits)
-    bounds = peel(model, spec.config, spec.settings(bits))
+    bounds = peel(model, windows, spec.settings(bits))
     bounds.meta = {"seed": seed, "bits": bits, "step": None}
     atomic_write_json(out / "plants.json", {str(k): v for k, v in plants.items()})
     write_outputs(bounds, out, summary=False)
 
 
-def run_series(spec: PlantedSpec, train: np.ndarray, out: Path) -> None:
+def run_series(spec: PlantedSpec, train: np.ndarray, windows: torch.Tensor, out: Path) -> None:
     """A normal fp run (no plants) peeled at every `series_steps` step."""
     if all((out / f"step_{s}" / BOUNDS_JSON).is_file() for s in spec.series_steps):
         return
@@ -124,7 +127,7 @@ def run_series(spec: PlantedSpec, train: np.ndarray, out: Path) -> None:
         if step in spec.series_steps:
             snapshot = Llama(spec.config.model)
             snapshot.load_state_dict(model.state_dict())
-            bounds = peel(snapshot.eval(), spec.config, spec.settings(None))
+            bounds = peel(snapshot.eval(), windows, spec.settings(None))
             bounds.meta = {"seed": spec.series_seed, "step": step}
             write_outputs(bounds, out / f"step_{step}")
 
@@ -224,12 +227,14 @@ def main(spec_path: Path, out: Path) -> int:
     spec = PlantedSpec.load(spec_path)
     claim_output_folder(out, MARKER)
     train = np.asarray(prepare_data(spec.config.data, spec.config.model.vocab_size, seed=spec.config.run.seed).train)
+    settings = spec.settings(None)  # every format's peeling reads the same windows: read them once
+    windows = calibration_windows(spec.config, spec.config.model, settings.calib_windows + settings.holdout_windows)
     for bits in spec.bits:
         for seed in spec.seeds:
             print(f"planted model: {variant_of(bits)}, seed {seed}", flush=True)
-            run_cell(spec, bits, seed, train, out / "cells" / f"{variant_of(bits)}-s{seed}")
+            run_cell(spec, bits, seed, train, windows, out / "cells" / f"{variant_of(bits)}-s{seed}")
     print(f"series: steps {spec.series_steps}", flush=True)
-    run_series(spec, train, out / "series")
+    run_series(spec, train, windows, out / "series")
     kinds = plant_kinds(spec.alphas)
     table = analyse(cell_rows(out / "cells"), kinds)
     atomic_write_json(out / "planted.json", table)

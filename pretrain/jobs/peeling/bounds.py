@@ -21,13 +21,12 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from model.llama import Llama, rope_cos_sin
 from pretrain.jobs.peeling.fit import Rope, fit_block, fresh_block
 from pretrain.jobs.peeling.plan import Projection, plan
-from pretrain.jobs.peeling.refit import Refit, refit_block
+from pretrain.jobs.peeling.refit import Refit, refit_block, tail_loss
 from pretrain.jobs.peeling.settings import PeelingSettings, check_settings, parse_variant
 
 
@@ -132,14 +131,8 @@ def record(model: Llama, windows: torch.Tensor, batch_windows: int) -> Recording
 def lm_loss_from(model: Llama, h: torch.Tensor, blocks: Sequence[nn.Module], rec: Recording,
                  batch_windows: int) -> float:
     """Mean next-token loss of running `blocks` from hidden state h, then the model's final norm and head."""
-    total = 0.0
-    for i in range(0, len(h), batch_windows):
-        z = h[i:i + batch_windows]
-        for block in blocks:
-            z = block(z, *rec.rope)
-        logits = model.output(model.norm(z))
-        total += F.cross_entropy(logits.flatten(0, 1), rec.targets[i:i + batch_windows].flatten(),
-                                 reduction="sum").item()
+    total = sum(tail_loss(model, blocks, h[i:i + batch_windows], rec.targets[i:i + batch_windows], rec.rope).item()
+                for i in range(0, len(h), batch_windows))
     return total / rec.targets.numel()
 
 

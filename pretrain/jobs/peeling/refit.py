@@ -56,8 +56,9 @@ def gain_lower_bound(gains: Sequence[float], confidence: float = CONFIDENCE) -> 
     return statistics.fmean(gains) - float(stats.t.ppf(confidence, n - 1)) * se
 
 
-def _lm_loss(model: Llama, blocks: Sequence[nn.Module], h: torch.Tensor, targets: torch.Tensor,
-             rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+def tail_loss(model: Llama, blocks: Sequence[nn.Module], h: torch.Tensor, targets: torch.Tensor,
+              rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Summed next-token loss of running `blocks` from hidden state h, then the model's final norm and head."""
     for block in blocks:
         h = block(h, *rope)
     logits = model.output(model.norm(h))
@@ -80,7 +81,7 @@ def refit_block(model: Llama, hidden: torch.Tensor, targets: torch.Tensor, rope:
         opt.zero_grad(set_to_none=True)
         for i in range(0, len(hidden), settings.batch_windows):  # accumulate the full batch in chunks
             chunk = slice(i, i + settings.batch_windows)
-            loss = _lm_loss(model, [block, *rest], hidden[chunk], targets[chunk], rope) / targets.numel()
+            loss = tail_loss(model, [block, *rest], hidden[chunk], targets[chunk], rope) / targets.numel()
             loss.backward(inputs=params)  # the frozen model's weights get no gradient
         opt.step()
     bake(block)
