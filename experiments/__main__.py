@@ -1,12 +1,14 @@
 """`python -m experiments SPEC.yaml --out DIR [...]`: run an experiment spec, resumably, and write its report.
 
-Two kinds of spec, told apart by their keys:
+Kinds of spec, told apart by their keys:
 - arm x seed (`arms:`): every arm of a base config trained with every seed, then compare.md
   (experiments/arms.py; e.g. configs/experiments/jreg_cpu.yaml);
 - LAG (`growths:`): sources, LAG over a pool of growth operators and from-scratch controls per seed, then
   experiment.md (experiments/lag.py; e.g. configs/experiments/lag_cpu.yaml);
 - peeling against planted truth (`alphas:`): models with planted layers peeled, then planted.md
-  (experiments/peeling_planted.py; configs/experiments/peeling_planted.yaml).
+  (experiments/peeling_planted.py; configs/experiments/peeling_planted.yaml);
+- gradual stacking (`adaptive_pool:`): adaptive and fixed stacking against scratch per seed, then stacking.md
+  (experiments/stacking.py; configs/experiments/stacking_horizon.yaml).
 Re-running the same command continues an interrupted experiment: finished runs are skipped.
 """
 from __future__ import annotations
@@ -45,15 +47,16 @@ def seed_list(text: str) -> list[int]:
 
 
 def spec_kind(path: Path) -> str:
-    """'lag' for a spec with `growths:`, 'planted' with `alphas:`, 'arms' otherwise (its own loader names what is
-    wrong with it)."""
+    """'lag' for a spec with `growths:`, 'planted' with `alphas:`, 'stacking' with `adaptive_pool:`, 'arms'
+    otherwise (its own loader names what is wrong with it)."""
     try:
         raw = read_yaml(path)
     except FileFormatError:
         return "arms"
     if not OmegaConf.is_dict(raw):
         return "arms"
-    return "lag" if "growths" in raw else "planted" if "alphas" in raw else "arms"
+    kinds = {"growths": "lag", "alphas": "planted", "adaptive_pool": "stacking"}
+    return next((kind for key, kind in kinds.items() if key in raw), "arms")
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -76,6 +79,12 @@ def run(args: argparse.Namespace) -> int:
         from experiments.peeling_planted import main as run_planted
 
         return run_planted(args.spec, args.out)
+    if spec_kind(args.spec) == "stacking":
+        if args.arms or args.dry_run or args.overrides or args.growths:
+            raise ExperimentError("a stacking spec takes --out and --seeds (its settings live in the spec)")
+        from experiments.stacking import main as run_stacking_experiment
+
+        return run_stacking_experiment(args.spec, args.out, args.seeds)
     if args.growths:
         raise ExperimentError(f"--growths applies to LAG specs; {args.spec} is an arm x seed spec (use --arms)")
     return arms.run(args.spec, args.out.resolve(), args.arms.split(",") if args.arms else None, args.seeds,
