@@ -240,12 +240,14 @@ def render(results: Mapping[str, Any]) -> str:
         rows = [r[arm] for r in seeds]
         reach = [r.get("scratch_to_reach", math.nan) for r in rows]
         reached = sum(math.isfinite(x) for x in reach)
-        to_reach = "—" if arm == "scratch" else f"{_fmt(reach)} (reached in {reached}/{len(rows)})"
+        to_reach = ("—" if arm == "scratch" else f"{_fmt(reach)} (reached in {reached}/{len(rows)})" if reached
+                    else f"> {1 / max(r['flops'] for r in rows):.2f} (scratch never reached it: 0/{len(rows)})")
         lines.append(f"| {arm} | {_fmt([r['loss'] for r in rows], 4)} | {_fmt([r['flops'] for r in rows])} | "
                      f"{to_reach} |")
     lines += ["", f"FLOPs count LAG's losing candidates (their lag steps). \"Reached\": scratch's validated curve "
               f"(every eval.every steps) got to the arm's final loss within {results['steps']} steps; > 1 means "
-              "stacking reached it for less.", "", "## Per seed", "",
+              "stacking reached it for less (never reached: more than scratch's whole run over the arm's).", "",
+              "## Per seed", "",
               "| seed | adaptive | fixed | scratch | LAG's picks (stages 1..) |", "|---|---|---|---|---|"]
     lines += [f"| {r['seed']} | {r['adaptive']['loss']:.4f} | {r['fixed']['loss']:.4f} | {r['scratch']['loss']:.4f} | "
               f"{', '.join(r['adaptive']['picks'])} |" for r in seeds]

@@ -99,7 +99,8 @@ def test_the_report_states_each_claims_verdict_and_every_seeds_losses_and_picks(
     verdict = "supported" if out[0]["holds"] else "not shown"
     assert f"| adaptive final val loss < fixed's | {4.45 - 4.59:+.4f} |" in text and f"**{verdict}** |" in text
     assert "| 1 | 4.4000 | 4.5500 | 4.4100 | stack_top, stack |" in text
-    assert "| fixed | 4.5900 ± " in text and "(reached in 3/3)" in text  # scratch got below every arm's loss
+    assert "| fixed | 4.5900 ± " in text and "(reached in 3/3)" in text  # scratch got below fixed's every time
+    assert f"> {120 / 102:.2f} (scratch never reached it: 0/3)" in text  # ... and never to adaptive's
 
 
 @pytest.mark.slow
