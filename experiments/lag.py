@@ -25,6 +25,7 @@ from typing import Any, Sequence
 from omegaconf import OmegaConf
 
 from experiments.lag_stats import HIT_SHARE, flops_to_reach, horizon_table, seed_result
+from experiments.spec import read_spec
 from growth import GrowthError
 from growth.folders import resolve_target
 from growth.lag import LagPlan, parse_pool, run_lag
@@ -32,7 +33,7 @@ from growth.runs import check_run_config, check_user_overrides, claim_experiment
 from launch.command import render_overrides
 from model import ModelConfig
 from storage.folders import tag_for
-from storage.io import FileFormatError, atomic_save_figure, atomic_write_text, read_yaml
+from storage.io import atomic_save_figure, atomic_write_text
 
 SPEC_KEYS = {"config", "ranks", "seeds", "source_steps", "choosing_steps", "validate_steps", "carry", "overrides",
              "growths"}
@@ -62,16 +63,8 @@ class LagExperiment:
     @classmethod
     def load(cls, path: Path) -> "LagExperiment":
         """Read and check a spec; errors name the file and the key."""
-        try:
-            raw = OmegaConf.to_container(read_yaml(path, "experiment spec")) or {}
-        except FileFormatError as err:
-            raise GrowthError(str(err)) from None
-        unknown = set(raw) - SPEC_KEYS
-        if unknown:
-            raise GrowthError(f"{path}: unknown keys {sorted(unknown)} (valid: {sorted(SPEC_KEYS)})")
-        missing = {"config", "seeds", "source_steps", "choosing_steps", "validate_steps", "growths"} - set(raw)
-        if missing:
-            raise GrowthError(f"{path}: missing keys {sorted(missing)}")
+        raw = read_spec(path, SPEC_KEYS, {"config", "seeds", "source_steps", "choosing_steps", "validate_steps",
+                                          "growths"}, GrowthError)
         growths = []
         for name, g in raw["growths"].items():
             if not isinstance(g, dict) or set(g) != {"source", "to", "pool"}:

@@ -23,12 +23,12 @@ from typing import Any, Optional
 import numpy as np
 import torch
 from matplotlib.figure import Figure
-from omegaconf import OmegaConf
 from scipy import stats as sps
 
 from experiments import stats
 from experiments.errors import ExperimentError
 from experiments.planting import place_plants, plant_kinds, train_planted
+from experiments.spec import read_spec
 from launch.command import render_overrides
 from model import Llama
 from pretrain.config import Config, load_config
@@ -37,7 +37,7 @@ from pretrain.jobs.peeling.bounds import compute_bounds
 from pretrain.jobs.peeling.job import calibration_windows
 from pretrain.jobs.peeling.report import BOUNDS_JSON, write_outputs
 from pretrain.jobs.peeling.settings import PeelingError, PeelingSettings, check_settings
-from storage.io import atomic_save_figure, atomic_write_json, atomic_write_text, claim_output_folder, read_yaml
+from storage.io import atomic_save_figure, atomic_write_json, atomic_write_text, claim_output_folder
 
 MARKER = ".growlm-peeling-planted"
 SPEC_KEYS = {"base", "overrides", "seeds", "freeze_step", "alphas", "bits", "series", "peeling", "targets", "alpha"}
@@ -60,11 +60,7 @@ class PlantedSpec:
 
     @classmethod
     def load(cls, path: Path) -> "PlantedSpec":
-        raw = OmegaConf.to_container(read_yaml(path, "experiment spec")) or {}
-        if unknown := set(raw) - SPEC_KEYS:
-            raise ExperimentError(f"{path}: unknown keys {sorted(unknown)} (valid: {sorted(SPEC_KEYS)})")
-        if missing := SPEC_KEYS - {"alpha", "overrides"} - set(raw):
-            raise ExperimentError(f"{path}: missing keys {sorted(missing)}")
+        raw = read_spec(path, SPEC_KEYS, SPEC_KEYS - {"alpha", "overrides"})
         config = load_config(raw["base"], render_overrides(raw.get("overrides") or {}, f"{path}: overrides"))
         series = raw["series"]
         if not isinstance(series, dict) or set(series) != {"seed", "steps"}:

@@ -10,14 +10,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from omegaconf import OmegaConf
 
 from experiments.errors import ExperimentError
 from experiments.protocol import Protocol, parse_protocol
 from launch.command import render_overrides
-from storage.io import read_yaml
+from storage.io import FileFormatError, read_yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 """The repository root: a spec's `base` config is relative to it, and runs start there."""
@@ -33,6 +33,23 @@ class Spec:
     overrides: list[str]
     arms: dict[str, list[str]]
     protocol: Optional[Protocol] = None
+
+
+def read_spec(path: Path, keys: set[str], required: set[str],
+              error: type[Exception] = ExperimentError) -> dict[str, Any]:
+    """The top-level mapping of a spec file, with no key outside `keys` and every key of `required`; else
+    `error` naming the file and the keys (LAG and stacking specs raise growth's own error)."""
+    try:
+        raw = OmegaConf.to_container(read_yaml(path, "experiment spec")) or {}
+    except FileFormatError as err:
+        raise error(str(err)) from None
+    if not isinstance(raw, dict):
+        raise error(f"{path}: an experiment spec is a mapping with keys {sorted(keys)}")
+    if unknown := set(raw) - keys:
+        raise error(f"{path}: unknown keys {sorted(unknown)} (valid: {sorted(keys)})")
+    if missing := required - set(raw):
+        raise error(f"{path}: missing keys {sorted(missing)}")
+    return raw
 
 
 def load_spec(path: Path) -> Spec:

@@ -25,17 +25,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from omegaconf import OmegaConf
-
 from experiments import stats
 from experiments.lag_stats import flops_to_reach
+from experiments.spec import read_spec
 from growth import GrowthError
 from growth.lag import parse_pool
 from growth.runs import check_run_config, claim_experiment, exit_code, train_phase, val_curve
 from growth.stacking import StackingPlan, Stage, run_stacking
 from launch.command import render_overrides
 from model import ModelConfig
-from storage.io import FileFormatError, atomic_save_figure, atomic_write_text, read_yaml
+from storage.io import atomic_save_figure, atomic_write_text
 
 SPEC_KEYS = {"config", "ranks", "seeds", "stages", "steps", "lag_steps", "carry", "adaptive_pool", "fixed_pool",
              "overrides", "margin", "alpha"}
@@ -61,17 +60,8 @@ class StackingExperiment:
     @classmethod
     def load(cls, path: Path) -> "StackingExperiment":
         """Read and check a spec; errors name the file and the key."""
-        try:
-            raw = OmegaConf.to_container(read_yaml(path, "experiment spec")) or {}
-        except FileFormatError as err:
-            raise GrowthError(str(err)) from None
-        unknown = set(raw) - SPEC_KEYS
-        if unknown:
-            raise GrowthError(f"{path}: unknown keys {sorted(unknown)} (valid: {sorted(SPEC_KEYS)})")
-        required = {"config", "seeds", "stages", "steps", "lag_steps", "adaptive_pool", "fixed_pool", "margin"}
-        missing = required - set(raw)
-        if missing:
-            raise GrowthError(f"{path}: missing keys {sorted(missing)}")
+        raw = read_spec(path, SPEC_KEYS, {"config", "seeds", "stages", "steps", "lag_steps", "adaptive_pool",
+                                          "fixed_pool", "margin"}, GrowthError)
         try:
             stages = [Stage(int(s["at_step"]), int(s["depth"])) for s in raw["stages"]]
         except (TypeError, KeyError, ValueError):
