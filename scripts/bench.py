@@ -66,9 +66,11 @@ def allocated_gb(device: torch.device) -> float:
 
 
 def bare_loop(model: nn.Module, forward: Callable[[torch.Tensor], torch.Tensor], cfg: Config,
-              batches: list[torch.Tensor], device: torch.device) -> Step:
+              batches: list[torch.Tensor], device: torch.device,
+              reduce_grads: Callable[[nn.Module], None] | None = None) -> Step:
     """A plain PyTorch step (AMP autocast for bf16, fp32 masters, train.grad_accum micro-batches, clipping,
-    AdamW) cycling over `batches`; `forward` maps input ids to logits."""
+    AdamW) cycling over `batches`; `forward` maps input ids to logits. `reduce_grads` runs between the backward
+    and the clipping (data parallelism by hand: scripts/bench_launched.py's two-rank floor)."""
     opt = build_optimizer(model, cfg.train)
     autocast = cfg.train.precision == "bf16"
     accum = cfg.train.grad_accum
@@ -85,6 +87,8 @@ def bare_loop(model: nn.Module, forward: Callable[[torch.Tensor], torch.Tensor],
             (loss / accum).backward()
         dist.synchronize(device)
         fwd_bwd = time.perf_counter() - t0
+        if reduce_grads is not None:
+            reduce_grads(model)
         if cfg.train.grad_clip > 0:
             nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
         opt.step()

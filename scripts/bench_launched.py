@@ -7,7 +7,8 @@ throughput is tokens over the loop's wall time less checkpoints and validation (
 hooks, logging and data all count; start-up (imports, engine build) and teardown are reported apart too. The bare
 loop runs in this process over the same windows, one thread, as every rank here gets one
 (OMP_NUM_THREADS=1): launched/bare is then like for like at 1 rank, and a 2-rank run's per-rank figure against
-1 rank's shows what the collectives cost.
+1 rank's shows what the collectives cost. `bare-2` is two bare loops (processes) that average their gradients
+with one flat gloo all-reduce a step, as a hand-written DDP would: the floor any 2-rank run here pays.
 
     python scripts/bench_launched.py                           # tiny config, fp32, 3 rounds of 100 steps
     python scripts/bench_launched.py --steps 300 --rounds 2 model.dim=128
@@ -24,8 +25,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
+import torch.distributed as tdist
 
 from model import Llama
 from pretrain.config import load_config
@@ -58,7 +61,8 @@ def launched(ranks: int, config: str, steps: int, overrides: list[str], out: Pat
     return timing
 
 
-def bare(config: str, steps: int, overrides: list[str], out: Path) -> dict:
+def bare(config: str, steps: int, overrides: list[str], out: Path,
+         reduce_grads: Callable[[torch.nn.Module], None] | None = None) -> dict:
     """The bare loop over the run's own training windows: tokens/s over `steps` steps after 3 warm-up steps."""
     torch.set_num_threads(1)
     cfg = load_config(config, [*FIXED, *overrides, f"run.out_dir={out}", "run.name=bare"])
@@ -68,7 +72,7 @@ def bare(config: str, steps: int, overrides: list[str], out: Path) -> dict:
                for i in range(min(len(windows) // micro, 64))]
     torch.manual_seed(cfg.run.seed)
     model = Llama(cfg.model)
-    step = bench.bare_loop(model, lambda x: model(x).logits, cfg, batches, torch.device("cpu"))
+    step = bench.bare_loop(model, lambda x: model(x).logits, cfg, batches, torch.device("cpu"), reduce_grads)
     for _ in range(3):
         step()
     start = time.perf_counter()
@@ -76,6 +80,31 @@ def bare(config: str, steps: int, overrides: list[str], out: Path) -> dict:
         step()
     seconds = time.perf_counter() - start
     return {"tokens_per_s": steps * micro * cfg.train.grad_accum * cfg.data.seq_len / seconds}
+
+
+def bare_ranks(config: str, steps: int, overrides: list[str], out: Path, ranks: int = 2) -> dict:
+    """The floor of data parallelism here: `ranks` bare loops (processes, one thread each) that average their
+    gradients with one flat gloo all-reduce per step, as a hand-written DDP would. tokens/s of all ranks."""
+    port = 29500 + os.getpid() % 1000
+    torch.multiprocessing.spawn(_bare_rank, args=(ranks, port, config, steps, overrides, out), nprocs=ranks)
+    rates = [json.loads((out / f"bare-rank{r}.json").read_text())["tokens_per_s"] for r in range(ranks)]
+    return {"tokens_per_s": sum(rates), "ranks": ranks}
+
+
+def _bare_rank(rank: int, ranks: int, port: int, config: str, steps: int, overrides: list[str], out: Path) -> None:
+    tdist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=ranks)
+
+    def all_reduce(model: torch.nn.Module) -> None:
+        grads = [p.grad for p in model.parameters()]
+        flat = torch.cat([g.flatten() for g in grads])
+        tdist.all_reduce(flat)
+        flat.div_(ranks)
+        for g, reduced in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
+            g.copy_(reduced)
+
+    result = bare(config, steps, overrides, out / f"bare-rank{rank}", all_reduce)
+    tdist.destroy_process_group()
+    (out / f"bare-rank{rank}.json").write_text(json.dumps(result))
 
 
 def per_rank(timing: dict) -> float:
@@ -91,6 +120,9 @@ def report(results: dict[str, list[dict]]) -> None:
         print(f"{side:<12} {med[side]:>18,.0f}   {rounds}")
     print(f"\nlaunched-1/bare           {med['launched-1'] / med['bare']:.3f}   (target >= 0.95)")
     print(f"launched-2/launched-1     {med['launched-2'] / med['launched-1']:.3f}   per rank (target >= 0.90)")
+    print(f"bare-2/bare               {med['bare-2'] / med['bare']:.3f}   per rank: what one gloo all-reduce a step "
+          "leaves a hand-written loop")
+    print(f"launched-2/bare-2         {med['launched-2'] / med['bare-2']:.3f}   per rank")
     print("\nms per step by phase (median over rounds; checkpoint and hook/Validation are left out of tokens/s)")
     sides = [s for s in results if s.startswith("launched")]
     phases = sorted({p for s in sides for r in results[s] for p in r["phases_s"]})
@@ -112,7 +144,7 @@ def main() -> None:
     p.add_argument("overrides", nargs="*", help="config overrides key=value for every side")
     args = p.parse_args()
     print(f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}; {args.rounds} rounds of {args.steps} steps")
-    results: dict[str, list[dict]] = {"bare": [], "launched-1": [], "launched-2": []}
+    results: dict[str, list[dict]] = {"bare": [], "bare-2": [], "launched-1": [], "launched-2": []}
     with tempfile.TemporaryDirectory(prefix="growlm-bench-launched-") as tmp:
         out = Path(tmp)
         for r in range(args.rounds):
@@ -120,6 +152,8 @@ def main() -> None:
             for side in order:
                 if side == "bare":
                     results[side].append(bare(args.config, args.steps, args.overrides, out))
+                elif side == "bare-2":
+                    results[side].append(bare_ranks(args.config, args.steps, args.overrides, out))
                 else:
                     ranks = int(side.split("-")[1])
                     results[side].append(launched(ranks, args.config, args.steps, args.overrides, out,
