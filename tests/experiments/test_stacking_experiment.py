@@ -53,6 +53,16 @@ def test_bad_specs_are_refused_naming_the_key(tmp_path, change, message):
         StackingExperiment.load(path)
 
 
+def test_a_spec_that_is_not_a_mapping_or_not_yaml_is_refused_naming_the_file(tmp_path):
+    path = tmp_path / "spec.yaml"
+    path.write_text("- 1\n- 2\n")
+    with pytest.raises(GrowthError, match=f"{path}: an experiment spec is a mapping with keys"):
+        StackingExperiment.load(path)
+    path.write_text("seeds: [0, 1\n")
+    with pytest.raises(GrowthError, match="spec.yaml"):
+        StackingExperiment.load(path)
+
+
 def test_flops_count_each_stage_at_its_depth_and_the_losers_lag_from_the_stage_start():
     assert flops_at(STAGES, 2, per_layer, 5) == 5 * 2
     assert flops_at(STAGES, 2, per_layer, 10) == 10 * 2 + 4 * 3  # growth: the losing candidates' lag is spent
