@@ -1,9 +1,11 @@
 """Asynchronous checkpoints (`checkpoint.async_save`): training goes on while a checkpoint's files are written.
 
 How: for the duration of one `engine.save_checkpoint`, the engine writes through a `SnapshotEngine`, whose
-`save(state_dict, path)` copies the state's tensors into host memory (training mutates parameters and
-optimizer state in place) and keeps the write for later. One background thread per rank then writes those
-files, and when they are all written, the rank's marker `<ckpt>/.written/rank_<r>`. Rank 0's thread waits
+`save(state_dict, path)` lays out a host copy of the state (training mutates parameters and optimizer state in
+place) and keeps the write for later. One background thread per rank then fills that copy, and training may
+mutate again only once it is filled: the trainer calls `before_update()` before every `engine.step()` (and
+before it rebuilds an engine), so the copy overlaps the next step's forward and backward. The same thread then
+writes those files, and when they are all written, the rank's marker `<ckpt>/.written/rank_<r>`. Rank 0's thread waits
 for every rank's marker, removes them and publishes the checkpoint as a synchronous save does (the run's
 files, the manifest with hashes, `latest`, pruning): a checkpoint is visible only once every rank's files are
 complete; a process killed before that leaves it without a manifest and `latest` where it was. The thread
@@ -57,18 +59,33 @@ MARKER_POLL_S = 0.05
 Write = Callable[[], None]
 
 
-def snapshot(state: Any, staging: "Staging") -> Any:
+Copy = tuple[torch.UntypedStorage, torch.UntypedStorage]
+"""(host buffer, the storage whose bytes it must receive): one copy a snapshot leaves to the saving thread."""
+
+
+def snapshot(state: Any, staging: "Staging", copies: list[Copy]) -> Any:
     """A deep copy of `state` that later in-place updates of its tensors cannot reach, its tensors in host
-    memory taken from `staging` (a GPU's memory is not doubled). It is what torch.save writes that is kept:
-    every storage is copied once (views into one flat buffer share its copy), a tensor keeps its attributes
-    and `requires_grad`, and an object met twice is copied once, so every record torch.save writes is byte
-    for byte a synchronous save's."""
+    memory taken from `staging` (a GPU's memory is not doubled); their bytes arrive once `fill(copies)` has run
+    (appended here, one per storage). It is what torch.save writes that is kept: every storage is copied once
+    (views into one flat buffer share its copy), a tensor keeps its attributes and `requires_grad`, and an
+    object met twice is copied once, so every record torch.save writes is byte for byte a synchronous save's."""
     memo: dict[int, Any] = {}
-    copies: dict[int, torch.UntypedStorage] = {}
+    buffers: dict[int, torch.UntypedStorage] = {}
     for tensor in _tensors(state):
         if id(tensor) not in memo:
-            memo[id(tensor)] = _host_copy(tensor, copies, staging, memo)
+            memo[id(tensor)] = _host_view(tensor, buffers, copies, staging, memo)
     return copy.deepcopy(state, memo)
+
+
+def fill(copies: list[Copy]) -> None:
+    """Copy each storage into its buffer, through byte tensors: a tensor copy releases the interpreter lock
+    (a storage's own `copy_` holds it, and the training thread would wait out the whole copy)."""
+    for buffer, storage in copies:
+        _bytes(buffer).copy_(_bytes(storage))
+
+
+def _bytes(storage: torch.UntypedStorage) -> torch.Tensor:
+    return torch.empty(0, dtype=torch.uint8, device=storage.device).set_(storage)
 
 
 class Staging:
@@ -80,11 +97,12 @@ class Staging:
         self._free: dict[int, list[torch.UntypedStorage]] = defaultdict(list)
         self._taken: list[torch.UntypedStorage] = []
 
-    def copy_of(self, storage: torch.UntypedStorage) -> torch.UntypedStorage:
-        free = self._free[storage.nbytes()]
-        buffer = free.pop() if free else torch.UntypedStorage(storage.nbytes())
+    def take(self, nbytes: int) -> torch.UntypedStorage:
+        """A host buffer of `nbytes`, reused when one is free."""
+        free = self._free[nbytes]
+        buffer = free.pop() if free else torch.UntypedStorage(nbytes)
         self._taken.append(buffer)
-        return buffer.copy_(storage)
+        return buffer
 
     def release(self) -> None:
         """The files are written: the buffers taken since the last release may be copied into again."""
@@ -105,13 +123,15 @@ def _tensors(value: Any) -> Iterator[torch.Tensor]:
             yield from _tensors(v)
 
 
-def _host_copy(tensor: torch.Tensor, copies: dict[int, torch.UntypedStorage], staging: Staging,
-               memo: dict[int, Any]) -> torch.Tensor:
-    """`tensor` on a host copy of its storage, one copy per storage (told apart as torch.save does)."""
+def _host_view(tensor: torch.Tensor, buffers: dict[int, torch.UntypedStorage], copies: list[Copy],
+               staging: Staging, memo: dict[int, Any]) -> torch.Tensor:
+    """`tensor` on a host buffer for its storage, one buffer (and one pending copy) per storage, told apart as
+    torch.save does."""
     storage = tensor.untyped_storage()
-    if storage._cdata not in copies:
-        copies[storage._cdata] = staging.copy_of(storage)
-    out = torch.empty(0, dtype=tensor.dtype).set_(copies[storage._cdata], tensor.storage_offset(), tensor.size(),
+    if storage._cdata not in buffers:
+        buffers[storage._cdata] = staging.take(storage.nbytes())
+        copies.append((buffers[storage._cdata], storage))
+    out = torch.empty(0, dtype=tensor.dtype).set_(buffers[storage._cdata], tensor.storage_offset(), tensor.size(),
                                                   tensor.stride())
     if isinstance(tensor, torch.nn.Parameter):
         out = torch.nn.Parameter(out, requires_grad=tensor.requires_grad)
@@ -140,6 +160,7 @@ class SnapshotEngine(CheckpointEngine):
         self.name, self.inner, self.staging = "growlm-snapshot", inner, staging
         self.zipfile = getattr(inner, "zipfile_serialization", True)
         self.writes: list[Write] = []
+        self.copies: list[Copy] = []
 
     def create(self, info: Any) -> None:
         self.inner.create(info)
@@ -148,7 +169,7 @@ class SnapshotEngine(CheckpointEngine):
         self.inner.makedirs(path, exist_ok=exist_ok)
 
     def save(self, state_dict: Any, path: str) -> None:
-        self.writes.append(partial(write_file, snapshot(state_dict, self.staging), path, self.zipfile))
+        self.writes.append(partial(write_file, snapshot(state_dict, self.staging, self.copies), path, self.zipfile))
 
     def load(self, path: str, map_location: Any = None) -> Any:
         return self.inner.load(path, map_location=map_location)
@@ -209,17 +230,24 @@ def finish_rank(ckpt: Path, rank: int, world: int, timeout_s: float, publish: Wr
 
 
 class InFlight:
-    """One checkpoint's writes on this rank, in a thread of their own, then `finish(error)`; the first
-    exception is kept in `error` for the training thread."""
+    """One checkpoint on this rank, in a thread of its own: the snapshot's copies (then `filled` is set), its
+    writes, then `finish(error)`; the first exception is kept in `error` for the training thread."""
 
-    def __init__(self, ckpt: Path, writes: list[Write], finish: Callable[[BaseException | None], None]):
+    def __init__(self, ckpt: Path, copies: list[Copy], writes: list[Write],
+                 finish: Callable[[BaseException | None], None]):
         self.ckpt, self.error = ckpt, None
-        self._thread = threading.Thread(target=self._run, args=(writes, finish), name=f"growlm-save-{ckpt.name}",
-                                        daemon=True)
+        self.filled = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(copies, writes, finish),
+                                        name=f"growlm-save-{ckpt.name}", daemon=True)
         self._thread.start()
 
-    def _run(self, writes: list[Write], finish: Callable[[BaseException | None], None]) -> None:
+    def _run(self, copies: list[Copy], writes: list[Write], finish: Callable[[BaseException | None], None]) -> None:
         try:
+            try:
+                fill(copies)
+            finally:
+                copies.clear()  # the sources may be freed
+                self.filled.set()  # set on failure too: the writes below are skipped, training must not wait
             with checkpoint.naming_full_disk(self.ckpt):
                 while writes:
                     writes.pop(0)()  # its snapshot is freed once written
@@ -260,8 +288,13 @@ class AsyncSaves(checkpoint.Saves):
             ckpt = checkpoint.write_rank_files(engine, self.root, step, client_state, rank_state)
         self._completed += landed  # every rank has landed it: write_rank_files passed a barrier
         publish = partial(checkpoint.publish, ckpt, step, extra_files, meta, self.keep) if dist.is_main() else None
-        self._flight = InFlight(ckpt, snapshots.writes,
+        self._flight = InFlight(ckpt, snapshots.copies, snapshots.writes,
                                 partial(finish_rank, ckpt, dist.rank(), dist.world_size(), self.timeout_s, publish))
+
+    def before_update(self) -> None:
+        """Return once the save in flight holds its own copy of the state (training may then change it)."""
+        if self._flight is not None:
+            self._flight.filled.wait()
 
     def completed(self, wait: bool = False) -> list[Path]:
         if self._flight is not None:

@@ -101,6 +101,10 @@ class Saves:
         done, self._completed = self._completed, []
         return done
 
+    def before_update(self) -> None:
+        """Training is about to change the parameters or optimizer state in place: return once no save still
+        needs them as they are (here a save is complete when it returns; `pretrain.async_save` may wait)."""
+
     def settle(self) -> None:
         """Training is dying: finish what this rank still writes (nothing here), without collectives."""
 

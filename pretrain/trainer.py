@@ -134,6 +134,7 @@ class Trainer:
             for batch in micro_batches:
                 total, metrics = self.loss(batch, normalizer)
                 self.engine.backward(total)
+                self.files.saves.before_update()  # an asynchronous save may still be copying the state
                 self.engine.step()
                 for k, v in metrics.items():
                     sums[k] += v.float()
@@ -208,6 +209,7 @@ class Trainer:
 
     def train_subset_only(self) -> dict[str, int]:
         """Switch to the hybrid mode's subset engine (pretrain/phases.py); the record's hybrid/* counts."""
+        self.files.saves.before_update()  # rebuilding an engine may move the state a save is still copying
         handover = self.phases.hand_over(self.engine)
         self._drop_engine()
         parts, counts = self.phases.take_over(handover, self.step)

@@ -15,7 +15,8 @@ import torch
 from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
 
 from pretrain import async_save
-from pretrain.async_save import WRITTEN, AsyncSaves, Staging, finish_rank, mark_written, snapshot, wait_for_ranks
+from pretrain.async_save import (WRITTEN, AsyncSaves, Staging, fill, finish_rank, mark_written, snapshot,
+                                 wait_for_ranks)
 from pretrain.checkpoint import OutOfSpace
 from storage import folders
 
@@ -41,7 +42,11 @@ def test_a_snapshot_keeps_the_state_of_its_time_and_saves_the_same_bytes():
     state = {"module": module, "params": [param, param * 2, fp32, *placeholders], "scaler": {"scale": 1.0},
              "step": 7}
     state["again"] = state["scaler"]
-    copy = snapshot(state, Staging())
+    copies = []
+    copy = snapshot(state, Staging(), copies)
+    assert len(copies) == 6  # one per storage: the flat buffer, param, param * 2, fp32 and each placeholder
+    assert saved_bytes(copy) != saved_bytes(state)  # laid out, not yet filled: the saving thread fills it
+    fill(copies)
     assert saved_bytes(copy) == saved_bytes(state)
     flat += 100  # training goes on in place
     param.data += 1
@@ -120,6 +125,7 @@ def saving(tmp_path, monkeypatch):
 def test_one_save_in_flight_published_when_written_with_the_state_of_its_step(saving):
     saves, engine, extra, root, disk = saving
     saves.save(engine, 2, {"step": 2}, extra, {})  # returns while the write waits at the gate
+    saves.before_update()  # what the trainer calls before every optimizer step
     engine.weights += 1  # training goes on
     assert saves.completed() == [] and not (root / "step_2" / folders.MANIFEST).exists()
     assert not (root / folders.LATEST).exists()
@@ -135,6 +141,31 @@ def test_one_save_in_flight_published_when_written_with_the_state_of_its_step(sa
         saved = torch.load(root / f"step_{step}" / "model.pt", weights_only=True)
         assert saved["step"] == step and saved["weights"].tolist() == [weights] * 4
         assert not (root / f"step_{step}" / WRITTEN).exists()
+
+
+def test_training_changes_the_state_only_once_the_save_has_copied_it(saving, monkeypatch):
+    """The copy runs in the saving thread, beside the next step's forward and backward; `before_update` (before
+    each optimizer step) waits for it, so an update never reaches the checkpoint of an earlier step."""
+    saves, engine, extra, root, disk = saving
+    copying, filled = threading.Event(), []
+
+    def slow_fill(copies, _fill=async_save.fill):
+        assert copying.wait(30)
+        _fill(copies)
+        filled.append(True)
+
+    monkeypatch.setattr(async_save, "fill", slow_fill)
+    saves.save(engine, 2, {"step": 2}, extra, {})
+    update = threading.Thread(target=lambda: (saves.before_update(), engine.weights.add_(1)))
+    update.start()
+    update.join(0.5)
+    assert update.is_alive() and engine.weights.tolist() == [0.0] * 4  # the update waits for the copy
+    copying.set()
+    update.join(30)
+    assert filled and engine.weights.tolist() == [1.0] * 4
+    disk.gate.set()
+    assert saves.completed(wait=True) == [root / "step_2"]
+    assert torch.load(root / "step_2" / "model.pt", weights_only=True)["weights"].tolist() == [0.0] * 4
 
 
 def test_training_that_dies_still_publishes_the_checkpoint_in_flight(saving):
