@@ -63,9 +63,8 @@ class Trainer:
         self.files = RunDir(cfg, self.data.tokenizer_path, self.world, self.is_main)
         resume_from, manifest = self.files.resume_source()
         self.files.write_run_files()
-        # Before the engine: its process group must get the collective timeout the phases set on every group
-        # (a group made later keeps torch's 30-minute default, and a rank stopped just before the preemption
-        # check would leave its peers waiting there that long).
+        # Before the engine: its process group must get the phases' collective timeout (a later group keeps torch's
+        # 30-minute default, and a rank stopped before the preemption check would leave its peers waiting that long).
         self.preemption, self.preempted = Preemption(), False
         self.phases = TrainablePhases(cfg, carry.origin_step(cfg, carried))
         start = manifest["step"] if manifest else self.phases.origin_step
@@ -91,6 +90,7 @@ class Trainer:
         self._skipped_seen = 0
 
     def _drop_engine(self) -> None:
+        self.files.saves.before_update()  # the engine built next may move state a save is still copying
         del self.engine, self.optimizer, self.scheduler
         gc.collect()
 
@@ -209,7 +209,6 @@ class Trainer:
 
     def train_subset_only(self) -> dict[str, int]:
         """Switch to the hybrid mode's subset engine (pretrain/phases.py); the record's hybrid/* counts."""
-        self.files.saves.before_update()  # rebuilding an engine may move the state a save is still copying
         handover = self.phases.hand_over(self.engine)
         self._drop_engine()
         parts, counts = self.phases.take_over(handover, self.step)
