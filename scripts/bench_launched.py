@@ -29,6 +29,7 @@ from typing import Callable
 
 import torch
 import torch.distributed as tdist
+from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
 from model import Llama
 from pretrain.config import load_config
@@ -96,10 +97,10 @@ def _bare_rank(rank: int, ranks: int, port: int, config: str, steps: int, overri
 
     def all_reduce(model: torch.nn.Module) -> None:
         grads = [p.grad for p in model.parameters()]
-        flat = torch.cat([g.flatten() for g in grads])
+        flat = _flatten_dense_tensors(grads)
         tdist.all_reduce(flat)
         flat.div_(ranks)
-        for g, reduced in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
+        for g, reduced in zip(grads, _unflatten_dense_tensors(flat, grads)):
             g.copy_(reduced)
 
     result = bare(config, steps, overrides, out / f"bare-rank{rank}", all_reduce)
