@@ -30,6 +30,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
 from model import Llama
 from model.hf import to_hf_config, to_hf_state_dict
@@ -63,6 +64,18 @@ def allocated_gb(device: torch.device) -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def flat_all_reduce(model: nn.Module, reduce: Callable[[torch.Tensor], object], world: int) -> None:
+    """Data parallelism by hand: every gradient in one flat buffer, summed over ranks by `reduce` (in place),
+    averaged, copied back. The floor any data-parallel step pays here (scripts/bench_launched.py,
+    scripts/bench_zero_comm.py)."""
+    grads = [p.grad for p in model.parameters()]
+    flat = _flatten_dense_tensors(grads)
+    reduce(flat)
+    flat.div_(world)
+    for grad, reduced in zip(grads, _unflatten_dense_tensors(flat, grads)):
+        grad.copy_(reduced)
 
 
 def bare_loop(model: nn.Module, forward: Callable[[torch.Tensor], torch.Tensor], cfg: Config,

@@ -29,7 +29,6 @@ from typing import Callable
 
 import torch
 import torch.distributed as tdist
-from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
 from model import Llama
 from pretrain.config import load_config
@@ -95,15 +94,8 @@ def bare_ranks(config: str, steps: int, overrides: list[str], out: Path, ranks: 
 def _bare_rank(rank: int, ranks: int, port: int, config: str, steps: int, overrides: list[str], out: Path) -> None:
     tdist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=ranks)
 
-    def all_reduce(model: torch.nn.Module) -> None:
-        grads = [p.grad for p in model.parameters()]
-        flat = _flatten_dense_tensors(grads)
-        tdist.all_reduce(flat)
-        flat.div_(ranks)
-        for g, reduced in zip(grads, _unflatten_dense_tensors(flat, grads)):
-            g.copy_(reduced)
-
-    result = bare(config, steps, overrides, out / f"bare-rank{rank}", all_reduce)
+    result = bare(config, steps, overrides, out / f"bare-rank{rank}",
+                  lambda model: bench.flat_all_reduce(model, tdist.all_reduce, ranks))
     tdist.destroy_process_group()
     (out / f"bare-rank{rank}.json").write_text(json.dumps(result))
 
@@ -144,7 +136,8 @@ def main() -> None:
     p.add_argument("--json", type=Path, help="also write every round's figures here")
     p.add_argument("overrides", nargs="*", help="config overrides key=value for every side")
     args = p.parse_args()
-    print(f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}; {args.rounds} rounds of {args.steps} steps")
+    print(f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}; "
+          f"{args.rounds} rounds of {args.steps} steps")
     results: dict[str, list[dict]] = {"bare": [], "bare-2": [], "launched-1": [], "launched-2": []}
     with tempfile.TemporaryDirectory(prefix="growlm-bench-launched-") as tmp:
         out = Path(tmp)
