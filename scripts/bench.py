@@ -27,6 +27,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -64,6 +65,11 @@ def allocated_gb(device: torch.device) -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def window_batches(windows: np.ndarray, micro: int, n: int, offset: int = 0) -> list[torch.Tensor]:
+    """`n` consecutive micro-batches of training windows from window `offset` on, as int64 token tensors."""
+    return [torch.as_tensor(windows[offset + i * micro:offset + (i + 1) * micro].astype("int64")) for i in range(n)]
 
 
 def flat_all_reduce(model: nn.Module, reduce: Callable[[torch.Tensor], object], world: int) -> None:

@@ -68,8 +68,7 @@ def bare(config: str, steps: int, overrides: list[str], out: Path,
     cfg = load_config(config, [*FIXED, *overrides, f"run.out_dir={out}", "run.name=bare"])
     windows = load_data(cfg).train
     micro = cfg.train.micro_batch_size
-    batches = [torch.as_tensor(windows[i * micro:(i + 1) * micro].astype("int64"))
-               for i in range(min(len(windows) // micro, 64))]
+    batches = bench.window_batches(windows, micro, min(len(windows) // micro, 64))
     torch.manual_seed(cfg.run.seed)
     model = Llama(cfg.model)
     step = bench.bare_loop(model, lambda x: model(x).logits, cfg, batches, torch.device("cpu"), reduce_grads)

@@ -52,14 +52,13 @@ def shm_all_reduce() -> Reduce | None:
     backend = ds_comm.comm.cdb
     if getattr(backend, "shm_comm_op", None) is None or getattr(backend, "shm_vector_kernel_level", 0) < 1:
         return None
-    return lambda flat: ds_comm.inference_all_reduce(flat)
+    return ds_comm.inference_all_reduce
 
 
 def rank_batches(cfg: Config, n: int) -> list[torch.Tensor]:
     """`n` micro-batches of this rank's own training windows (ranks read disjoint windows, as in a run)."""
-    windows = load_data(cfg).train
-    micro, offset = cfg.train.micro_batch_size, dist.rank() * n * cfg.train.micro_batch_size
-    return [torch.as_tensor(windows[offset + i * micro:offset + (i + 1) * micro].astype("int64")) for i in range(n)]
+    micro = cfg.train.micro_batch_size
+    return bench.window_batches(load_data(cfg).train, micro, n, offset=dist.rank() * n * micro)
 
 
 def engine_step(config: str, overrides: list[str], stage: int, batches: list[torch.Tensor]) -> Callable[[], None]:
@@ -115,7 +114,7 @@ def main() -> None:
         overrides = ["train.precision=fp32", *args.overrides, f"run.out_dir={tmp}", "run.name=bench"]
         cfg = load_config(args.config, overrides)
         batches = rank_batches(cfg, 16)
-        gloo: Reduce = lambda flat: tdist.all_reduce(flat)  # noqa: E731
+        gloo: Reduce = tdist.all_reduce
         shm = shm_all_reduce()
         sides = {"no-comm": bare_step(cfg, batches, None), "hand": bare_step(cfg, batches, gloo)}
         if shm is not None:
@@ -133,7 +132,7 @@ def main() -> None:
                 for _ in range(args.steps):
                     sides[name]()
                 times[name].append((time.perf_counter() - t0) / args.steps * 1e3)
-        numel = sum(p.numel() for p in Llama(cfg.model).parameters())
+        numel = cfg.model.num_params()
         transports = {"gloo": transport_ms(numel, gloo)} | ({"shm": transport_ms(numel, shm)} if shm else {})
     if dist.rank() != 0:
         return
