@@ -6,7 +6,6 @@ import json
 import logging
 import math
 import resource
-import subprocess
 import sys
 import time
 import uuid
@@ -43,16 +42,6 @@ def throughput(tokens: int, seconds: float, tokens_per_step: int, flops_per_toke
     if peak_tflops:
         out["mfu"] = out["tflops"] / peak_tflops
     return out
-
-
-def cpu_name() -> str:
-    """The CPU's model name as lscpu gives it, for benchmark reports ('unknown CPU' without lscpu)."""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown CPU"
-    return next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")),
-                "unknown CPU")
 
 
 def memory_gb() -> float:

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import platform
 import time
 from typing import NamedTuple
 
 import torch
 
+from pretrain import cpu
 from pretrain.config import Config
 
 log = logging.getLogger("growlm")
@@ -32,18 +32,20 @@ class Choice(NamedTuple):
 
 
 def native_bf16(device: torch.device) -> tuple[bool, str]:
-    """(does the device compute bf16 natively, what was found), from torch's own capability queries."""
+    """(does the device compute bf16 natively, what was found): the units by torch's own capability queries, and on
+    a CPU whether an ISA cap in the environment keeps the kernels off them (pretrain/cpu.py)."""
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         if torch.cuda.is_bf16_supported(including_emulation=False):
             return True, f"{name} supports bf16"
         return False, f"{name} has no native bf16"
-    found = [unit for unit, present in (("AMX", torch.cpu._is_amx_tile_supported()),
-                                         ("AVX512-BF16", torch.cpu._is_avx512_bf16_supported())) if present]
-    cpu = cpu_name()
-    if found:
-        return True, f"this CPU ({cpu}) has {' and '.join(found)}"
-    return False, f"this CPU ({cpu}) has no native bf16 units (no AMX, no AVX512-BF16)"
+    units, name = cpu.bf16_units(), cpu.cpu_name()
+    if not units:
+        return False, f"this CPU ({name}) has no native bf16 units (no AMX, no AVX512-BF16)"
+    cap = cpu.kernel_cap()
+    if cap:
+        return False, f"this CPU ({name}) has {' and '.join(units)}, but {cap}: no native bf16 units in use"
+    return True, f"this CPU ({name}) has {' and '.join(units)}"
 
 
 def choose(requested: str, device: torch.device) -> Choice:
@@ -86,15 +88,3 @@ def bf16_slowdown(device: torch.device, n: int = 256, repeats: int = 3) -> float
         return min(times)
 
     return best(torch.bfloat16) / best(torch.float32)
-
-
-def cpu_name() -> str:
-    """The CPU's model name (for logs and benchmark headers)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()

@@ -26,7 +26,7 @@ import torch
 from pretrain.async_save import AsyncSaves
 from pretrain.checkpoint import Saves
 from pretrain.config import load_config
-from pretrain.metrics import cpu_name
+from pretrain.cpu import cpu_name
 from pretrain.dist import init_distributed
 from pretrain.trainer import Trainer
 from storage import folders

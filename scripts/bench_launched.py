@@ -32,8 +32,8 @@ import torch.distributed as tdist
 
 from model import Llama
 from pretrain.config import load_config
+from pretrain.cpu import cpu_name
 from pretrain.data.pipeline import load_data
-from pretrain.metrics import cpu_name
 
 ROOT = Path(__file__).resolve().parent.parent
 _bench = importlib.util.spec_from_file_location("bench", ROOT / "scripts" / "bench.py")

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from experiments.stats import mean_ci, welch
 from launch.command import launch_argv
-from pretrain.metrics import cpu_name
+from pretrain.cpu import cpu_name
 
 ROOT = Path(__file__).resolve().parent.parent
 OPTIMIZERS = {

@@ -34,9 +34,9 @@ import torch.nn.functional as F
 from model import Llama
 from pretrain import dist
 from pretrain.config import Config, load_config
+from pretrain.cpu import cpu_name
 from pretrain.data.pipeline import load_data
 from pretrain.engine import build_engine
-from pretrain.metrics import cpu_name
 
 ROOT = Path(__file__).resolve().parent.parent
 _bench = importlib.util.spec_from_file_location("bench", ROOT / "scripts" / "bench.py")

@@ -54,10 +54,17 @@ def missing_marker(markers: set[str], started: list[str]) -> str | None:
     return None
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    # platform.processor() runs `uname -p` once and caches it; ask before recording, so the answer is not charged
-    # to whichever test first names the CPU (under xdist that differs from worker to worker).
+def warm_one_time_work() -> None:
+    """Run, before recording starts, what starts a process once per interpreter or once per machine, so it is
+    never charged to whichever test happens to come first (under xdist that differs from worker to worker):
+    platform.processor() runs `uname -p` once and caches it; matplotlib's first import on a machine (an empty
+    MPLCONFIGDIR) builds its font cache with `fc-list`."""
     platform.processor()
+    import matplotlib.font_manager  # noqa: F401  (builds or loads the font cache on import)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    warm_one_time_work()
     _install_recorders()
 
 

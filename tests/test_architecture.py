@@ -203,3 +203,25 @@ def test_a_test_that_starts_a_process_must_say_so(pytester):
     result.assert_outcomes(passed=2, failed=2)
     result.stdout.fnmatch_lines(["*test_unmarked starts a process but is marked neither*",
                                  "*test_launch_marked_as_process_only launches ranks*not marked `distributed`*"])
+
+
+FIRST_PLOT = """
+def test_plots_on_a_fresh_machine():
+    import matplotlib.font_manager
+    assert matplotlib.font_manager.fontManager.ttflist
+"""
+
+
+@pytest.mark.process
+def test_a_fresh_machines_font_cache_is_not_charged_to_a_test(pytester, tmp_path, monkeypatch):
+    """matplotlib's first import with an empty cache runs `fc-list`; the plug-in warms it before recording, so
+    the first test to plot on a fresh machine is not failed for starting a process."""
+    cache = tmp_path / "mplconfig"
+    cache.mkdir()
+    monkeypatch.setenv("MPLCONFIGDIR", str(cache))
+    monkeypatch.setenv("PYTHONPATH", str(ROOT / "tests"))
+    pytester.makeconftest('pytest_plugins = ["process_markers"]')
+    pytester.makepyfile(test_fresh=FIRST_PLOT)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    assert list(cache.glob("fontlist-*.json")), "matplotlib built no font cache here: the fresh case was not run"
+    result.assert_outcomes(passed=1)

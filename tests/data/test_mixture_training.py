@@ -32,6 +32,7 @@ def mixture(tmp_path_factory) -> list[str]:
             "checkpoint.every=2", "eval.every=2", "monitors.jump.every=0"]
 
 
+@pytest.mark.numerics
 @pytest.mark.distributed
 def test_mixture_with_document_masking_trains_logs_its_mixture_and_resumes_exactly(mixture, runs_root):
     run = runs_root / "mixture"

@@ -71,6 +71,7 @@ def test_streaming_needs_a_tokenizer(stream_source):
         DataConfig(source=str(stream_source / "*.jsonl"), streaming=True)
 
 
+@pytest.mark.numerics
 @pytest.mark.distributed
 @pytest.mark.slow  # three launches; the stream's own resume is tested in-process above
 def test_a_streamed_run_resumes_exactly_on_two_ranks(stream_source, tokenizer_path, runs_root):

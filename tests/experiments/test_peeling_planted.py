@@ -45,6 +45,7 @@ def block(state: dict, layer: int) -> dict:
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
+@pytest.mark.numerics
 def test_frozen_plants_keep_their_weights_and_normal_layers_train(runs):
     planted, _, init, seen, _, _ = runs
     assert all(torch.equal(v, block(init, 1)[k]) for k, v in block(planted, 1).items())  # frozen at init
@@ -54,6 +55,7 @@ def test_frozen_plants_keep_their_weights_and_normal_layers_train(runs):
     assert not torch.equal(block(planted, 3)["attention.wq.weight"], block(init, 3)["attention.wq.weight"])
 
 
+@pytest.mark.numerics
 def test_identity_and_scaled_plants(runs):
     planted, normal, _, _, _, _ = runs
     ident = block(planted, 5)

@@ -72,6 +72,7 @@ def test_lag_with_carry_counts_from_growth_and_continues_at_the_peak_lr(lag_carr
     assert trained[0]["lr"] == pytest.approx(3e-3)  # the peak: a fresh run's step 1 has lr / warmup_steps
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("stage", [1, 3])
 def test_grown_run_takes_the_sources_next_update_on_the_copied_layers(source, grown, lag_carry, runs_root, stage):
     folder, layer_map = grown
@@ -94,6 +95,9 @@ def test_grown_run_takes_the_sources_next_update_on_the_copied_layers(source, gr
             pairs |= {n.replace(f"layers.{src}.", f"layers.{new}.", 1): n for n in ref if n.startswith(f"layers.{src}.")}
     for new_name, src_name in pairs.items():
         assert not got[new_name].equal(start[new_name]), f"{new_name} did not train"
+        # atol 1e-6: the copied layers' gradients are reduced in a longer flat buffer than the source's (another
+        # summation order); weights of magnitude < 1 round at < 6e-8, so this allows ~16 roundings of drift, while a
+        # restarted Adam state or a lost step moves a weight by ~lr (3e-3).
         assert torch.allclose(got[new_name], ref[src_name], rtol=0, atol=1e-6), (new_name, src_name)
 
 

@@ -116,6 +116,7 @@ def test_self_fusion_noise_breaks_the_symmetry_and_keeps_the_function(tokens):
                     noise=0.1)
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("tied", [False, True])
 def test_net2net_noise_breaks_the_symmetry_and_keeps_the_function(tied, tokens):
     source = tiny(tie_embeddings=tied)

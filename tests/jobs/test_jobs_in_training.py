@@ -15,6 +15,7 @@ LM_EVAL = ["jobs.lm_eval.every=1", "jobs.lm_eval.mode=inline", "jobs.lm_eval.tas
            "jobs.lm_eval.limit=8"]
 
 
+@pytest.mark.numerics
 @pytest.mark.process
 @pytest.mark.slow  # two runs, one with inline lm-eval and peeling jobs: ~45 s
 def test_inline_jobs_write_per_checkpoint_and_leave_training_unchanged(runs_root):

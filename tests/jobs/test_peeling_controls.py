@@ -17,7 +17,7 @@ CFG = ModelConfig(dim=64, n_layers=3, n_heads=4, n_kv_heads=2, ffn_dim=160, voca
 SETTINGS = PeelingSettings(batch_windows=16)  # the job's defaults, the cheap detector
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.numerics]  # verdicts of models trained here
 
 
 @pytest.fixture(scope="module")

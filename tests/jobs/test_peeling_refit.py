@@ -20,7 +20,7 @@ from pretrain.jobs.peeling.settings import PeelingError, PeelingSettings, check_
 from tests.jobs.test_peeling import CFG, markov_windows, train_on_markov
 
 REINIT = 3
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.numerics]  # verdicts of models trained here
 
 
 @pytest.fixture(scope="module")

@@ -24,6 +24,7 @@ def two_nodes(run, hostfile, overrides) -> None:
         assert proc.returncode == 0, f"node {node} failed:\n{out[-4000:]}"
 
 
+@pytest.mark.numerics
 def test_two_nodes_train_checkpoint_and_resume_like_one_node(zero_runs, runs_root, tmp_path):
     hostfile = tmp_path / "hosts"
     hostfile.write_text("node-a slots=1\nnode-b slots=1\n")

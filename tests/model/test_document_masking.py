@@ -134,6 +134,7 @@ def test_auto_takes_flex_on_cuda_only_and_a_bad_kernel_is_refused():
         document_attention_kernel("fast", torch.device("cpu"))
 
 
+@pytest.mark.numerics
 def test_auto_runs_the_dense_mask_on_cpu_bit_for_bit(monkeypatch):
     built = []
     monkeypatch.setattr(llama, "document_block_mask", lambda documents: built.append(documents))  # flex would fail

@@ -44,6 +44,7 @@ def test_losses_log_z_and_gradients_equal_the_plain_path(chunk, z_weight, per_to
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
 
 
+@pytest.mark.numerics
 def test_log_z_without_gradient_is_detached_and_no_grad_skips_the_gradient_work():
     hidden, weight = torch.randn(6, 4, requires_grad=True), torch.randn(9, 4, requires_grad=True)
     targets = torch.randint(0, 9, (6,))

@@ -120,6 +120,7 @@ def greedy(model: Llama, prompt: torch.Tensor, n_new: int, eos_id: int) -> torch
     return seq
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("tie", [False, True])
 def test_saved_folder_loads_and_generates_our_greedy_continuation(tmp_path: Path, tie: bool) -> None:
     cfg = small_cfg(tie)

@@ -20,6 +20,7 @@ def tokens(cfg: ModelConfig = CFG, batch: int = 2) -> torch.Tensor:
     return torch.randint(0, cfg.vocab_size, (batch, cfg.max_seq_len), generator=torch.Generator().manual_seed(0))
 
 
+@pytest.mark.numerics
 def test_hidden_states_are_the_residual_stream() -> None:
     torch.manual_seed(0)
     model = Llama(CFG).eval()
@@ -46,6 +47,7 @@ def loss_and_grads(model: Llama, x: torch.Tensor) -> tuple[torch.Tensor, dict[st
     return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
+@pytest.mark.numerics
 def test_activation_checkpointing_changes_nothing_numerically() -> None:
     torch.manual_seed(0)
     model = Llama(CFG).train()

@@ -46,6 +46,7 @@ def test_init_std_follows_fan_in_for_hidden_weights_only() -> None:
     assert all(p.eq(1).all() for n, p in params.items() if n.endswith("norm.weight"))
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("tie", [False, True])
 def test_at_the_base_width_the_mup_model_is_the_standard_one(tie: bool) -> None:
     torch.manual_seed(0)
@@ -76,6 +77,7 @@ def test_logits_carry_the_readout_multiplier_in_both_head_paths(tie: bool) -> No
     torch.testing.assert_close(fused.flatten(), plain, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("tie", [False, True])
 def test_exported_mup_model_matches_growlms_logits_without_mup_code(tmp_path: Path, tie: bool) -> None:
     cfg = cfg_at(128, 32, tie)

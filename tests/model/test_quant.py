@@ -19,6 +19,7 @@ def levels_per_row(w: torch.Tensor) -> list[int]:
     return [len(torch.unique(row)) for row in w]
 
 
+@pytest.mark.numerics
 def test_binary_uses_two_levels_per_channel_sign_times_mean_abs():
     w = torch.randn(8, 50, generator=torch.Generator().manual_seed(0))
     q = quantize(w, 1)
@@ -40,6 +41,7 @@ def test_k_bit_uses_the_symmetric_grid_of_2k_minus_1_levels_per_channel(bits):
     assert levels_per_row(quantize(dense, bits)) == [2 ** bits - 1] * 3
 
 
+@pytest.mark.numerics
 def test_the_forward_sees_quantized_weights_and_the_gradient_passes_straight_through():
     torch.manual_seed(0)
     layer, x = QuantLinear(16, 8, bias=False), torch.randn(5, 16)
@@ -74,6 +76,7 @@ def test_a_binary_model_still_learns():
     assert all(min(levels_per_row(m.weight)) > 2 for m in linears)  # the latent weights stay full precision
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("scope, quantized", [("blocks", BLOCK_PROJECTIONS), ("attention", BLOCK_PROJECTIONS[:4]),
                                               ("mlp", BLOCK_PROJECTIONS[4:])])
 def test_the_exported_weights_compute_what_the_quantized_model_did(scope, quantized):

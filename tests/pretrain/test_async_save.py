@@ -199,6 +199,7 @@ def deepspeed_records(ckpt: Path) -> dict[str, bytes]:
     return records
 
 
+@pytest.mark.numerics
 @pytest.mark.distributed
 @pytest.mark.parametrize("stage", [1, pytest.param(3, marks=pytest.mark.slow)])
 def test_async_saves_train_and_write_exactly_what_synchronous_saves_do(zero_runs, runs_root, stage):
@@ -217,6 +218,7 @@ def test_async_saves_train_and_write_exactly_what_synchronous_saves_do(zero_runs
         assert seen["complete"]
 
 
+@pytest.mark.numerics
 @pytest.mark.distributed
 def test_a_kill_during_an_async_save_leaves_latest_and_the_resume_is_exact(zero_runs, runs_root):
     """Every rank SIGKILLed while writing checkpoint 4 in the background, once training reached step 5: step 4

@@ -11,6 +11,7 @@ import pytest
 from launching import ROOT, environment
 
 
+@pytest.mark.numerics
 @pytest.mark.slow  # two runs and six restarts: ~2 min on 2 cores
 @pytest.mark.distributed
 def test_a_run_broken_six_ways_ends_bitwise_where_an_unbroken_one_does(tmp_path):

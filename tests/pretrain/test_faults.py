@@ -59,6 +59,7 @@ def test_kill_during_checkpoint_write_keeps_latest_on_previous(killed_in_save):
         folders.verify(ckpts / "step_4")
 
 
+@pytest.mark.numerics
 @pytest.mark.process
 def test_resume_after_kill_in_save_replaces_the_partial_checkpoint(killed_in_save, runs_root, uninterrupted):
     run, step2 = killed_in_save
@@ -84,6 +85,7 @@ def test_truncated_checkpoint_is_named_and_fallback_resumes_the_previous(runs_ro
     assert steps == [1, 2, 3, 4, 5, 6]  # continued from step 2; the records after it were replaced, not repeated
 
 
+@pytest.mark.numerics
 @pytest.mark.process
 def test_out_of_disk_while_saving_stops_naming_the_space_and_the_resume_is_exact(runs_root, uninterrupted):
     """The disk fills while step 4 is written (a fault hook makes torch.save raise ENOSPC: a real full file
@@ -166,6 +168,7 @@ def test_a_requeued_run_skips_the_window_it_rolled_back_from(runs_root, tmp_path
     assert all(np.isfinite(r["loss"]) for r in metrics(run) if "loss" in r)
 
 
+@pytest.mark.numerics
 @pytest.mark.distributed
 def test_rank_killed_mid_training_resumes_to_the_same_losses(zero_runs, runs_root):
     run = runs_root / "rank_killed"

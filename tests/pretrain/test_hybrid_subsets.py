@@ -55,6 +55,7 @@ def test_random_masks_refuse_more_than_there_is():
     assert sum(int(m.sum()) for m in random_masks(model, 6, set(), 0).values()) == 6  # all of them
 
 
+@pytest.mark.numerics
 def test_masked_gradient_is_the_gradient_inside_the_mask_and_zero_outside():
     torch.manual_seed(0)
     model, twin = nn.Linear(5, 4), nn.Linear(5, 4)

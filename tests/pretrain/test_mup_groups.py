@@ -65,6 +65,7 @@ def test_without_mup_the_groups_are_decay_then_no_decay_at_one_lr() -> None:
     assert [g["lr"] for g in optimizer.param_groups] == [0.01, 0.01]
 
 
+@pytest.mark.numerics
 def test_each_groups_lr_follows_the_schedule_and_survives_a_restore() -> None:
     """5 steps, then optimizer and scheduler state into a freshly built pair (as a resume does): the groups keep
     their ratios at every step, and both pairs take identical further steps."""

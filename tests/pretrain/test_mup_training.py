@@ -13,6 +13,7 @@ MUP = ["model.mup.base_width=16", "deepspeed.zero_stage=3", "train.steps=4", "ch
        "monitors.jump.every=0", "train.grad_clip=0", "train.schedule=constant"]
 
 
+@pytest.mark.numerics
 @pytest.mark.distributed
 @pytest.mark.slow  # two launches; the groups themselves are checked in-process (tests/pretrain/test_mup_groups.py)
 def test_mup_groups_train_checkpoint_and_resume_exactly_under_zero3(runs_root):

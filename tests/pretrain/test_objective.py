@@ -26,6 +26,7 @@ def setup(*overrides: str):
     return Objective(cfg, "tokenizer.model"), model, (tokens[:, :-1], tokens[:, 1:])
 
 
+@pytest.mark.numerics
 def test_lm_loss_is_the_mean_cross_entropy_and_the_total_without_regularizers():
     objective, model, (inputs, targets) = setup()
     total, metrics = objective(model, (inputs, targets), step=0)

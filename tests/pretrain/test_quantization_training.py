@@ -32,6 +32,7 @@ def test_zero3_trains_the_quantized_model_as_zero1_does(qat_runs):
         assert three[step] == pytest.approx(one[step], rel=1e-4)
 
 
+@pytest.mark.numerics
 @pytest.mark.distributed
 @pytest.mark.parametrize("stage", [1, 3])
 def test_readers_get_the_quantized_weights_and_the_checkpoint_keeps_the_latent_ones(qat_runs, stage):

@@ -17,6 +17,7 @@ WSD = ["train.schedule=wsd", "train.decay_steps=3", "train.warmup_steps=2", "tra
        "monitors.jump.every=0", "checkpoint.every=2", "checkpoint.keep=5"]
 
 
+@pytest.mark.numerics
 @pytest.mark.process
 def test_a_branch_annealed_from_a_stable_phase_checkpoint_matches_the_wsd_run(runs_root):
     """An 8-step WSD run decays over steps 6-8. A 100-step WSD run (stable through step 97) stopped after step 5
@@ -37,6 +38,7 @@ def test_a_branch_annealed_from_a_stable_phase_checkpoint_matches_the_wsd_run(ru
     assert folders.latest(long / "checkpoints").name == "step_4"
 
 
+@pytest.mark.numerics
 @pytest.mark.distributed
 @pytest.mark.parametrize("stage", [1, pytest.param(2, marks=pytest.mark.slow)])
 def test_sgd_with_momentum_resumes_exactly(runs_root, stage):
@@ -68,6 +70,7 @@ def assert_resumes_exactly(full: Path, overrides: list[str]) -> None:
     assert theirs[6] < theirs[1]
 
 
+@pytest.mark.numerics
 @pytest.mark.distributed
 @pytest.mark.slow  # DeepSpeed torch.compiles Muon's Newton-Schulz kernels: ~50 s more on a fresh machine
 @pytest.mark.parametrize("stage", [1, 2])

@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import json
-
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -57,23 +57,39 @@ def test_timing_accounts_for_the_loops_wall_time_by_phase(zero_runs):
     assert timing["tokens_per_s"] == pytest.approx(timing["tokens"] / timing["training_s"], rel=1e-6)
 
 
+@pytest.mark.numerics
 def test_stages_agree_on_first_steps(zero_runs):
     """Same seed and data: ZeRO 1, 2, 3 give the same loss (lm + JREG) and jump profile within fp32 tolerance."""
     records = {stage: {r["step"]: r for r in metrics(run)} for stage, run in zero_runs.items()}
     for step, key in [(1, "loss"), (2, "loss"), (3, "loss"), (3, "reg/jreg"), (3, "jump/zeta_L"), (3, "jump/psi_2")]:
         values = [records[s][step][key] for s in STAGES]
+        # 1e-4: the stages reduce gradients in other orders and clip by norms accumulated differently, a few fp32
+        # ulps per update (ZeRO-3 against ZeRO-1 below); ψ_l, a ratio of small differences, amplifies that.
         assert max(values) - min(values) < 1e-4, (step, key, values)
 
 
+ULPS_PER_UPDATE = 4
+"""How far (in fp32 ulps of the loss) one update may move ZeRO-3's loss from ZeRO-1's: their gradients are averaged
+in another order (ZeRO-1 all-reduces a flat buffer, ZeRO-3 reduce-scatters partitions), which rounds differently
+on each CPU's kernels (1 ulp at step 2 on an AMD EPYC Zen 4, 0 on a Xeon with AMX)."""
+
+
+@pytest.mark.numerics
 def test_zero3_born_partitioned_starts_and_steps_like_zero1(zero_runs):
     """ZeRO-3 builds its model under zero.Init (shards only) and initializes it one gathered parameter at a time:
-    the same weights as ZeRO-1's unpartitioned build (step-0 validation loss bitwise) and the same optimizer
-    groups (weight decay on the matrices, not the norms: the first updates give bitwise the same losses)."""
+    the same weights as ZeRO-1's unpartitioned build, and the same optimizer groups (weight decay on the matrices,
+    not the norms)."""
     ref, z3 = ({r["step"]: r for r in metrics(zero_runs[s])} for s in (1, 3))
-    assert z3[0]["val/loss"] == ref[0]["val/loss"]
-    assert [z3[s]["loss"] for s in (1, 2, 3)] == [ref[s]["loss"] for s in (1, 2, 3)]
+    # Before any update both stages run the same kernels in the same order on the same weights: bitwise (fp32).
+    assert z3[0]["val/loss"] == ref[0]["val/loss"] and z3[1]["loss"] == ref[1]["loss"]
+    # After k updates: within k * ULPS_PER_UPDATE ulps. Weight decay wrongly put on the norms moves the tiny
+    # model's loss by 4.5e-5 after one update and 2.7e-4 after two (measured in-process): ~95 and ~570 ulps.
+    for step in (2, 3):
+        tolerance = (step - 1) * ULPS_PER_UPDATE * float(np.spacing(np.float32(ref[step]["loss"])))
+        assert abs(z3[step]["loss"] - ref[step]["loss"]) <= tolerance, (step, z3[step]["loss"], ref[step]["loss"])
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("stage", STAGES)
 def test_exact_resume(zero_runs, resumed_runs, stage):
     full, resumed = losses(zero_runs[stage]), losses(resumed_runs[stage])

@@ -46,6 +46,7 @@ def train_and_profile(data, jreg_weight: float, steps: int = 300) -> tuple[torch
     return profile, zeta_final(profile).item()
 
 
+@pytest.mark.numerics
 def test_jreg_lowers_the_final_layer_displacement():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -42,6 +42,7 @@ def test_angular_gradient_is_finite_where_arccos_is_not_differentiable() -> None
         assert value.item() == pytest.approx(0.0 if h_next is E1 else 1.0, abs=1e-7)  # the value stays exact
 
 
+@pytest.mark.numerics
 def test_padding_is_excluded() -> None:
     h_prev = tok(E1, E1, E1)
     h_next = tok(E1, E2, -E1)  # per token: 0, 0.5, 1

@@ -36,6 +36,7 @@ def test_sketch_preserves_cosines_within_jl_bound():
     assert exact[0, -1] < 0.1 and exact[-2, -1] > 0.85  # the test spans the range it claims
 
 
+@pytest.mark.numerics
 def test_sketch_is_a_deterministic_function_of_seed_and_position():
     x = torch.randn(10_000, dtype=torch.float64)
     a = count_sketch(x, param_key(3, "layers.0.attention.wq.weight"), D)
@@ -47,6 +48,7 @@ def test_sketch_is_a_deterministic_function_of_seed_and_position():
     torch.testing.assert_close(parts, count_sketch(x, key, D), rtol=0, atol=1e-12)
 
 
+@pytest.mark.numerics
 def test_two_independent_sketchers_agree():
     torch.manual_seed(0)
     a = Llama(CFG)
@@ -80,6 +82,7 @@ def _train(cb, trainer, direction, until, checkpoint_at=()):
     return records
 
 
+@pytest.mark.numerics
 def test_online_callback_logs_mds_saves_and_resumes(tmp_path):
     torch.manual_seed(0)
     model = Llama(CFG)
