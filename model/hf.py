@@ -120,11 +120,6 @@ def from_hf_config(hf_cfg: LlamaConfig) -> ModelConfig:
     )
 
 
-def is_hf_folder(path: str | Path) -> bool:
-    """A transformers model folder: config.json beside its weights (growlm's own folders have neither)."""
-    return (Path(path) / "config.json").is_file()
-
-
 def read_hf_config(path: str | Path) -> ModelConfig:
     """The model shape of an HF folder's config.json; another architecture, or a feature growlm does not
     compute (biases, another RoPE scaling, sliding-window attention), is refused naming the key and value."""

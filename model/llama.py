@@ -102,7 +102,7 @@ def document_block_mask(documents: torch.Tensor) -> BlockMask:
 def document_attention_kernel(choice: str, device: torch.device) -> str:
     """The kernel (`dense` or `flex`) that `choice` (train.document_attention) runs on `device`. auto takes
     flex only on CUDA, where it runs compiled; on CPU, flex runs eagerly (materializing the scores, slower
-    than SDPA with the dense mask: scripts/bench_document_masking.py) and torch gives it no backward."""
+    than SDPA with the dense mask: bench/document_masking.py) and torch gives it no backward."""
     if choice not in DOCUMENT_ATTENTION:
         raise ValueError(f"document_attention={choice!r} is not valid; choose one of {list(DOCUMENT_ATTENTION)}")
     if choice == "auto":

@@ -178,7 +178,7 @@ class CheckpointConfig:
     accelerator's host) or the disk is slow. Off by default: it holds one more copy of the model and optimizer
     state in host memory, a checkpoint (and the jobs that read it) comes a few steps later, and where training
     keeps every core busy (CPU runs) the writer's work slows the steps about as much as a synchronous save
-    would stall them (scripts/bench_checkpoint.py; pretrain/async_save.py)."""
+    would stall them (bench/checkpoint.py; pretrain/async_save.py)."""
 
 
 @dataclass

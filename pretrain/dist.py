@@ -7,6 +7,8 @@ import os
 import torch
 import torch.distributed as dist
 
+from launch.command import free_port
+
 
 def rank() -> int:
     return dist.get_rank() if dist.is_initialized() else 0
@@ -49,15 +51,6 @@ def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     if dist.is_initialized():
         dist.all_reduce(out)
     return out
-
-
-def free_port() -> int:
-    """A TCP port free on this host now, for a single-process run's rendezvous."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def rendezvous_store(timeout: datetime.timedelta, bind: str = "master_addr") -> dist.TCPStore:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,9 +14,9 @@ import networkx as nx
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("pretrain", "model", "storage", "growth", "regularizers", "launch", "experiments")
+PACKAGES = ("pretrain", "model", "storage", "growth", "regularizers", "launch", "experiments", "bench")
 PACKAGE_LAYERS = {"model": 0, "storage": 1, "regularizers": 1, "launch": 1, "pretrain": 2, "growth": 2,
-                  "experiments": 3}
+                  "experiments": 3, "bench": 4}
 """docs/design.md, "Layers": a package imports only packages of a lower layer (and itself); pretrain and growth
 share a layer and never import each other."""
 PRETRAIN_LAYERS = (
@@ -163,16 +164,46 @@ def test_the_trainer_only_wires_components():
     assert len(fan_out) <= TRAINER_MAX_IMPORTS, sorted(fan_out)
 
 
+def _repository_files(suffixes: tuple[str, ...]) -> list[Path]:
+    """The repository's own files with these suffixes (not the virtual environment, caches, builds or runs)."""
+    return [path for path in sorted(ROOT.rglob("*")) if path.suffix in suffixes and path.is_file()
+            and not any(part.startswith(".") or part in ("build", "runs") for part in path.relative_to(ROOT).parts)]
+
+
 def test_nothing_edits_sys_path():
     """Scripts and tests import the installed packages; a `sys.path` edit hides a missing package or install."""
     edits = []
-    for path in sorted(ROOT.rglob("*.py")):
-        if any(part.startswith(".") or part in ("build", "runs") for part in path.relative_to(ROOT).parts):
-            continue
+    for path in _repository_files((".py",)):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Attribute) and ast.unparse(node).startswith("sys.path."):
                 edits.append(f"{path.relative_to(ROOT)}:{node.lineno}")
     assert edits == []
+
+
+BY_PATH = ("spec_from_file_location", "runpy", "SourceFileLoader", "exec_module")
+
+
+def test_no_module_is_imported_by_its_file_path():
+    """Code imports modules by name; a file loaded by path is a package boundary gone around (and the no-sys.path
+    rule with it)."""
+    loads = []
+    for path in _repository_files((".py",)):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, (ast.Import, ast.ImportFrom)) else
+                     [node.attr] if isinstance(node, ast.Attribute) else [])
+            if any(n.split(".")[0] in BY_PATH or n in BY_PATH for n in names):
+                loads.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert loads == []
+
+
+OUTSIDE = re.compile(r"\.\./shared|\b(GPU|DEEPSPEED|METHODS|STYLE|DESIGN|EVAL)\.md\b")
+"""The workplace's notes beside the repository; the repository stands on its own and cites its own docs/."""
+
+
+def test_nothing_cites_a_file_outside_the_repository():
+    cited = [f"{path.relative_to(ROOT)}:{i}" for path in _repository_files((".py", ".md", ".sh", ".yaml", ".toml"))
+             for i, line in enumerate(path.read_text().splitlines(), start=1) if OUTSIDE.search(line)]
+    assert cited == []
 
 
 UNMARKED = """

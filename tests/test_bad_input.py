@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 ENTRY_POINTS = {
     "pretrain --check": "pretrain.__main__",
-    "export_hf": None,  # a script: run from its file
+    "export_hf": "storage.export",
     "growth grow": "growth.cli",
     "peeling": "pretrain.jobs.peeling.__main__",
     "lm_eval": "pretrain.jobs.lm_eval.__main__",
@@ -27,10 +27,6 @@ ENTRY_POINTS = {
 
 
 def entry(name: str) -> Callable[[list[str]], int]:
-    if ENTRY_POINTS[name] is None:
-        import runpy
-
-        return runpy.run_path(str(Path(__file__).resolve().parent.parent / "scripts" / "export_hf.py"))["main"]
     return importlib.import_module(ENTRY_POINTS[name]).main
 
 

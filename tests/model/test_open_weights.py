@@ -3,7 +3,6 @@ and its HF tokenizer become growlm's model, data and exported folders without ch
 from __future__ import annotations
 
 import json
-import runpy
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ from model import Llama
 from pretrain.config import ConfigError, load_config
 from pretrain.data import DataError, prepare_data
 from storage import folders, weights
+from storage.export import main as export_main
 
 from hf_folders import BOS, EOS, open_weight_folder, save_hf_llama, train_hf_tokenizer
 from launching import ROOT
@@ -126,7 +126,7 @@ def test_export_round_trip_keeps_logits_and_tokenizer(tmp_path):
     from transformers import AutoTokenizer
 
     source = open_weight_folder(tmp_path / "src", tie=True, dtype=torch.bfloat16, shard=True)
-    export = runpy.run_path(str(ROOT / "scripts" / "export_hf.py"))["main"]
+    export = export_main
     assert export([str(source), str(tmp_path / "out")]) == 0
     assert torch.allclose(hf_logits(tmp_path / "out"), hf_logits(source), atol=1e-5, rtol=0)
     text = "def f(x):\n    return x + 1\n"
@@ -139,7 +139,7 @@ def test_export_round_trip_keeps_logits_and_tokenizer(tmp_path):
 def test_export_refuses_bad_targets_and_sources_before_any_work(tmp_path, capsys):
     """One `error:` line naming the problem, exit 2, nothing written (issue 37's export cases)."""
     source = open_weight_folder(tmp_path / "src", tie=True)
-    export = runpy.run_path(str(ROOT / "scripts" / "export_hf.py"))["main"]
+    export = export_main
     user = tmp_path / "mine"
     user.mkdir()
     (user / "notes.txt").write_text("precious")

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import runpy
 import shutil
 from pathlib import Path
 
@@ -90,8 +89,9 @@ def test_resume_across_t0_is_exact(hybrid_runs, runs_root):
 
 
 def trajectory_report(run: Path, out: Path, *args: str) -> None:
-    script = Path(__file__).resolve().parents[2] / "scripts" / "trajectory_report.py"
-    runpy.run_path(str(script))["main"]([str(run), "--out", str(out), *args])
+    from pretrain.trajectory.report import main
+
+    main([str(run), "--out", str(out), *args])
 
 
 @pytest.mark.numerics

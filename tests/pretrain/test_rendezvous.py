@@ -6,6 +6,7 @@ import datetime
 import psutil
 import pytest
 
+from launch.command import free_port
 from pretrain import dist
 
 TIMEOUT = datetime.timedelta(seconds=10)
@@ -17,7 +18,7 @@ def listening_addresses(port: int) -> set[str]:
 
 @pytest.fixture
 def rank0_env(monkeypatch):
-    port = dist.free_port()
+    port = free_port()
     monkeypatch.setenv("MASTER_PORT", str(port))
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "1")

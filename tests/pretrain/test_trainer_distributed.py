@@ -159,9 +159,8 @@ def test_optimizer_offload_matches_zero2(zero_runs, runs_root):
 def test_every_tool_takes_the_three_checkpoint_forms(zero_runs, tmp_path):
     """`checkpoints/`, `checkpoints/latest` and `checkpoints/step_N` name the same checkpoint for export, growth
     and the jobs; a path that is none of them is refused by name."""
-    import runpy
-
     from growth.folders import source_info
+    from storage.export import main as export
     from pretrain.jobs.location import locate as job_locate
 
     root = zero_runs[1] / "checkpoints"
@@ -173,7 +172,6 @@ def test_every_tool_takes_the_three_checkpoint_forms(zero_runs, tmp_path):
             assert (target.checkpoint, target.step, target.run_dir) == (final, STEPS, zero_runs[1])
             assert target.out == zero_runs[1] / "jobs" / job / final.name
         assert source_info(form)["path"] == str(final.resolve())
-    export = runpy.run_path(str(Path(__file__).resolve().parents[2] / "scripts" / "export_hf.py"))["main"]
     assert export([str(root / "latest"), str(tmp_path / "hf")]) == 0
     assert (tmp_path / "hf" / "config.json").is_file() and (tmp_path / "hf" / "tokenizer.model").is_file()
     with pytest.raises(folders.CheckpointError, match="step_99"):

@@ -76,7 +76,7 @@ THOROUGH = {"offsets": [0, 1], "permutations": ["forward", "backward", "swap"], 
             "steps": 200, "calib_windows": 16, "holdout_windows": 16, "refit_seeds": 3}
 """The opt-in thorough profile (`--offsets 0,1 --permutations forward,backward,swap --variants fp,binary,4bit
 --steps 200 --calib-windows 16 --holdout-windows 16 --refit-seeds 3`): every role assignment and weight variant,
-fitted much longer, and the under-optimized verdict. The defaults are the cheap detector (scripts/bench_peeling.py:
+fitted much longer, and the under-optimized verdict. The defaults are the cheap detector (bench/peeling.py:
 0.1-0.25x the training time between two checkpoints of configs/tiny.yaml at 4 and 8 layers, where this profile
 costs ~27x at 4): one fp block refitted to do the work of two neighbours (forward and backward, j = 1, so every
 layer is tested for removal) with 10 Adam steps on 8 windows, scored on 8 others. What they give up: low-bit

@@ -1,24 +1,25 @@
 #!/usr/bin/env bash
-# The repeatable GPU benchmark of issue 10 (see ../shared/GPU.md): one GPU, bf16, ZeRO-1 unless named.
-# Before: on a machine with the package registries, `bash ../shared/tools/gpu_wheels.sh` fills .whl/.
+# The repeatable GPU benchmark (docs/guide.md, "Benchmarks"): one GPU, bf16, ZeRO-1 unless named.
+# Before: on a machine with the package registries, download the GPU wheels of torch, deepspeed and transformers
+# into .whl/ (`pip download --only-binary=:all: -d .whl ...`).
 # Then, from the repo root on the GPU machine (carrying .whl):
-#   bash scripts/gpu_bench.sh                    # every job below, in this order
-#   bash scripts/gpu_bench.sh 1b 1b-run          # some of them
+#   bash bench/gpu.sh                    # every job below, in this order
+#   bash bench/gpu.sh 1b 1b-run          # some of them
 # Jobs (each one log, <job>.log, under $OUT or runs/gpu_bench):
 #   smoke       a tiny 30-step run through `python -m launch` on the GPU (the path users take)
-#   125m 350m   scripts/bench.py: bare loop vs our trainer vs transformers' Llama, seq 2048
+#   125m 350m   bench/loops.py: bare loop vs our trainer vs transformers' Llama, seq 2048
 #   125m-compile 350m-compile   the same with train.compile=true (torch.compile of every block, in both loops)
 #   1b          the same without the transformers loop (memory), plus the top CUDA kernels of each loop
 #   1b-compile  1b with train.compile=true, plus its top CUDA kernels
-#   jreg        scripts/bench_regularizers.py on 125m: JREG's step-time overhead and the jump monitor's
+#   jreg        bench/regularizers.py on 125m: JREG's step-time overhead and the jump monitor's
 #   1b-run      configs/1b.yaml at ZeRO-1 as a user runs it (grad_accum 16): MFU from the trainer's own log
 #   1b-run-compile   the same with train.compile=true
 #   memory      peak GB of the 1b trainer per preset: ZeRO-1 or ZeRO-3, with or without activation
 #               checkpointing, and ZeRO-2 with the optimizer offloaded (MEMORY_PRESETS="zero3-ckpt" runs some)
-#   loss        scripts/bench_loss.py: the fused chunked LM head vs plain cross-entropy, 32k vocab, 8k tokens
+#   loss        bench/loss.py: the fused chunked LM head vs plain cross-entropy, 32k vocab, 8k tokens
 #   1b-run-chunked   1b-run-compile with train.loss_chunk=1024 (the fused head): MFU against 1b-run-compile
 #   jreg-125m   configs/experiments/jreg_125m_gpu.yaml: baseline vs JREG final vs rise at 125m, 600 steps each
-#   docmask     scripts/bench_document_masking.py on 125m, seq 2048, bf16: causal (flash) vs block-causal through
+#   docmask     bench/document_masking.py on 125m, seq 2048, bf16: causal (flash) vs block-causal through
 #               SDPA's dense mask (no flash kernel) and through compiled flex_attention
 #   7b          configs/7b.yaml on one H200, 4 steps per recipe: ZeRO-3 + activation checkpointing,
 #               ZeRO-2 + offloaded optimizer + checkpointing, ZeRO-1 + checkpointing (SEVEN_B="zero3-ckpt")
@@ -36,7 +37,7 @@ unset DS_ACCELERATOR  # let DeepSpeed pick cuda
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv,noheader
 python3 -c 'import torch, deepspeed, transformers; print("torch", torch.__version__, "deepspeed", deepspeed.__version__, "transformers", transformers.__version__)'
 
-bench() { python3 scripts/bench.py --precision bf16 --rounds 6 --k 3 "$@" data.seq_len=2048; }
+bench() { python3 -m bench.loops --precision bf16 --rounds 6 --k 3 "$@" data.seq_len=2048; }
 # The embedded corpus is far smaller than a 1b run wants: hold out 5% so validation has whole 2049-token windows.
 run_1b() { python3 -m launch --num_gpus 1 configs/1b.yaml deepspeed.zero_stage=1 run.out_dir=/tmp/gpu_runs \
              data.val_fraction=0.05 train.resume=never eval.every=0 monitors.jump.every=0 log.progress=plain \
@@ -104,20 +105,20 @@ for j in "${jobs[@]}"; do
     125m-compile) job 125m-compile 120 bench model=125m train.micro_batch_size=8 train.compile=true ;;
     350m-compile) job 350m-compile 130 bench model=350m train.micro_batch_size=4 train.compile=true ;;
     1b-compile) job 1b-compile 200 bench --no-hf --profile 12 model=1b train.micro_batch_size=4 train.compile=true ;;
-    jreg) job jreg 120 python3 scripts/bench_regularizers.py model=125m data.seq_len=2048 train.micro_batch_size=8 \
+    jreg) job jreg 120 python3 -m bench.regularizers model=125m data.seq_len=2048 train.micro_batch_size=8 \
             train.precision=bf16 monitors.jump.every=50 ;;
     1b-run) job 1b-run 170 run_1b train.steps=20 log.every=5 run.name=1b-run
             summarize /tmp/gpu_runs/1b-run/metrics.jsonl ;;
     1b-run-compile) job 1b-run-compile 220 run_1b train.steps=20 log.every=5 train.compile=true run.name=1b-run-compile
             summarize /tmp/gpu_runs/1b-run-compile/metrics.jsonl ;;
     memory) job memory 280 memory_presets ;;
-    loss) job loss 120 python3 scripts/bench_loss.py --tokens 8192 --dim 2048 --chunks 1024,4096 ;;
+    loss) job loss 120 python3 -m bench.loss --tokens 8192 --dim 2048 --chunks 1024,4096 ;;
     1b-run-chunked) job 1b-run-chunked 220 run_1b train.steps=20 log.every=5 train.compile=true train.loss_chunk=1024 \
             run.name=1b-run-chunked
             summarize /tmp/gpu_runs/1b-run-chunked/metrics.jsonl ;;
     jreg-125m) job jreg-125m 540 python3 scripts/run_experiment.py configs/experiments/jreg_125m_gpu.yaml \
             --out /tmp/gpu_runs/jreg_125m ;;
-    docmask) job docmask 150 python3 scripts/bench_document_masking.py --bf16 model=125m data.seq_len=2048 \
+    docmask) job docmask 150 python3 -m bench.document_masking --bf16 model=125m data.seq_len=2048 \
             train.micro_batch_size=8 ;;
     7b) job 7b 420 seven_b ;;
     *) echo "unknown job $j"; exit 2 ;;

@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """What a launched run pays beyond the step: real `python -m launch` runs (1 and 2 ranks) against the bare
-PyTorch loop of scripts/bench.py, in interleaved rounds on the same machine.
+PyTorch loop of bench/loops.py, in interleaved rounds on the same machine.
 
 Each launched run writes `timing.json` (pretrain/metrics.py, PhaseTimes): its training loop's wall time by phase. Its
 throughput is tokens over the loop's wall time less checkpoints and validation (reported apart), so collectives,
@@ -10,13 +10,12 @@ loop runs in this process over the same windows, one thread, as every rank here 
 1 rank's shows what the collectives cost. `bare-2` is two bare loops (processes) that average their gradients
 with one flat gloo all-reduce a step, as a hand-written DDP would: the floor any 2-rank run here pays.
 
-    python scripts/bench_launched.py                           # tiny config, fp32, 3 rounds of 100 steps
-    python scripts/bench_launched.py --steps 300 --rounds 2 model.dim=128
+    python -m bench.launched                           # tiny config, fp32, 3 rounds of 100 steps
+    python -m bench.launched --steps 300 --rounds 2 model.dim=128
 """
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import statistics
@@ -30,15 +29,13 @@ from typing import Callable
 import torch
 import torch.distributed as tdist
 
+from bench import loops  # its bare loop: the floor both benchmarks measure against
 from model import Llama
 from pretrain.config import load_config
 from pretrain.cpu import cpu_name
 from pretrain.data.pipeline import load_data
 
 ROOT = Path(__file__).resolve().parent.parent
-_bench = importlib.util.spec_from_file_location("bench", ROOT / "scripts" / "bench.py")
-bench = sys.modules["bench"] = importlib.util.module_from_spec(_bench)
-_bench.loader.exec_module(bench)  # its bare loop: the floor both benchmarks measure against
 
 FIXED = ["train.precision=fp32", "eval.every=0", "monitors.jump.every=0", "checkpoint.every=0", "log.tensorboard=false",
          "log.progress=plain", "train.resume=never"]
@@ -68,10 +65,10 @@ def bare(config: str, steps: int, overrides: list[str], out: Path,
     cfg = load_config(config, [*FIXED, *overrides, f"run.out_dir={out}", "run.name=bare"])
     windows = load_data(cfg).train
     micro = cfg.train.micro_batch_size
-    batches = bench.window_batches(windows, micro, min(len(windows) // micro, 64))
+    batches = loops.window_batches(windows, micro, min(len(windows) // micro, 64))
     torch.manual_seed(cfg.run.seed)
     model = Llama(cfg.model)
-    step = bench.bare_loop(model, lambda x: model(x).logits, cfg, batches, torch.device("cpu"), reduce_grads)
+    step = loops.bare_loop(model, lambda x: model(x).logits, cfg, batches, torch.device("cpu"), reduce_grads)
     for _ in range(3):
         step()
     start = time.perf_counter()
@@ -94,7 +91,7 @@ def _bare_rank(rank: int, ranks: int, port: int, config: str, steps: int, overri
     tdist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=ranks)
 
     result = bare(config, steps, overrides, out / f"bare-rank{rank}",
-                  lambda model: bench.flat_all_reduce(model, tdist.all_reduce, ranks))
+                  lambda model: loops.flat_all_reduce(model, tdist.all_reduce, ranks))
     tdist.destroy_process_group()
     (out / f"bare-rank{rank}.json").write_text(json.dumps(result))
 

@@ -2,22 +2,21 @@
 """Where a 2-rank CPU step loses time to its 1-rank step: the same model and windows, every side in this one
 launch, interleaved rounds, so machine noise lands on each alike.
 
-  no-comm    the bare loop of scripts/bench.py on each rank, no collective: two processes sharing the machine
+  no-comm    the bare loop of bench/loops.py on each rank, no collective: two processes sharing the machine
   hand       the bare loop + one flat gloo all-reduce of the gradients (a hand-written DDP)
   hand-shm   the same through DeepSpeed's shared-memory all-reduce (its CPU inference op), where it is built
   zero-N     the trainer's own DeepSpeed engine (pretrain/engine.py) at ZeRO stage N
 
 It also times one all-reduce of the gradients' size on each transport. Run it under the deepspeed launcher:
 
-    DS_ACCELERATOR=cpu OMP_NUM_THREADS=1 deepspeed --num_gpus 2 scripts/bench_zero_comm.py
-    DS_ACCELERATOR=cpu OMP_NUM_THREADS=1 deepspeed --num_gpus 2 scripts/bench_zero_comm.py --rounds 9 model.dim=128
+    DS_ACCELERATOR=cpu OMP_NUM_THREADS=1 deepspeed --num_gpus 2 --module bench.zero_comm
+    DS_ACCELERATOR=cpu OMP_NUM_THREADS=1 deepspeed --num_gpus 2 --module bench.zero_comm --rounds 9 model.dim=128
 
 Figures are medians over rounds of ms per optimizer step on rank 0, each with its ratio to no-comm and to hand.
 """
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import logging
 import statistics
 import sys
@@ -31,6 +30,7 @@ import torch
 import torch.distributed as tdist
 import torch.nn.functional as F
 
+from bench import loops  # its bare loop and its flat all-reduce
 from model import Llama
 from pretrain import dist
 from pretrain.config import Config, load_config
@@ -39,9 +39,6 @@ from pretrain.data.pipeline import load_data
 from pretrain.engine import build_engine
 
 ROOT = Path(__file__).resolve().parent.parent
-_bench = importlib.util.spec_from_file_location("bench", ROOT / "scripts" / "bench.py")
-bench = sys.modules["bench"] = importlib.util.module_from_spec(_bench)
-_bench.loader.exec_module(bench)  # its bare loop and its flat all-reduce
 
 Reduce = Callable[[torch.Tensor], None]
 
@@ -58,7 +55,7 @@ def shm_all_reduce() -> Reduce | None:
 def rank_batches(cfg: Config, n: int) -> list[torch.Tensor]:
     """`n` micro-batches of this rank's own training windows (ranks read disjoint windows, as in a run)."""
     micro = cfg.train.micro_batch_size
-    return bench.window_batches(load_data(cfg).train, micro, n, offset=dist.rank() * n * micro)
+    return loops.window_batches(load_data(cfg).train, micro, n, offset=dist.rank() * n * micro)
 
 
 def engine_step(config: str, overrides: list[str], stage: int, batches: list[torch.Tensor]) -> Callable[[], None]:
@@ -81,8 +78,8 @@ def engine_step(config: str, overrides: list[str], stage: int, batches: list[tor
 def bare_step(cfg: Config, batches: list[torch.Tensor], reduce: Reduce | None) -> Callable[[], None]:
     torch.manual_seed(cfg.run.seed)
     model = Llama(cfg.model)
-    grads_reduce = None if reduce is None else (lambda m: bench.flat_all_reduce(m, reduce, dist.world_size()))
-    return bench.bare_loop(model, lambda x: model(x).logits, cfg, batches, torch.device("cpu"), grads_reduce)
+    grads_reduce = None if reduce is None else (lambda m: loops.flat_all_reduce(m, reduce, dist.world_size()))
+    return loops.bare_loop(model, lambda x: model(x).logits, cfg, batches, torch.device("cpu"), grads_reduce)
 
 
 def transport_ms(numel: int, reduce: Reduce, repeats: int = 30) -> float:

@@ -5,8 +5,8 @@ One process, one rank, one Trainer: rounds of k plain steps alternate with round
 sketch callback (monitors.trajectory with every=1, the worst case), so machine noise hits both alike;
 medians after a warm-up round. The overhead at every=N is 1 + (ratio at every=1 - 1) / N.
 
-    OMP_NUM_THREADS=1 python scripts/bench_trajectory.py          # tiny preset, as one CPU rank runs it
-    python scripts/bench_trajectory.py --zero 3 --dim 512
+    OMP_NUM_THREADS=1 python -m bench.trajectory          # tiny preset, as one CPU rank runs it
+    python -m bench.trajectory --zero 3 --dim 512
 """
 from __future__ import annotations
 

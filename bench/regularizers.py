@@ -8,8 +8,8 @@ moves its step time by several percent here (an off-vs-off pair differed by ~10%
 fixed validation batch) is timed between those steps and averaged over its interval: median measure time /
 (every x median step time) (target <= 1%). On a shared CPU pin the threads (OMP_NUM_THREADS=1).
 
-    OMP_NUM_THREADS=1 python scripts/bench_regularizers.py
-    OMP_NUM_THREADS=1 python scripts/bench_regularizers.py --jreg "{name: jreg, weight: 0.1, variant: weighted}" \\
+    OMP_NUM_THREADS=1 python -m bench.regularizers
+    OMP_NUM_THREADS=1 python -m bench.regularizers --jreg "{name: jreg, weight: 0.1, variant: weighted}" \\
         model.dim=256 model.n_layers=6 data.seq_len=256
 """
 from __future__ import annotations

@@ -3,15 +3,15 @@
 
 Run under the deepspeed launcher (each rank reports its own peak RSS; rank 0 prints them all):
 
-    DS_ACCELERATOR=cpu deepspeed --num_gpus 2 scripts/bench_model_init.py model=1b
-    DS_ACCELERATOR=cpu deepspeed --num_gpus 2 scripts/bench_model_init.py model=1b deepspeed.zero_init=false
+    DS_ACCELERATOR=cpu deepspeed --num_gpus 2 --module bench.model_init model=1b
+    DS_ACCELERATOR=cpu deepspeed --num_gpus 2 --module bench.model_init model=1b deepspeed.zero_init=false
 
 With `--init-from DIR` (an HF folder) the weights are loaded after the build, as `train.init_from` does: one
 tensor at a time from the safetensors (`--full-copy`: the whole fp32 state dict on every rank first, the
 naive way). `--write-hf-folder DIR` writes a random bf16 HF folder of the config's model shape and exits:
 
-    python scripts/bench_model_init.py --write-hf-folder /tmp/hf-1b model=1b
-    DS_ACCELERATOR=cpu deepspeed --num_gpus 2 scripts/bench_model_init.py --init-from /tmp/hf-1b model=1b
+    python -m bench.model_init --write-hf-folder /tmp/hf-1b model=1b
+    DS_ACCELERATOR=cpu deepspeed --num_gpus 2 --module bench.model_init --init-from /tmp/hf-1b model=1b
 
 Figures are peak RSS (GB) after imports, after building the model (and loading the weights) and after
 `deepspeed.initialize`, plus the wall time of each; fp32, so an unpartitioned copy holds 4 bytes per parameter.

@@ -2,9 +2,9 @@
 """What document masking costs: the same model and packed windows, plain causal attention against block-causal
 (data.document_masking) through each kernel of train.document_attention, forward alone and forward + backward.
 
-    OMP_NUM_THREADS=2 python scripts/bench_document_masking.py                 # tiny model, seq_len 256
-    python scripts/bench_document_masking.py model.dim=512 model.n_layers=8 data.seq_len=1024
-    python scripts/bench_document_masking.py --bf16 model=125m data.seq_len=2048   # on a GPU (gpu_bench.sh)
+    OMP_NUM_THREADS=2 python -m bench.document_masking                 # tiny model, seq_len 256
+    python -m bench.document_masking model.dim=512 model.n_layers=8 data.seq_len=1024
+    python -m bench.document_masking --bf16 model=125m data.seq_len=2048   # on a GPU (gpu_bench.sh)
 
 Interleaved rounds in one process (the order alternates), medians after a warm-up round; ratios are of times
 against the plain causal pass. `dense` is SDPA with a boolean [batch, 1, seq, seq] mask, which on GPU cannot use

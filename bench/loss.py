@@ -5,8 +5,8 @@ Memory: each variant runs forward + backward in a fresh process; the figure is t
 the inputs already allocated, i.e. what the loss itself needs (CPU; on a GPU, peak allocated memory). Time:
 the variants alternate in one process over interleaved rounds (medians), so machine noise lands on each alike.
 
-    OMP_NUM_THREADS=2 python scripts/bench_loss.py                          # vocab 32k, seq 2048, dim 2048
-    python scripts/bench_loss.py --tokens 8192 --chunks 512,1024,4096
+    OMP_NUM_THREADS=2 python -m bench.loss                          # vocab 32k, seq 2048, dim 2048
+    python -m bench.loss --tokens 8192 --chunks 512,1024,4096
 """
 from __future__ import annotations
 

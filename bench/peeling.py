@@ -7,8 +7,8 @@ and held-out windows with each settings profile. Reported: seconds per job and t
 interval (target for the default: <= 0.25). One process, one rank: the per-rank work of a multi-rank run's
 step (the same micro-batch per rank) without its communication. On a shared CPU pin the threads.
 
-    OMP_NUM_THREADS=1 python scripts/bench_peeling.py                        # configs/tiny.yaml
-    OMP_NUM_THREADS=1 python scripts/bench_peeling.py --profiles default model.n_layers=8 model.tie_embeddings=false
+    OMP_NUM_THREADS=1 python -m bench.peeling                        # configs/tiny.yaml
+    OMP_NUM_THREADS=1 python -m bench.peeling --profiles default model.n_layers=8 model.tie_embeddings=false
 """
 from __future__ import annotations
 

@@ -10,8 +10,8 @@ at the last step (eval.every = train.steps). Per optimizer: the mean over seeds 
 difference whose interval holds 0, show no difference at this budget; and the settings below are starting points,
 not tuned per optimizer, so a loss gap ranks these settings, not the optimizers.
 
-    python scripts/bench_optimizers.py                                  # tiny config, 3 seeds, 100 steps
-    python scripts/bench_optimizers.py --steps 300 --seeds 5 train.precision=fp32
+    python -m bench.optimizers                                  # tiny config, 3 seeds, 100 steps
+    python -m bench.optimizers --steps 300 --seeds 5 train.precision=fp32
 """
 from __future__ import annotations
 

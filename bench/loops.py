@@ -11,10 +11,10 @@ on each alike; figures are medians after a warm-up round. Ratios are of tokens/s
 bf16) it also prints MFU against the data-sheet peak (pretrain/metrics.py) and against a measured bf16
 matmul. On a shared CPU pin the threads: OMP_NUM_THREADS=1 gives the steadiest ratios.
 
-    OMP_NUM_THREADS=1 python scripts/bench.py                                       # tiny, auto precision, ZeRO-1
-    OMP_NUM_THREADS=1 python scripts/bench.py --precision fp32 model.dim=256 model.n_layers=6 data.seq_len=256
-    python scripts/bench.py --profile 15                                            # + top ops per loop
-    python scripts/bench.py model=1b data.seq_len=2048 train.micro_batch_size=4     # one GPU (scripts/gpu_bench.sh)
+    OMP_NUM_THREADS=1 python -m bench.loops                                       # tiny, auto precision, ZeRO-1
+    OMP_NUM_THREADS=1 python -m bench.loops --precision fp32 model.dim=256 model.n_layers=6 data.seq_len=256
+    python -m bench.loops --profile 15                                            # + top ops per loop
+    python -m bench.loops model=1b data.seq_len=2048 train.micro_batch_size=4     # one GPU (bench/gpu.sh)
 """
 from __future__ import annotations
 
@@ -74,8 +74,8 @@ def window_batches(windows: np.ndarray, micro: int, n: int, offset: int = 0) -> 
 
 def flat_all_reduce(model: nn.Module, reduce: Callable[[torch.Tensor], object], world: int) -> None:
     """Data parallelism by hand: every gradient in one flat buffer, summed over ranks by `reduce` (in place),
-    averaged, copied back. The floor any data-parallel step pays here (scripts/bench_launched.py,
-    scripts/bench_zero_comm.py)."""
+    averaged, copied back. The floor any data-parallel step pays here (bench/launched.py,
+    bench/zero_comm.py)."""
     grads = [p.grad for p in model.parameters()]
     flat = _flatten_dense_tensors(grads)
     reduce(flat)
@@ -89,7 +89,7 @@ def bare_loop(model: nn.Module, forward: Callable[[torch.Tensor], torch.Tensor],
               reduce_grads: Callable[[nn.Module], None] | None = None) -> Step:
     """A plain PyTorch step (AMP autocast for bf16, fp32 masters, train.grad_accum micro-batches, clipping,
     AdamW) cycling over `batches`; `forward` maps input ids to logits. `reduce_grads` runs between the backward
-    and the clipping (data parallelism by hand: scripts/bench_launched.py's two-rank floor)."""
+    and the clipping (data parallelism by hand: bench/launched.py's two-rank floor)."""
     opt = build_optimizer(model, cfg.train)
     autocast = cfg.train.precision == "bf16"
     accum = cfg.train.grad_accum
@@ -206,7 +206,7 @@ def profile_sides(sides: dict[str, Side], k: int, rows: int, device: torch.devic
 
 
 def matmul_tflops(device: torch.device, n: int = 8192, reps: int = 20) -> float:
-    """Measured bf16 matmul throughput: the practical ceiling MFU is also quoted against (GPU.md)."""
+    """Measured bf16 matmul throughput: the practical ceiling MFU is also quoted against."""
     a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
     b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
     for _ in range(3):

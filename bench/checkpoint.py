@@ -9,8 +9,8 @@ whatever the write costs the steps beside it (a background thread shares the cor
 flushed (os.sync) before each plain block, so one save's writes do not slow the next block. Medians over the
 rounds; on a machine shared with other jobs, take many rounds.
 
-    OMP_NUM_THREADS=1 python scripts/bench_checkpoint.py             # ~72 MB checkpoints, a few minutes
-    python scripts/bench_checkpoint.py --rounds 30 model.dim=384
+    OMP_NUM_THREADS=1 python -m bench.checkpoint             # ~72 MB checkpoints, a few minutes
+    python -m bench.checkpoint --rounds 30 model.dim=384
 """
 from __future__ import annotations
 

@@ -16,8 +16,8 @@ a ring spanning nodes runs at. Step time is printed as a range: communication fu
 prefetched gathers only partly. Model-state memory per GPU (bf16 params and grads, fp32 master + Adam:
 16 bytes/param unsharded) says when ZeRO-3 is needed at all.
 
-    python scripts/scaling_model.py                                   # 1b preset, the H100 rate measured
-    python scripts/scaling_model.py --model 7b --tokens-per-s 9000 --micro-batch 1 --grad-accum 32
+    python -m bench.scaling_model                                   # 1b preset, the H100 rate measured
+    python -m bench.scaling_model --model 7b --tokens-per-s 9000 --micro-batch 1 --grad-accum 32
 """
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="1b", help="a preset of configs/model/")
     p.add_argument("--tokens-per-s", type=float, default=63_900.0,
-                   help="measured single-GPU tokens/s (default: 1b, ZeRO-1, compiled, one H100, scripts/gpu_bench.sh)")
+                   help="measured single-GPU tokens/s (default: 1b, ZeRO-1, compiled, one H100, bench/gpu.sh)")
     p.add_argument("--seq-len", type=int, default=2048)
     p.add_argument("--micro-batch", type=int, default=4)
     p.add_argument("--grad-accum", type=int, default=16)

@@ -1,11 +1,10 @@
-#!/usr/bin/env python
 """Export a growlm checkpoint (any ZeRO stage; consolidated on one process) to a Hugging Face folder.
 
-    python scripts/export_hf.py runs/tiny/checkpoints/step_300 /tmp/tiny-hf
-    python scripts/export_hf.py runs/tiny/checkpoints /tmp/tiny-hf      # the checkpoint `latest` names
-    python scripts/export_hf.py runs/tiny/checkpoints/latest /tmp/tiny-hf   # the same
+    python -m storage.export runs/tiny/checkpoints/step_300 /tmp/tiny-hf
+    python -m storage.export runs/tiny/checkpoints /tmp/tiny-hf      # the checkpoint `latest` names
+    python -m storage.export runs/tiny/checkpoints/latest /tmp/tiny-hf   # the same
 
-    python scripts/export_hf.py path/to/hf-model /tmp/copy        # a transformers Llama folder (round trip)
+    python -m storage.export path/to/hf-model /tmp/copy        # a transformers Llama folder (round trip)
 
 The folder loads with `AutoModelForCausalLM.from_pretrained` and `AutoTokenizer.from_pretrained` (the run's
 sentencepiece model as a LlamaTokenizer, or the HF tokenizer files it was trained with).
@@ -24,7 +23,8 @@ from storage.weights import load_weights
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m storage.export", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", type=Path, help="a checkpoints/step_<N> dir, a checkpoints/ root or its latest file, a weights folder or an HF folder")
     p.add_argument("out", type=Path, help="output folder (must not exist or be empty)")
     p.add_argument("--overwrite", action="store_true",

@@ -7,8 +7,8 @@ counting those conversions per step (and where they come from: our trainer, Deep
 without a GPU. Steps are counted away from logging steps (log.every is set past the window), so what is listed
 happens on *every* step.
 
-    OMP_NUM_THREADS=1 python scripts/count_host_syncs.py                       # tiny, auto precision, ZeRO-1
-    python scripts/count_host_syncs.py --precision bf16 --zero 3 --steps 5
+    OMP_NUM_THREADS=1 python -m bench.host_syncs                       # tiny, auto precision, ZeRO-1
+    python -m bench.host_syncs --precision bf16 --zero 3 --steps 5
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Start-up time and memory of a run over a huge pre-tokenized corpus, simulated with sparse shard files.
 
-    python scripts/bench_data_scale.py --tokens 1e10 --shards 1000 --out /tmp/synthetic
+    python -m bench.data_scale --tokens 1e10 --shards 1000 --out /tmp/synthetic
 
 Writes a growlm shard directory whose shards are sparse files (their .npy headers are real, their tokens
 read as zeros and take no disk), then measures in this process what every rank does at start-up: open the
