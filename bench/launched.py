@@ -34,6 +34,7 @@ from model import Llama
 from pretrain.config import load_config
 from pretrain.cpu import cpu_name
 from pretrain.data.pipeline import load_data
+from storage import run_files
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -53,7 +54,7 @@ def launched(ranks: int, config: str, steps: int, overrides: list[str], out: Pat
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         sys.exit(f"launch failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-3000:]}")
-    timing = json.loads((out / name / "timing.json").read_text())
+    timing = run_files.timing(out / name)
     timing["outside_loop_s"] = wall - timing["wall_s"]
     return timing
 

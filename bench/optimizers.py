@@ -16,7 +16,6 @@ not tuned per optimizer, so a loss gap ranks these settings, not the optimizers.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -27,6 +26,7 @@ from pathlib import Path
 from experiments.stats import mean_ci, welch
 from launch.command import launch_argv
 from pretrain.cpu import cpu_name
+from storage import run_files
 
 ROOT = Path(__file__).resolve().parent.parent
 OPTIMIZERS = {
@@ -46,7 +46,7 @@ def run(config: str, name: str, seed: int, out: Path, steps: int, ranks: int, ov
                                 "log.progress=none", f"run.out_dir={out}", f"run.name={run_dir.name}"], ranks)
     with open(out / f"{run_dir.name}.log", "w") as log:
         subprocess.run(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, check=True)
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    records = run_files.metrics(run_dir)
     speeds = [r["tokens_per_s"] for r in records if "tokens_per_s" in r][1:]
     val = [r["val/loss"] for r in records if r.get("step") == steps and "val/loss" in r]
     return {"tokens_per_s": statistics.median(speeds), "val_loss": val[-1]}

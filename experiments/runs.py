@@ -15,6 +15,7 @@ import yaml
 
 from experiments.errors import ExperimentError
 from experiments.stats import Difference, ci_halfwidth, mean_std, slope
+from storage import run_files
 from storage.io import atomic_save_figure
 
 IGNORED_KEYS = frozenset({"run.name", "run.seed", "run.out_dir", "data.cache_dir"})
@@ -46,35 +47,19 @@ def load_run(path: Path) -> Run:
     path = Path(path)
     if not path.is_dir():
         raise ExperimentError(f"run directory {path} does not exist")
-    files = {name: path / name for name in ("config.yaml", "metrics.jsonl")}
+    files = {name: path / name for name in (run_files.CONFIG, run_files.METRICS)}
     for f in files.values():
         if not f.is_file():
             raise ExperimentError(f"{f} is missing: is {path} a growlm run directory?")
-    config = yaml.safe_load(files["config.yaml"].read_text()) or {}
-    records = read_records(files["metrics.jsonl"])
+    config = yaml.safe_load(files[run_files.CONFIG].read_text()) or {}
+    records = run_files.read_records(files[run_files.METRICS])
     if not records:
         log.warning("warning: %s holds no records (the run never logged a step): its cells read n/a",
-                    files["metrics.jsonl"])
-    downstream = path / "jobs" / "lm_eval" / "metrics.jsonl"  # eval/<task>/<metric>, written by the lm_eval job
+                    files[run_files.METRICS])
+    downstream = path / run_files.JOBS / "lm_eval" / run_files.METRICS  # eval/<task>/<metric>, the lm_eval job's
     if downstream.is_file():
-        records += read_records(downstream)
+        records += run_files.read_records(downstream)
     return Run(path, config, records)
-
-
-def read_records(path: Path) -> list[dict[str, Any]]:
-    """The JSON records of a metrics file, one per line; a line that is not one is named. A torn last line (a
-    run killed mid-write, which a resume drops) is left out with a warning."""
-    lines = [(i, line) for i, line in enumerate(path.read_text().splitlines(), 1) if line.strip()]
-    records = []
-    for i, line in lines:
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as err:
-            if i == lines[-1][0]:
-                log.warning("warning: %s line %d is torn (%s): left out", path, i, err)
-                continue
-            raise ExperimentError(f"{path} line {i} is not a JSON record ({err}): is it a growlm metrics file?") from None
-    return records
 
 
 def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:

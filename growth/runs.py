@@ -23,6 +23,7 @@ from growth import GrowthError
 from launch.command import has_gpus, launch_env, render_overrides, trainer_argv
 from model import ModelConfig
 from model.errors import UserError, user_errors
+from storage import run_files
 from storage.folders import CheckpointError, latest
 from storage.io import atomic_write_text
 
@@ -83,12 +84,8 @@ def step_reached(run_dir: Path) -> int:
 
 
 def val_curve(run_dir: Path) -> dict[int, float]:
-    """step -> validation loss, from the run's metrics.jsonl."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        raise GrowthError(f"{path} does not exist: the run never started")
-    records = (json.loads(line) for line in path.read_text().splitlines() if line.strip())
-    return {r["step"]: r["val/loss"] for r in records if "val/loss" in r}
+    """step -> validation loss, from the run's metrics."""
+    return run_files.curve(run_dir, "val/loss")
 
 
 def train_phase(run_dir: Path, config: Path, overrides: Sequence[str], steps: int, *, final: bool,

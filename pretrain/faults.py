@@ -24,6 +24,7 @@ import torch.distributed as tdist
 
 from launch.command import LAUNCH_OWNER_ENV
 from pretrain.config import ConfigError
+from storage import run_files
 from storage.folders import latest
 from storage.io import atomic_write_json
 
@@ -31,7 +32,7 @@ log = logging.getLogger("growlm")
 
 PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 LAUNCH_POLL_S = 1.0
-FAULT_STATE = "faults.json"
+FAULT_STATE = run_files.FAULTS
 MAX_ROLLBACKS = 3
 """Rollbacks to one checkpoint before `on_nonfinite: rollback` gives up (a diverging run would loop forever)."""
 Window = tuple[int, int]

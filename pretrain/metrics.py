@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import torch
 
 from pretrain.config import WandbConfig
+from storage import run_files
 from storage.io import atomic_write_json
 
 log = logging.getLogger("growlm")
@@ -89,7 +90,7 @@ class MetricsLogger:
         self._wandb = None
         self._start = time.time()
         self._start_step = start_step
-        self._path = run_dir / "metrics.jsonl"
+        self._path = run_dir / run_files.METRICS
         if not enabled:
             return
         _truncate_after(self._path, start_step)
@@ -214,7 +215,7 @@ def report_times(times: PhaseTimes, run_dir: Path, steps: int, tokens: int, rank
     if steps == 0:
         return
     summary = {**times.summary(steps, tokens), "ranks": ranks}
-    atomic_write_json(run_dir / "timing.json", summary)
+    atomic_write_json(run_dir / run_files.TIMING, summary)
     log.info("time: %d steps in %.1f s (%.4g tokens/s over training): %s", steps, summary["wall_s"],
              summary["tokens_per_s"], describe(summary))
 

@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import IO
 
 from pretrain.config import ConfigError
+from storage import run_files
 from storage.io import file_in_the_way
 
 LOCK = ".lock"
-RUN_FILES = (LOCK, "config.yaml", "metrics.jsonl", "checkpoints")
+RUN_FILES = (LOCK, run_files.CONFIG, run_files.METRICS, "checkpoints")
 """What every run directory holds once a run has started in it (the lock first of all)."""
 
 

@@ -22,7 +22,6 @@ broken run differs.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import signal
@@ -37,7 +36,7 @@ import psutil
 import torch
 
 from launch.command import launch_argv
-from storage import folders, pickles, retention
+from storage import folders, pickles, retention, run_files
 from storage.weights import consolidated_state_dict
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,11 +78,10 @@ class Chaos:
 def progress(run: Path, since: float = 0.0) -> int:
     """The last step metrics.jsonl records, counting only a file written after `since` (a time): an attempt's
     first write rewinds the records a killed attempt left beyond its checkpoint."""
-    path = run / "metrics.jsonl"
+    path = run / run_files.METRICS
     if not path.is_file() or path.stat().st_mtime < since:
         return 0
-    steps = [json.loads(line).get("step", 0) for line in path.read_text().splitlines() if line.strip()]
-    return max(steps, default=0)
+    return max((r.get("step", 0) for r in run_files.read_records(path)), default=0)
 
 
 def resumed_step(run: Path) -> int:
@@ -217,7 +215,7 @@ def run_to_end(chaos: Chaos, steps: int) -> None:
 
 
 def records(run: Path) -> list[dict]:
-    return [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    return [r for r in run_files.metrics(run) if "loss" in r]
 
 
 def sampler_state(run: Path) -> dict:

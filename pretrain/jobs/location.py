@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from storage import folders
+from storage import folders, run_files
 
 
 @dataclass
@@ -31,5 +31,5 @@ def target_of(ckpt: Path, job: str) -> Target:
     step = folders.step_of(ckpt)
     if step is not None and ckpt.parent.name == "checkpoints":
         run_dir = ckpt.parent.parent
-        return Target(ckpt, step, run_dir / "jobs" / job / ckpt.name, run_dir)
-    return Target(ckpt, step, ckpt.parent / "jobs" / job / ckpt.name, None)
+        return Target(ckpt, step, run_files.job_output(run_dir, job, ckpt.name), run_dir)
+    return Target(ckpt, step, run_files.job_output(ckpt.parent, job, ckpt.name), None)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from launching import ROOT, command, environment, launch
+from launching import ROOT, command, environment
 
 
 def run_launch(*args: str) -> subprocess.CompletedProcess:

@@ -15,7 +15,6 @@ from storage import folders, weights
 from storage.export import main as export_main
 
 from hf_folders import BOS, EOS, open_weight_folder, save_hf_llama, train_hf_tokenizer
-from launching import ROOT
 
 TOKENS = torch.randint(0, 500, (2, 40), generator=torch.Generator().manual_seed(0))
 

@@ -14,11 +14,11 @@ import math
 from pathlib import Path
 from typing import Any
 
+from storage import run_files
 from storage.folders import step_of
 from storage.io import atomic_write_json, atomic_write_text
 
 RESULTS = "results.json"
-METRICS = "metrics.jsonl"
 PER_TASK = ("scores", "results", "n_samples", "versions")
 """The payload entries keyed by task (scores by eval/<task>/<metric>), merged across evaluations."""
 
@@ -55,7 +55,7 @@ def write_results(out: Path, payload: dict[str, Any]) -> Path:
             payload = _merge(json.loads(path.read_text()), payload)
         atomic_write_json(path, payload)
         records = collect(out.parent)
-        atomic_write_text(out.parent / METRICS, "".join(json.dumps(r) + "\n" for r in records))
+        atomic_write_text(out.parent / run_files.METRICS, "".join(json.dumps(r) + "\n" for r in records))
     return path
 
 
