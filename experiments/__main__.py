@@ -1,4 +1,5 @@
 """`python -m experiments SPEC.yaml --out DIR [...]`: run an experiment spec, resumably, and write its report.
+(`python -m experiments lag|stack ...`: one LAG choice or one adaptive-stacking run, experiments/growth_cli.py.)
 
 Kinds of spec, told apart by their keys:
 - arm x seed (`arms:`): every arm of a base config trained with every seed, then compare.md
@@ -20,7 +21,7 @@ from typing import Optional
 
 from omegaconf import OmegaConf
 
-from experiments import arms
+from experiments import arms, growth_cli
 from experiments.errors import ExperimentError
 from model.errors import user_errors
 from storage.io import FileFormatError, read_yaml
@@ -60,6 +61,9 @@ def spec_kind(path: Path) -> str:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in growth_cli.COMMANDS:  # `python -m experiments lag|stack ...`: one growth choice or run
+        return growth_cli.main(argv)
     args = parse_args(argv)
     return user_errors(lambda: run(args))
 

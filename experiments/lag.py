@@ -24,12 +24,13 @@ from typing import Any, Sequence
 
 from omegaconf import OmegaConf
 
+from experiments.lag_choice import LagPlan, parse_pool, run_lag
 from experiments.lag_stats import HIT_SHARE, flops_to_reach, horizon_table, seed_result
+from experiments.launcher import (check_run_config, check_user_overrides, claim_experiment, exit_code, train_phase,
+                                  val_curve)
 from experiments.spec import read_spec
 from growth import GrowthError
 from growth.folders import resolve_target
-from growth.lag import LagPlan, parse_pool, run_lag
-from growth.runs import check_run_config, check_user_overrides, claim_experiment, exit_code, train_phase, val_curve
 from launch.command import render_overrides
 from model import ModelConfig
 from storage.folders import tag_for

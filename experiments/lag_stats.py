@@ -33,7 +33,7 @@ def lag_flops(curve: Mapping[int, float], target: float, source_flops: float, fl
 
 def seed_result(summary: Mapping[str, Any], ks: Sequence[int], target: float, source_flops: float,
                 flops_per_step: float, scratch_flops: float) -> dict[str, Any]:
-    """One seed's LAG measurement from growth.lag's summary: per k the Spearman of the losses at k with those at
+    """One seed's LAG measurement from experiments.lag_choice's summary: per k the Spearman of the losses at k with those at
     m, the pick and its regret, the pick's FLOPs to `target` over the scratch control's and its loss at m minus
     `target` (the FLOPs resolve only as finely as the validated steps; the gap is the same comparison at equal
     FLOPs, in loss); the same for the step-m best in hindsight (no choosing cost)."""

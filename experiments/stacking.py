@@ -4,7 +4,7 @@ fewer FLOPs?
 
     python -m experiments configs/experiments/stacking_horizon.yaml --out runs/stacking_horizon [--seeds 0,1]
 
-Per seed, three arms over the same steps, data order and schedule: `adaptive` (growth/stacking.py, LAG choosing
+Per seed, three arms over the same steps, data order and schedule: `adaptive` (experiments/stacking_run.py, LAG choosing
 among `adaptive_pool` at every stage), `fixed` (the same stages, always `fixed_pool`'s one operator) and
 `scratch` (the final depth from step 0). The claims are fixed here, before any run: adaptive's final val loss is
 lower than fixed's (one-sided paired t, by seed), and each stacking arm's is within ±`margin` of scratch's (paired
@@ -19,6 +19,7 @@ Everything resumes: finished runs are skipped, an interrupted one continues.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
@@ -26,14 +27,13 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from experiments import stats
+from experiments.lag_choice import parse_pool
 from experiments.lag_stats import flops_to_reach
+from experiments.launcher import check_run_config, claim_experiment, exit_code, train_phase, val_curve
 from experiments.spec import read_spec
+from experiments.stacking_run import StackingPlan, Stage, run_stacking
 from growth import GrowthError
-from growth.lag import parse_pool
-from growth.runs import check_run_config, claim_experiment, exit_code, train_phase, val_curve
-from growth.stacking import StackingPlan, Stage, run_stacking
 from launch.command import render_overrides
-from model import ModelConfig
 from storage.io import atomic_save_figure, atomic_write_text
 
 SPEC_KEYS = {"config", "ranks", "seeds", "stages", "steps", "lag_steps", "carry", "adaptive_pool", "fixed_pool",
@@ -155,12 +155,12 @@ def run_experiment(spec: StackingExperiment, out: Path) -> dict[str, Any]:
     out = Path(out)
     resolved = check_run_config(spec.config, spec.overrides)  # before anything is written
     claim_experiment(out, spec.identity())
-    start_depth, final_depth = resolved["model"]["n_layers"], spec.stages[-1].depth
-    tokens = resolved["train"]["micro_batch_size"] * resolved["train"]["grad_accum"] * spec.ranks
-    seq_len = resolved["data"]["seq_len"]
+    start_depth, final_depth = resolved.model.n_layers, spec.stages[-1].depth
+    tokens = resolved.train.micro_batch_size * resolved.train.grad_accum * spec.ranks
+    seq_len = resolved.data.seq_len
 
     def flops_per_step(depth: int) -> float:
-        cfg = ModelConfig(**{**resolved["model"], "n_layers": depth})
+        cfg = dataclasses.replace(resolved.model, n_layers=depth)
         return cfg.flops_per_token(seq_len) * tokens * seq_len
 
     records, curves = [], []

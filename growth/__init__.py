@@ -1,4 +1,4 @@
-"""growlm: growth -- operators that grow a trained model's state dict into a larger model (LAG and gradual stacking orchestrate it from above: growth/lag.py, growth/stacking.py)."""
+"""growlm: growth -- operators that grow a trained model's state dict into a larger model (LAG and gradual stacking orchestrate it from above: experiments/lag_choice.py, experiments/stacking_run.py)."""
 from __future__ import annotations
 
 from typing import Any

@@ -16,6 +16,7 @@ from typing import Any, Sequence
 from omegaconf import OmegaConf
 
 from growth import GrowthError, GrowthResult, get_operator, grow
+from launch.command import render_overrides
 from model import ModelConfig
 from model.config import ModelConfigError
 from storage.carry import save_carry, source_optimizer, source_progress
@@ -154,3 +155,8 @@ def grow_folder(source: Path, op: str, target_spec: Sequence[str], out: Path,
 def is_grown_folder(path: Path) -> bool:
     """A complete weights folder (save_weights renames it into place only once it is whole)."""
     return (Path(path) / WEIGHTS).is_file()
+
+
+def model_overrides(cfg: ModelConfig) -> list[str]:
+    """Every model field as an override: `train.init_from` requires the run's model to equal the folder's."""
+    return render_overrides({f"model.{k}": v for k, v in dataclasses.asdict(cfg).items()})

@@ -135,6 +135,23 @@ def test_importing_the_run_config_loads_no_torch_and_no_callback():
     assert "pretrain.callbacks" not in ours
 
 
+STARTS_PROCESSES = ("subprocess", "multiprocessing", "os.system", "os.spawn", "os.exec", "os.fork", "os.popen")
+
+
+def test_growth_is_a_library_that_starts_no_process():
+    """growth/ maps state dicts and writes grown folders; every run it leads to is started by experiments/ (its
+    launcher), so growth neither starts processes nor imports the package above it."""
+    found = []
+    for name in (m for m in MODULES if m.split(".")[0] == "growth"):
+        for node in ast.walk(ast.parse(MODULES[name].read_text())):
+            spelled = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                       [node.module or ""] if isinstance(node, ast.ImportFrom) else
+                       [ast.unparse(node)] if isinstance(node, ast.Attribute) else [])
+            found += [f"{name}:{node.lineno} {s}" for s in spelled if s.startswith(STARTS_PROCESSES)]
+    assert found == []
+    assert not any(t.startswith("experiments") for m, t in import_graph().edges if m.startswith("growth"))
+
+
 def test_packages_import_only_lower_layers():
     upward = sorted((m, t) for m, t in import_graph().edges
                     if m.split(".")[0] != t.split(".")[0]

@@ -179,7 +179,7 @@ def test_errors_are_printed_by_the_one_boundary_only():
     prints its own (argparse's own flag errors aside)."""
     root = Path(__file__).resolve().parent.parent
     printers = [str(p.relative_to(root)) for pkg in ("model", "storage", "regularizers", "launch", "pretrain",
-                                                      "growth", "experiments", "scripts")
+                                                      "growth", "experiments", "bench", "scripts")
                 for p in (root / pkg).rglob("*.py")
                 if 'print(f"error:' in p.read_text() or "sys.exit(f\"error:" in p.read_text()]
     assert printers == ["model/errors.py", "pretrain/__main__.py"], printers  # + a rank's collective timeout (exit 3)
@@ -218,9 +218,9 @@ AUDITED = [  # issue 37's second audit (337 cases by hand): the ones that slippe
     ("experiments", ["{scratch}/plan.yaml", "--out", "{scratch}/out", "--dry-run", "--seeds", "7"],
      "not in the spec's seed plan"),
     ("experiments", ["{scratch}/plan.yaml", "--out", "{scratch}", "--dry-run"], "no .growlm-experiment"),
-    ("growth grow", ["lag", "--from", "{scratch}/missing", "--to", "n_layers=8", "--pool", "stack", "--lag-steps", "2",
+    ("experiments", ["lag", "--from", "{scratch}/missing", "--to", "n_layers=8", "--pool", "stack", "--lag-steps", "2",
                      "--out", "{scratch}/out", "--ranks", "0"], "--ranks"),
-    ("growth grow", ["stack", "--config", "configs/tiny.yaml", "--schedule", "10:8", "--steps", "0", "--out",
+    ("experiments", ["stack", "--config", "configs/tiny.yaml", "--schedule", "10:8", "--steps", "0", "--out",
                      "{scratch}/out"], "--steps"),
 ]
 

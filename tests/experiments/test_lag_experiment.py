@@ -11,7 +11,7 @@ from experiments.lag import LagExperiment, plot_by_step, render, scratch_steps
 from experiments.lag_stats import flops_to_reach, horizon_table, lag_flops, s_star, seed_result, spearman_gain
 from experiments.stats import mean_ci
 from growth import GrowthError
-from growth.lag import spearman
+from experiments.lag_choice import spearman
 from model import ModelConfig
 
 

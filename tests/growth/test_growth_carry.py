@@ -12,7 +12,7 @@ import json
 import pytest
 import torch
 
-from growth.cli import main
+from experiments.__main__ import main
 from growth.folders import grow_folder
 from storage.carry import CARRY_FILE, load_carry
 from storage.folders import CheckpointError

@@ -186,7 +186,7 @@ def test_peeling_reads_an_hf_folder_with_its_own_tokenizer(tmp_path):
 
 def test_grown_runs_get_the_folder_shape_back_as_overrides(tmp_path):
     """growth and LAG pin each run's model by overrides; head_dim and the RoPE scaling must survive them."""
-    from growth.runs import model_overrides
+    from growth.folders import model_overrides
 
     cfg, _ = weights.load_weights(save_hf_llama(tmp_path, 512, tie=True))
     assert load_config(None, [*model_overrides(cfg), "data.seq_len=32"]).model == cfg

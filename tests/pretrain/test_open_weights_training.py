@@ -55,11 +55,11 @@ def test_continued_pretraining_from_an_open_weight_folder(folder, runs_root, sta
 
 
 @pytest.mark.distributed
-@pytest.mark.slow  # three launches; LAG itself is in the default suite (tests/growth/test_lag.py)
+@pytest.mark.slow  # three launches; LAG itself is in the default suite (tests/experiments/test_lag_choice.py)
 def test_lag_grows_its_candidates_from_an_open_weight_folder(folder, runs_root):
     """`growth lag --from HF_FOLDER`: every candidate is grown from the folder's weights and trained with its
     tokenizer; the exactly function-preserving zero_block starts at the folder's own validation loss."""
-    from growth.cli import main
+    from experiments.__main__ import main
     from launching import TINY_RUN
 
     out = runs_root / "lag_open_weights"

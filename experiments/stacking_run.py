@@ -4,14 +4,14 @@ each stage LAG chooses among stacking choices with a short lag, and training con
 Layout under `out/`:
     plan.json                 the experiment (a re-run with other settings is refused; the same one resumes)
     stage0/                   the run from scratch, to s_1
-    stage<i>/                 a LAG experiment (growth/lag.py) from the previous stage's checkpoint at s_i; its
+    stage<i>/                 a LAG experiment (experiments/lag_choice.py) from the previous stage's checkpoint at s_i; its
                               winner's run (stage<i>/runs/<winner>) continues to s_{i+1} (the last to `steps`)
     stacking.md stacking.json stacking.png   stages, choices and the stitched validation curve (global steps)
 By default every stage's runs start a fresh optimizer and their own warmup (what `train.init_from` gives), and
 count their steps from growth. With `carry` they continue the previous stage's Adam moments (mapped through the
 operator), step and data position, as one run grown in place: no new warmup, steps counted globally. Either
 way every stage but the last runs at constant lr after warmup; the last follows the config's schedule (see
-growth/runs.py), with carry evaluated at the global step. The losing candidates' lag steps are LAG's
+experiments/launcher.py), with carry evaluated at the global step. The losing candidates' lag steps are LAG's
 overhead and are reported as such.
 """
 from __future__ import annotations
@@ -24,10 +24,10 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from experiments.lag_choice import LagPlan, parse_pool, run_lag
+from experiments.lag_report import plot_curves
+from experiments.launcher import check_run_config, check_user_overrides, claim_experiment, train_phase, val_curve
 from growth import GrowthError
-from growth.lag import LagPlan, parse_pool, run_lag
-from growth.report import plot_curves
-from growth.runs import check_run_config, check_user_overrides, claim_experiment, train_phase, val_curve
 from storage.folders import tag_for
 from storage.io import atomic_write_text, read_yaml
 from storage.weights import model_config_of
@@ -128,7 +128,7 @@ class StackingPlan:
 def run_stacking(plan: StackingPlan) -> dict[str, Any]:
     """Train stage 0, then at every stage grow by LAG and continue the winner; writes stacking.{md,json,png}."""
     plan.check()
-    first = check_run_config(plan.config, plan.overrides)["model"]["n_layers"]  # before anything is written
+    first = check_run_config(plan.config, plan.overrides).model.n_layers  # before anything is written
     if plan.stages[0].depth <= first:
         raise GrowthError(f"stage 1 depth={plan.stages[0].depth} must exceed the stage-0 model's n_layers={first} "
                           "(stacking only grows)")

@@ -19,11 +19,11 @@ from typing import Any, Mapping, Sequence
 
 from scipy import stats
 
+from experiments.lag_report import write_lag_report
+from experiments.launcher import check_run_config, check_user_overrides, claim_experiment, train_phase, val_curve
 from growth import GrowthError
-from growth.folders import check_operator, check_target, grow_folder, is_grown_folder, parse_params, source_info
-from growth.report import write_lag_report
-from growth.runs import (check_run_config, check_user_overrides, claim_experiment, model_overrides, train_phase,
-                         val_curve)
+from growth.folders import (check_operator, check_target, grow_folder, is_grown_folder, model_overrides, parse_params,
+                            source_info)
 from model import ModelConfig
 from storage.io import read_yaml
 from storage.tokenizer_files import copy_tokenizer, find_tokenizer

@@ -1,6 +1,5 @@
-"""Training runs that growth orchestrates from above: one phase of a run through the real launcher
-(`python -m launch`, or `python -m pretrain` for one CPU rank; a subprocess: growth never imports the trainer),
-and what a run has written.
+"""The launcher of every orchestrated run (LAG, gradual stacking and their experiments): one phase of a run through
+the real launcher (`python -m launch`, or `python -m pretrain` for one CPU rank), and what a run has written.
 
 A run is trained in phases that all use `train.resume=auto`: a later phase resumes the same run directory with
 a larger `train.steps`. Schedule: the trainer has no "stop before the schedule ends" option, so every phase
@@ -11,7 +10,6 @@ of its peak anyway; every candidate gets the same schedule, which is what LAG ne
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import subprocess
 import sys
@@ -20,15 +18,15 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from growth import GrowthError
-from launch.command import has_gpus, launch_env, render_overrides, trainer_argv
-from model import ModelConfig
+from launch.command import has_gpus, launch_env, trainer_argv
 from model.errors import UserError, user_errors
+from pretrain.config import Config, load_config
 from storage import run_files
 from storage.folders import CheckpointError, latest
 from storage.io import atomic_write_text
 
 MANAGED = ("model.", "run.name", "run.out_dir", "train.init_from", "train.steps", "train.resume")
-"""Override keys growth sets itself for the runs it starts; a user's value for them would be silently lost."""
+"""Override keys the orchestrator sets itself for the runs it starts; a user's value for them would be silently lost."""
 
 
 class RunError(UserError, RuntimeError):
@@ -45,19 +43,10 @@ def exit_code(work: Callable[[], int]) -> int:
         return 130
 
 
-def check_run_config(config: str | Path, overrides: Sequence[str]) -> dict[str, Any]:
-    """The resolved run config of `config` + `overrides`, or a named error before anything is written for a
-    config or override the runs would refuse: what `python -m pretrain --print-config` says of them (a
-    process: growth never imports pretrain)."""
-    import yaml
-
-    proc = subprocess.run([sys.executable, "-m", "pretrain", str(config), *overrides, "--print-config"],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        errors = [line[len("error: "):] for line in proc.stderr.splitlines() if line.startswith("error: ")]
-        raise GrowthError(errors[-1] if errors else f"--config {config} with overrides {list(overrides)} is refused "
-                          f"by python -m pretrain (exit {proc.returncode}): {proc.stderr[-500:]}")
-    return yaml.safe_load(proc.stdout[proc.stdout.index("run:"):] if "run:" in proc.stdout else proc.stdout)
+def check_run_config(config: str | Path, overrides: Sequence[str]) -> Config:
+    """The run config of `config` + `overrides` as every run will load it, or a named error (ConfigError) before
+    anything is written."""
+    return load_config(config, overrides)
 
 
 def check_user_overrides(overrides: Sequence[str]) -> None:
@@ -67,11 +56,6 @@ def check_user_overrides(overrides: Sequence[str]) -> None:
         raise GrowthError(f"overrides {bad} are not key=value or set keys growth manages ({', '.join(MANAGED)}): "
                           "the model shape comes from --to, run names from --out, steps from --lag-steps / "
                           "--continue-steps / --validate-steps")
-
-
-def model_overrides(cfg: ModelConfig) -> list[str]:
-    """Every model field as an override: `train.init_from` requires the run's model to equal the folder's."""
-    return render_overrides({f"model.{k}": v for k, v in dataclasses.asdict(cfg).items()})
 
 
 def step_reached(run_dir: Path) -> int:

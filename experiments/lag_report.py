@@ -11,7 +11,7 @@ from storage.io import atomic_save_figure, atomic_write_text
 
 
 def write_lag_report(out: Path, summary: dict[str, Any]) -> None:
-    """`lag.md`, `lag.json` and `lag.png` in `out` from `growth.lag.summarize`'s output (+ candidates)."""
+    """`lag.md`, `lag.json` and `lag.png` in `out` from `experiments.lag_choice.summarize`'s output (+ candidates)."""
     out = Path(out)
     atomic_write_text(out / "lag.json", json.dumps(summary, indent=2, default=str))
     atomic_write_text(out / "lag.md", lag_markdown(summary))

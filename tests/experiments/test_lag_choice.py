@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from experiments.__main__ import main
+from experiments.lag_choice import (LagError, LagPlan, choose, kendall, parse_pool, ranks, selection_by_step, spearman,
+                                    summarize)
+from experiments.stacking_run import Stage, StackingPlan, parse_schedule, stage_pool
 from growth import GrowthError
-from growth.cli import main
-from growth.lag import LagError, LagPlan, choose, kendall, parse_pool, ranks, selection_by_step, spearman, summarize
 from growth.folders import check_operator, parse_params
-from growth.stacking import Stage, StackingPlan, parse_schedule, stage_pool
 from launching import launch, metrics
 
 # Step-0 order (preserving < stack < interleave) is the reverse of the step-3 order: LAG must follow step 3.
@@ -78,7 +79,7 @@ def test_choosing_at_each_step_is_judged_at_the_horizon():
 
 
 def test_the_report_tables_and_plots_the_choice_at_every_step(tmp_path):
-    from growth.report import write_lag_report
+    from experiments.lag_report import write_lag_report
 
     curves = {n: {**c, 9: c[3] - 0.5} for n, c in CURVES.items()}
     summary = summarize(curves, 3, validate_steps=9) | {
@@ -161,7 +162,7 @@ def write_val_curve(run: Path, curve: dict[int, float]) -> Path:
 def test_stitched_curve_is_in_global_steps_whether_or_not_a_stage_carried_its_step(tmp_path, carry):
     """Stage 0 trains steps 0..4; at step 4 a stage grows and trains to 8. A fresh stage's run counts 0..4 from
     growth, a carried one 4..8 (it went on from its source's step): the stitched curve is the same."""
-    from growth.stacking import _stitched
+    from experiments.stacking_run import _stitched
 
     stage0 = write_val_curve(tmp_path / "stage0", {s: 5.0 - 0.1 * s for s in range(5)})
     grown = {s: 4.0 - 0.1 * s for s in range(5)}  # by steps since growth
