@@ -33,8 +33,8 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument("spec", type=Path, help="experiment spec YAML (configs/experiments/*.yaml)")
     p.add_argument("--out", type=Path, required=True, help="experiment folder (runs, logs, the report and plots)")
     p.add_argument("--seeds", type=seed_list, help="comma-separated seeds of the spec's to run (default: all)")
-    p.add_argument("--arms", help="arm x seed specs: comma-separated arm names to run (default: all)")
-    p.add_argument("--growths", help="LAG specs: comma-separated growth names to run (default: all)")
+    p.add_argument("--arms", type=name_list, help="arm x seed specs: comma-separated arm names to run (default: all)")
+    p.add_argument("--growths", type=name_list, help="LAG specs: comma-separated growth names to run (default: all)")
     p.add_argument("--dry-run", action="store_true", help="arm x seed specs: print the launch commands and exit")
     p.add_argument("overrides", nargs="*", help="arm x seed specs: key=value overrides applied to every run")
     return p.parse_intermixed_args(argv)  # overrides may follow the options
@@ -42,9 +42,24 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
 
 def seed_list(text: str) -> list[int]:
     try:
-        return [int(s) for s in text.split(",")]
+        seeds = [int(s) for s in text.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
+    return distinct(seeds, "--seeds")
+
+
+def name_list(text: str) -> list[str]:
+    """A comma-separated list of arm or growth names, each once."""
+    return distinct(text.split(","), "--arms/--growths")
+
+
+def distinct(items: list, flag: str) -> list:
+    """`items`, refused naming the repeats when one is listed twice: one run would count as two seeds or arms."""
+    repeated = sorted({str(i) for i in items if items.count(i) > 1})
+    if repeated:
+        raise argparse.ArgumentTypeError(f"{flag} lists {', '.join(repeated)} more than once: one run would be counted "
+                                         "twice")
+    return items
 
 
 def spec_kind(path: Path) -> str:
@@ -75,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
                                   "--growths and --seeds (its overrides live in the spec)")
         from experiments.lag import main as run_lag_experiment
 
-        return run_lag_experiment(args.spec, args.out, args.growths.split(",") if args.growths else None,
+        return run_lag_experiment(args.spec, args.out, args.growths,
                                   args.seeds)
     if spec_kind(args.spec) == "planted":
         if args.arms or args.dry_run or args.overrides or args.growths or args.seeds:
@@ -91,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
         return run_stacking_experiment(args.spec, args.out, args.seeds)
     if args.growths:
         raise ExperimentError(f"--growths applies to LAG specs; {args.spec} is an arm x seed spec (use --arms)")
-    return arms.run(args.spec, args.out.resolve(), args.arms.split(",") if args.arms else None, args.seeds,
+    return arms.run(args.spec, args.out.resolve(), args.arms, args.seeds,
                     tuple(args.overrides), args.dry_run)
 
 

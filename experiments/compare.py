@@ -288,6 +288,12 @@ def compare(run_dirs: list[Path], out: Path, label_by: Optional[list[str]] = Non
 
 def load_arms(run_dirs: list[Path], label_by: Optional[list[str]] = None,
               names: Optional[list[str]] = None) -> dict[str, list[Run]]:
+    """The runs grouped into arms; a run directory named twice (under any spelling) is refused, since it would
+    count as two seeds."""
+    resolved = [Path(d).resolve() for d in run_dirs]
+    repeated = sorted({str(d) for d, r in zip(run_dirs, resolved) if resolved.count(r) > 1})
+    if repeated:
+        raise ExperimentError(f"run directories {repeated} are given more than once: one run would count as two seeds")
     runs = [load_run(d) for d in run_dirs]
     return group_runs(runs, label_by, None if names is None else {r.path: n for r, n in zip(runs, names)})
 

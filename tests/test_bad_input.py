@@ -218,6 +218,12 @@ AUDITED = [  # issue 37's second audit (337 cases by hand): the ones that slippe
     ("experiments", ["{scratch}/plan.yaml", "--out", "{scratch}/out", "--dry-run", "--seeds", "7"],
      "not in the spec's seed plan"),
     ("experiments", ["{scratch}/plan.yaml", "--out", "{scratch}", "--dry-run"], "no .growlm-experiment"),
+    ("experiments", ["{scratch}/plan.yaml", "--out", "{scratch}/out", "--dry-run", "--seeds", "0,0"],
+     "--seeds lists 0 more than once"),  # issue 51: one run counted as two seeds
+    ("experiments", ["{scratch}/plan.yaml", "--out", "{scratch}/out", "--dry-run", "--arms", "a,a"],
+     "lists a more than once"),
+    ("compare", ["{scratch}/run_garbled", "{scratch_parent}/{scratch_name}/run_garbled", "--out", "{scratch}/out"],
+     "given more than once"),
     ("experiments", ["lag", "--from", "{scratch}/missing", "--to", "n_layers=8", "--pool", "stack", "--lag-steps", "2",
                      "--out", "{scratch}/out", "--ranks", "0"], "--ranks"),
     ("experiments", ["stack", "--config", "configs/tiny.yaml", "--schedule", "10:8", "--steps", "0", "--out",
