@@ -47,6 +47,6 @@ def problems(saved: dict[str, Any], ours: dict[str, Any]) -> list[str]:
                if k in ours["sample_sequence"] and ours["sample_sequence"][k] != v]
     if changed:
         found.append("; ".join(changed) + " (the run would continue on another sample sequence; resume with the "
-                     "checkpoint's values, or start a new run: another run.name, or train.resume=never)")
+                     "checkpoint's values, or start a new run: another run.name)")
     return found
 

@@ -17,7 +17,7 @@ from pretrain import checkpoint, compat, dist, runlock
 from pretrain.async_save import AsyncSaves
 from pretrain.checkpoint import RANK_STATE
 from pretrain.config import ConfigError, save_config
-from storage import folders, retention
+from storage import folders, retention, run_files
 from storage.io import atomic_write_bytes
 from storage.tokenizer_files import tokenizer_files
 
@@ -44,14 +44,39 @@ def lock(run_dir: Path, is_main: bool) -> IO | None:
 
 def resume_candidate(cfg: "Config") -> Path | None:
     """The checkpoint train.resume names, verified (`auto`: the latest complete one, or with checkpoint.fallback
-    the newest that verifies; a named one: that one, refused naming what is wrong with it), or None for a fresh
-    start."""
-    if cfg.train.resume == "never":
-        return None
-    if cfg.train.resume != "auto":
-        folders.verify(Path(cfg.train.resume))
-        return Path(cfg.train.resume)
-    return retention.resumable(cfg.run_dir / "checkpoints", cfg.checkpoint.fallback)
+    the newest that verifies; a named one, in any of the three forms (`checkpoints/`, `checkpoints/latest`,
+    `checkpoints/step_N`): that one, refused naming what is wrong with it), or None for a fresh start. A run
+    directory has one history: a start that would overwrite part of the run already there is refused."""
+    if cfg.train.resume == "auto":
+        return retention.resumable(cfg.run_dir / "checkpoints", cfg.checkpoint.fallback)
+    named = None if cfg.train.resume == "never" else folders.locate(Path(cfg.train.resume))
+    refuse_a_second_history(cfg, named)
+    if named is not None:
+        folders.verify(named)
+    return named
+
+
+def refuse_a_second_history(cfg: "Config", named: Path | None) -> None:
+    """Starting over (`named` None: `train.resume=never`) in a folder that holds a run, or resuming there from a checkpoint other
+    than its latest, would prune the run's checkpoints, rewind its metrics and move `latest`: part of its history
+    gone. Refused before anything is written, naming the folder and the fix (a run directory of its own)."""
+    held = sorted(p.name for p in (cfg.run_dir / "checkpoints").glob("step_*"))
+    if not held and not (cfg.run_dir / run_files.METRICS).is_file():
+        return
+    what = f"checkpoints {', '.join(held)}" if held else run_files.METRICS
+    if named is None:
+        raise ConfigError(f"train.resume=never: {cfg.run_dir} holds a run ({what}) that starting over would "
+                          f"overwrite; give the new run a run directory of its own (another run.name), or move "
+                          f"{cfg.run_dir} aside first")
+    try:
+        latest = folders.latest(cfg.run_dir / "checkpoints")
+    except folders.CheckpointError:  # a damaged latest is no checkpoint to continue from
+        latest = None
+    if latest is None or named.resolve() != latest.resolve():
+        raise ConfigError(f"train.resume={cfg.train.resume}: {cfg.run_dir} holds a run ({what}, latest "
+                          f"{latest.name if latest else 'none'}), and training there from another checkpoint would "
+                          "rewrite its history after it; start the branch in a run directory of its own (another "
+                          "run.name, as a WSD branch does)")
 
 
 def keep_global_batch(cfg: "Config", world: int) -> "Config":

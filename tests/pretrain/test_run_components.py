@@ -4,6 +4,8 @@ sampler choice and device batches (data/pipeline.py)."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +17,8 @@ from pretrain.data.pipeline import build_sampler, device_batch
 from pretrain.data.sampler import StepSampler
 from pretrain.phases import TrainablePhases
 from pretrain import compat
-from pretrain.rundir import RunDir, keep_global_batch
+from pretrain.__main__ import main as pretrain_main
+from pretrain.rundir import RunDir, keep_global_batch, resume_candidate
 from storage import folders
 
 TINY = "configs/tiny.yaml"
@@ -102,8 +105,41 @@ def test_a_resume_on_another_number_of_ranks_keeps_the_global_batch_by_deriving_
         keep_global_batch(config("train.micro_batch_size=3"), world=1)
     with pytest.raises(ConfigError, match=r"train.micro_batch_size in \[1, 2, 4\]"):
         keep_global_batch(config("train.micro_batch_size=3"), world=4)
-    fresh = config("train.resume=never", "train.micro_batch_size=3")
+    fresh = config("run.name=fresh", "train.resume=never", "train.micro_batch_size=3")
     assert keep_global_batch(fresh, world=1) is fresh
+
+
+def listing(root: Path) -> dict[str, str]:
+    """Every file under `root` with its content hash: what a refused start must leave as it was."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*"))
+            if p.is_file()}
+
+
+def test_starting_over_in_a_folder_that_holds_a_run_is_refused_and_touches_nothing(tmp_path, capsys):
+    """Issue 51: `train.resume=never` in a used run folder deleted the old run's later metrics and checkpoints."""
+    config = saved_on(tmp_path, world=1, global_batch=8)
+    (tmp_path / "r" / "metrics.jsonl").write_text('{"step": 5, "loss": 4.0}\n')
+    before = listing(tmp_path)
+    with pytest.raises(ConfigError, match=r"train.resume=never: .*r holds a run \(checkpoints step_5\).*another run.name"):
+        resume_candidate(config("train.resume=never"))
+    assert pretrain_main(["configs/tiny.yaml", f"run.out_dir={tmp_path}", "run.name=r", "train.resume=never",
+                          "--check"]) == 2
+    assert "holds a run" in capsys.readouterr().err
+    assert listing(tmp_path) == before
+    assert resume_candidate(config("run.name=elsewhere", "train.resume=never")) is None  # a folder of its own
+
+
+def test_a_branch_inside_the_run_folder_is_refused_and_every_form_of_its_latest_resumes(tmp_path):
+    """Issue 51: a WSD branch that kept the stable run's run.name trained inside it from an earlier checkpoint."""
+    config = saved_on(tmp_path, world=1, global_batch=8)
+    root = tmp_path / "r" / "checkpoints"
+    (root / "step_3").mkdir()
+    folders.write_manifest(root / "step_3", 3, {"world_size": 1})
+    with pytest.raises(ConfigError, match=r"latest step_5\).*rewrite its history.*run directory of its own"):
+        resume_candidate(config(f"train.resume={root / 'step_3'}"))
+    for form in (root, root / "latest", root / "step_5"):  # the three forms every tool takes
+        assert resume_candidate(config(f"train.resume={form}")) == root / "step_5"
+    assert resume_candidate(config("run.name=branch", f"train.resume={root / 'step_3'}")) == root / "step_3"
 
 
 def test_plain_data_gets_the_shuffled_step_sampler_and_batches_shift_by_one():
