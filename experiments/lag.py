@@ -26,13 +26,13 @@ from omegaconf import OmegaConf
 
 from experiments.lag_choice import LagPlan, parse_pool, run_lag
 from experiments.lag_stats import HIT_SHARE, flops_to_reach, horizon_table, seed_result
-from experiments.launcher import (check_run_config, check_user_overrides, claim_experiment, exit_code, train_phase,
-                                  val_curve)
+from experiments.launcher import check_user_overrides, claim_experiment, exit_code, train_phase, val_curve
 from experiments.spec import read_spec
 from growth import GrowthError
 from growth.folders import resolve_target
 from launch.command import render_overrides
 from model import ModelConfig
+from pretrain.config import load_config
 from storage.folders import tag_for
 from storage.io import atomic_save_figure, atomic_write_text
 
@@ -130,7 +130,7 @@ def run_experiment(spec: LagExperiment, out: Path) -> dict[str, Any]:
     """Every growth's sources, controls and LAG runs per seed and mode; the report is rewritten after each growth
     (covering the growths finished so far) and returned at the end."""
     out = Path(out)
-    check_run_config(spec.config, spec.overrides)  # before anything is written
+    load_config(spec.config, spec.overrides)  # before anything is written
     claim_experiment(out, spec.identity())
     results: dict[str, Any] = {"growths": {}, "k": spec.choosing_steps, "m": spec.validate_steps,
                                "seeds": spec.seeds, "hit_share": HIT_SHARE}

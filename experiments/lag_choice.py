@@ -20,11 +20,12 @@ from typing import Any, Mapping, Sequence
 from scipy import stats
 
 from experiments.lag_report import write_lag_report
-from experiments.launcher import check_run_config, check_user_overrides, claim_experiment, train_phase, val_curve
+from experiments.launcher import check_user_overrides, claim_experiment, train_phase, val_curve
 from growth import GrowthError
 from growth.folders import (check_operator, check_target, grow_folder, is_grown_folder, model_overrides, parse_params,
                             source_info)
 from model import ModelConfig
+from pretrain.config import load_config
 from storage.io import read_yaml
 from storage.tokenizer_files import copy_tokenizer, find_tokenizer
 from storage.weights import weights_config
@@ -216,7 +217,7 @@ def run_lag(plan: LagPlan) -> dict[str, Any]:
     """Grow, lag-train, choose, (validate, continue) and report; returns the summary written to lag.json."""
     plan.check()
     check_target(weights_config(Path(source_info(plan.source)["path"])), plan.target)  # before anything is written
-    check_run_config(plan.config, plan.overrides)
+    load_config(plan.config, plan.overrides)
     out = Path(plan.out)
     claim_experiment(out, plan.identity())
     common = [*plan.overrides, *_pinned_tokenizer(plan.source, out)]

@@ -20,7 +20,6 @@ from typing import Any, Callable, Sequence
 from growth import GrowthError
 from launch.command import has_gpus, launch_env, trainer_argv
 from model.errors import UserError, user_errors
-from pretrain.config import Config, load_config
 from storage import run_files
 from storage.folders import CheckpointError, latest
 from storage.io import atomic_write_text
@@ -41,12 +40,6 @@ def exit_code(work: Callable[[], int]) -> int:
     except KeyboardInterrupt:
         print("interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
-
-
-def check_run_config(config: str | Path, overrides: Sequence[str]) -> Config:
-    """The run config of `config` + `overrides` as every run will load it, or a named error (ConfigError) before
-    anything is written."""
-    return load_config(config, overrides)
 
 
 def check_user_overrides(overrides: Sequence[str]) -> None:

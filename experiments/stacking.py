@@ -29,11 +29,12 @@ from typing import Any, Callable, Mapping, Sequence
 from experiments import stats
 from experiments.lag_choice import parse_pool
 from experiments.lag_stats import flops_to_reach
-from experiments.launcher import check_run_config, claim_experiment, exit_code, train_phase, val_curve
+from experiments.launcher import claim_experiment, exit_code, train_phase, val_curve
 from experiments.spec import read_spec
 from experiments.stacking_run import StackingPlan, Stage, run_stacking
 from growth import GrowthError
 from launch.command import render_overrides
+from pretrain.config import load_config
 from storage.io import atomic_save_figure, atomic_write_text
 
 SPEC_KEYS = {"config", "ranks", "seeds", "stages", "steps", "lag_steps", "carry", "adaptive_pool", "fixed_pool",
@@ -153,7 +154,7 @@ def claims(records: Sequence[Mapping[str, Any]], margin: float, alpha: float) ->
 def run_experiment(spec: StackingExperiment, out: Path) -> dict[str, Any]:
     """Every seed's three arms; the report is rewritten after each seed (covering the seeds done so far)."""
     out = Path(out)
-    resolved = check_run_config(spec.config, spec.overrides)  # before anything is written
+    resolved = load_config(spec.config, spec.overrides)  # before anything is written
     claim_experiment(out, spec.identity())
     start_depth, final_depth = resolved.model.n_layers, spec.stages[-1].depth
     tokens = resolved.train.micro_batch_size * resolved.train.grad_accum * spec.ranks

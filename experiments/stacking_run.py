@@ -26,8 +26,9 @@ from omegaconf import OmegaConf
 
 from experiments.lag_choice import LagPlan, parse_pool, run_lag
 from experiments.lag_report import plot_curves
-from experiments.launcher import check_run_config, check_user_overrides, claim_experiment, train_phase, val_curve
+from experiments.launcher import check_user_overrides, claim_experiment, train_phase, val_curve
 from growth import GrowthError
+from pretrain.config import load_config
 from storage.folders import tag_for
 from storage.io import atomic_write_text, read_yaml
 from storage.weights import model_config_of
@@ -128,7 +129,7 @@ class StackingPlan:
 def run_stacking(plan: StackingPlan) -> dict[str, Any]:
     """Train stage 0, then at every stage grow by LAG and continue the winner; writes stacking.{md,json,png}."""
     plan.check()
-    first = check_run_config(plan.config, plan.overrides).model.n_layers  # before anything is written
+    first = load_config(plan.config, plan.overrides).model.n_layers  # before anything is written
     if plan.stages[0].depth <= first:
         raise GrowthError(f"stage 1 depth={plan.stages[0].depth} must exceed the stage-0 model's n_layers={first} "
                           "(stacking only grows)")

@@ -57,9 +57,9 @@ def resume_candidate(cfg: "Config") -> Path | None:
 
 
 def refuse_a_second_history(cfg: "Config", named: Path | None) -> None:
-    """Starting over (`named` None: `train.resume=never`) in a folder that holds a run, or resuming there from a checkpoint other
-    than its latest, would prune the run's checkpoints, rewind its metrics and move `latest`: part of its history
-    gone. Refused before anything is written, naming the folder and the fix (a run directory of its own)."""
+    """Starting over (`named` None: `train.resume=never`) in a folder that holds a run, or resuming there from a
+    checkpoint other than its latest, would prune the run's checkpoints, rewind its metrics and move `latest`: part
+    of its history gone. Refused before anything is written, naming the folder and the fix (another run.name)."""
     held = sorted(p.name for p in (cfg.run_dir / "checkpoints").glob("step_*"))
     if not held and not (cfg.run_dir / run_files.METRICS).is_file():
         return
@@ -68,13 +68,11 @@ def refuse_a_second_history(cfg: "Config", named: Path | None) -> None:
         raise ConfigError(f"train.resume=never: {cfg.run_dir} holds a run ({what}) that starting over would "
                           f"overwrite; give the new run a run directory of its own (another run.name), or move "
                           f"{cfg.run_dir} aside first")
-    try:
-        latest = folders.latest(cfg.run_dir / "checkpoints")
-    except folders.CheckpointError:  # a damaged latest is no checkpoint to continue from
-        latest = None
-    if latest is None or named.resolve() != latest.resolve():
+    pointer = cfg.run_dir / "checkpoints" / folders.LATEST
+    latest = pointer.read_text().strip() if pointer.is_file() else None
+    if latest is None or named.resolve() != (pointer.parent / latest).resolve():
         raise ConfigError(f"train.resume={cfg.train.resume}: {cfg.run_dir} holds a run ({what}, latest "
-                          f"{latest.name if latest else 'none'}), and training there from another checkpoint would "
+                          f"{latest or 'none'}), and training there from another checkpoint would "
                           "rewrite its history after it; start the branch in a run directory of its own (another "
                           "run.name, as a WSD branch does)")
 

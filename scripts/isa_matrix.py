@@ -26,13 +26,15 @@ from storage.io import atomic_write_json
 ROOT = Path(__file__).resolve().parent.parent
 
 CAP_VARIABLES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")
+CAPS = {c.name: c for c in ISA_CAPS}
+DEFAULT_PYTEST_ARGS = ["-m", "numerics and not slow"]
 
 
 def cap_environment(cap: str) -> dict[str, str]:
     """This process's environment with the kernels capped at `cap` (`native`: every cap variable removed)."""
     env = {k: v for k, v in os.environ.items() if k not in CAP_VARIABLES}
     if cap != "native":
-        env.update(next(c for c in ISA_CAPS if c.name == cap).env())
+        env.update(CAPS[cap].env())
     return env
 
 
@@ -52,9 +54,9 @@ def run_cap(cap: str, pytest_args: list[str], out: Path, workers: str) -> dict:
     junit = out / f"{cap}.xml"
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", workers, "--dist", "loadfile",
                f"--junitxml={junit}", *pytest_args]
-    caps = {c.name: c for c in ISA_CAPS}
     env = " ".join(f"{k}={v}" for k, v in cap_environment(cap).items() if k in CAP_VARIABLES)
-    print(f"\n=== {cap}: " + (f"{env}, computes like {caps[cap].computes_like}" if cap in caps else "no cap"), flush=True)
+    what = f"{env}, computes like {CAPS[cap].computes_like}" if cap in CAPS else "no cap"
+    print(f"\n=== {cap}: {what}", flush=True)
     start = time.perf_counter()
     code = subprocess.run(command, cwd=ROOT, env=cap_environment(cap)).returncode
     seconds = time.perf_counter() - start
@@ -74,6 +76,7 @@ def table(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     ours, pytest_args = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
+    pytest_args = pytest_args or DEFAULT_PYTEST_ARGS
     runnable = ["native", *(c.name for c in runnable_caps())]
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -88,9 +91,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--caps {','.join(unknown)}: this CPU ({cpu_name()}) runs {runnable}; a cap above the CPU "
                      "would execute instructions it lacks")
     args.out.mkdir(parents=True, exist_ok=True)
-    rows = [run_cap(cap, pytest_args or ["-m", "numerics and not slow"], args.out, args.workers) for cap in caps]
+    rows = [run_cap(cap, pytest_args, args.out, args.workers) for cap in caps]
     report = table(rows)
-    print(f"\n{cpu_name()}, {os.cpu_count()} logical CPUs; pytest {' '.join(pytest_args) or '-m numerics and not slow'}")
+    print(f"\n{cpu_name()}, {os.cpu_count()} logical CPUs; pytest {' '.join(pytest_args)}")
     print(report)
     for row in rows:
         for test in row["failing"]:
