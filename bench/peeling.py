@@ -23,9 +23,9 @@ from pathlib import Path
 from model import Llama
 from pretrain.config import load_config
 from pretrain.dist import init_distributed
-from pretrain.jobs.peeling.bounds import compute_bounds
-from pretrain.jobs.peeling.job import calibration_windows
-from pretrain.jobs.peeling.settings import THOROUGH, PeelingSettings
+from pretrain.probes.peeling.bounds import compute_bounds
+from pretrain.probes.peeling.job import calibration_windows
+from pretrain.probes.peeling.settings import THOROUGH, PeelingSettings
 from pretrain.trainer import Trainer
 
 

@@ -23,7 +23,7 @@ import time
 from pretrain import dist
 from pretrain.config import load_config
 from pretrain.dist import init_distributed
-from pretrain.jump.callback import JumpMonitor
+from pretrain.probes.jump.callback import JumpMonitor
 from pretrain.trainer import Trainer
 
 

@@ -17,8 +17,8 @@ import time
 from pretrain.config import load_config
 from pretrain.dist import init_distributed
 from pretrain.trainer import Trainer
-from pretrain.trajectory.online import TrajectorySketch
-from pretrain.trajectory.settings import TrajectoryConfig
+from pretrain.probes.trajectory.online import TrajectorySketch
+from pretrain.probes.trajectory.settings import TrajectoryConfig
 
 
 def bench(args: argparse.Namespace) -> tuple[float, float, float]:

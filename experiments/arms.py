@@ -23,7 +23,7 @@ from typing import Optional
 from experiments import compare
 from experiments.errors import ExperimentError
 from experiments.runs import run_dir_name
-from experiments.spec import ROOT, Spec, load_spec
+from experiments.spec import KINDS, ROOT, Kind, Spec, load_spec
 from launch.command import launch_argv
 from pretrain.config import load_config
 from storage import folders
@@ -116,3 +116,10 @@ def run(spec_path: Path, out: Path, arms: Optional[list[str]], seeds: Optional[l
                              protocol=spec.protocol)
     print(report.read_text())
     return 0
+
+
+KINDS.add("arms", Kind(run=lambda args: run(args.spec, args.out.resolve(), args.arms, args.seeds,
+                                               tuple(args.overrides), args.dry_run),
+                       options=("seeds", "arms", "dry_run", "overrides"),
+                       doc="every arm of a base config trained with every seed, then compare.md "
+                           "(configs/experiments/jreg_cpu.yaml)"))

@@ -45,7 +45,7 @@ from experiments.runs import (
 )
 from experiments.spec import load_spec
 from experiments.stats import LEVEL, Difference, finite, holm, mean_ci, paired, tost, tost_paired, welch
-from model.errors import user_errors
+from settings.errors import user_errors
 from storage.io import atomic_write_text, check_output_folder, claim_output_folder
 
 MARKER = ".growlm-compare"

@@ -1,7 +1,7 @@
 """The one error type of the experiment commands, so callers can tell bad input from bugs."""
 from __future__ import annotations
 
-from model.errors import UserError
+from settings.errors import UserError
 
 
 class ExperimentError(UserError, ValueError):

@@ -27,7 +27,7 @@ from omegaconf import OmegaConf
 from experiments.lag_choice import LagPlan, parse_pool, run_lag
 from experiments.lag_stats import HIT_SHARE, flops_to_reach, horizon_table, seed_result
 from experiments.launcher import check_user_overrides, claim_experiment, exit_code, train_phase, val_curve
-from experiments.spec import read_spec
+from experiments.spec import KINDS, Kind, read_spec
 from growth import GrowthError
 from growth.folders import resolve_target
 from launch.command import render_overrides
@@ -290,3 +290,9 @@ def main(spec_path: Path, out: Path, growths: Sequence[str] | None, seeds: Seque
         return 0
 
     return exit_code(work)
+
+
+KINDS.add("lag", Kind(run=lambda args: main(args.spec, args.out, args.growths, args.seeds),
+                      options=("growths", "seeds"),
+                      doc="sources, LAG over a pool of growth operators and from-scratch controls per seed, then "
+                          "experiment.md (configs/experiments/lag_cpu.yaml)"))

@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 
 from growth import GrowthError
 from launch.command import has_gpus, launch_env, trainer_argv
-from model.errors import UserError, user_errors
+from settings.errors import UserError, user_errors
 from storage import run_files
 from storage.folders import CheckpointError, latest
 from storage.io import atomic_write_text

@@ -28,15 +28,15 @@ from scipy import stats as sps
 from experiments import stats
 from experiments.errors import ExperimentError
 from experiments.planting import place_plants, plant_kinds, train_planted
-from experiments.spec import read_spec
+from experiments.spec import KINDS, Kind, read_spec
 from launch.command import render_overrides
 from model import Llama
 from pretrain.config import Config, load_config
 from pretrain.data import prepare_data
-from pretrain.jobs.peeling.bounds import compute_bounds
-from pretrain.jobs.peeling.job import calibration_windows
-from pretrain.jobs.peeling.report import BOUNDS_JSON, write_outputs
-from pretrain.jobs.peeling.settings import PeelingError, PeelingSettings, check_settings
+from pretrain.probes.peeling.bounds import compute_bounds
+from pretrain.probes.peeling.job import calibration_windows
+from pretrain.probes.peeling.report import BOUNDS_JSON, write_outputs
+from pretrain.probes.peeling.settings import PeelingError, PeelingSettings, check_settings
 from storage.io import atomic_save_figure, atomic_write_json, atomic_write_text, claim_output_folder
 
 MARKER = ".growlm-peeling-planted"
@@ -238,3 +238,8 @@ def main(spec_path: Path, out: Path) -> int:
     atomic_save_figure(plot(table, kinds), out / "planted.png", dpi=110)
     print((out / "planted.md").read_text())
     return 0
+
+
+KINDS.add("planted", Kind(run=lambda args: main(args.spec, args.out), options=(),
+                          doc="models with planted layers peeled, then planted.md "
+                              "(configs/experiments/peeling_planted.yaml)"))

@@ -1,28 +1,62 @@
-"""An arm x seed experiment spec (configs/experiments/*.yaml), read and checked before anything runs: in its own
-module because both the runner (experiments/arms.py) and compare_runs' `--spec` read it.
+"""Experiment specs (configs/experiments/*.yaml): the registry of their kinds, and the arm x seed spec, read and
+checked before anything runs (here because both the runner, experiments/arms.py, and compare_runs' `--spec` read
+it).
 
-Spec (YAML): `base` config (relative to the repository root), `ranks`, `seeds` (every arm runs every seed),
-shared `overrides`, `arms` (name -> overrides), each overrides a mapping of config key -> value, and an optional
-pre-registered `protocol` (experiments/protocol.py).
+Every spec names its `kind:`, a name in `KINDS`; each kind registers itself in its own module with
+`KINDS.add(name, Kind(...))` (docs/guide.md, "Adding an experiment kind").
+
+The arm x seed spec (`kind: arms`): `base` config (relative to the repository root), `ranks`, `seeds` (every arm
+runs every seed), shared `overrides`, `arms` (name -> overrides), each overrides a mapping of config key ->
+value, and an optional pre-registered `protocol` (experiments/protocol.py).
 """
 from __future__ import annotations
 
+import argparse
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from omegaconf import OmegaConf
 
 from experiments.errors import ExperimentError
 from experiments.protocol import Protocol, parse_protocol
 from launch.command import render_overrides
+from settings.registry import Registry
 from storage.io import FileFormatError, read_yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 """The repository root: a spec's `base` config is relative to it, and runs start there."""
 
 SPEC_KEYS = {"base", "ranks", "seeds", "overrides", "arms", "protocol"}
+
+OPTIONS = {"seeds": "--seeds", "arms": "--arms", "growths": "--growths", "dry_run": "--dry-run",
+           "overrides": "overrides"}
+"""`python -m experiments` options beyond the spec and --out, by their argparse name; a kind takes a subset."""
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One kind of spec: how `python -m experiments SPEC --out DIR` runs it, and which OPTIONS it takes."""
+
+    run: Callable[[argparse.Namespace], int]
+    options: tuple[str, ...]
+    doc: str
+
+
+KINDS: Registry[Kind] = Registry("experiment kind", ExperimentError)
+
+
+def spec_kind(path: Path) -> str:
+    """The registered kind a spec names in its `kind:` key; else an error naming the file and the valid kinds."""
+    raw = _read_mapping(path, ExperimentError)
+    raw = raw if isinstance(raw, dict) else {}
+    kind = raw.get("kind")
+    if kind not in KINDS:
+        found = f"kind={kind!r} is not" if "kind" in raw else "`kind:` is missing; it names"
+        raise ExperimentError(f"{path}: {found} an experiment kind: one of {', '.join(KINDS.names())} "
+                              "(docs/guide.md, Experiments)")
+    return kind
 
 
 @dataclass
@@ -39,10 +73,8 @@ def read_spec(path: Path, keys: set[str], required: set[str],
               error: type[Exception] = ExperimentError) -> dict[str, Any]:
     """The top-level mapping of a spec file, with no key outside `keys` and every key of `required`; else
     `error` naming the file and the keys (LAG and stacking specs raise growth's own error)."""
-    try:
-        raw = OmegaConf.to_container(read_yaml(path, "experiment spec")) or {}
-    except FileFormatError as err:
-        raise error(str(err)) from None
+    raw = _read_mapping(path, error)
+    keys = keys | {"kind"}  # spec_kind read it
     if not isinstance(raw, dict):
         raise error(f"{path}: an experiment spec is a mapping with keys {sorted(keys)}")
     if unknown := set(raw) - keys:
@@ -52,15 +84,16 @@ def read_spec(path: Path, keys: set[str], required: set[str],
     return raw
 
 
+def _read_mapping(path: Path, error: type[Exception]) -> Any:
+    try:
+        return OmegaConf.to_container(read_yaml(path, "experiment spec")) or {}
+    except FileFormatError as err:
+        raise error(str(err)) from None
+
+
 def load_spec(path: Path) -> Spec:
     """Read and check an experiment spec; errors name the file and the offending key."""
-    loaded = read_yaml(path, "experiment spec")
-    raw = OmegaConf.to_container(loaded) if loaded is not None else {}
-    if not isinstance(raw, dict):
-        raise ExperimentError(f"{path}: an experiment spec is a mapping with keys {sorted(SPEC_KEYS)}")
-    unknown = set(raw) - SPEC_KEYS
-    if unknown:
-        raise ExperimentError(f"{path}: unknown keys {sorted(unknown)} (valid: {sorted(SPEC_KEYS)})")
+    raw = read_spec(path, SPEC_KEYS, set())
     if not raw.get("arms") or not isinstance(raw["arms"], dict):
         raise ExperimentError(f"{path}: `arms` must map at least one arm name to its overrides")
     base = ROOT / raw.get("base", "configs/tiny.yaml")

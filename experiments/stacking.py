@@ -30,7 +30,7 @@ from experiments import stats
 from experiments.lag_choice import parse_pool
 from experiments.lag_stats import flops_to_reach
 from experiments.launcher import claim_experiment, exit_code, train_phase, val_curve
-from experiments.spec import read_spec
+from experiments.spec import KINDS, Kind, read_spec
 from experiments.stacking_run import StackingPlan, Stage, run_stacking
 from growth import GrowthError
 from launch.command import render_overrides
@@ -285,3 +285,8 @@ def main(spec_path: Path, out: Path, seeds: Sequence[int] | None) -> int:
         return 0
 
     return exit_code(work)
+
+
+KINDS.add("stacking", Kind(run=lambda args: main(args.spec, args.out, args.seeds), options=("seeds",),
+                           doc="adaptive and fixed gradual stacking against scratch per seed, then stacking.md "
+                               "(configs/experiments/stacking_horizon.yaml)"))

@@ -12,7 +12,7 @@ from pathlib import Path
 from growth import available_operators
 from growth.folders import grow_folder, model_overrides, parse_params
 from launch.command import launch_argv
-from model.errors import user_errors
+from settings.errors import user_errors
 from storage.tokenizer_files import find_tokenizer
 
 _OPS = ", ".join(available_operators())

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Sequence
 
-from model.errors import UserError
+from settings.errors import UserError
 
 # Launcher options passed through verbatim (name -> takes a value).
 PASSTHROUGH = {

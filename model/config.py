@@ -1,10 +1,12 @@
-"""The model's shape: one typed dataclass, validated on construction."""
+"""The model's shape: one typed dataclass, validated on construction (each field's valid values in its metadata,
+settings/fields.py; the shapes that relate fields in `__post_init__`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
-from model.errors import UserError
+from settings.errors import UserError
+from settings.fields import an_integer, between, check_fields, choice, count, positive, ruled
 
 ROPE_SCALING_TYPES = ("llama3",)
 QUANT_SCOPES = {"blocks": ("attention", "feed_forward"), "attention": ("attention",), "mlp": ("feed_forward",)}
@@ -17,22 +19,27 @@ class ModelConfigError(UserError, ValueError):
     """A model shape that cannot be built; the message names the field and what would be valid."""
 
 
+def check_section(section: Any, prefix: str) -> None:
+    """The fields' own rules (settings/fields.py), refused as a ModelConfigError naming `prefix<field>`."""
+    try:
+        check_fields(section, prefix)
+    except ValueError as err:
+        raise ModelConfigError(str(err)) from None
+
+
 @dataclass
 class QuantizationConfig:
     """Quantization-aware training (model/quant.py): the block projections use binary or k-bit weights in the
     forward, latent fp32 weights in the optimizer, a straight-through gradient."""
 
-    bits: Optional[int] = None
+    bits: Optional[int] = ruled(None, an_integer(), between(1, 16))
     """None: full precision | 1: binary, sign(w) * mean|w| per output channel | 2..16: symmetric per output
     channel, 2^k - 1 levels."""
-    scope: str = "blocks"
+    scope: str = choice("blocks", tuple(QUANT_SCOPES))
     """blocks: the attention and MLP projections of every block | attention | mlp."""
 
     def __post_init__(self) -> None:
-        if self.bits is not None and not 1 <= self.bits <= 16:
-            raise ModelConfigError(f"train.quantization.bits={self.bits}: use 1 (binary), 2..16, or null (off)")
-        if self.scope not in QUANT_SCOPES:
-            raise ModelConfigError(f"train.quantization.scope={self.scope!r}: choose one of {list(QUANT_SCOPES)}")
+        check_section(self, "train.quantization.")
 
 
 @dataclass
@@ -41,20 +48,18 @@ class RopeScaling:
     original_max_position_embeddings / low_freq_factor are stretched by `factor`, shorter than
     .../ high_freq_factor kept, and those between interpolated smoothly."""
 
-    rope_type: str = "llama3"
-    factor: float = 8.0
-    low_freq_factor: float = 1.0
-    high_freq_factor: float = 4.0
-    original_max_position_embeddings: int = 8192
+    rope_type: str = choice("llama3", ROPE_SCALING_TYPES)
+    factor: float = positive(8.0)
+    low_freq_factor: float = positive(1.0)
+    high_freq_factor: float = positive(4.0)
+    original_max_position_embeddings: int = count(8192)
 
     def __post_init__(self) -> None:
-        if self.rope_type not in ROPE_SCALING_TYPES:
-            raise ModelConfigError(f"model.rope_scaling.rope_type={self.rope_type!r} is not implemented; valid: "
-                                   f"{list(ROPE_SCALING_TYPES)}")
-        if not self.high_freq_factor > self.low_freq_factor > 0 or self.factor <= 0:
+        check_section(self, "model.rope_scaling.")
+        if not self.high_freq_factor > self.low_freq_factor:
             raise ModelConfigError(
-                f"model.rope_scaling needs factor > 0 and high_freq_factor > low_freq_factor > 0, got "
-                f"factor={self.factor}, low_freq_factor={self.low_freq_factor}, high_freq_factor={self.high_freq_factor}")
+                f"model.rope_scaling needs high_freq_factor > low_freq_factor, got low_freq_factor="
+                f"{self.low_freq_factor}, high_freq_factor={self.high_freq_factor}")
 
 
 @dataclass
@@ -63,44 +68,45 @@ class MupConfig:
     this width. The block matrices' init std and Adam lr shrink with width, the logits are scaled by
     base_width / dim; at dim == base_width the model is the standard one."""
 
-    base_width: Optional[int] = None
+    base_width: Optional[int] = count(None)
     """The width (model.dim) the learning rate and init_std were tuned at (required)."""
 
     def __post_init__(self) -> None:
-        if isinstance(self.base_width, bool) or not isinstance(self.base_width, int) or self.base_width <= 0:
-            raise ModelConfigError(f"model.mup.base_width must be a positive integer (the model.dim the lr and "
-                                   f"init_std were tuned at), got {self.base_width!r}; or model.mup=null (µP off)")
+        if self.base_width is None:
+            raise ModelConfigError("model.mup.base_width is required (the model.dim the lr and init_std were tuned "
+                                   "at); or model.mup=null (µP off)")
+        check_section(self, "model.mup.")
 
 
 @dataclass
 class ModelConfig:
     """Shape of a Llama-style decoder. Field names follow Llama/torchtitan; HF names are mapped in `model.hf`."""
 
-    dim: int = 128
+    dim: int = count(128)
     """Width of the residual stream (HF: hidden_size)."""
-    n_layers: int = 4
+    n_layers: int = count(4)
     """Number of transformer blocks L (HF: num_hidden_layers)."""
-    n_heads: int = 4
+    n_heads: int = count(4)
     """Query heads (HF: num_attention_heads)."""
-    head_dim: Optional[int] = None
+    head_dim: Optional[int] = count(None)
     """Width of one attention head; None: dim // n_heads (HF: head_dim, which some models set otherwise)."""
-    n_kv_heads: int = 4
+    n_kv_heads: int = count(4)
     """Key/value heads for grouped-query attention; must divide n_heads (HF: num_key_value_heads)."""
-    ffn_dim: int = 352
+    ffn_dim: int = count(352)
     """Hidden width of the SwiGLU MLP (HF: intermediate_size)."""
-    vocab_size: int = 4096
+    vocab_size: int = count(4096)
     """Tokenizer vocabulary size; the embedding and LM head have this many rows."""
-    max_seq_len: int = 256
+    max_seq_len: int = count(256)
     """Longest sequence the model is trained for; data.seq_len may not exceed it."""
-    rope_theta: float = 10000.0
+    rope_theta: float = positive(10000.0)
     """Base of the rotary embedding frequencies (Llama-2: 1e4, Llama-3: 5e5)."""
     rope_scaling: Optional[RopeScaling] = None
     """Llama-3.x's RoPE frequency scaling; None: plain RoPE."""
-    norm_eps: float = 1e-5
+    norm_eps: float = positive(1e-5)
     """Epsilon inside RMSNorm."""
     tie_embeddings: bool = False
     """Share the token embedding matrix with the LM head (small models save many parameters)."""
-    init_std: float = 0.02
+    init_std: float = positive(0.02)
     """Std of the normal init for every linear and embedding weight (Llama / HF initializer_range)."""
     scale_residual_init: bool = True
     """Divide the init std of the residual-branch outputs (wo, w2) by sqrt(2 * n_layers), as GPT-2/OLMo do,
@@ -109,18 +115,11 @@ class ModelConfig:
     """µP: e.g. {base_width: 128} (model/mup.py, docs/guide.md); None: the standard parametrization."""
 
     def __post_init__(self) -> None:
-        positive = ("dim", "n_layers", "n_heads", "n_kv_heads", "ffn_dim", "vocab_size", "max_seq_len")
-        for name in positive:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ModelConfigError(f"model.{name} must be a positive integer, got {value!r}")
-        if self.head_dim is not None and (isinstance(self.head_dim, bool) or not isinstance(self.head_dim, int)
-                                          or self.head_dim <= 0):
-            raise ModelConfigError(f"model.head_dim must be a positive integer or null, got {self.head_dim!r}")
         if isinstance(self.rope_scaling, dict):  # from a JSON file (weights folders, HF configs)
             self.rope_scaling = RopeScaling(**self.rope_scaling)
         if isinstance(self.mup, dict):
             self.mup = MupConfig(**self.mup)
+        check_section(self, "model.")  # YAML 1.1 reads `1e-5` (no dot) as a string: "must be a number"
         if self.head_dim is None and self.dim % self.n_heads:
             raise ModelConfigError(
                 f"model.dim={self.dim} is not divisible by model.n_heads={self.n_heads}; "
@@ -136,11 +135,6 @@ class ModelConfig:
                 f"the head width (model.head_dim, or model.dim / model.n_heads) = {self.head_width} must be even "
                 "for rotary embeddings"
             )
-        for name in ("rope_theta", "norm_eps", "init_std"):
-            value = getattr(self, name)
-            # YAML 1.1 reads `1e-5` (no dot) as a string; say so instead of failing on `str <= int`.
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-                raise ModelConfigError(f"model.{name} must be a number > 0, got {value!r}")
 
     @property
     def head_width(self) -> int:

@@ -21,7 +21,7 @@ from sentencepiece import sentencepiece_model_pb2
 from transformers import GenerationConfig, LlamaConfig
 
 from model.config import ROPE_SCALING_TYPES, ModelConfig, RopeScaling
-from model.errors import UserError
+from settings.errors import UserError
 from model.mup import fold_into_final_norm, readout_multiplier
 
 # Sentencepiece ids our tokenizer is trained with; HF's generate() stops on eos_token_id.

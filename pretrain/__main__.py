@@ -10,7 +10,7 @@ import logging
 import os
 import sys
 
-from model.errors import user_errors
+from settings.errors import user_errors
 from pretrain.config import ConfigError, load_config, to_yaml
 from pretrain.dist import CollectiveTimeout
 

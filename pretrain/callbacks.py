@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import torch
 
 from pretrain import dist
-from pretrain.plugins import JOBS, MONITORS
+from pretrain.probes import JOBS, MONITORS
 
 log = logging.getLogger("growlm")
 

@@ -20,11 +20,11 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from model.config import DOCUMENT_ATTENTION, ModelConfig, ModelConfigError, QuantizationConfig
-from model.errors import UserError
+from settings.errors import UserError
 from pretrain.data.config import DataConfig
 from pretrain.data.errors import DataError
-from pretrain.fields import check_fields, choice, non_negative, positive, within
-from pretrain.plugins import JOBS, MONITORS
+from settings.fields import check_fields, choice, non_negative, positive, within
+from pretrain.probes import JOBS, MONITORS
 from storage.io import FileFormatError, read_yaml
 
 MODEL_PRESETS = Path(__file__).resolve().parent.parent / "configs" / "model"
@@ -235,7 +235,7 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     deepspeed: DeepSpeedSection = field(default_factory=DeepSpeedSection)
     monitors: Any = field(default_factory=MONITORS.defaults)
-    """In-training monitors, one section per registered monitor (pretrain/plugins.py): jump, trajectory, ..."""
+    """In-training monitors, one section per registered monitor (pretrain/probes/registry.py): jump, trajectory, ..."""
     jobs: Any = field(default_factory=JOBS.defaults)
     """Periodic jobs on saved checkpoints, one section per registered job: peeling, lm_eval, ..."""
     regularizers: List[Dict[str, Any]] = field(default_factory=list)

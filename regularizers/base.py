@@ -3,12 +3,13 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import ClassVar, Optional
+from typing import Any, ClassVar, Optional
 
 import torch
 from torch import Tensor
 
-from model.errors import UserError
+from settings.errors import UserError
+from settings.fields import check_fields, non_negative
 
 
 class RegularizerConfigError(UserError, ValueError):
@@ -56,6 +57,8 @@ class Regularizer(ABC):
     """
 
     name: ClassVar[str] = ""
+    param_types: ClassVar[dict[str, Any]] = {}
+    """Parameter -> annotation, set by @register (what a config entry may set)."""
     """Registered name; the trainer logs `reg/<name>` and `reg/<name>/<metric>`."""
     needs_hidden_states: ClassVar[bool] = False
     """True if `penalty` reads `hidden_states`/`final_normed`; the trainer then asks the model for them."""
@@ -66,17 +69,18 @@ class Regularizer(ABC):
     """True if `penalty` differentiates through `log_z` (z-loss): the fused loss head then keeps log Z in the
     graph, at one extra head matmul in backward."""
 
-    weight: float = 1.0
+    weight: float = non_negative(1.0)
     """Target coefficient lambda of the penalty."""
-    start_step: int = 0
+    start_step: int = non_negative(0)
     """The weight is 0 before this optimizer step (the penalty is not even computed)."""
-    warmup_steps: int = 0
+    warmup_steps: int = non_negative(0)
     """Steps over which the weight ramps linearly from weight/warmup_steps to weight; 0 = no ramp."""
 
     def __post_init__(self) -> None:
-        for param in ("weight", "start_step", "warmup_steps"):
-            if getattr(self, param) < 0:
-                raise InvalidParam(param, f"must be >= 0, got {getattr(self, param)!r}")
+        try:
+            check_fields(self)  # each parameter's declared rule (settings/fields.py), subclasses' too
+        except ValueError as err:
+            raise RegularizerConfigError(str(err)) from None
         self.validate()
 
     def validate(self) -> None:

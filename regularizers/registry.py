@@ -25,11 +25,12 @@ from typing import Any, Callable, TypeVar, get_type_hints
 
 from regularizers.base import InvalidParam, Regularizer, RegularizerConfigError
 from regularizers.params import check_supported, coerce
+from settings.registry import Registry
 
 R = TypeVar("R", bound=type[Regularizer])
 
-_REGISTRY: dict[str, type[Regularizer]] = {}
-_PARAM_TYPES: dict[str, dict[str, Any]] = {}
+REGULARIZERS: Registry[type[Regularizer]] = Registry("regularizer", RegularizerConfigError)
+"""name -> class; each class carries `param_types` (parameter -> annotation), read once at registration."""
 
 
 def register(name: str) -> Callable[[R], R]:
@@ -40,25 +41,21 @@ def register(name: str) -> Callable[[R], R]:
     def decorate(cls: R) -> R:
         if not (isinstance(cls, type) and issubclass(cls, Regularizer)):
             raise TypeError(f"@register({name!r}) needs a subclass of regularizers.Regularizer, got {cls!r}")
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(f"regularizer {name!r} is already registered by {_REGISTRY[name].__qualname__}")
         if "__dataclass_fields__" not in cls.__dict__:
             cls = dataclasses.dataclass(kw_only=True)(cls)
         hints = get_type_hints(cls)
         param_types = {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.init}
         for param, tp in param_types.items():
             check_supported(tp, f"{name}.{param}")
-        cls.name = name
-        _REGISTRY[name] = cls
-        _PARAM_TYPES[name] = param_types
-        return cls
+        cls.name, cls.param_types = name, param_types
+        return REGULARIZERS.add(name, cls)
 
     return decorate
 
 
 def available() -> list[str]:
     """Registered names, sorted."""
-    return sorted(_REGISTRY)
+    return REGULARIZERS.names()
 
 
 def build_regularizers(specs: Sequence[Mapping[str, Any]] | None) -> list[Regularizer]:
@@ -85,12 +82,13 @@ def _build_one(i: int, spec: Mapping[str, Any]) -> Regularizer:
     if not isinstance(spec, Mapping):
         raise RegularizerConfigError(f"{where}: expected a mapping with a 'name' key, got {spec!r}")
     name = spec.get("name")
-    if name not in _REGISTRY:
+    if name not in REGULARIZERS:
         raise RegularizerConfigError(
             f"{where}.name: unknown regularizer {name!r}; registered: {', '.join(available())} "
             "(register your own with @regularizers.register and import its module before building)"
         )
-    cls, param_types = _REGISTRY[name], _PARAM_TYPES[name]
+    cls = REGULARIZERS[name]
+    param_types = cls.param_types
     valid = f"valid parameters of {name!r}: {', '.join(param_types)}"
     kwargs: dict[str, Any] = {}
     for key, value in spec.items():
@@ -108,7 +106,7 @@ def _build_one(i: int, spec: Mapping[str, Any]) -> Regularizer:
         raise RegularizerConfigError(f"{where}.{missing[0]}: required parameter missing; {valid}")
     try:
         return cls(**kwargs)
-    except InvalidParam as e:
+    except RegularizerConfigError as e:  # InvalidParam from validate(), or a field's rule
         raise RegularizerConfigError(f"{where}.{e}") from None
 
 

@@ -15,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from model.errors import user_errors
+from settings.errors import user_errors
 from model.hf import check_export_target, save_hf_folder
 from storage.folders import locate
 from storage.tokenizer_files import find_tokenizer, tokenizer_files

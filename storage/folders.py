@@ -18,7 +18,7 @@ from typing import Any
 
 import xxhash
 
-from model.errors import UserError
+from settings.errors import UserError
 from storage import pickles
 from storage.io import atomic_write_json
 

@@ -16,7 +16,7 @@ import sys
 import uuid
 from pathlib import Path
 
-from model.errors import UserError, user_errors
+from settings.errors import UserError, user_errors
 from storage.io import check_output_folder
 
 ARCHITECTURES = ("llama",)

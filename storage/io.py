@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from model.errors import UserError
+from settings.errors import UserError
 
 
 class FileFormatError(UserError, ValueError):

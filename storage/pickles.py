@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model.errors import UserError
+from settings.errors import UserError
 
 NUMPY_RNG_GLOBALS = [np._core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
 """What numpy's generator state needs to load with `weights_only=True` (no other code can run from the file)."""

@@ -14,20 +14,20 @@ import networkx as nx
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("pretrain", "model", "storage", "growth", "regularizers", "launch", "experiments", "bench")
-PACKAGE_LAYERS = {"model": 0, "storage": 1, "regularizers": 1, "launch": 1, "pretrain": 2, "growth": 2,
-                  "experiments": 3, "bench": 4}
+PACKAGES = ("settings", "pretrain", "model", "storage", "growth", "regularizers", "launch", "experiments", "bench")
+PACKAGE_LAYERS = {"settings": 0, "model": 1, "storage": 2, "regularizers": 2, "launch": 2, "pretrain": 3, "growth": 3,
+                  "experiments": 4, "bench": 5}
 """docs/design.md, "Layers": a package imports only packages of a lower layer (and itself); pretrain and growth
 share a layer and never import each other."""
 PRETRAIN_LAYERS = (
-    ("settings", ("pretrain", "pretrain.config", "pretrain.fields", "pretrain.plugins", "pretrain.data",
-                  "pretrain.data.config", "pretrain.data.errors", "pretrain.jobs", "pretrain.jobs.cli", "pretrain.jobs.schedule",
-                  "pretrain.jobs.peeling", "pretrain.jobs.peeling.errors", "pretrain.jobs.peeling.plan",
-                  "pretrain.jobs.lm_eval", "pretrain.jump", "pretrain.trajectory", "*.settings")),
+    ("settings", ("pretrain", "pretrain.config", "pretrain.data", "pretrain.data.config", "pretrain.data.errors",
+                  "pretrain.probes", "pretrain.probes.registry", "pretrain.probes.cli", "pretrain.probes.schedule",
+                  "pretrain.probes.peeling", "pretrain.probes.peeling.errors", "pretrain.probes.peeling.plan",
+                  "pretrain.probes.lm_eval", "pretrain.probes.jump", "pretrain.probes.trajectory", "*.settings")),
     ("mechanics", ()),  # everything not named in another layer
     ("components", ("pretrain.objective", "pretrain.phases", "pretrain.carry", "pretrain.rundir",
                     "pretrain.callbacks")),
-    ("probes", ("pretrain.jump.*", "pretrain.jobs.*", "pretrain.trajectory.*")),
+    ("probes", ("pretrain.probes.*",)),
     ("trainer", ("pretrain.trainer",)),
     ("entry points", ("pretrain.__main__", "pretrain.data.__main__")),
 )
@@ -102,7 +102,7 @@ def pretrain_layer(name: str) -> int:
 
 
 def test_the_import_graph_sees_function_level_imports():
-    assert "pretrain.jobs.peeling.job" in imported_modules("pretrain.jobs.peeling.callback")  # inside run_inline
+    assert "pretrain.probes.peeling.job" in imported_modules("pretrain.probes.peeling.callback")  # inside run_inline
     assert "pretrain.trainer" not in imported_modules("pretrain.callbacks")  # type-only
 
 
@@ -125,7 +125,7 @@ def test_importing_the_run_config_loads_no_torch_and_no_callback():
                                        text=True).stdout)
     assert "torch" not in loaded
     ours = [m for m in loaded if m in MODULES]
-    assert "pretrain.plugins" in ours  # the registries, with every built-in job and monitor section
+    assert "pretrain.probes.registry" in ours  # the registries, with every built-in job and monitor section
     callbacks = []
     for name in ours:
         for node in ast.walk(ast.parse(MODULES[name].read_text())):
@@ -152,6 +152,35 @@ def test_growth_is_a_library_that_starts_no_process():
     assert not any(t.startswith("experiments") for m, t in import_graph().edges if m.startswith("growth"))
 
 
+def _tables_filled_by_functions(tree: ast.Module) -> list[str]:
+    """Module-level dicts (`X = {}`, `X: dict[...] = {}`) that a function writes into (`X[key] = ...`): the shape
+    of a hand-made registry."""
+    tables = {t.id for node in tree.body if isinstance(node, (ast.Assign, ast.AnnAssign))
+              for t in (node.targets if isinstance(node, ast.Assign) else [node.target]) if isinstance(t, ast.Name)
+              and isinstance(node.value, ast.Dict) and not node.value.keys}
+    return sorted({f"{node.value.id}:{node.lineno}" for fn in ast.walk(tree) if isinstance(fn, ast.FunctionDef)
+                   for node in ast.walk(fn) if isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Store)
+                   and isinstance(node.value, ast.Name) and node.value.id in tables})
+
+
+def test_plug_ins_are_named_by_the_one_registry():
+    """docs/design.md, "Registries": regularizers, growth operators, probes, peeling permutations and experiment
+    kinds are each a settings.registry.Registry that a plug-in adds itself to; no module keeps a table of its own."""
+    from experiments.__main__ import KINDS  # the entry point imports every kind's module
+    from growth.operators.registry import OPERATORS
+    from pretrain.probes import JOBS, MONITORS
+    from pretrain.probes.peeling.plan import PERMUTATIONS
+    from regularizers.registry import REGULARIZERS
+    from settings.registry import Registry
+
+    registries = {"KINDS": KINDS, "OPERATORS": OPERATORS, "JOBS": JOBS, "MONITORS": MONITORS,
+                  "PERMUTATIONS": PERMUTATIONS, "REGULARIZERS": REGULARIZERS}
+    assert [name for name, r in registries.items() if not isinstance(r, Registry) or len(r) < 2] == []
+    hand_made = {name: found for name in MODULES
+                 if (found := _tables_filled_by_functions(ast.parse(MODULES[name].read_text())))}
+    assert hand_made == {}
+
+
 def test_packages_import_only_lower_layers():
     upward = sorted((m, t) for m, t in import_graph().edges
                     if m.split(".")[0] != t.split(".")[0]
@@ -160,7 +189,7 @@ def test_packages_import_only_lower_layers():
 
 
 def test_inside_pretrain_no_module_level_import_goes_up_a_layer():
-    assert pretrain_layer("pretrain.jump.settings") == 0 and pretrain_layer("pretrain.jump.callback") == 3
+    assert pretrain_layer("pretrain.probes.jump.settings") == 0 and pretrain_layer("pretrain.probes.jump.callback") == 3
     assert pretrain_layer("pretrain.engine") == 1 and pretrain_layer("pretrain.trainer") == 4
     upward = sorted(f"{m} ({PRETRAIN_LAYERS[pretrain_layer(m)][0]}) -> {t} ({PRETRAIN_LAYERS[pretrain_layer(t)][0]})"
                     for m in MODULES if m.startswith("pretrain") for t in module_level_imports(m)

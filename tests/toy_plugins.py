@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any
 
 from pretrain.callbacks import Callback
-from pretrain.jobs.cli import setting
-from pretrain.jobs.detached import CheckpointJob
-from pretrain.jobs.schedule import JobSchedule
-from pretrain.plugins import register_job, register_monitor
+from pretrain.probes.cli import setting
+from pretrain.probes.detached import CheckpointJob
+from pretrain.probes.schedule import JobSchedule
+from pretrain.probes.registry import register_job, register_monitor
 
 
 @dataclass

@@ -7,7 +7,7 @@ from typing import Any
 from torch import Tensor
 
 from model import ModelConfig
-from model.errors import UserError
+from settings.errors import UserError
 from storage.carry import OptState
 
 __all__ = ["GrowthError", "GrowthResult", "OptState", "StateDict"]

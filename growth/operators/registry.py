@@ -15,6 +15,7 @@ from growth.operators.checks import check_opt_state, check_state, check_target
 from growth.operators.moments import map_moments
 from model import ModelConfig
 from model.mup import FINAL_NORM, fold_into_final_norm, readout_multiplier
+from settings.registry import Registry
 
 Kind = Literal["depth", "width"]
 
@@ -27,7 +28,7 @@ class _Entry:
     kind: Kind
 
 
-_REGISTRY: dict[str, _Entry] = {}
+OPERATORS: Registry[_Entry] = Registry("growth operator", GrowthError)
 
 
 def register_operator(name: str, kind: Kind) -> Callable[[GrowthOperator], GrowthOperator]:
@@ -36,8 +37,8 @@ def register_operator(name: str, kind: Kind) -> Callable[[GrowthOperator], Growt
         raise GrowthError(f"operator kind must be 'depth' or 'width', got {kind!r}")
 
     def decorate(fn: GrowthOperator) -> GrowthOperator:
-        if name in _REGISTRY:
-            raise GrowthError(f"growth operator {name!r} is already registered")
+        if name in OPERATORS:
+            raise ValueError(f"growth operator {name!r} is already registered by {OPERATORS[name].fn.__qualname__}")
 
         @functools.wraps(fn)
         def checked(cfg: ModelConfig, state: StateDict, target: ModelConfig, *,
@@ -51,7 +52,7 @@ def register_operator(name: str, kind: Kind) -> Callable[[GrowthOperator], Growt
             _keep_mup(cfg, result)
             return result
 
-        _REGISTRY[name] = _Entry(checked, kind)
+        OPERATORS.add(name, _Entry(checked, kind))
         return checked
 
     return decorate
@@ -74,11 +75,9 @@ def _keep_mup(cfg: ModelConfig, result: GrowthResult) -> None:
 
 def get_operator(name: str) -> GrowthOperator:
     """The registered operator `name` (with input checks applied)."""
-    if name not in _REGISTRY:
-        raise GrowthError(f"unknown growth operator {name!r}; registered: {', '.join(available_operators())}")
-    return _REGISTRY[name].fn
+    return OPERATORS[name].fn
 
 
 def available_operators(kind: Kind | None = None) -> list[str]:
     """Registered operator names, sorted; only those of `kind` when given (e.g. a LAG pool of depth operators)."""
-    return sorted(n for n, e in _REGISTRY.items() if kind is None or e.kind == kind)
+    return sorted(n for n, e in OPERATORS.items() if kind is None or e.kind == kind)

@@ -11,12 +11,12 @@ import json
 import sys
 from pathlib import Path
 
-from model.errors import user_errors
+from settings.errors import user_errors
 from pretrain.data.errors import DataError
 from pretrain.data.prepare import PrepareJob, run
 from pretrain.data.shards import META
 from pretrain.data.tokenizer import vocab_size_of
-from pretrain.fields import above, flag, strictly_between
+from settings.fields import above, flag, strictly_between
 from storage.io import check_output_folder
 
 

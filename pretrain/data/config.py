@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from pretrain.data.errors import DataError
-from pretrain.fields import check_fields, choice, inside, non_negative, positive
+from settings.fields import check_fields, choice, inside, non_negative, positive
 
 TOKENIZER_TYPES = ("bpe", "unigram")
 

@@ -1,6 +1,6 @@
 """The one error type of the data pipeline, so callers can catch bad data input apart from bugs."""
 
-from model.errors import UserError
+from settings.errors import UserError
 
 
 class DataError(UserError, ValueError):

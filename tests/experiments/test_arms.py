@@ -13,6 +13,7 @@ from experiments.__main__ import main as run_spec
 from pretrain.config import load_config
 
 SPEC = """
+kind: arms
 base: configs/tiny.yaml
 ranks: 2
 seeds: [0, 1]
@@ -85,7 +86,7 @@ def test_checked_in_spec_plans_three_arms_by_three_seeds(tmp_path: Path) -> None
 
 
 SHIPPED_SPECS = sorted(p for p in (rx.ROOT / "configs" / "experiments").glob("*.yaml")
-                       if "arms" in (yaml.safe_load(p.read_text()) or {}))
+                       if (yaml.safe_load(p.read_text()) or {}).get("kind") == "arms")
 
 
 @pytest.mark.parametrize("path", SHIPPED_SPECS, ids=lambda p: p.stem)

@@ -19,7 +19,7 @@ from experiments import stats as xstats
 from experiments.errors import ExperimentError
 from experiments.runs import window_slope
 from experiments.spec import load_spec
-from model.errors import UserError
+from settings.errors import UserError
 
 SPEC = """
 seeds: [0, 1, 2]

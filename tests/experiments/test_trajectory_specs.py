@@ -8,7 +8,7 @@ from pathlib import Path
 from experiments import arms as rx
 from pretrain.config import load_config
 from pretrain.engine import build_model
-from pretrain.trajectory.groups import group_params, trajectory_names
+from pretrain.probes.trajectory.groups import group_params, trajectory_names
 
 SPECS = rx.ROOT / "configs" / "experiments"
 

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 
 from pretrain.callbacks import Callback
-from pretrain.jobs.detached import CheckpointJob
+from pretrain.probes.detached import CheckpointJob
 from pretrain.trainer import Trainer
 
 

@@ -22,12 +22,12 @@ pytest.importorskip("lm_eval", reason="lm-evaluation-harness is not installed: p
 
 from model import Llama, ModelConfig  # noqa: E402
 from pretrain.data.tokenizer import EOS_ID, train_tokenizer  # noqa: E402
-from pretrain.jobs.lm_eval import run as run_module  # noqa: E402
-from pretrain.jobs.lm_eval.__main__ import main  # noqa: E402
-from pretrain.jobs.lm_eval.callback import LmEvalJob  # noqa: E402
-from pretrain.jobs.lm_eval.results import write_results  # noqa: E402
-from pretrain.jobs.lm_eval.run import run_job  # noqa: E402
-from pretrain.jobs.lm_eval.settings import SHIPPED_TASKS, LmEvalConfig, LmEvalError, LmEvalSettings  # noqa: E402
+from pretrain.probes.lm_eval import run as run_module  # noqa: E402
+from pretrain.probes.lm_eval.__main__ import main  # noqa: E402
+from pretrain.probes.lm_eval.callback import LmEvalJob  # noqa: E402
+from pretrain.probes.lm_eval.results import write_results  # noqa: E402
+from pretrain.probes.lm_eval.run import run_job  # noqa: E402
+from pretrain.probes.lm_eval.settings import SHIPPED_TASKS, LmEvalConfig, LmEvalError, LmEvalSettings  # noqa: E402
 from storage.retention import being_read  # noqa: E402
 from storage.weights import save_weights  # noqa: E402
 

@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 
 from model import Llama, ModelConfig
-from pretrain.jobs.peeling.bounds import compute_bounds, lm_loss_from, record
-from pretrain.jobs.peeling.fit import fit_block
-from pretrain.jobs.peeling.plan import plan
-from pretrain.jobs.peeling.settings import PeelingError, PeelingSettings, check_settings, parse_variant
+from pretrain.probes.peeling.bounds import compute_bounds, lm_loss_from, record
+from pretrain.probes.peeling.fit import fit_block
+from pretrain.probes.peeling.plan import plan
+from pretrain.probes.peeling.settings import PeelingError, PeelingSettings, check_settings, parse_variant
 
 VOCAB, SEQ, LAZY = 32, 32, 2
 CFG = ModelConfig(dim=64, n_layers=4, n_heads=4, n_kv_heads=2, ffn_dim=160, vocab_size=VOCAB, max_seq_len=SEQ)
@@ -177,7 +177,7 @@ def test_held_out_scoring_decides_the_verdicts(lazy_model, calib):
 
 
 def test_verdicts_ignore_in_sample_bounds_when_held_out_ones_exist():
-    from pretrain.jobs.peeling.bounds import Row, verdicts
+    from pretrain.probes.peeling.bounds import Row, verdicts
 
     row = Row(layer=1, offset=1, permutation="forward", variant="fp", bound=1.0, model_loss=2.0, fit_mse=0.0,
               init_mse=0.0, removes=[2], seconds=0.0, holdout_bound=2.5)

@@ -9,8 +9,8 @@ import torch
 
 import growth
 from model import Llama, ModelConfig
-from pretrain.jobs.peeling.bounds import compute_bounds
-from pretrain.jobs.peeling.settings import PeelingSettings
+from pretrain.probes.peeling.bounds import compute_bounds
+from pretrain.probes.peeling.settings import PeelingSettings
 from test_peeling import SEQ, VOCAB, markov_windows, train_on_markov
 
 CFG = ModelConfig(dim=64, n_layers=3, n_heads=4, n_kv_heads=2, ffn_dim=160, vocab_size=VOCAB, max_seq_len=SEQ)

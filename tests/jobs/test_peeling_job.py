@@ -14,10 +14,10 @@ import torch
 
 from model import Llama, ModelConfig
 from pretrain.config import load_config
-from pretrain.jobs.peeling.__main__ import main
-from pretrain.jobs.peeling.callback import PeelingJob
-from pretrain.jobs.peeling.settings import PeelingConfig
-from pretrain.plugins import JOBS
+from pretrain.probes.peeling.__main__ import main
+from pretrain.probes.peeling.callback import PeelingJob
+from pretrain.probes.peeling.settings import PeelingConfig
+from pretrain.probes.registry import JOBS
 from storage.weights import save_weights
 
 ROOT = Path(__file__).resolve().parents[2]

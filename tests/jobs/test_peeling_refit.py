@@ -1,5 +1,5 @@
 """The under-optimized verdict: a block refitted on the LM loss (everything else frozen) against the model's own
-held-out loss, with a margin from the refits' seed spread (pretrain/jobs/peeling/refit.py).
+held-out loss, with a margin from the refits' seed spread (pretrain/probes/peeling/refit.py).
 
 The synthetic case where a refit must beat the model: a tiny Llama trained on the Markov source of
 test_peeling.py, then block REINIT put back to a fresh initialization. The other blocks were trained with a
@@ -14,9 +14,9 @@ import torch
 from scipy import stats
 
 from model import Llama
-from pretrain.jobs.peeling.bounds import compute_bounds
-from pretrain.jobs.peeling.refit import gain_lower_bound
-from pretrain.jobs.peeling.settings import PeelingError, PeelingSettings, check_settings
+from pretrain.probes.peeling.bounds import compute_bounds
+from pretrain.probes.peeling.refit import gain_lower_bound
+from pretrain.probes.peeling.settings import PeelingError, PeelingSettings, check_settings
 from tests.jobs.test_peeling import CFG, markov_windows, train_on_markov
 
 REINIT = 3

@@ -9,8 +9,8 @@ import torch
 
 from model import Llama, ModelConfig
 from pretrain.config import ConfigError, load_config
-from pretrain.jump.callback import JumpMonitor
-from pretrain.jump.settings import JumpMonitorConfig
+from pretrain.probes.jump.callback import JumpMonitor
+from pretrain.probes.jump.settings import JumpMonitorConfig
 from regularizers.jump import displacement_profile, zeta_final
 
 CFG = ModelConfig(dim=32, n_layers=3, n_heads=2, n_kv_heads=1, ffn_dim=64, vocab_size=50, max_seq_len=16)

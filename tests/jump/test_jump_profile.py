@@ -1,4 +1,4 @@
-"""pretrain/jump/profile.py on an exported growlm model equals the metric on our own Llama's hidden states."""
+"""pretrain/probes/jump/profile.py on an exported growlm model equals the metric on our own Llama's hidden states."""
 from __future__ import annotations
 
 import json
@@ -10,7 +10,7 @@ import torch
 from model import Llama, ModelConfig
 from model.hf import save_hf_folder
 from pretrain.data.tokenizer import train_tokenizer
-from pretrain.jump import profile as jump_profile
+from pretrain.probes.jump import profile as jump_profile
 from regularizers.jump import displacement_profile, zeta_final
 
 TOL = 1e-5

@@ -101,9 +101,11 @@ def test_mup_survives_the_weights_folder_json() -> None:
     assert ModelConfig(**json.loads(json.dumps(dataclasses.asdict(cfg)))) == cfg
 
 
-@pytest.mark.parametrize("value", [0, -8, 1.5, True, "64"])
-def test_a_bad_base_width_names_the_key(value) -> None:
-    with pytest.raises(ModelConfigError, match=r"model\.mup\.base_width must be a positive integer.*model\.mup=null"):
+@pytest.mark.parametrize("value, reason", [(0, "must be > 0"), (-8, "must be > 0"), (1.5, "must be an integer"),
+                                           (True, "must be an integer"), ("64", "must be an integer"),
+                                           (None, "is required .*or model.mup=null")])
+def test_a_bad_base_width_names_the_key(value, reason) -> None:
+    with pytest.raises(ModelConfigError, match=rf"model\.mup\.base_width.* {reason}"):
         MupConfig(value)
 
 
@@ -114,8 +116,8 @@ def test_the_run_config_takes_mup() -> None:
 
 
 @pytest.mark.parametrize("overrides, match", [
-    (["model.mup.base_width=0"], r"model\.mup\.base_width must be a positive integer"),
-    (["model.mup={}"], r"model\.mup\.base_width must be a positive integer .* got None"),
+    (["model.mup.base_width=0"], r"model\.mup\.base_width=0 must be > 0"),
+    (["model.mup={}"], r"model\.mup\.base_width is required"),
     (["model.mup=64"], r"model\.mup is a section with keys \['base_width'\] \(or null\), not a value; got 64"),
     (["model.mup.width=64"], r"unknown config key 'model\.mup\.width'; valid keys in section 'model\.mup': "
                              r"\['base_width'\]"),

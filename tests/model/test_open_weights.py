@@ -171,7 +171,7 @@ def test_zero_block_growth_from_an_hf_folder_preserves_logits(tmp_path):
 def test_peeling_reads_an_hf_folder_with_its_own_tokenizer(tmp_path):
     import inspect
 
-    from pretrain.jobs.peeling.__main__ import main as peel
+    from pretrain.probes.peeling.__main__ import main as peel
 
     source = open_weight_folder(tmp_path / "models" / "llama")
     (tmp_path / "corpus.txt").write_text(inspect.getsource(__import__("argparse")))

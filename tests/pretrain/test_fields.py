@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from pretrain.config import ConfigError, load_config
-from pretrain.fields import check_fields, choice, non_negative, positive, within
+from settings.fields import check_fields, choice, non_negative, positive, within
 
 
 @dataclass
@@ -60,7 +60,7 @@ def test_the_run_config_checks_its_own_and_the_plugins_sections_alike(override, 
 
 
 def test_an_unset_optional_field_passes_its_rule():
-    from pretrain.jobs.lm_eval.settings import LmEvalSettings
+    from pretrain.probes.lm_eval.settings import LmEvalSettings
 
     check_fields(LmEvalSettings(limit=None))
     with pytest.raises(ValueError, match="limit=-1 must be > 0"):
@@ -72,8 +72,8 @@ def test_an_unset_optional_field_passes_its_rule():
      "argument --shards: 0 must be > 0"),
     ("pretrain.data.__main__", ["prepare", "x.jsonl", "--tokenizer", "t.model", "--out", "o", "--val-fraction", "2"],
      "argument --val-fraction: 2.0 must be in (0, 1)"),
-    ("pretrain.jump.profile", ["m", "--out", "o", "--seq-len", "-4"], "argument --seq-len: -4 must be > 1"),
-    ("pretrain.jump.profile", ["m", "--out", "o", "--max-tokens", "many"], "argument --max-tokens: 'many' is not int"),
+    ("pretrain.probes.jump.profile", ["m", "--out", "o", "--seq-len", "-4"], "argument --seq-len: -4 must be > 1"),
+    ("pretrain.probes.jump.profile", ["m", "--out", "o", "--max-tokens", "many"], "argument --max-tokens: 'many' is not int"),
 ])
 def test_flags_are_refused_in_the_words_of_their_rule(main_module, argv, message, capsys, tmp_path, monkeypatch):
     import importlib

@@ -89,7 +89,7 @@ def test_resume_across_t0_is_exact(hybrid_runs, runs_root):
 
 
 def trajectory_report(run: Path, out: Path, *args: str) -> None:
-    from pretrain.trajectory.report import main
+    from pretrain.probes.trajectory.report import main
 
     main([str(run), "--out", str(out), *args])
 

@@ -9,10 +9,10 @@ import json
 import pytest
 
 from pretrain.config import ConfigError, load_config
-from pretrain.jobs.cli import add_arguments, from_args, to_argv
-from pretrain.jobs.lm_eval.settings import LmEvalConfig, LmEvalSettings
-from pretrain.jobs.peeling.settings import PeelingConfig, PeelingSettings
-from pretrain.plugins import JOBS, MONITORS
+from pretrain.probes.cli import add_arguments, from_args, to_argv
+from pretrain.probes.lm_eval.settings import LmEvalConfig, LmEvalSettings
+from pretrain.probes.peeling.settings import PeelingConfig, PeelingSettings
+from pretrain.probes.registry import JOBS, MONITORS, register_job, register_monitor
 
 from launching import launch, metrics
 
@@ -31,7 +31,7 @@ def test_an_imported_plugin_gets_a_typed_config_section():
 
 
 def test_a_section_nobody_registered_is_refused_naming_the_registered_ones():
-    with pytest.raises(ConfigError, match=r"unknown config key 'jobs.nobody'.*\['peeling', 'lm_eval'"):
+    with pytest.raises(ConfigError, match=r"unknown config key 'jobs.nobody'.*\['lm_eval', 'peeling'"):
         load_config(None, ["jobs.nobody.every=1"])
     with pytest.raises(ConfigError, match="imports: cannot import 'no_such_plugins'"):
         load_config(None, ["imports=[no_such_plugins]"])
@@ -51,11 +51,12 @@ def test_each_plugin_checks_its_settings_and_the_error_names_the_key(override, m
 
 
 def test_a_name_is_registered_once():
-    with pytest.raises(ValueError, match="jobs.peeling is already registered"):
-        JOBS.register("peeling", LmEvalConfig, "elsewhere:Job")
+    with pytest.raises(ValueError, match="jobs plug-in 'peeling' is already registered"):
+        register_job("peeling", LmEvalConfig, "elsewhere:Job")
     with pytest.raises(TypeError, match="need an `every` field"):
-        MONITORS.register("no_schedule", PeelingSettings, "elsewhere:Monitor")
-    JOBS.register("peeling", PeelingConfig, JOBS.plugins["peeling"].callback)  # the same again: a re-import
+        register_monitor("no_schedule", PeelingSettings, "elsewhere:Monitor")
+    peeling = JOBS["peeling"]
+    register_job("peeling", PeelingConfig, peeling.callback, peeling.doc)  # the same again: a re-import
 
 
 @pytest.mark.parametrize("settings", [

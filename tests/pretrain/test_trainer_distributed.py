@@ -161,7 +161,7 @@ def test_every_tool_takes_the_three_checkpoint_forms(zero_runs, tmp_path):
     and the jobs; a path that is none of them is refused by name."""
     from growth.folders import source_info
     from storage.export import main as export
-    from pretrain.jobs.location import locate as job_locate
+    from pretrain.probes.location import locate as job_locate
 
     root = zero_runs[1] / "checkpoints"
     final = root / f"step_{STEPS}"

@@ -8,9 +8,9 @@ import torch
 
 from model import Llama
 from model.config import ModelConfig
-from pretrain.trajectory.groups import group_of, group_params, trajectory_names
-from pretrain.trajectory.maps import cosine_map, mds, qkv_heterogeneity, trajectory_of
-from pretrain.trajectory.stream import stream_trajectory
+from pretrain.probes.trajectory.groups import group_of, group_params, trajectory_names
+from pretrain.probes.trajectory.maps import cosine_map, mds, qkv_heterogeneity, trajectory_of
+from pretrain.probes.trajectory.stream import stream_trajectory
 from storage.weights import save_weights
 
 CFG = ModelConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=64, vocab_size=64, max_seq_len=16)

@@ -9,10 +9,10 @@ import torch
 
 from model import Llama
 from model.config import ModelConfig
-from pretrain.trajectory.maps import trajectory_of
-from pretrain.trajectory.online import SKETCH_FILE, TrajectorySketch, load_sketches, sketch_parameters, sketch_trajectory
-from pretrain.trajectory.settings import TrajectoryConfig
-from pretrain.trajectory.sketch import count_sketch, param_key
+from pretrain.probes.trajectory.maps import trajectory_of
+from pretrain.probes.trajectory.online import SKETCH_FILE, TrajectorySketch, load_sketches, sketch_parameters, sketch_trajectory
+from pretrain.probes.trajectory.settings import TrajectoryConfig
+from pretrain.probes.trajectory.sketch import count_sketch, param_key
 
 CFG = ModelConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=64, vocab_size=64, max_seq_len=16)
 D = 256
