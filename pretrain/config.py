@@ -342,7 +342,7 @@ def wsd_decay_steps(train: TrainConfig) -> int:
 
 
 def validate(cfg: Config) -> None:
-    """Every field's declared valid values (pretrain/fields.py), then the checks that relate several fields."""
+    """Every field's declared valid values (settings/fields.py), then the checks that relate several fields."""
     try:
         check_fields(cfg)
     except ValueError as err:

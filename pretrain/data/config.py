@@ -1,5 +1,5 @@
 """The `data` section of a run config: one typed dataclass, validated on construction (each field's valid
-values in its metadata, pretrain/fields.py; the checks across fields below)."""
+values in its metadata, settings/fields.py; the checks across fields below)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field

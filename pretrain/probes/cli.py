@@ -2,7 +2,7 @@
 job with come from the same fields, so the two can never drift apart.
 
 Each field's `help` metadata (set with `setting`) is its documentation, and its valid values sit beside it
-(pretrain/fields.py). Lists travel comma-joined; a None
+(settings/fields.py). Lists travel comma-joined; a None
 value is left out (the CLI's default is None too); fields marked `cli=False` (the schedule) stay in the config.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 def setting(default: Any, help: str, cli: bool = True, valid: dict[str, Any] | None = None) -> Any:
     """A settings field with its documentation (`cli=False`: a config-only field, not a job flag) and its valid
-    values (a rule of pretrain/fields.py: `one_of(...)`, `above(0)`, ...), which `check_fields` enforces."""
+    values (a rule of settings/fields.py: `one_of(...)`, `above(0)`, ...), which `check_fields` enforces."""
     metadata = {"help": help, "cli": cli, **(valid or {})}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=metadata)

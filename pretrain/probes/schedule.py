@@ -19,5 +19,5 @@ class JobSchedule:
                                    "inline: inside rank 0", cli=False, valid=one_of(MODES))
 
     def check_schedule(self) -> None:
-        """Every field's declared valid values: the schedule's and the job's own (pretrain/fields.py)."""
+        """Every field's declared valid values: the schedule's and the job's own (settings/fields.py)."""
         check_fields(self)
