@@ -55,7 +55,7 @@ def spec_kind(path: Path) -> str:
     if kind not in KINDS:
         found = f"kind={kind!r} is not" if "kind" in raw else "`kind:` is missing; it names"
         raise ExperimentError(f"{path}: {found} an experiment kind: one of {', '.join(KINDS.names())} "
-                              "(docs/guide.md, "Experiment specs and their kinds")")
+                              "(docs/guide.md, 'Experiment specs and their kinds')")
     return kind
 
 

@@ -8,7 +8,6 @@ import pytest
 import yaml
 
 from experiments.__main__ import main
-from experiments.errors import ExperimentError
 from experiments.spec import KINDS, ROOT, Kind, spec_kind
 
 SPECS = ROOT / "configs" / "experiments"

@@ -12,7 +12,7 @@ from pretrain.config import ConfigError, load_config
 from pretrain.probes.cli import add_arguments, from_args, to_argv
 from pretrain.probes.lm_eval.settings import LmEvalConfig, LmEvalSettings
 from pretrain.probes.peeling.settings import PeelingConfig, PeelingSettings
-from pretrain.probes.registry import JOBS, MONITORS, register_job, register_monitor
+from pretrain.probes.registry import JOBS, register_job, register_monitor
 
 from launching import launch, metrics
 
