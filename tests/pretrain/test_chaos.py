@@ -1,4 +1,4 @@
-"""A short chaos run in CI (scripts/chaos.py, issue 36): faults of different kinds at seeded random moments of
+"""A short chaos run in CI (tests/chaos.py, issue 36): faults of different kinds at seeded random moments of
 one 2-rank run, restarts with train.resume=auto, and the end compared with an unbroken run."""
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from launching import ROOT, environment
 @pytest.mark.distributed
 def test_a_run_broken_six_ways_ends_bitwise_where_an_unbroken_one_does(tmp_path):
     kinds = "kill_rank,kill_all,kill_launcher,sigterm,disk_full,corrupt_checkpoint"
-    proc = subprocess.run([sys.executable, "scripts/chaos.py", "--faults", "6", "--seed", "3", "--kinds", kinds,
+    proc = subprocess.run([sys.executable, "tests/chaos.py", "--faults", "6", "--seed", "3", "--kinds", kinds,
                            "--steps", "36", "--out", str(tmp_path / "chaos"), "model.n_layers=2", "data.seq_len=128",
                            "train.micro_batch_size=8"],
                           cwd=ROOT, env={**environment(), "PYTHONPATH": os.environ.get("PYTHONPATH", "")},

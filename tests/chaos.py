@@ -1,9 +1,11 @@
 #!/usr/bin/env python
-"""Chaos: faults at random, seeded moments over one run, each followed by a restart with `train.resume=auto`,
-until the run finishes; then the run is compared with an unbroken run of the same config (issue 36).
+"""The chaos harness, a test tool beside the fault hooks it drives (tests/fault_injection.py; run by
+tests/pretrain/test_chaos.py and by hand): faults at random, seeded moments over one run, each followed by a
+restart with `train.resume=auto`, until the run finishes; then the run is compared with an unbroken run of the
+same config.
 
-    python scripts/chaos.py --faults 30 --seed 0                    # tiny config, 2 CPU ranks
-    python scripts/chaos.py --faults 8 --kinds kill_rank,sigterm --steps 40 model.n_layers=4
+    python tests/chaos.py --faults 30 --seed 0                    # tiny config, 2 CPU ranks
+    python tests/chaos.py --faults 8 --kinds kill_rank,sigterm --steps 40 model.n_layers=4
 
 Faults (each at a random step, after a random fraction of a step, so some land inside a save):
   kill_rank           SIGKILL of one rank             kill_all     SIGKILL of every rank
