@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from model import Llama
-from model.llama import document_layout
+from model.llama import Layout, document_layout
 from pretrain import dist
 from pretrain.config import load_config
 from pretrain.data import get_batch, prepare_data
@@ -57,12 +57,11 @@ def main() -> None:
     warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")  # eager on purpose
 
     def timed(kernel: Optional[str], restart: bool, backward: bool) -> float:
-        kwargs = {} if kernel is None else {"documents": documents, "document_attention": kernel,
-                                            **({"positions": positions} if restart else {})}
+        layout = None if kernel is None else Layout(documents, positions if restart else None, kernel)
         dist.synchronize(device)
         t0 = time.perf_counter()
         with torch.set_grad_enabled(backward), torch.autocast(device.type, torch.bfloat16, enabled=args.bf16):
-            logits = model(inputs, **kwargs).logits
+            logits = model(inputs, layout=layout).logits
             if backward:
                 F.cross_entropy(logits.float().flatten(0, 1), targets.flatten()).backward()
         dist.synchronize(device)

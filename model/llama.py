@@ -25,17 +25,38 @@ AttentionMask = Union[torch.Tensor, BlockMask, None]
 """None: causal | a [batch, 1, seq, seq] bool tensor (True: may attend) for SDPA | a BlockMask for flex_attention."""
 
 
+class Layout(NamedTuple):
+    """Where the documents of packed windows lie: attention stays inside each document, through `kernel`
+    (auto | dense | flex, `document_attention_kernel`), and `positions`, when given, replace 0..seq-1 as the RoPE
+    positions (e.g. restarting per document). Both from `document_layout`."""
+
+    documents: torch.Tensor
+    """[batch, seq] a document id per token."""
+    positions: torch.Tensor | None = None
+    kernel: str = "auto"
+
+
+class FusedLoss(NamedTuple):
+    """Ask the head for per-token cross-entropy and log Z, computed in chunks of `chunk` tokens, instead of
+    logits (model/loss.py); `log_z_grad=False` (nothing differentiates log Z) takes the faster path."""
+
+    targets: torch.Tensor
+    """[batch, seq] next-token ids."""
+    chunk: int = 0
+    log_z_grad: bool = True
+
+
 class LlamaOutput(NamedTuple):
     logits: torch.Tensor | None
-    """[batch, seq, vocab]; None when the loss was fused into the head (`targets` given)."""
+    """[batch, seq, vocab]; None when the loss was fused into the head (`fused_loss` given)."""
     hidden_states: list[torch.Tensor] | None
     """h_0..h_L residual streams (h_0 = embeddings, h_l after block l, before the final norm), when asked."""
     final_normed: torch.Tensor | None
     """norm(h_L), the LM head's input, when hidden states were asked (free: it is computed anyway)."""
     token_loss: torch.Tensor | None = None
-    """[batch, seq] fp32 cross-entropy per token, when `targets` were given."""
+    """[batch, seq] fp32 cross-entropy per token, under `fused_loss`."""
     log_z: torch.Tensor | None = None
-    """[batch, seq] fp32 log-normalizer logsumexp(logits) per token, when `targets` were given."""
+    """[batch, seq] fp32 log-normalizer logsumexp(logits) per token, under `fused_loss`."""
 
 
 class RMSNorm(nn.Module):
@@ -236,26 +257,22 @@ class Llama(nn.Module):
             std /= math.sqrt(2 * cfg.n_layers)
         p.normal_(0.0, std)
 
-    def forward(self, tokens: torch.Tensor, return_hidden_states: bool = False, targets: torch.Tensor | None = None,
-                loss_chunk: int = 0, log_z_grad: bool = True, documents: torch.Tensor | None = None,
-                positions: torch.Tensor | None = None, document_attention: str = "auto") -> LlamaOutput:
-        """tokens [batch, seq] -> logits [batch, seq, vocab] (+ h_0..h_L when asked). With `targets` [batch, seq]
-        the head computes per-token cross-entropy and log Z in chunks of `loss_chunk` tokens instead, and no
-        logits are returned (model/loss.py); `log_z_grad=False` (nothing differentiates log Z) takes the
-        faster path. `documents` [batch, seq] (a document id per token) keeps attention inside each document,
-        through the kernel `document_attention` names (auto | dense | flex, `document_attention_kernel`);
-        `positions` [batch, seq] replaces 0..seq-1 as RoPE positions (e.g. restarting per document)."""
+    def forward(self, tokens: torch.Tensor, *, layout: Layout | None = None, fused_loss: FusedLoss | None = None,
+                return_hidden_states: bool = False) -> LlamaOutput:
+        """tokens [batch, seq] -> logits [batch, seq, vocab]: with `layout`, attention inside each document of
+        packed windows; with `fused_loss`, per-token loss and log Z instead of logits; with
+        `return_hidden_states` (the probes), h_0..h_L and norm(h_L) as well."""
         seq_len = tokens.shape[1]
         if seq_len > self.config.max_seq_len:
             raise ValueError(f"sequence length {seq_len} exceeds model.max_seq_len={self.config.max_seq_len}")
         # Recomputed per call, never a buffer: a bf16 cast of the module would otherwise round the tables.
         cos, sin = rope_cos_sin(seq_len, self.config, tokens.device)
-        if positions is not None:  # [batch, 1 (heads), seq, head_width]
-            cos, sin = cos[positions].unsqueeze(1), sin[positions].unsqueeze(1)
         mask: AttentionMask = None
-        if documents is not None:
-            flex = document_attention_kernel(document_attention, tokens.device) == "flex"
-            mask = document_block_mask(documents) if flex else block_causal_mask(documents)
+        if layout is not None:
+            if layout.positions is not None:  # [batch, 1 (heads), seq, head_width]
+                cos, sin = cos[layout.positions].unsqueeze(1), sin[layout.positions].unsqueeze(1)
+            flex = document_attention_kernel(layout.kernel, tokens.device) == "flex"
+            mask = document_block_mask(layout.documents) if flex else block_causal_mask(layout.documents)
         h = self.tok_embeddings(tokens)
         hidden = [h] if return_hidden_states else None
         for layer in self.layers:
@@ -267,7 +284,7 @@ class Llama(nn.Module):
                 hidden.append(h)
         normed = self.norm(h)
         final_normed = normed if return_hidden_states else None
-        if targets is not None:
-            token_loss, log_z = self.output(normed, targets, loss_chunk, log_z_grad)
+        if fused_loss is not None:
+            token_loss, log_z = self.output(normed, *fused_loss)
             return LlamaOutput(None, hidden, final_normed, token_loss, log_z)
         return LlamaOutput(self.output(normed), hidden, final_normed)

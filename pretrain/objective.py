@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import regularizers as regs
-from model.llama import document_layout
+from model.llama import FusedLoss, Layout, document_layout
 from pretrain import dist
 from pretrain.config import ConfigError
 from pretrain.data.tokenizer import eos_id_of
@@ -60,19 +60,18 @@ class Objective:
         attention stays within documents and predictions from an EOS (of the next document's first token) are
         left out: the loss is the kept tokens' sum over `normalizer` (`step_normalizer`, in training), or their
         mean in this batch when it is None (validation, probes)."""
-        kwargs, keep = {}, None
+        layout, keep = None, None
         if self.document_masking:
             documents, positions = document_layout(inputs, self.eos_id)
-            kwargs = {"documents": documents, "document_attention": self.document_attention}
-            if self.document_positions == "document":
-                kwargs["positions"] = positions
+            layout = Layout(documents, positions if self.document_positions == "document" else None,
+                            self.document_attention)
             keep = (inputs != self.eos_id).float()
         if self.loss_chunk:
-            out = model(inputs, return_hidden_states=hidden_states, targets=targets, loss_chunk=self.loss_chunk,
-                        log_z_grad=self.need_log_z_grad, **kwargs)
+            out = model(inputs, layout=layout, fused_loss=FusedLoss(targets, self.loss_chunk, self.need_log_z_grad),
+                        return_hidden_states=hidden_states)
             token_loss = out.token_loss
         else:
-            out = model(inputs, return_hidden_states=hidden_states, **kwargs)
+            out = model(inputs, layout=layout, return_hidden_states=hidden_states)
             if keep is None:  # the fused mean: the numerics every unmasked run has always had
                 return F.cross_entropy(out.logits.float().flatten(0, 1), targets.flatten()), out
             token_loss = F.cross_entropy(out.logits.float().flatten(0, 1), targets.flatten(), reduction="none")

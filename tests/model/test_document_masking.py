@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from model import Llama, ModelConfig, llama
-from model.llama import document_attention_kernel, document_layout
+from model.llama import Layout, document_attention_kernel, document_layout
 
 EOS = 2
 CFG = ModelConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=64, vocab_size=64, max_seq_len=32)
@@ -25,7 +25,7 @@ def doc(seed: int, n: int) -> torch.Tensor:
 def logits(model: Llama, window: torch.Tensor, restart: bool) -> torch.Tensor:
     documents, positions = document_layout(window[None], EOS)
     with torch.no_grad():
-        return model(window[None], documents=documents, positions=positions if restart else None).logits[0]
+        return model(window[None], layout=Layout(documents, positions if restart else None)).logits[0]
 
 
 @pytest.mark.parametrize("restart", [False, True])
@@ -81,8 +81,7 @@ def logits_and_grads(model: Llama, tokens: torch.Tensor, restart: bool, kernel: 
     """Logits, and the gradients of a cross-entropy w.r.t. every parameter and the input embeddings h_0."""
     model.zero_grad()
     documents, positions = document_layout(tokens, EOS)
-    out = model(tokens, return_hidden_states=True, documents=documents,
-                positions=positions if restart else None, document_attention=kernel)
+    out = model(tokens, layout=Layout(documents, positions if restart else None, kernel), return_hidden_states=True)
     out.hidden_states[0].retain_grad()
     targets = torch.roll(tokens, -1, dims=1)
     F.cross_entropy(out.logits.flatten(0, 1), targets.flatten()).backward()
@@ -121,7 +120,7 @@ def test_flex_attention_of_a_window_with_one_document_is_plain_causal_attention(
     tokens = packed([[LONG], [LONG]])
     documents, _ = document_layout(tokens, EOS)
     with torch.no_grad():
-        flex = model(tokens, documents=documents, document_attention="flex").logits
+        flex = model(tokens, layout=Layout(documents, kernel="flex")).logits
         causal = model(tokens).logits
     torch.testing.assert_close(flex, causal, atol=1e-5, rtol=1e-5)
 
@@ -143,5 +142,5 @@ def test_auto_runs_the_dense_mask_on_cpu_bit_for_bit(monkeypatch):
     window = torch.cat([doc(1, 7), doc(2, 9), doc(3, 6)])[None]
     documents, _ = document_layout(window, EOS)
     with torch.no_grad():
-        auto, dense = (model(window, documents=documents, document_attention=k).logits for k in ("auto", "dense"))
+        auto, dense = (model(window, layout=Layout(documents, kernel=k)).logits for k in ("auto", "dense"))
     assert torch.equal(auto, dense) and not built

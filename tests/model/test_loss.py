@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from model import Llama
 from model.config import ModelConfig
+from model.llama import FusedLoss
 from model.loss import chunked_linear_cross_entropy
 from pretrain.config import ConfigError, load_config
 from regularizers import Regularizer, register
@@ -67,7 +68,7 @@ def test_llama_with_targets_matches_its_logits(tie, log_z_grad):
     plain_loss.backward()
     want = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad()
-    out = model(inputs, targets=targets, loss_chunk=5, log_z_grad=log_z_grad)
+    out = model(inputs, fused_loss=FusedLoss(targets, chunk=5, log_z_grad=log_z_grad))
     assert out.logits is None and out.token_loss.shape == targets.shape
     out.token_loss.mean().backward()
     torch.testing.assert_close(out.token_loss.mean(), plain_loss, rtol=1e-6, atol=1e-6)

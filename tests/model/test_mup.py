@@ -14,6 +14,7 @@ from transformers import LlamaForCausalLM
 
 from model import Llama, ModelConfig, ModelConfigError, save_hf_folder
 from model.config import MupConfig
+from model.llama import FusedLoss
 from pretrain.config import ConfigError, load_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -72,7 +73,7 @@ def test_logits_carry_the_readout_multiplier_in_both_head_paths(tie: bool) -> No
     with torch.no_grad():
         scaled = mup(tokens).logits
         torch.testing.assert_close(scaled, standard(tokens).logits * 0.25, rtol=1e-5, atol=1e-6)
-        fused = mup(tokens[:, :-1], targets=tokens[:, 1:], loss_chunk=16).token_loss
+        fused = mup(tokens[:, :-1], fused_loss=FusedLoss(tokens[:, 1:], chunk=16)).token_loss
     plain = F.cross_entropy(scaled[:, :-1].flatten(0, 1), tokens[:, 1:].flatten(), reduction="none")
     torch.testing.assert_close(fused.flatten(), plain, rtol=1e-5, atol=1e-5)
 

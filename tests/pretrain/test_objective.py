@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from model import Llama
-from model.llama import document_layout
+from model.llama import Layout, document_layout
 from pretrain.config import ConfigError, load_config
 from pretrain.data.tokenizer import EOS_ID
 from pretrain.objective import Objective
@@ -50,7 +50,7 @@ def test_the_model_gets_the_configured_document_attention_kernel():
     seen = []
 
     def spy(*args, **kwargs):
-        seen.append(kwargs.get("document_attention"))
+        seen.append(kwargs["layout"].kernel)
         return model(*args, **kwargs)
 
     objective.lm_forward(spy, inputs, targets)
@@ -103,7 +103,7 @@ def test_under_document_masking_the_update_is_the_steps_token_mean_however_the_b
     for row in range(4):  # short documents in the first half: many EOS, fewer kept predictions
         tokens[row, 2::3] = EOS_ID
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
-    out = model(inputs, documents=document_layout(inputs, EOS_ID)[0]).logits
+    out = model(inputs, layout=Layout(document_layout(inputs, EOS_ID)[0])).logits
     per_token = F.cross_entropy(out.flatten(0, 1), targets.flatten(), reduction="none")
     keep = inputs.flatten() != EOS_ID
     (reference,) = torch.autograd.grad(per_token[keep].mean(), model.tok_embeddings.weight)
