@@ -11,7 +11,7 @@ import os
 import sys
 
 from settings.errors import user_errors
-from pretrain.config import ConfigError, load_config, to_yaml
+from pretrain.config import load_config, to_yaml
 from pretrain.dist import CollectiveTimeout
 
 
@@ -40,48 +40,26 @@ def run(args: argparse.Namespace) -> int:
     """--print-config, --check or the training run; a collective timeout names this rank (exit 3)."""
     try:
         cfg = load_config(args.config, args.overrides)
-        if args.check or args.print_config:  # the concrete precision, as the ranks will resolve it
+        if args.print_config:  # the concrete precision, as the ranks will resolve it
             from pretrain import dist, precision
 
-            cfg, _ = precision.resolve(cfg, dist.device())
-        if args.print_config:
-            print(to_yaml(cfg))
+            print(to_yaml(precision.resolve(cfg, dist.device())[0]))
             return 0
         from pretrain import extensions
 
         extensions.refuse_stale_build_locks()  # in the check and in every rank: a launch may skip the check
-        if args.check:  # everything the ranks will open: the data (every mixture source), init_from, the resume
-            from pretrain import runlock
-            from pretrain.carry import check_init_from
-            from pretrain.data.pipeline import load_data
-            from pretrain.rundir import resume_candidate
+        if args.check:  # the start every rank will decide: init_from, the resume, the data (every mixture source)
+            from pretrain import dist, runlock, startup
 
             if not args.not_first_node:  # node 0's rank 0 may hold the run directory already: that is this run
                 runlock.check_free(cfg.run_dir)
-            check_init_from(cfg)  # cheap checks first: no data is prepared for a run that cannot start
-            resume = resume_candidate(cfg)  # verified (files, sizes, hashes) before the data
-            data = load_data(cfg)
-            check_resume(cfg, resume, data.tokenizer_path)
-            print(f"config ok; data: {data.stats}")
+            start = startup.decide(cfg, dist.device(), world=None)
+            print(f"config ok; data: {start.data.stats}")
             return 0
         return train(cfg)
     except CollectiveTimeout as err:
         print(f"error: rank {os.environ.get('RANK', 0)}: {err}", file=sys.stderr)
         return 3
-
-
-def check_resume(cfg, ckpt, tokenizer_path) -> None:
-    """Refuse, before any rank starts, to resume a checkpoint (`resume_candidate`'s) this config cannot
-    continue."""
-    from pretrain import compat
-    from storage.folders import verify
-
-    if ckpt is None:
-        return
-    saved = verify(ckpt).get("meta", {})
-    found = compat.problems(saved, compat.run_meta(cfg, tokenizer_path, world_size=None))
-    if found:
-        raise ConfigError(f"cannot resume from {ckpt}: " + "; ".join(found))
 
 
 def train(cfg) -> int:

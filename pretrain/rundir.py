@@ -6,10 +6,8 @@ Layout (docs/design.md, "Run directory"): `<run>/config.yaml`, `<run>/<tokenizer
 """
 from __future__ import annotations
 
-import dataclasses
-import logging
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
 import torch
 
@@ -21,7 +19,7 @@ from storage import folders, retention, run_files
 from storage.io import atomic_write_bytes
 from storage.tokenizer_files import tokenizer_files
 
-__all__ = ["RANK_STATE", "RunDir", "lock"]
+__all__ = ["RANK_STATE", "ResumePoint", "RunDir", "lock", "resume_candidate"]
 
 if TYPE_CHECKING:
     from pretrain.config import Config
@@ -42,18 +40,37 @@ def lock(run_dir: Path, is_main: bool) -> IO | None:
     return held
 
 
-def resume_candidate(cfg: "Config") -> Path | None:
+class ResumePoint(NamedTuple):
+    """A checkpoint to load, with its verified manifest (files, sizes and hashes checked once)."""
+
+    checkpoint: Path
+    manifest: dict[str, Any]
+
+    @classmethod
+    def verified(cls, checkpoint: Path) -> "ResumePoint":
+        return cls(checkpoint, folders.verify(checkpoint))
+
+    @property
+    def step(self) -> int:
+        return int(self.manifest["step"])
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """What the run that saved it recorded (pretrain/compat.py's run_meta)."""
+        return self.manifest.get("meta", {})
+
+
+def resume_candidate(cfg: "Config") -> ResumePoint | None:
     """The checkpoint train.resume names, verified (`auto`: the latest complete one, or with checkpoint.fallback
     the newest that verifies; a named one, in any of the three forms (`checkpoints/`, `checkpoints/latest`,
     `checkpoints/step_N`): that one, refused naming what is wrong with it), or None for a fresh start. A run
     directory has one history: a start that would overwrite part of the run already there is refused."""
     if cfg.train.resume == "auto":
-        return retention.resumable(cfg.run_dir / "checkpoints", cfg.checkpoint.fallback)
-    named = None if cfg.train.resume == "never" else folders.locate(Path(cfg.train.resume))
-    refuse_a_second_history(cfg, named)
-    if named is not None:
-        folders.verify(named)
-    return named
+        ckpt = retention.resumable(cfg.run_dir / "checkpoints", cfg.checkpoint.fallback)
+    else:
+        ckpt = None if cfg.train.resume == "never" else folders.locate(Path(cfg.train.resume))
+        refuse_a_second_history(cfg, ckpt)
+    return ResumePoint.verified(ckpt) if ckpt is not None else None
 
 
 def refuse_a_second_history(cfg: "Config", named: Path | None) -> None:
@@ -77,31 +94,6 @@ def refuse_a_second_history(cfg: "Config", named: Path | None) -> None:
                           "run.name, as a WSD branch does)")
 
 
-def keep_global_batch(cfg: "Config", world: int) -> "Config":
-    """The config a resume on another number of ranks continues with: train.grad_accum derived so the global
-    batch stays the checkpoint's (as Megatron and torchtitan fix the global batch and derive accumulation),
-    logged; the data order and the step count then continue exactly. Refused, naming the micro-batch sizes
-    that would work, when no grad_accum gives that batch. The same number of ranks changes nothing: a changed
-    batch there is the user's choice, which `compat.problems` refuses."""
-    ckpt = resume_candidate(cfg)
-    meta = folders.verify(ckpt).get("meta", {}) if ckpt is not None else {}
-    saved_world, saved_batch = meta.get("world_size"), meta.get("sample_sequence", {}).get(compat.GLOBAL_BATCH)
-    micro = cfg.train.micro_batch_size
-    if saved_world in (None, world) or saved_batch is None or saved_batch == micro * cfg.train.grad_accum * world:
-        return cfg
-    if saved_batch % (micro * world):
-        fits = [m for m in range(1, saved_batch // world + 1) if saved_batch % (m * world) == 0]
-        raise ConfigError(f"cannot resume from {ckpt} on {world} ranks: its global batch of {saved_batch} (saved on "
-                          f"{saved_world} ranks) is not train.micro_batch_size={micro} x {world} ranks x a whole "
-                          f"train.grad_accum; use train.micro_batch_size in {fits} (grad_accum follows), or "
-                          f"{saved_world} ranks")
-    accum = saved_batch // (micro * world)
-    logging.getLogger("growlm").warning(
-        "resuming %s (saved on %d ranks) on %d ranks: train.grad_accum %d -> %d keeps its global batch of %d",
-        ckpt, saved_world, world, cfg.train.grad_accum, accum, saved_batch)
-    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, grad_accum=accum))
-
-
 class RunDir:
     """One run's directory, for a run of `world` ranks training with the tokenizer at `tokenizer_path`."""
 
@@ -113,18 +105,6 @@ class RunDir:
         self.saves = AsyncSaves(self.checkpoints, keep, cfg.deepspeed.collective_timeout_s) \
             if cfg.checkpoint.async_save else checkpoint.Saves(self.checkpoints, keep)
 
-    def resume_source(self) -> tuple[Path | None, dict[str, Any] | None]:
-        """(checkpoint, its verified manifest) that train.resume names, or (None, None) for a fresh start.
-        Refuses a checkpoint this run cannot continue (another model, tokenizer, batch...)."""
-        ckpt = resume_candidate(self.cfg)
-        if ckpt is None:
-            return None, None
-        manifest = folders.verify(ckpt)
-        found = compat.problems(manifest.get("meta", {}), self._meta())
-        if found:
-            raise ConfigError(f"cannot resume from {ckpt}: " + "; ".join(found))
-        return ckpt, manifest
-
     def write_run_files(self) -> None:
         """config.yaml and the tokenizer files (checkpoints copy them from here); rank 0, once the run is known
         to go ahead, so a refused resume leaves the run as it was."""
@@ -135,11 +115,11 @@ class RunDir:
         for name, file in tokenizer_files(self.tokenizer_path).items():
             atomic_write_bytes(self.root / name, file.read_bytes())
 
-    def load(self, engine: Any, ckpt: Path) -> dict[str, Any]:
-        """Load `ckpt` into `engine` (collective; through the universal form when it was saved by another
+    def load(self, engine: Any, point: ResumePoint) -> dict[str, Any]:
+        """Load `point` into `engine` (collective; through the universal form when it was saved by another
         number of ranks) and return its client state, with this rank's streaming state under RANK_STATE."""
-        saved_world = folders.verify(ckpt).get("meta", {}).get("world_size", self.world)
-        return checkpoint.load(engine, ckpt, universal=saved_world != self.world)
+        saved_world = point.meta.get("world_size", self.world)
+        return checkpoint.load(engine, point.checkpoint, universal=saved_world != self.world)
 
     def save(self, engine: Any, step: int, client: dict[str, Any], rank_state: dict | None) -> None:
         """A checkpoint of `step` with the run's config and tokenizer files (collective): complete on return,
@@ -147,9 +127,6 @@ class RunDir:
         extra = {"config.yaml": self.root / "config.yaml"}
         extra |= {name: self.root / name for name in tokenizer_files(self.tokenizer_path)}
         self.saves.save(engine, step, client, extra, self._meta(), rank_state)
-
-    def start_step(self, ckpt: Path) -> int:
-        return int(folders.verify(ckpt)["step"])
 
     def _meta(self) -> dict[str, Any]:
         return compat.run_meta(self.cfg, self.tokenizer_path, self.world)

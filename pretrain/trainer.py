@@ -10,25 +10,23 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import importlib
 import logging
 import time
 from collections import defaultdict
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
 
-from pretrain import carry, dist, precision, rundir
+from pretrain import carry, dist, rundir, startup
 from pretrain.callbacks import Callback, abort, build_callbacks, due
-from pretrain.data.pipeline import build_sampler, device_batch, load_data
+from pretrain.data.pipeline import build_sampler, device_batch
 from pretrain.engine import build_model
 from pretrain.faults import NonFinitePolicy, Preemption
 from pretrain.metrics import MetricsLogger, PhaseTimes, detect_peak_tflops, memory_gb, report_times, throughput
 from pretrain.objective import Batch, Objective
 from pretrain.phases import TrainablePhases
-from pretrain.rundir import RANK_STATE, RunDir
+from pretrain.rundir import RANK_STATE, ResumePoint, RunDir
 
 if TYPE_CHECKING:
     from pretrain.config import Config
@@ -39,20 +37,15 @@ log = logging.getLogger("growlm")
 class Trainer:
     def __init__(self, cfg: "Config", callbacks: Sequence[Callback] = ()):
         self.device, self.is_main, self.world = dist.device(), dist.is_main(), dist.world_size()
-        cfg, choice = precision.resolve(cfg, self.device)  # before config.yaml and the resume check see it
-        if self.is_main:
-            precision.report(choice, self.device)
-        self.cfg, self.run_dir = cfg, cfg.run_dir
-        self._run_lock = rundir.lock(self.run_dir, self.is_main)
-        self.cfg = cfg = rundir.keep_global_batch(cfg, self.world)  # before anything reads train.grad_accum
-        self.data = load_data(cfg)
+        self._run_lock = rundir.lock(cfg.run_dir, self.is_main)
+        start = startup.decide(cfg, self.device, self.world)  # --check ran the same decisions
+        self.cfg = cfg = start.cfg
+        self.run_dir, self.data = cfg.run_dir, start.data
 
         torch.manual_seed(cfg.run.seed)
         np.random.seed(cfg.run.seed)
         model = build_model(cfg)
         carried = carry.init_from(model, cfg)
-        for module in cfg.imports:  # their regularizers, monitors and jobs register themselves
-            importlib.import_module(module)
         self.objective = Objective(cfg, self.data.tokenizer_path)
         self.sampler = build_sampler(cfg, self.data)
         self.tokens_per_step = cfg.train.micro_batch_size * cfg.train.grad_accum * self.world * cfg.data.seq_len
@@ -61,18 +54,17 @@ class Trainer:
         self.times = PhaseTimes()
 
         self.files = RunDir(cfg, self.data.tokenizer_path, self.world, self.is_main)
-        resume_from, manifest = self.files.resume_source()
         self.files.write_run_files()
         # Before the engine: its process group must get the phases' collective timeout (a later group keeps torch's
         # 30-minute default, and a rank stopped before the preemption check would leave its peers waiting that long).
         self.preemption, self.preempted = Preemption(), False
         self.phases = TrainablePhases(cfg, carry.origin_step(cfg, carried))
-        start = manifest["step"] if manifest else self.phases.origin_step
-        self._use_engine(self.phases.build(model, start), start)
+        first = start.resume.step if start.resume else self.phases.origin_step
+        self._use_engine(self.phases.build(model, first), first)
         self.callbacks: list[Callback] = []
         self._callback_states: dict[str, dict] = {}  # from the checkpoint resumed from
-        if resume_from is not None:
-            self._resume(resume_from)
+        if start.resume is not None:
+            self._resume(start.resume)
         elif carried is not None:
             self.step, self.tokens = carry.take_over(cfg, carried, self.engine, self.sampler)
         self.callbacks = build_callbacks(cfg, callbacks)
@@ -94,8 +86,8 @@ class Trainer:
         del self.engine, self.optimizer, self.scheduler
         gc.collect()
 
-    def _resume(self, ckpt: Path) -> None:
-        client = self.files.load(self.engine, ckpt)
+    def _resume(self, point: ResumePoint) -> None:
+        client = self.files.load(self.engine, point)
         self.step, self.tokens = client["step"], client["tokens"]
         self._callback_states = client.get("callbacks", {})
         self._load_callback_states()  # on a rollback; at start-up the callbacks are built later
@@ -103,7 +95,7 @@ class Trainer:
             self.sampler.load_state_dict(client["sampler"], client.get(RANK_STATE))
         else:
             self.sampler.load_state_dict(client["sampler"])
-        log.info("resumed from %s at step %d", ckpt, self.step)
+        log.info("resumed from %s at step %d", point.checkpoint, self.step)
 
     def _load_callback_states(self) -> None:
         """Hand each callback the state the checkpoint we resumed from saved for it (none on a fresh run)."""
@@ -201,9 +193,9 @@ class Trainer:
         if ckpt is None:
             return False
         self._drop_engine()
-        start = self.files.start_step(ckpt)
-        self._use_engine(self.phases.build(build_model(self.cfg), start), start)
-        self._resume(ckpt)
+        point = ResumePoint.verified(ckpt)
+        self._use_engine(self.phases.build(build_model(self.cfg), point.step), point.step)
+        self._resume(point)
         self.logger.rewind(self.step)
         return True
 

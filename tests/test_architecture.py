@@ -25,7 +25,7 @@ PRETRAIN_LAYERS = (
                   "pretrain.probes.peeling", "pretrain.probes.peeling.errors", "pretrain.probes.peeling.plan",
                   "pretrain.probes.lm_eval", "pretrain.probes.jump", "pretrain.probes.trajectory", "*.settings")),
     ("mechanics", ()),  # everything not named in another layer
-    ("components", ("pretrain.objective", "pretrain.phases", "pretrain.carry", "pretrain.rundir",
+    ("components", ("pretrain.objective", "pretrain.phases", "pretrain.carry", "pretrain.rundir", "pretrain.startup",
                     "pretrain.callbacks")),
     ("probes", ("pretrain.probes.*",)),
     ("trainer", ("pretrain.trainer",)),

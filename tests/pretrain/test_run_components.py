@@ -18,7 +18,8 @@ from pretrain.data.sampler import StepSampler
 from pretrain.phases import TrainablePhases
 from pretrain import compat
 from pretrain.__main__ import main as pretrain_main
-from pretrain.rundir import RunDir, keep_global_batch, resume_candidate
+from pretrain.rundir import RunDir, resume_candidate
+from pretrain.startup import keep_global_batch
 from storage import folders
 
 TINY = "configs/tiny.yaml"
@@ -75,13 +76,13 @@ def test_run_files_are_written_by_rank_zero_only_and_reload_as_the_config(tmp_pa
     files.write_run_files()
     assert (cfg.run_dir / "tokenizer.model").read_bytes() == b"sentencepiece bytes"
     assert dataclasses.asdict(load_config(str(cfg.run_dir / "config.yaml"))) == dataclasses.asdict(cfg)
-    assert files.resume_source() == (None, None)  # auto, and no checkpoint yet
+    assert resume_candidate(cfg) is None  # auto, and no checkpoint yet
 
 
 def test_a_named_checkpoint_that_is_not_one_is_refused(tmp_path):
     cfg = load_config(TINY, [f"run.out_dir={tmp_path}", f"train.resume={tmp_path / 'nowhere'}"])
     with pytest.raises(Exception, match="nowhere"):
-        RunDir(cfg, tmp_path / "tok.model", world=1, is_main=True).resume_source()
+        resume_candidate(cfg)
 
 
 def saved_on(tmp_path, world: int, global_batch: int):
@@ -95,18 +96,22 @@ def saved_on(tmp_path, world: int, global_batch: int):
 
 def test_a_resume_on_another_number_of_ranks_keeps_the_global_batch_by_deriving_grad_accum(tmp_path, caplog):
     config = saved_on(tmp_path, world=2, global_batch=16)
+
+    def kept(cfg, world):
+        return keep_global_batch(cfg, world, resume_candidate(cfg))
+
     with caplog.at_level("WARNING", logger="growlm"):
-        one_rank = keep_global_batch(config("train.micro_batch_size=4", "train.grad_accum=1"), world=1)
+        one_rank = kept(config("train.micro_batch_size=4", "train.grad_accum=1"), world=1)
     assert one_rank.train.grad_accum == 4 and "train.grad_accum 1 -> 4 keeps its global batch of 16" in caplog.text
-    assert keep_global_batch(config("train.micro_batch_size=2"), world=4).train.grad_accum == 2
+    assert kept(config("train.micro_batch_size=2"), world=4).train.grad_accum == 2
     same = config("train.micro_batch_size=4", "train.grad_accum=3")
-    assert keep_global_batch(same, world=2) is same  # same ranks: a changed batch is compat's to refuse
+    assert kept(same, world=2) is same  # same ranks: a changed batch is compat's to refuse
     with pytest.raises(ConfigError, match=r"global batch of 16 .* use train.micro_batch_size in \[1, 2, 4, 8, 16\]"):
-        keep_global_batch(config("train.micro_batch_size=3"), world=1)
+        kept(config("train.micro_batch_size=3"), world=1)
     with pytest.raises(ConfigError, match=r"train.micro_batch_size in \[1, 2, 4\]"):
-        keep_global_batch(config("train.micro_batch_size=3"), world=4)
+        kept(config("train.micro_batch_size=3"), world=4)
     fresh = config("run.name=fresh", "train.resume=never", "train.micro_batch_size=3")
-    assert keep_global_batch(fresh, world=1) is fresh
+    assert kept(fresh, world=1) is fresh
 
 
 def listing(root: Path) -> dict[str, str]:
@@ -138,8 +143,8 @@ def test_a_branch_inside_the_run_folder_is_refused_and_every_form_of_its_latest_
     with pytest.raises(ConfigError, match=r"latest step_5\).*rewrite its history.*run directory of its own"):
         resume_candidate(config(f"train.resume={root / 'step_3'}"))
     for form in (root, root / "latest", root / "step_5"):  # the three forms every tool takes
-        assert resume_candidate(config(f"train.resume={form}")) == root / "step_5"
-    assert resume_candidate(config("run.name=branch", f"train.resume={root / 'step_3'}")) == root / "step_3"
+        assert resume_candidate(config(f"train.resume={form}")).checkpoint == root / "step_5"
+    assert resume_candidate(config("run.name=branch", f"train.resume={root / 'step_3'}")).checkpoint == root / "step_3"
 
 
 def test_plain_data_gets_the_shuffled_step_sampler_and_batches_shift_by_one():
