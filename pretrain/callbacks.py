@@ -16,6 +16,7 @@ import torch
 
 from pretrain import dist
 from pretrain.probes import JOBS, MONITORS
+from pretrain.probes.registry import build_plugins
 
 log = logging.getLogger("growlm")
 
@@ -96,4 +97,4 @@ def build_callbacks(cfg: "Config", extra: Sequence[Callback] = ()) -> list[Callb
     (each in registration order), then `extra` (the caller's own)."""
     validates = cfg.eval.every > 0 or cfg.eval.at
     callbacks: list[Callback] = [Validation(cfg.eval.every, cfg.eval.batches, cfg.eval.at)] if validates else []
-    return callbacks + MONITORS.build(cfg.monitors) + JOBS.build(cfg.jobs) + list(extra)
+    return callbacks + build_plugins((MONITORS, cfg.monitors), (JOBS, cfg.jobs)) + list(extra)

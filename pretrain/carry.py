@@ -23,17 +23,21 @@ if TYPE_CHECKING:
 log = logging.getLogger("growlm")
 
 
-def init_from(model: "nn.Module", cfg: "Config") -> dict[str, Any] | None:
-    """Load train.init_from's weights into `model` (collective under ZeRO-3); what the folder carries when
-    train.carry takes any of it, else None."""
+def init_from(model: "nn.Module", cfg: "Config") -> None:
+    """Load train.init_from's weights into `model` (collective under ZeRO-3)."""
     if not cfg.train.init_from:
-        return None
+        return
     source = Path(cfg.train.init_from)
     src_cfg, state = load_weights(source, lazy=True)
     _check_shape(cfg, source, src_cfg)
     load_weights_into(model, state)
     log.info("initialized weights from %s", source)
-    return load_carry(source) if _takes_carry(cfg) else None
+
+
+def carried_state(cfg: "Config") -> dict[str, Any] | None:
+    """What train.init_from's folder carries (storage/carry.py's carry.pt) when train.carry takes any of it,
+    else None."""
+    return load_carry(Path(cfg.train.init_from)) if cfg.train.init_from and _takes_carry(cfg) else None
 
 
 def check_init_from(cfg: "Config") -> None:

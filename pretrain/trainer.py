@@ -26,7 +26,8 @@ from pretrain.faults import NonFinitePolicy, Preemption
 from pretrain.metrics import MetricsLogger, PhaseTimes, detect_peak_tflops, memory_gb, report_times, throughput
 from pretrain.objective import Batch, Objective
 from pretrain.phases import TrainablePhases
-from pretrain.rundir import RANK_STATE, ResumePoint, RunDir
+from pretrain.rundir import RANK_STATE, RunDir
+from pretrain.startup import ResumePoint
 
 if TYPE_CHECKING:
     from pretrain.config import Config
@@ -45,7 +46,7 @@ class Trainer:
         torch.manual_seed(cfg.run.seed)
         np.random.seed(cfg.run.seed)
         model = build_model(cfg)
-        carried = carry.init_from(model, cfg)
+        carry.init_from(model, cfg)
         self.objective = Objective(cfg, self.data.tokenizer_path)
         self.sampler = build_sampler(cfg, self.data)
         self.tokens_per_step = cfg.train.micro_batch_size * cfg.train.grad_accum * self.world * cfg.data.seq_len
@@ -58,15 +59,15 @@ class Trainer:
         # Before the engine: its process group must get the phases' collective timeout (a later group keeps torch's
         # 30-minute default, and a rank stopped before the preemption check would leave its peers waiting that long).
         self.preemption, self.preempted = Preemption(), False
-        self.phases = TrainablePhases(cfg, carry.origin_step(cfg, carried))
+        self.phases = TrainablePhases(cfg, start.origin_step)
         first = start.resume.step if start.resume else self.phases.origin_step
         self._use_engine(self.phases.build(model, first), first)
         self.callbacks: list[Callback] = []
         self._callback_states: dict[str, dict] = {}  # from the checkpoint resumed from
         if start.resume is not None:
             self._resume(start.resume)
-        elif carried is not None:
-            self.step, self.tokens = carry.take_over(cfg, carried, self.engine, self.sampler)
+        elif start.carried is not None:
+            self.step, self.tokens = carry.take_over(cfg, start.carried, self.engine, self.sampler)
         self.callbacks = build_callbacks(cfg, callbacks)
         self._load_callback_states()
         self.flops_per_token = cfg.model.flops_per_token(cfg.data.seq_len)

@@ -4,6 +4,11 @@ measure of how far a reader must jump around to follow one setting (docs/design.
 
     python scripts/trace_config_flow.py                        # this checkout, configs/tiny.yaml, one rank
     PYTHONPATH=/path/to/other/checkout python scripts/trace_config_flow.py --root /path/to/other/checkout
+    python scripts/trace_config_flow.py --without-own-methods  # not counting a section's own methods
+
+`--without-own-methods` leaves out calls of a config section's own methods and properties (`cfg.run_dir`,
+`ModelConfig.head_width`): reading a derived value of the config is reading the config, not following it into
+code elsewhere.
 
 Runs one process (rank 0 of 1, gloo) in a temporary run directory; fp32, 2 steps (nothing trains).
 """
@@ -26,7 +31,7 @@ def is_config(value: Any) -> bool:
             and type(value).__module__.split(".")[-1] in ("config", "settings", "types"))
 
 
-def trace(root: Path, config: str) -> list[str]:
+def trace(root: Path, config: str, own_methods: bool = True) -> list[str]:
     try:
         from pretrain.dist import init_distributed
     except ImportError:  # checkouts from before init_distributed moved to dist
@@ -41,7 +46,10 @@ def trace(root: Path, config: str) -> list[str]:
         if event != "call" or not path.startswith(str(root)) or "/.venv/" in path:
             return None
         code = frame.f_code
-        if any(is_config(frame.f_locals.get(a)) for a in code.co_varnames[:code.co_argcount + code.co_kwonlyargcount]):
+        args = code.co_varnames[:code.co_argcount + code.co_kwonlyargcount]
+        if not own_methods and args[:1] == ("self",) and is_config(frame.f_locals.get("self")):
+            return None
+        if any(is_config(frame.f_locals.get(a)) for a in args):
             rel = str(Path(path).relative_to(root))
             if not trail or trail[-1] != rel:
                 trail.append(rel)
@@ -60,8 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--root", type=Path, default=Path(__file__).resolve().parent.parent,
                    help="the checkout whose files count (default: this one)")
     p.add_argument("--config", default="configs/tiny.yaml")
+    p.add_argument("--without-own-methods", action="store_true", help="leave out a section's own methods")
     args = p.parse_args(argv)
-    trail = trace(args.root.resolve(), args.config)
+    trail = trace(args.root.resolve(), args.config, own_methods=not args.without_own_methods)
     distinct = list(dict.fromkeys(trail))
     print(f"files visited following the config: {len(distinct)}; re-entries into a file already left: "
           f"{len(trail) - len(distinct)}")

@@ -76,10 +76,11 @@ class PluginRegistry(Registry[Plugin]):
                 except ValueError as err:
                     raise ValueError(f"{self.section}.{name}.{err}") from None
 
-    def build(self, section: Any) -> list[Any]:
-        """The callbacks of the enabled plug-ins (`every` > 0), in registration order."""
-        return [p.build(getattr(section, name)) for name, p in self.items()
-                if getattr(section, name).every > 0]
+
+def build_plugins(*sections: tuple[PluginRegistry, Any]) -> list[Any]:
+    """The callbacks of the enabled plug-ins (`every` > 0) of each (registry, config section), in order."""
+    return [p.build(getattr(section, name)) for registry, section in sections for name, p in registry.items()
+            if getattr(section, name).every > 0]
 
 
 JOBS = PluginRegistry("jobs")

@@ -17,7 +17,7 @@ from pretrain.config import load_config
 from pretrain.probes.peeling.__main__ import main
 from pretrain.probes.peeling.callback import PeelingJob
 from pretrain.probes.peeling.settings import PeelingConfig
-from pretrain.probes.registry import JOBS
+from pretrain.probes.registry import JOBS, build_plugins
 from storage.weights import save_weights
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -126,6 +126,6 @@ def test_failed_process_job_is_logged_and_never_raises(tmp_path, caplog):
 
 def test_jobs_config_builds_the_callback():
     section = JOBS.defaults()
-    assert JOBS.build(section) == []
+    assert build_plugins((JOBS, section)) == []
     section.peeling.every = 3
-    assert [type(job) for job in JOBS.build(section)] == [PeelingJob]
+    assert [type(job) for job in build_plugins((JOBS, section))] == [PeelingJob]

@@ -18,8 +18,8 @@ from pretrain.data.sampler import StepSampler
 from pretrain.phases import TrainablePhases
 from pretrain import compat
 from pretrain.__main__ import main as pretrain_main
-from pretrain.rundir import RunDir, resume_candidate
-from pretrain.startup import keep_global_batch
+from pretrain.rundir import RunDir
+from pretrain.startup import keep_global_batch, resume_candidate
 from storage import folders
 
 TINY = "configs/tiny.yaml"
