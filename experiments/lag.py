@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -27,7 +27,8 @@ from omegaconf import OmegaConf
 from experiments.lag_choice import LagPlan, parse_pool, run_lag
 from experiments.lag_stats import HIT_SHARE, flops_to_reach, horizon_table, seed_result
 from experiments.launcher import check_user_overrides, claim_experiment, exit_code, train_phase, val_curve
-from experiments.spec import KINDS, Kind, read_spec
+from experiments.spec import KINDS, Kind, check_spec, read_spec
+from settings.fields import an_integer, at_least, count, each, ruled
 from growth import GrowthError
 from growth.folders import resolve_target
 from launch.command import render_overrides
@@ -52,13 +53,13 @@ class Growth:
 @dataclass
 class LagExperiment:
     config: Path
-    seeds: list[int]
-    source_steps: int
-    choosing_steps: list[int]
-    validate_steps: int
+    seeds: list[int] = ruled(MISSING, each(an_integer()))
+    source_steps: int = count()
+    choosing_steps: list[int] = ruled(MISSING, each(an_integer(), at_least(0)))
+    validate_steps: int = count()
     growths: list[Growth]
     carry: list[bool] = field(default_factory=lambda: [False, True])
-    ranks: int = 2
+    ranks: int = count(2)
     overrides: list[str] = field(default_factory=list)
 
     @classmethod
@@ -72,11 +73,11 @@ class LagExperiment:
                 raise GrowthError(f"{path}: growths.{name} must have exactly the keys source, to, pool")
             growths.append(Growth(name, render_overrides(g["source"], f"{path}: growths.{name}.source"),
                                   list(g["to"]), ",".join(g["pool"])))
-        spec = cls(config=Path(raw["config"]), seeds=[int(s) for s in raw["seeds"]],
-                   source_steps=int(raw["source_steps"]), choosing_steps=_int_list(raw["choosing_steps"], path),
-                   validate_steps=int(raw["validate_steps"]), growths=growths,
-                   carry=[bool(c) for c in raw.get("carry", [False, True])], ranks=int(raw.get("ranks", 2)),
+        spec = cls(config=Path(raw["config"]), seeds=raw["seeds"], source_steps=raw["source_steps"],
+                   choosing_steps=raw["choosing_steps"], validate_steps=raw["validate_steps"], growths=growths,
+                   carry=[bool(c) for c in raw.get("carry", [False, True])], ranks=raw.get("ranks", 2),
                    overrides=render_overrides(raw.get("overrides"), f"{path}: overrides"))
+        check_spec(spec, path, GrowthError)
         spec.check()
         return spec
 
@@ -178,12 +179,6 @@ def _one_seed(spec: LagExperiment, g: Growth, seed: int, out: Path) -> dict[str,
         records[_mode(carry)] = seed_result(summary, spec.choosing_steps, target_loss,
                                             spec.source_steps * src_cfg.flops_per_token(seq_len), f_tgt, scratch_flops)
     return records
-
-
-def _int_list(value: Any, path: Path) -> list[int]:
-    if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-        raise GrowthError(f"{path}: choosing_steps={value!r} must be a list of integers, e.g. [0, 10, 100]")
-    return value
 
 
 def _mode(carry: bool) -> str:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -28,7 +28,8 @@ from scipy import stats as sps
 from experiments import stats
 from experiments.errors import ExperimentError
 from experiments.planting import place_plants, plant_kinds, train_planted
-from experiments.spec import KINDS, Kind, read_spec
+from experiments.spec import KINDS, Kind, check_spec, read_spec
+from settings.fields import an_integer, count, each, ruled
 from launch.command import render_overrides
 from model import Llama
 from pretrain.config import Config, load_config
@@ -48,8 +49,8 @@ VERDICTS = {"removable": "margin", "under_optimized": "refit_margin"}
 @dataclass
 class PlantedSpec:
     config: Config
-    seeds: list[int]
-    freeze_step: int
+    seeds: list[int] = ruled(MISSING, each(an_integer()))
+    freeze_step: int = count()
     alphas: list[float]
     bits: list[Optional[int]]
     series_seed: int
@@ -65,13 +66,14 @@ class PlantedSpec:
         series = raw["series"]
         if not isinstance(series, dict) or set(series) != {"seed", "steps"}:
             raise ExperimentError(f"{path}: series must have exactly the keys seed, steps")
-        if not 0 < raw["freeze_step"] < config.train.steps:
-            raise ExperimentError(f"{path}: freeze_step={raw['freeze_step']} must lie inside the run "
-                                  f"(0 < step < train.steps={config.train.steps})")
-        spec = cls(config, [int(s) for s in raw["seeds"]], int(raw["freeze_step"]),
+        spec = cls(config, raw["seeds"], raw["freeze_step"],
                    [float(a) for a in raw["alphas"]], [None if b is None else int(b) for b in raw["bits"]],
                    int(series["seed"]), [int(s) for s in series["steps"]], dict(raw["peeling"]),
                    {k: float(v) for k, v in raw["targets"].items()}, float(raw.get("alpha", 0.05)))
+        check_spec(spec, path)
+        if not spec.freeze_step < config.train.steps:
+            raise ExperimentError(f"{path}: freeze_step={spec.freeze_step} must lie inside the run "
+                                  f"(0 < step < train.steps={config.train.steps})")
         for bits in spec.bits:
             try:
                 check_settings(spec.settings(bits), config.model.n_layers)

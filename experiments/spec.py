@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 import re
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -22,6 +22,7 @@ from omegaconf import OmegaConf
 from experiments.errors import ExperimentError
 from experiments.protocol import Protocol, parse_protocol
 from launch.command import render_overrides
+from settings.fields import an_integer, check_fields, count, each, ruled
 from settings.registry import Registry
 from storage.io import FileFormatError, read_yaml
 
@@ -62,8 +63,8 @@ def spec_kind(path: Path) -> str:
 @dataclass
 class Spec:
     base: Path
-    ranks: int
-    seeds: list[int]
+    ranks: int = count()
+    seeds: list[int] = ruled(MISSING, each(an_integer()))
     overrides: list[str]
     arms: dict[str, list[str]]
     protocol: Optional[Protocol] = None
@@ -84,6 +85,14 @@ def read_spec(path: Path, keys: set[str], required: set[str],
     return raw
 
 
+def check_spec(spec: Any, path: Path, error: type[Exception] = ExperimentError) -> None:
+    """A spec dataclass's declared field rules (settings/fields.py), refused as `error` naming the file and key."""
+    try:
+        check_fields(spec)
+    except ValueError as err:
+        raise error(f"{path}: {err}") from None
+
+
 def _read_mapping(path: Path, error: type[Exception]) -> Any:
     try:
         return OmegaConf.to_container(read_yaml(path, "experiment spec")) or {}
@@ -100,11 +109,9 @@ def load_spec(path: Path) -> Spec:
     if not base.is_file():
         raise ExperimentError(f"{path}: base config {base} does not exist")
     ranks, seeds = raw.get("ranks", 2), raw.get("seeds", [0])
-    if not isinstance(ranks, int) or isinstance(ranks, bool) or ranks < 1:
-        raise ExperimentError(f"{path}: ranks={ranks!r} must be an integer >= 1")
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool)
-                                                           for s in seeds):
-        raise ExperimentError(f"{path}: seeds={seeds!r} must be a non-empty list of integers")
+    check_spec(Spec(base=base, ranks=ranks, seeds=seeds, overrides=[], arms={}), path)
+    if not seeds:
+        raise ExperimentError(f"{path}: seeds=[] must list at least one seed")
     if len(set(seeds)) != len(seeds):
         raise ExperimentError(f"{path}: seeds={seeds} lists a seed twice (each arm x seed is one run)")
     bad_names = [name for name in raw["arms"] if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", str(name))]

@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -30,7 +30,8 @@ from experiments import stats
 from experiments.lag_choice import parse_pool
 from experiments.lag_stats import flops_to_reach
 from experiments.launcher import claim_experiment, exit_code, train_phase, val_curve
-from experiments.spec import KINDS, Kind, read_spec
+from experiments.spec import KINDS, Kind, check_spec, read_spec
+from settings.fields import an_integer, count, each, inside, positive, ruled
 from experiments.stacking_run import StackingPlan, Stage, run_stacking
 from growth import GrowthError
 from launch.command import render_overrides
@@ -46,16 +47,17 @@ ARMS = (*STACKED, "scratch")
 @dataclass
 class StackingExperiment:
     config: Path
-    seeds: list[int]
+    seeds: list[int] = ruled(MISSING, each(an_integer()))
     stages: list[Stage]
-    steps: int
-    lag_steps: int
+    steps: int = count()
+    lag_steps: int = count()
     adaptive_pool: str
     fixed_pool: str
-    margin: float
-    alpha: float = 0.05
+    margin: float = positive(MISSING)
+    """The equivalence margin, in val-loss units."""
+    alpha: float = inside(0.05, 0, 0.5)
     carry: bool = True
-    ranks: int = 1
+    ranks: int = count(1)
     overrides: list[str] = field(default_factory=list)
 
     @classmethod
@@ -68,12 +70,12 @@ class StackingExperiment:
         except (TypeError, KeyError, ValueError):
             raise GrowthError(f"{path}: stages={raw['stages']!r} must be a list of {{at_step, depth}} "
                               "integers") from None
-        spec = cls(config=Path(raw["config"]), seeds=[int(s) for s in raw["seeds"]], stages=stages,
-                   steps=int(raw["steps"]), lag_steps=int(raw["lag_steps"]),
-                   adaptive_pool=",".join(raw["adaptive_pool"]), fixed_pool=",".join(raw["fixed_pool"]),
-                   margin=float(raw["margin"]), alpha=float(raw.get("alpha", 0.05)),
-                   carry=bool(raw.get("carry", True)), ranks=int(raw.get("ranks", 1)),
+        spec = cls(config=Path(raw["config"]), seeds=raw["seeds"], stages=stages, steps=raw["steps"],
+                   lag_steps=raw["lag_steps"], adaptive_pool=",".join(raw["adaptive_pool"]),
+                   fixed_pool=",".join(raw["fixed_pool"]), margin=raw["margin"], alpha=raw.get("alpha", 0.05),
+                   carry=bool(raw.get("carry", True)), ranks=raw.get("ranks", 1),
                    overrides=render_overrides(raw.get("overrides"), f"{path}: overrides"))
+        check_spec(spec, path, GrowthError)
         spec.check(path)
         return spec
 
@@ -88,8 +90,6 @@ class StackingExperiment:
         if len(set(self.seeds)) != len(self.seeds) or len(self.seeds) < 2:
             raise GrowthError(f"{path}: seeds={self.seeds} must be at least two distinct seeds (the tests pair by "
                               "seed)")
-        if not (self.margin > 0 and 0 < self.alpha < 0.5):
-            raise GrowthError(f"{path}: margin={self.margin} must be > 0 and alpha={self.alpha} in (0, 0.5)")
         self.plan(Path("."), "adaptive", self.seeds[0]).check()  # stages in order, each longer than the lag
 
     def plan(self, out: Path, arm: str, seed: int) -> StackingPlan:

@@ -45,6 +45,14 @@ def an_integer() -> dict[str, Any]:
     return {"integer": True}
 
 
+def each(*rules: dict[str, Any]) -> dict[str, Any]:
+    """The rule: the value is a list whose every item satisfies `rules` (e.g. `each(an_integer())`)."""
+    item: dict[str, Any] = {}
+    for rule in rules:
+        item.update(rule)
+    return {"each": item}
+
+
 def a_device() -> dict[str, Any]:
     """The rule: a torch device this machine has (cpu, cuda, cuda:N)."""
     return {"device": True}
@@ -68,7 +76,7 @@ def device_problem(name: str) -> str | None:
     return None
 
 
-def ruled(default: Any, *rules: dict[str, Any]) -> Any:
+def ruled(default: Any, *rules: dict[str, Any]) -> Any:  # default dataclasses.MISSING: a required field
     """A field that must satisfy every one of `rules` (e.g. `ruled(None, an_integer(), between(1, 16))`)."""
     metadata: dict[str, Any] = {}
     for rule in rules:
@@ -76,8 +84,8 @@ def ruled(default: Any, *rules: dict[str, Any]) -> Any:
     return dataclasses.field(default=default, metadata=metadata)
 
 
-def count(default: int | None) -> Any:
-    """A field that must be an integer > 0 (a width, a number of layers)."""
+def count(default: Any = dataclasses.MISSING) -> Any:
+    """A field that must be an integer > 0 (a width, a number of layers); required without a default."""
     return ruled(default, an_integer(), above(0))
 
 
@@ -136,6 +144,11 @@ def check_value(key: str, value: Any, metadata: Any) -> None:
         raise ValueError(f"{key}{value!r} {problem}")
     if "choices" in metadata and value not in metadata["choices"]:
         raise ValueError(f"{key}{value!r} is not valid; choose one of {list(metadata['choices'])}")
+    if "each" in metadata:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{key}{value!r} must be a list")
+        for i, item in enumerate(value):
+            check_value(f"{key[:-1]}[{i}]" if key else f"[{i}]", item, metadata["each"])
     if metadata.get("integer") and (isinstance(value, bool) or not isinstance(value, int)):
         raise ValueError(f"{key}{value!r} must be an integer")
     bounded = {"min", "range", "open_range"} & set(metadata)

@@ -40,7 +40,7 @@ def test_bad_specs_are_refused_naming_the_key(tmp_path):
         with pytest.raises(GrowthError, match=r"choosing_steps=.* must be increasing, distinct, start at 0"):
             LagExperiment.load(bad)
     bad.write_text(bad.read_text().replace("choosing_steps: [0]", "choosing_steps: 10"))
-    with pytest.raises(GrowthError, match="choosing_steps=10 must be a list of integers"):
+    with pytest.raises(GrowthError, match="choosing_steps=10 must be a list"):
         LagExperiment.load(bad)
     bad.write_text(bad.read_text().replace("choosing_steps: 10\n", ""))
     with pytest.raises(GrowthError, match=r"missing keys \['choosing_steps'\]"):

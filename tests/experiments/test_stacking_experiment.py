@@ -40,7 +40,10 @@ def test_the_shipped_spec_meets_issue_34s_floor():
     ({"fixed_pool": ["stack", "stack_top"]}, "fixed_pool='stack,stack_top' must name exactly one operator"),
     ({"adaptive_pool": ["stack"]}, "adaptive_pool='stack' gives LAG nothing to choose between"),
     ({"seeds": [0]}, r"seeds=\[0\] must be at least two distinct seeds"),
-    ({"margin": 0}, "margin=0.0 must be > 0"),
+    ({"margin": 0}, "margin=0 must be > 0"),
+    ({"alpha": 0.7}, r"alpha=0.7 must be in \(0, 0.5\)"),
+    ({"steps": "many"}, "steps='many' must be an integer"),  # was a traceback from int()
+    ({"seeds": [0, "one"]}, r"seeds\[1\]='one' must be an integer"),
     ({"surprise": 1}, r"unknown keys \['surprise'\]"),
     ({"stages": [{"at_step": 1990, "depth": 3}]}, "lasts 10 steps, not more than the lag of 25"),
     ({"stages": [3]}, "must be a list of {at_step, depth} integers"),

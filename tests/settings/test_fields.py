@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from pretrain.config import ConfigError, load_config
-from settings.fields import check_fields, choice, non_negative, positive, within
+from settings.fields import an_integer, at_least, check_fields, choice, count, each, non_negative, positive, ruled, within
 
 
 @dataclass
@@ -32,6 +32,33 @@ def test_a_value_outside_its_declared_range_is_named_with_its_dotted_key(section
     with pytest.raises(ValueError) as err:
         check_fields(section)
     assert str(err.value) == message
+
+
+@dataclass
+class Counted:
+    layers: int = count()
+    seeds: list = ruled(None, each(an_integer(), at_least(0)))
+
+
+@pytest.mark.parametrize("section, message", [
+    (Counted(layers=0), "layers=0 must be > 0"),
+    (Counted(layers=2.0), "layers=2.0 must be an integer"),  # a float with no fraction is still not a count
+    (Counted(layers=True), "layers=True must be an integer"),
+    (Counted(layers="4"), "layers='4' must be an integer"),  # what YAML makes of a quoted number
+    (Counted(layers=1, seeds=[0, 1, -2]), "seeds[2]=-2 must be >= 0"),
+    (Counted(layers=1, seeds=[0, "x"]), "seeds[1]='x' must be an integer"),
+    (Counted(layers=1, seeds=5), "seeds=5 must be a list"),
+])
+def test_counts_and_list_items_are_checked_naming_the_item(section, message):
+    with pytest.raises(ValueError) as err:
+        check_fields(section)
+    assert str(err.value) == message
+
+
+def test_a_count_without_a_default_is_required():
+    with pytest.raises(TypeError, match="layers"):
+        Counted()
+    check_fields(Counted(layers=3, seeds=[0, 7]))
 
 
 def test_bounds_are_inclusive_where_declared_so():
