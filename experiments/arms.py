@@ -18,19 +18,24 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
+
+import yaml
 
 from experiments import compare
 from experiments.errors import ExperimentError
-from experiments.runs import run_dir_name
+from experiments.runs import flatten, run_dir_name
 from experiments.spec import KINDS, ROOT, Kind, Spec, load_spec
 from launch.command import launch_argv
-from pretrain.config import load_config
-from storage import folders
+from pretrain.config import Config, load_config, to_yaml
+from storage import folders, run_files
 from storage.io import check_output_folder, claim_output_folder
 
 MARKER = ".growlm-experiment"
 """Marks an --out folder the spec runner made (re-running the spec there resumes it)."""
+OUTSIDE_THE_RUN = ("run.out_dir", "data.cache_dir", "log.", "jobs.")
+"""Config keys (and sections) that do not change what a run computes: where it and its caches live, how it
+reports, and the jobs that read its saved checkpoints."""
 
 
 @dataclass
@@ -41,7 +46,11 @@ class Job:
     arm: str
     run_dir: Path
     overrides: list[str]
-    steps: int
+    config: Config
+
+    @property
+    def steps(self) -> int:
+        return self.config.train.steps
 
     def command(self, spec: Spec) -> list[str]:
         """`python -m launch` picks a free rendezvous port itself, so runs never collide."""
@@ -72,9 +81,34 @@ def plan(spec: Spec, out: Path, arms: Optional[list[str]] = None, seeds: Optiona
             name = run_dir_name(arm, seed)
             overrides = [f"run.out_dir={out / 'runs'}", f"run.name={name}", f"run.seed={seed}",
                          *spec.overrides, *spec.arms[arm], *extra]
-            steps = load_config(spec.base, overrides).train.steps
-            jobs.append(Job(name, arm, out / "runs" / name, overrides, steps))
+            jobs.append(Job(name, arm, out / "runs" / name, overrides, load_config(spec.base, overrides)))
     return jobs
+
+
+def refuse_changed_runs(jobs: list[Job]) -> None:
+    """A run already under --out was trained as the spec now plans it: its saved config equals the job's, but for
+    OUTSIDE_THE_RUN and a precision `auto` resolved. Otherwise skipping or resuming it would answer the changed
+    spec's question with the old spec's run (a changed arm, a changed claim's arm set)."""
+    for job in jobs:
+        saved_path = job.run_dir / run_files.CONFIG
+        if not saved_path.is_file():
+            continue
+        saved = _run_defining(yaml.safe_load(saved_path.read_text()) or {})
+        planned = _run_defining(yaml.safe_load(to_yaml(job.config)))
+        if planned.get("train.precision") == "auto":  # the start-up resolved it on the machine that ran
+            del planned["train.precision"]
+            saved.pop("train.precision", None)
+        changed = sorted(k for k in saved.keys() | planned.keys() if saved.get(k) != planned.get(k))
+        if changed:
+            shown = "; ".join(f"{k}: ran {saved.get(k)!r}, planned {planned.get(k)!r}" for k in changed[:4])
+            raise ExperimentError(
+                f"{job.run_dir} was trained with another config than the spec now plans for arm {job.arm!r} "
+                f"({shown}{'; ...' if len(changed) > 4 else ''}); its results would answer the changed spec. "
+                "Run the changed spec into a new --out (the old runs stay where they are)")
+
+
+def _run_defining(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in flatten(config).items() if not k.startswith(OUTSIDE_THE_RUN)}
 
 
 def run_jobs(jobs: list[Job], spec: Spec, out: Path) -> None:
@@ -106,6 +140,7 @@ def run(spec_path: Path, out: Path, arms: Optional[list[str]], seeds: Optional[l
     jobs = plan(spec, out, arms, seeds, extra)
     if not _made_before_the_marker(out):
         check_output_folder(out, MARKER)
+    refuse_changed_runs(jobs)
     if dry_run:
         for job in jobs:
             print(("# complete, skipped: " if job.is_complete() else "") + shlex.join(job.command(spec)))

@@ -1,6 +1,7 @@
 """run_experiment's planning: the launch commands a spec produces, and which finished runs are skipped."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import shlex
 from pathlib import Path
@@ -10,7 +11,7 @@ import yaml
 
 from experiments import arms as rx
 from experiments.__main__ import main as run_spec
-from pretrain.config import load_config
+from pretrain.config import load_config, save_config
 
 SPEC = """
 kind: arms
@@ -74,6 +75,26 @@ def test_dry_run_marks_only_runs_finished_at_the_final_step(spec_file: Path, tmp
     assert len(lines) == 2
     assert lines[0].startswith("# complete, skipped: ") and "run.name=baseline-s0" in lines[0]
     assert not lines[1].startswith("#") and "run.name=jreg-s0" in shlex.split(lines[1])
+
+
+def test_runs_of_a_changed_spec_are_refused_and_runs_as_planned_are_kept(spec_file: Path, tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture) -> None:
+    """Issue 51: rerunning after changing an arm skipped the old runs and tested the new question on them."""
+    out = tmp_path / "exp"
+    for job in rx.plan(rx.load_spec(spec_file), out.resolve()):  # every run done, as the spec planned it
+        fake_checkpoint(job.run_dir, 30)
+        ran = dataclasses.replace(job.config, train=dataclasses.replace(job.config.train, precision="fp32"),
+                                  log=dataclasses.replace(job.config.log, progress=False))
+        save_config(ran, job.run_dir / "config.yaml")  # auto resolved, logging changed: still this plan's run
+    assert run_spec([str(spec_file), "--out", str(out), "--dry-run"]) == 0
+    assert capsys.readouterr().out.count("# complete, skipped") == 4
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    spec_file.write_text(SPEC.replace("weight: 0.1", "weight: 0.3"))
+    assert run_spec([str(spec_file), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "jreg-s0 was trained with another config than the spec now plans for arm 'jreg'" in err
+    assert "regularizers: ran [{'name': 'jreg', 'weight': 0.1" in err and "'weight': 0.3" in err
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # nothing written or run
 
 
 def test_checked_in_spec_plans_three_arms_by_three_seeds(tmp_path: Path) -> None:
