@@ -20,6 +20,7 @@ tested nowhere and listed under "Exploratory (off-protocol)".
 from __future__ import annotations
 
 import argparse
+import difflib
 import math
 import sys
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from experiments.runs import (
     TOP_RISE,
     Run,
     arm_names_from_dirs,
+    curve,
     final_point,
     final_values,
     fmt,
@@ -315,12 +317,26 @@ def write_report(arms: dict[str, list[Run]], out: Path, baseline: Optional[str] 
     else:
         arms, off = split_off_protocol(arms, protocol)
         baseline = protocol.baseline if protocol.baseline in arms else None
+        refuse_unlogged_metrics(arms, protocol)
     out.mkdir(parents=True, exist_ok=True)
     report = out / "compare.md"
     atomic_write_text(report, render_markdown(arms, baseline, protocol, off))
     plot_all(arms, out)
     trajectory.plot(arms, out)
     return report
+
+
+def refuse_unlogged_metrics(arms: dict[str, list[Run]], protocol: Protocol) -> None:
+    """A claim on a metric no run logged would read "no test" forever (a misspelt key, or one the runs' config does
+    not log): refused before compare.md is written, naming the logged keys closest to it."""
+    runs = [r for group in arms.values() for r in group]
+    logged = sorted({key for r in runs for record in r.records for key in record})
+    for outcome in (*protocol.primary, *protocol.slopes):
+        if runs and not any(curve(r.records, outcome.metric) for r in runs):
+            close = difflib.get_close_matches(outcome.metric, logged, n=3, cutoff=0.5)
+            hint = f"closest logged keys: {', '.join(close)}" if close else f"logged keys: {', '.join(logged[:20])}"
+            raise ExperimentError(f"protocol metric {outcome.metric!r} is logged by none of the {len(runs)} runs "
+                                  f"({hint}); fix the key in the spec's protocol and rerun: finished runs are kept")
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -156,6 +156,19 @@ def test_directional_claims_are_holm_adjusted_over_the_whole_family(tmp_path: Pa
     assert "### Equivalence claims" not in report  # none declared
 
 
+def test_a_claim_on_a_metric_no_run_logged_is_refused_naming_the_closest_keys(tmp_path: Path, capsys) -> None:
+    """Issue 51: `val/los` (or the guide's old `train/loss`) read "no test" forever."""
+    runs = jump_runs(tmp_path / "runs", ZETAS, VALS)
+    out = tmp_path / "cmp"
+    spec = write_spec(tmp_path, SPEC.replace("val/loss: {predicts", "val/los: {predicts"))
+    assert compare.main([*map(str, runs), "--out", str(out), "--spec", str(spec)]) == 2
+    assert "protocol metric 'val/los' is logged by none of the 9 runs (closest logged keys: val/loss" in \
+        capsys.readouterr().err
+    assert not (out / "compare.md").exists()  # no report that reads "no test"
+    derived = write_spec(tmp_path, SPEC.replace("val/loss: {predicts", "zeta_(L-1): {predicts"))
+    assert compare.main([*map(str, runs), "--out", str(out), "--spec", str(derived)]) == 0  # derived from Psi
+
+
 def test_equivalence_claims_read_tost_with_holm(tmp_path: Path) -> None:
     spec = write_spec(tmp_path, SPEC.replace("val/loss: {predicts: differs, arms: [jreg]}",
                                              "val/loss: {equivalent_within: 0.1}"))
