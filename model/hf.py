@@ -258,7 +258,7 @@ def save_hf_folder(
             tok_cfg = hf_tokenizer_config(tokenizer_files["tokenizer.model"].read_bytes(), cfg.max_seq_len)
             (tmp / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2) + "\n")
         written = sorted(p.name for p in tmp.iterdir())
-        (tmp / EXPORT_MARKER).write_text(json.dumps({"written_by": "growlm export", "files": written}) + "\n")
+        (tmp / EXPORT_MARKER).write_text(export_marker(written, "growlm export"))
         _replace_dir(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -280,9 +280,10 @@ class ExportTargetError(UserError, FileExistsError):
     """An export target that is a file, or a folder holding what an export did not write."""
 
 
-def check_export_target(out_dir: Path, overwrite: bool) -> None:
+def check_export_target(out_dir: Path, overwrite: bool, marker: str = EXPORT_MARKER) -> None:
     """Refuse, before anything is written, a target that is a file, or a non-empty folder unless `overwrite` and
-    it holds an earlier export and nothing else (its marker file says growlm wrote it)."""
+    it holds an earlier export and nothing else (`marker` says growlm wrote it and lists what it wrote; the GGUF
+    converter passes its own)."""
     if out_dir.exists() and not out_dir.is_dir():
         raise ExportTargetError(f"{out_dir} is a file, not a folder: choose a new or empty folder to export into")
     if not out_dir.exists() or not any(out_dir.iterdir()):
@@ -291,26 +292,31 @@ def check_export_target(out_dir: Path, overwrite: bool) -> None:
         raise ExportTargetError(f"{out_dir} exists and is not empty: choose a new or empty folder, or --overwrite "
                               "(overwrite=True) to replace an earlier export there")
     entries = sorted(out_dir.iterdir())
-    if not (out_dir / EXPORT_MARKER).is_file():
-        raise ExportTargetError(f"{out_dir} holds {[p.name for p in entries][:5]} and no {EXPORT_MARKER}: it is not a "
+    if not (out_dir / marker).is_file():
+        raise ExportTargetError(f"{out_dir} holds {[p.name for p in entries][:5]} and no {marker}: it is not a "
                               "growlm export, so --overwrite leaves it alone; choose another folder")
-    foreign = [p.name for p in entries if p.name not in _exported_files(out_dir)]
+    foreign = [p.name for p in entries if p.name not in _exported_files(out_dir, marker)]
     if foreign:  # overwrite replaces a previous export, never a run, a checkpoint or anything else
         raise ExportTargetError(f"{out_dir} holds {foreign[:5]}, which an export does not write (a run or "
                               "checkpoints?): not replacing it; choose another folder")
 
 
-def _exported_files(out_dir: Path) -> set[str]:
+def export_marker(written: list[str], by: str) -> str:
+    """A marker's content: who wrote the folder and the names it wrote (what a later overwrite may replace)."""
+    return json.dumps({"written_by": by, "files": sorted(written)}) + "\n"
+
+
+def _exported_files(out_dir: Path, marker: str) -> set[str]:
     """The names the export in `out_dir` wrote (its marker lists them; an older marker without the list: the
     kinds of file an HF folder holds), with the marker itself."""
     try:
-        listed = json.loads((out_dir / EXPORT_MARKER).read_text()).get("files")
+        listed = json.loads((out_dir / marker).read_text()).get("files")
     except (OSError, ValueError, AttributeError):
         listed = None
     if listed is None:
         listed = [p.name for p in out_dir.iterdir() if p.is_file() and p.name != "manifest.json"
                   and p.suffix in (".json", ".safetensors", ".model")]
-    return {*listed, EXPORT_MARKER}
+    return {*listed, marker}
 
 
 def hf_tokenizer_config(sp_model: bytes, max_seq_len: int) -> dict[str, object]:

@@ -17,14 +17,13 @@ import uuid
 from pathlib import Path
 
 from settings.errors import UserError, user_errors
-from storage.io import check_output_folder
 
 ARCHITECTURES = ("llama",)
 """`general.architecture` values growlm's Llama computes (others are refused before the slow load)."""
 PLAIN_TYPES = ("F32", "F16", "BF16")
 MARKER = ".growlm-gguf"
-"""Marks a folder this converter wrote: converting into it again replaces it; any other non-empty folder is
-refused."""
+"""Marks a folder this converter wrote and lists its files: converting into it again replaces them, and is
+refused when the folder holds anything else (a file the user added); any other non-empty folder is refused."""
 
 
 class GgufError(UserError, ValueError):
@@ -68,8 +67,10 @@ def convert(path: Path, out: Path) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
+    from model.hf import check_export_target, export_marker
+
     path, out = Path(path).resolve(), Path(out)
-    check_output_folder(out, MARKER)  # before the slow load: new, empty, or an earlier conversion
+    check_export_target(out, overwrite=True, marker=MARKER)  # before the slow load: new, empty, or a conversion
     inspect(path)
     quantized = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
@@ -83,7 +84,7 @@ def convert(path: Path, out: Path) -> Path:
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        (tmp / MARKER).write_text(f"converted from {path}\n")
+        (tmp / MARKER).write_text(export_marker([p.name for p in tmp.iterdir()], f"growlm gguf from {path}"))
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)

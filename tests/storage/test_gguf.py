@@ -36,8 +36,20 @@ def test_a_converted_gguf_computes_and_tokenizes_as_the_original_model(source, t
     cfg, state = load_weights(out)  # growlm reads it as any HF folder
     assert isinstance(cfg, ModelConfig) and cfg.n_layers == 2 and cfg.n_kv_heads == 2
     assert (out / MARKER).is_file()
+    written = sorted(p.name for p in out.iterdir())
     convert(gguf_file, out)  # its own folder: converted again in place
-    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert sorted(p.name for p in out.iterdir()) == written
+
+
+def test_converting_again_keeps_a_file_the_user_added(source, tmp_path, capsys):
+    """Issue 51: converting again after adding NOTES.md replaced the folder and deleted the notes, silently."""
+    _, gguf_file = source
+    out = convert(gguf_file, tmp_path / "out")
+    (out / "NOTES.md").write_text("what I measured")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert main([str(gguf_file), str(out)]) == 2
+    assert "holds ['NOTES.md'], which an export does not write" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
 def test_other_architectures_and_quantizations_are_refused_naming_them(source, tmp_path):
