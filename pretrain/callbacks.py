@@ -53,6 +53,22 @@ class Callback:
         return f"{type(self).__module__}.{type(self).__qualname__}"
 
 
+class CallbackStates:
+    """The callbacks' states as one checkpoint part (pretrain/rundir.py's Stateful): each callback's own under its
+    `state_key`; a callback with nothing to keep keeps nothing."""
+
+    def __init__(self, callbacks: Sequence[Callback]):
+        self.callbacks = callbacks
+
+    def state_dict(self) -> dict[str, Any]:
+        return {cb.state_key: state for cb in self.callbacks if (state := cb.state_dict())}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for cb in self.callbacks:
+            if cb.state_key in state:
+                cb.load_state_dict(state[cb.state_key])
+
+
 def abort(callbacks: Sequence[Callback], trainer: "Trainer", error: BaseException) -> None:
     """Every callback's on_train_abort, each guarded: the original error is the one to report."""
     for cb in callbacks:

@@ -19,14 +19,14 @@ import numpy as np
 import torch
 
 from pretrain import carry, dist, rundir, startup
-from pretrain.callbacks import Callback, abort, build_callbacks, due
+from pretrain.callbacks import Callback, CallbackStates, abort, build_callbacks, due
 from pretrain.data.pipeline import build_sampler, device_batch
 from pretrain.engine import build_model
 from pretrain.faults import NonFinitePolicy, Preemption
 from pretrain.metrics import MetricsLogger, PhaseTimes, detect_peak_tflops, memory_gb, report_times, throughput
 from pretrain.objective import Batch, Objective
 from pretrain.phases import TrainablePhases
-from pretrain.rundir import RANK_STATE, RunDir
+from pretrain.rundir import TOP_LEVEL, RunDir
 from pretrain.startup import ResumePoint
 
 if TYPE_CHECKING:
@@ -62,14 +62,13 @@ class Trainer:
         self.phases = TrainablePhases(cfg, start.origin_step)
         first = start.resume.step if start.resume else self.phases.origin_step
         self._use_engine(self.phases.build(model, first), first)
-        self.callbacks: list[Callback] = []
-        self._callback_states: dict[str, dict] = {}  # from the checkpoint resumed from
+        self.callbacks = build_callbacks(cfg, callbacks)
+        for key, part in ((TOP_LEVEL, self), ("sampler", self.sampler), ("callbacks", CallbackStates(self.callbacks))):
+            self.files.track(key, part)  # what a checkpoint holds beside DeepSpeed's state
         if start.resume is not None:
             self._resume(start.resume)
         elif start.carried is not None:
             self.step, self.tokens = carry.take_over(cfg, start.carried, self.engine, self.sampler)
-        self.callbacks = build_callbacks(cfg, callbacks)
-        self._load_callback_states()
         self.flops_per_token = cfg.model.flops_per_token(cfg.data.seq_len)
         self.peak_tflops = cfg.log.peak_tflops or detect_peak_tflops()
         self.logger = MetricsLogger(self.run_dir, cfg.train.steps, self.step, self.is_main, cfg.log.tensorboard,
@@ -88,21 +87,16 @@ class Trainer:
         gc.collect()
 
     def _resume(self, point: ResumePoint) -> None:
-        client = self.files.load(self.engine, point)
-        self.step, self.tokens = client["step"], client["tokens"]
-        self._callback_states = client.get("callbacks", {})
-        self._load_callback_states()  # on a rollback; at start-up the callbacks are built later
-        if self.cfg.data.streaming:
-            self.sampler.load_state_dict(client["sampler"], client.get(RANK_STATE))
-        else:
-            self.sampler.load_state_dict(client["sampler"])
+        self.files.load(self.engine, point)
         log.info("resumed from %s at step %d", point.checkpoint, self.step)
 
-    def _load_callback_states(self) -> None:
-        """Hand each callback the state the checkpoint we resumed from saved for it (none on a fresh run)."""
-        for cb in self.callbacks:
-            if cb.state_key in self._callback_states:
-                cb.load_state_dict(self._callback_states[cb.state_key])
+    def state_dict(self) -> dict[str, Any]:
+        """The run's progress, at the top of a checkpoint's client state (with the ranks and stage it ran on)."""
+        return {"step": self.step, "tokens": self.tokens, "world_size": self.world,
+                "zero_stage": self.cfg.deepspeed.zero_stage}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step, self.tokens = state["step"], state["tokens"]
 
     # ---- one batch -----------------------------------------------------------------------------------
     def batch(self, indices: np.ndarray, windows: Any = None) -> Batch:
@@ -229,11 +223,7 @@ class Trainer:
         return out
 
     def save(self) -> None:
-        client = {"step": self.step, "tokens": self.tokens, "sampler": self.sampler.state_dict(),
-                  "world_size": self.world, "zero_stage": self.cfg.deepspeed.zero_stage,
-                  "callbacks": {cb.state_key: state for cb in self.callbacks if (state := cb.state_dict())}}
-        rank_state = self.sampler.rank_state() if self.cfg.data.streaming else None
-        self.files.save(self.engine, self.step, client, rank_state)
+        self.files.save(self.engine, self.step)
         self._checkpoints_saved()
 
     def _checkpoints_saved(self, wait: bool = False) -> None:

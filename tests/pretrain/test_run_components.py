@@ -19,7 +19,7 @@ from pretrain.phases import TrainablePhases
 from pretrain import compat
 from pretrain.__main__ import main as pretrain_main
 from pretrain.rundir import RunDir
-from pretrain.startup import keep_global_batch, resume_candidate
+from pretrain.startup import ResumePoint, keep_global_batch, resume_candidate
 from storage import folders
 
 TINY = "configs/tiny.yaml"
@@ -160,3 +160,49 @@ def test_plain_data_gets_the_shuffled_step_sampler_and_batches_shift_by_one():
     inputs, targets = device_batch(Data.train, micro_batches[0], torch.device("cpu"))
     assert torch.equal(inputs[:, 1:], targets[:, :-1])
     assert torch.equal(inputs[0], torch.as_tensor(Data.train[micro_batches[0][0], :-1], dtype=inputs.dtype))
+
+
+class Part:
+    """A stateful part that records what it was handed."""
+
+    def __init__(self, state):
+        self.state, self.loaded = state, None
+
+    def state_dict(self):
+        return self.state
+
+    def load_state_dict(self, state):
+        self.loaded = state
+
+
+class RankPart(Part):
+    def rank_state(self):
+        return {"offset": 7}
+
+    def load_state_dict(self, state, rank_state=None):
+        self.loaded = (state, rank_state)
+
+
+def test_a_checkpoint_gathers_its_client_state_from_the_tracked_parts(tmp_path, monkeypatch):
+    """The layout readers of a checkpoint rely on (storage/carry.py's source_progress, the lm-eval job): the
+    progress at the top, each other part under its key, a token stream's position per rank."""
+    cfg = load_config(TINY, [f"run.out_dir={tmp_path}", "run.name=r"])
+    (tmp_path / "tok.model").write_bytes(b"sentencepiece bytes")  # the manifest records its hash
+    files = RunDir(cfg, tmp_path / "tok.model", world=1, is_main=True)
+    progress, sampler, callbacks = Part({"step": 3, "tokens": 96}), RankPart({"step": 3}), Part({"cb": {"n": 1}})
+    for key, part in (("", progress), ("sampler", sampler), ("callbacks", callbacks)):
+        files.track(key, part)
+    with pytest.raises(ValueError, match="'sampler' is already tracked"):
+        files.track("sampler", Part({}))
+    saved = {}
+    monkeypatch.setattr(files.saves, "save", lambda engine, step, client, extra, meta, rank: saved.update(
+        client=client, rank=rank, step=step))
+    monkeypatch.setattr("pretrain.rundir.tokenizer_files", lambda path: {})
+    files.save(engine=None, step=3)
+    assert saved == {"client": {"step": 3, "tokens": 96, "sampler": {"step": 3}, "callbacks": {"cb": {"n": 1}}},
+                     "rank": {"offset": 7}, "step": 3}
+    client = {**saved["client"], "rank_state": {"offset": 7}}
+    monkeypatch.setattr("pretrain.checkpoint.load", lambda engine, path, universal: client)
+    files.load(None, ResumePoint(tmp_path, {"step": 3, "meta": {"world_size": 1}}))
+    assert progress.loaded is client and callbacks.loaded == {"cb": {"n": 1}}
+    assert sampler.loaded == ({"step": 3}, {"offset": 7})
