@@ -383,13 +383,33 @@ def validate(cfg: Config) -> None:
     if cfg.log.wandb.project and importlib.util.find_spec("wandb") is None:
         raise ConfigError("log.wandb.project is set but wandb is not installed: pip install 'growlm[wandb]' "
                           "(or unset log.wandb.project)")
-    ds_batch_keys = {"train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps"}
-    clash = ds_batch_keys & set(cfg.deepspeed.config)
-    if clash:
-        raise ConfigError(
-            f"deepspeed.config sets {sorted(clash)}; set train.micro_batch_size / train.grad_accum instead "
-            "so the trainer and DeepSpeed agree on the batch"
-        )
+    _refuse_owned_deepspeed_keys(cfg.deepspeed.config)
+
+
+DEEPSPEED_KEYS_GROWLM_SETS = {
+    "train_batch_size": "train.micro_batch_size / train.grad_accum",
+    "train_micro_batch_size_per_gpu": "train.micro_batch_size",
+    "gradient_accumulation_steps": "train.grad_accum",
+    "gradient_clipping": "train.grad_clip",
+    "zero_optimization.stage": "deepspeed.zero_stage",
+    "bf16": "train.precision",
+    "fp16": "train.precision (growlm trains in bf16 or fp32)",
+    "optimizer": "train.optimizer (growlm builds the optimizer and its parameter groups)",
+    "scheduler": "train.schedule (growlm builds the lr schedule)",
+}
+"""Raw DeepSpeed keys growlm generates from its own settings: set in `deepspeed.config` they would win the merge
+and contradict what the trainer, the resume checks and the manifest believe (a Muon run under stage 3, a
+checkpoint recorded with the wrong stage)."""
+
+
+def _refuse_owned_deepspeed_keys(raw: dict[str, Any]) -> None:
+    zero = raw.get("zero_optimization")
+    present = set(raw) | ({f"zero_optimization.{k}" for k in zero} if isinstance(zero, dict) else set())
+    owned = sorted(present & set(DEEPSPEED_KEYS_GROWLM_SETS))
+    if owned:
+        instead = "; ".join(f"{k} -> {DEEPSPEED_KEYS_GROWLM_SETS[k]}" for k in owned)
+        raise ConfigError(f"deepspeed.config sets {owned}, which growlm sets from its own keys so that the trainer, "
+                          f"the resume checks and DeepSpeed agree; set these instead: {instead}")
 
 
 def _import_plugins(layers: list[tuple[str, DictConfig]]) -> None:

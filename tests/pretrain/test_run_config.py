@@ -28,6 +28,11 @@ TINY = "configs/tiny.yaml"
     (["train.document_attention=fast"], ["train.document_attention='fast'", "['auto', 'dense', 'flex']"]),
     (["deepspeed.zero_stage=4"], ["deepspeed.zero_stage", "[0, 1, 2, 3]"]),
     (["deepspeed.config.train_batch_size=64"], ["train_batch_size", "train.micro_batch_size"]),
+    # issue 51: raw keys that contradicted growlm's own settings after its checks had passed
+    (["deepspeed.config.zero_optimization.stage=3"], ["['zero_optimization.stage']", "deepspeed.zero_stage"]),
+    (["deepspeed.config.gradient_clipping=0.5"], ["['gradient_clipping']", "train.grad_clip"]),
+    (["deepspeed.config={bf16: {enabled: true}, optimizer: {type: Adam}}"],
+     ["['bf16', 'optimizer']", "bf16 -> train.precision", "optimizer -> train.optimizer"]),
     (["model=huge"], ["huge", "tiny"]),
     (["regularizers={name: jreg, weight: 0.1}"], ["regularizers must be a list", "{'name': 'jreg', 'weight': 0.1}"]),
     (["data.sources={path: x}"], ["data.sources must be a list"]),
