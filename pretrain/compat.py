@@ -25,7 +25,7 @@ def run_meta(cfg: Config, tokenizer_path: Path, world_size: int | None) -> dict[
         if cfg.data.streaming:  # each rank streams its own part of the source
             sequence["ranks (data.streaming splits the source by rank)"] = world_size
     return {"model": dataclasses.asdict(cfg.model), "zero_stage": cfg.deepspeed.zero_stage,
-            "precision": cfg.train.precision, "world_size": world_size,
+            "precision": cfg.train.precision, "optimizer": cfg.train.optimizer, "world_size": world_size,
             "tokenizer_sha256": tokenizer_fingerprint(tokenizer_path),
             "sample_sequence": sequence}
 
@@ -38,7 +38,8 @@ def problems(saved: dict[str, Any], ours: dict[str, Any]) -> list[str]:
     if saved.get("tokenizer_sha256", ours["tokenizer_sha256"]) != ours["tokenizer_sha256"]:
         found.append("the tokenizer differs from the one the checkpoint was trained with (data.tokenizer, "
                      "data.source or model.vocab_size changed)")
-    for key, name in (("zero_stage", "deepspeed.zero_stage"), ("precision", "train.precision")):
+    for key, name in (("zero_stage", "deepspeed.zero_stage"), ("precision", "train.precision"),
+                      ("optimizer", "train.optimizer")):
         if saved.get(key, ours[key]) != ours[key]:
             found.append(f"{name}: checkpoint {saved[key]!r}, config {ours[key]!r} (DeepSpeed cannot load the "
                          "optimizer state across these; resume with the checkpoint's value)")

@@ -110,6 +110,7 @@ def test_out_of_disk_while_saving_stops_naming_the_space_and_the_resume_is_exact
     ("model.n_layers=3", "model.n_layers: checkpoint 2, config 3"),
     ("deepspeed.zero_stage=3", "deepspeed.zero_stage: checkpoint 1, config 3"),
     ("train.precision=bf16", "train.precision: checkpoint 'fp32', config 'bf16'"),
+    ("train.optimizer=sgd", "train.optimizer: checkpoint 'adamw', config 'sgd'"),  # was KeyError 'momentum' later
     ("data.seq_len=16", "data.seq_len: checkpoint 32, config 16"),
     ("data.val_fraction=0.1", "data.val_fraction: checkpoint 0.05, config 0.1"),
 ])
