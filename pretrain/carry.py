@@ -5,6 +5,7 @@ The file format (`carry.pt`) is storage/carry.py's; this module applies it to a 
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -53,8 +54,12 @@ def check_init_from(cfg: "Config") -> None:
 
 
 def _check_shape(cfg: "Config", source: Path, src_cfg: Any) -> None:
+    """The source's shape is the run's; else an error naming the fields that differ (not two whole configs)."""
     if src_cfg != cfg.model:
-        raise ConfigError(f"train.init_from={source} holds a model of shape {src_cfg}, but model is {cfg.model}")
+        ours, theirs = dataclasses.asdict(cfg.model), dataclasses.asdict(src_cfg)
+        differ = "; ".join(f"model.{k}: source {theirs[k]!r}, config {ours[k]!r}" for k in ours if ours[k] != theirs[k])
+        raise ConfigError(f"train.init_from={source} holds a model of another shape ({differ}); set those model "
+                          "keys to the source's, or grow it first (python -m growth grow)")
 
 
 def _takes_carry(cfg: "Config") -> bool:

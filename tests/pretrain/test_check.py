@@ -43,7 +43,9 @@ def test_an_init_from_of_another_shape_is_named(tmp_path, capsys):
 
     small = load_config("configs/tiny.yaml", ["model.n_layers=2"]).model
     save_weights(tmp_path / "small", small, Llama(small).state_dict())
-    assert "holds a model of shape" in check(tmp_path, capsys, f"train.init_from={tmp_path / 'small'}")
+    err = check(tmp_path, capsys, f"train.init_from={tmp_path / 'small'}")
+    assert "holds a model of another shape (model.n_layers: source 2, config 4)" in err  # the field, not two reprs
+    assert "ModelConfig(" not in err
 
 
 def test_a_carry_without_carry_pt_is_named(tmp_path, capsys):
