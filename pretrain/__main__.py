@@ -24,7 +24,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("--not-first-node", action="store_true", help=argparse.SUPPRESS)  # --check on node_rank > 0
     p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # passed by the launcher
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)  # flags may come after the overrides, as in `... key=val --check`
     if args.config and "=" in args.config:  # only overrides were given
         args.overrides.insert(0, args.config)
         args.config = None

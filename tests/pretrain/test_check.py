@@ -57,3 +57,10 @@ def test_a_carry_without_carry_pt_is_named(tmp_path, capsys):
     save_weights(tmp_path / "grown", model, Llama(model).state_dict())
     line = check(tmp_path, capsys, f"train.init_from={tmp_path / 'grown'}", "train.carry.optimizer=true")
     assert "carries no optimizer state (carry.pt)" in line
+
+
+def test_flags_may_come_before_the_overrides(capsys):
+    """Issue 51: `--print-config key=val` and `--check` before the overrides were "unrecognized arguments"."""
+    assert main(["configs/tiny.yaml", "--print-config", "train.steps=7", "model.n_layers=3"]) == 0
+    printed = capsys.readouterr().out
+    assert "  steps: 7\n" in printed and "  n_layers: 3\n" in printed
