@@ -24,6 +24,14 @@ if TYPE_CHECKING:
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
+def refuse_unsupported_attention(cfg: "Config", device: torch.device) -> None:
+    """Masked flex attention trains only on CUDA: torch's flex_attention has no backward on CPU. Refused at start-up
+    (in `--check` too), naming the key."""
+    if cfg.data.document_masking and cfg.train.document_attention == "flex" and device.type != "cuda":
+        raise ConfigError("train.document_attention=flex trains only on CUDA: torch's flex_attention has no "
+                          "backward on CPU; use auto or dense here")
+
+
 class Objective:
     """lm loss (+ regularizers) of a batch under a model callable (the DeepSpeed engine or a bare Llama)."""
 
@@ -35,9 +43,6 @@ class Objective:
         self.document_masking = cfg.data.document_masking
         self.document_positions = cfg.data.document_positions
         self.document_attention = cfg.train.document_attention
-        if self.document_masking and self.document_attention == "flex" and dist.device().type != "cuda":
-            raise ConfigError("train.document_attention=flex trains only on CUDA: torch's flex_attention has no "
-                              "backward on CPU; use auto or dense here")
         self.eos_id = eos_id_of(tokenizer_path)  # document boundaries
 
     def step_normalizer(self, batches: Sequence[Batch], world: int) -> Optional[torch.Tensor]:

@@ -17,6 +17,7 @@ import torch
 from pretrain import carry, compat, dist, precision
 from pretrain.config import ConfigError
 from pretrain.data.pipeline import load_data
+from pretrain.objective import refuse_unsupported_attention
 from storage import folders, retention, run_files
 
 if TYPE_CHECKING:
@@ -104,6 +105,7 @@ def decide(cfg: "Config", device: torch.device, world: int | None) -> Start:
     cfg, choice = precision.resolve(cfg, device)  # before config.yaml and the resume check see it
     if dist.is_main():
         precision.report(choice, device)
+    refuse_unsupported_attention(cfg, device)
     carry.check_init_from(cfg)  # without reading a tensor
     carried = carry.carried_state(cfg) if world is not None else None
     origin_step = carry.origin_step(cfg, carried)

@@ -64,3 +64,9 @@ def test_flags_may_come_before_the_overrides(capsys):
     assert main(["configs/tiny.yaml", "--print-config", "train.steps=7", "model.n_layers=3"]) == 0
     printed = capsys.readouterr().out
     assert "  steps: 7\n" in printed and "  n_layers: 3\n" in printed
+
+
+def test_masked_flex_attention_is_refused_by_the_check_as_the_ranks_would(tmp_path, capsys):
+    """Issue 51: `--check` passed it on CPU and every rank then refused it."""
+    line = check(tmp_path, capsys, "data.document_masking=true", "train.document_attention=flex")
+    assert "train.document_attention=flex trains only on CUDA" in line

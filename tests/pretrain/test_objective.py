@@ -10,7 +10,7 @@ from model import Llama
 from model.llama import Layout, document_layout
 from pretrain.config import ConfigError, load_config
 from pretrain.data.tokenizer import EOS_ID
-from pretrain.objective import Objective
+from pretrain.objective import Objective, refuse_unsupported_attention
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 SMALL = ["model.dim=32", "model.n_layers=2", "model.n_heads=2", "model.n_kv_heads=2", "model.ffn_dim=64",
@@ -58,10 +58,13 @@ def test_the_model_gets_the_configured_document_attention_kernel():
 
 
 def test_flex_document_attention_is_refused_for_training_off_cuda():
-    """torch's flex_attention has no backward on CPU: refused when the objective is built, naming the key."""
+    """torch's flex_attention has no backward on CPU: refused at start-up (`--check` too), naming the key."""
+    masked = load_config("configs/tiny.yaml", ["data.document_masking=true", "train.document_attention=flex"])
     with pytest.raises(ConfigError, match=r"train\.document_attention=flex .*auto or dense"):
-        setup("data.document_masking=true", "train.document_attention=flex")
-    assert setup("train.document_attention=flex")[0].document_attention == "flex"  # unmasked: never runs
+        refuse_unsupported_attention(masked, torch.device("cpu"))
+    refuse_unsupported_attention(masked, torch.device("cuda", 0))
+    refuse_unsupported_attention(load_config("configs/tiny.yaml", ["train.document_attention=flex"]),
+                                 torch.device("cpu"))  # unmasked: never runs
 
 def test_the_chunked_head_gives_the_plain_loss_and_gradient():
     objective, model, batch = setup()
