@@ -16,21 +16,23 @@ import subprocess
 import sys
 
 from launch.command import LAUNCH_OWNER_ENV, PASSTHROUGH, deepspeed_command, free_port, has_gpus, launch_env
+from settings.fields import above, at_least, between, flag
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m launch", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--num_gpus", type=int, help="ranks on this node (GPUs, or CPU ranks without GPUs)")
-    p.add_argument("--num_nodes", type=int, help="nodes to use from the hostfile")
-    p.add_argument("--hostfile", help="hostfile with `host slots=N` lines (multi-node)")
+    p.add_argument("--num_gpus", type=flag(int, above(0)), help="ranks on this node (GPUs, or CPU ranks without GPUs)")
+    p.add_argument("--num_nodes", type=flag(int, above(0)), help="nodes to use from the hostfile")
+    p.add_argument("--hostfile", type=existing_file, help="hostfile with `host slots=N` lines (multi-node)")
     p.add_argument("--include", help="DeepSpeed resource filter, e.g. 'worker-0@worker-1:0,2'")
     p.add_argument("--exclude", help="DeepSpeed resource filter of hosts/slots to leave out")
     p.add_argument("--master_addr", help="rendezvous address (multi-node)")
-    p.add_argument("--master_port", type=int, help="rendezvous port")
+    p.add_argument("--master_port", type=flag(int, between(1, 65535)), help="rendezvous port")
     p.add_argument("--launcher", help="multi-node backend: pdsh (default), openmpi, mpich, slurm, ...")
     p.add_argument("--launcher_args", help="extra arguments for the multi-node backend")
-    p.add_argument("--node_rank", type=int, help="this node's rank with --no_ssh (torchrun-like start)")
+    p.add_argument("--node_rank", type=flag(int, at_least(0)),
+                   help="this node's rank with --no_ssh (torchrun-like start)")
     p.add_argument("--no_ssh", action="store_true", help="start each node by hand (with --node_rank)")
     p.add_argument("--no_ssh_check", action="store_true", help="skip the launcher's passwordless-ssh check")
     p.add_argument("--dry-run", action="store_true", help="print the command and exit")
@@ -41,7 +43,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if (args.include or args.exclude) and (args.num_gpus or args.num_nodes):
         p.error("--include/--exclude cannot be combined with --num_gpus/--num_nodes (a DeepSpeed rule)")
+    if (args.num_nodes or 1) > 1 and not args.hostfile:
+        p.error(f"--num_nodes {args.num_nodes} needs --hostfile (`host slots=N` lines naming the nodes)")
     return args
+
+
+def existing_file(text: str) -> str:
+    """An argparse type: a file that exists (a hostfile typo is named here, not by the launcher's traceback)."""
+    if not os.path.isfile(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a file")
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:
