@@ -29,7 +29,7 @@ from experiments import stats
 from experiments.errors import ExperimentError
 from experiments.planting import place_plants, plant_kinds, train_planted
 from experiments.spec import KINDS, Kind, check_spec, read_spec
-from settings.fields import an_integer, count, each, ruled
+from settings.fields import an_integer, between, check_value, count, each, inside, ruled, strictly_between
 from launch.command import render_overrides
 from model import Llama
 from pretrain.config import Config, load_config
@@ -42,6 +42,9 @@ from storage.io import atomic_save_figure, atomic_write_json, atomic_write_text,
 
 MARKER = ".growlm-peeling-planted"
 SPEC_KEYS = {"base", "overrides", "seeds", "freeze_step", "alphas", "bits", "series", "peeling", "targets", "alpha"}
+TARGETS = ("auc", "false_flags")
+"""The planted report's pre-registered criteria: the verdict's AUC at least `auc`, the share of normal layers
+flagged at most `false_flags`."""
 VERDICTS = {"removable": "margin", "under_optimized": "refit_margin"}
 """verdict -> the LayerVerdict field whose value is its margin (flagged above the tolerance / at or above -tol)."""
 
@@ -51,13 +54,16 @@ class PlantedSpec:
     config: Config
     seeds: list[int] = ruled(MISSING, each(an_integer()))
     freeze_step: int = count()
-    alphas: list[float]
-    bits: list[Optional[int]]
-    series_seed: int
-    series_steps: list[int]
+    alphas: list[float] = ruled(MISSING, each(strictly_between(0, 1)))
+    """The scales of the `scaled_<a>` plants: a layer's update scaled by a < 1."""
+    bits: list[Optional[int]] = ruled(MISSING, each(an_integer(), between(1, 16)))
+    """null: full precision; 1: binary; 2..16: k-bit."""
+    series_seed: int = ruled(MISSING, an_integer())
+    series_steps: list[int] = ruled(MISSING, each(an_integer()))
     peeling: dict[str, Any]
     targets: dict[str, float]
-    alpha: float = 0.05
+    """The pre-registered success criteria: {auc, false_flags}, each in [0, 1]."""
+    alpha: float = inside(0.05, 0, 0.5)
 
     @classmethod
     def load(cls, path: Path) -> "PlantedSpec":
@@ -66,11 +72,17 @@ class PlantedSpec:
         series = raw["series"]
         if not isinstance(series, dict) or set(series) != {"seed", "steps"}:
             raise ExperimentError(f"{path}: series must have exactly the keys seed, steps")
-        spec = cls(config, raw["seeds"], raw["freeze_step"],
-                   [float(a) for a in raw["alphas"]], [None if b is None else int(b) for b in raw["bits"]],
-                   int(series["seed"]), [int(s) for s in series["steps"]], dict(raw["peeling"]),
-                   {k: float(v) for k, v in raw["targets"].items()}, float(raw.get("alpha", 0.05)))
+        targets = raw["targets"]
+        if not isinstance(targets, dict) or set(targets) != set(TARGETS):
+            raise ExperimentError(f"{path}: targets={targets!r} must have exactly the keys {list(TARGETS)}")
+        spec = cls(config, raw["seeds"], raw["freeze_step"], raw["alphas"], raw["bits"], series["seed"],
+                   series["steps"], dict(raw["peeling"]), targets, raw.get("alpha", 0.05))
         check_spec(spec, path)
+        for key, value in targets.items():
+            try:
+                check_value(f"targets.{key}", value, between(0, 1))
+            except ValueError as err:
+                raise ExperimentError(f"{path}: {err}") from None
         if not spec.freeze_step < config.train.steps:
             raise ExperimentError(f"{path}: freeze_step={spec.freeze_step} must lie inside the run "
                                   f"(0 < step < train.steps={config.train.steps})")

@@ -3,6 +3,7 @@ them as stated (experiments/peeling_planted.py)."""
 from __future__ import annotations
 
 import copy
+import re
 
 import numpy as np
 import pytest
@@ -110,6 +111,11 @@ def test_analysis_holm_adjusts_each_formats_family():
     ("freeze_step: 5000\n", "freeze_step=5000"),
     ("alphas: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]\n", "10 plants need a model of more than 10 layers"),
     ("series: {seed: 0, steps: [0]}\n", "series.steps"),
+    # issue 51: accepted before
+    ("alphas: [-0.5]\n", "alphas[0]=-0.5 must be in (0, 1)"),
+    ("targets: {auc: 1.5, false_flags: 0.05}\n", "targets.auc=1.5 must be in [0, 1]"),
+    ("targets: {auc: 0.9}\n", "must have exactly the keys ['auc', 'false_flags']"),
+    ("bits: [null, 32]\n", "bits[1]=32 must be in [1, 16]"),
 ])
 def test_bad_specs_are_refused_by_name(tmp_path, change, message):
     base = {"base": "configs/tiny.yaml", "overrides": {"model.n_layers": 8}, "seeds": "[0]", "freeze_step": "10",
@@ -120,5 +126,5 @@ def test_bad_specs_are_refused_by_name(tmp_path, change, message):
     text += "overrides: {model.n_layers: 8}\n" + change
     path = tmp_path / "spec.yaml"
     path.write_text(text)
-    with pytest.raises(ExperimentError, match=message.replace("[", r"\[")):
+    with pytest.raises(ExperimentError, match=re.escape(message)):
         PlantedSpec.load(path)
