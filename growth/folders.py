@@ -36,9 +36,12 @@ def resolve_target(source: ModelConfig, spec: Sequence[str]) -> ModelConfig:
     if all("=" in item for item in spec):
         fields = {f.name for f in dataclasses.fields(ModelConfig)}
         items = [item.removeprefix("model.") for item in spec]
-        unknown = sorted({i.split("=", 1)[0] for i in items} - fields)
+        keys = [i.split("=", 1)[0] for i in items]
+        unknown = sorted(set(keys) - fields)
         if unknown:
             raise GrowthError(f"--to sets unknown model fields {unknown}; valid: {sorted(fields)}")
+        if repeated := sorted({k for k in keys if keys.count(k) > 1}):
+            raise GrowthError(f"--to sets {repeated} more than once ({' '.join(spec)}): give each field one value")
         values = OmegaConf.to_container(OmegaConf.from_dotlist(items))  # YAML-typed values, 1e-5 as a float
         return _model_config(dataclasses.asdict(source) | values, f"--to {' '.join(spec)}")
     if len(spec) != 1:

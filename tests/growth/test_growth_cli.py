@@ -67,6 +67,7 @@ def test_target_from_a_model_yaml_copies_the_mapped_layers(source, tmp_path):
     (["--op", "stack", "--to", "n_layers=1"], "n_layers=1 is smaller than the source's 2"),
     (["--op", "stack", "--to", "n_layers=4", "vocab_size=128"], "keeps model.vocab_size: source 64, target 128"),
     (["--op", "stack", "--to", "n_layrs=4"], "unknown model fields ['n_layrs']"),
+    (["--op", "stack", "--to", "n_layers=8", "n_layers=6"], "--to sets ['n_layers'] more than once"),  # issue 51
     (["--op", "stack", "--to", "no_such_preset"], "neither a YAML file nor a model preset; presets: ['125m'"),
     (["--op", "stack_middle", "--to", "n_layers=4", "--param", "colour=red"],
      "'stack_middle' takes no parameter ['colour']; its parameters: ['block']"),
