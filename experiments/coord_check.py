@@ -22,6 +22,7 @@ from model import Llama, ModelConfig
 from model.config import MupConfig
 from pretrain.config import TrainConfig
 from pretrain.optim import build_optimizer
+from settings.fields import above, flag
 
 WIDTHS = (64, 128, 256, 512)
 HEAD_DIM, FFN_RATIO, N_LAYERS, VOCAB, SEQ = 16, 2, 2, 256, 32
@@ -101,13 +102,22 @@ def plot(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def a_width(text: str) -> int:
+    """An argparse type: a model width the check can build (heads of HEAD_DIM each)."""
+    width = flag(int, above(0))(text)
+    if width % HEAD_DIM:
+        raise argparse.ArgumentTypeError(f"{width} is not a multiple of the head width {HEAD_DIM} (e.g. 64, 128)")
+    return width
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--widths", type=int, nargs="+", default=list(WIDTHS), help="model.dim values to compare")
-    p.add_argument("--base-width", type=int, default=64, help="µP's model.mup.base_width")
-    p.add_argument("--steps", type=int, default=5, help="AdamW steps before measuring")
-    p.add_argument("--lr", type=float, default=1e-2, help="peak lr (the base width's, under µP)")
-    p.add_argument("--seeds", type=int, default=3, help="seeds averaged per width")
+    p.add_argument("--widths", type=a_width, nargs="+", default=list(WIDTHS),
+                   help=f"model.dim values to compare (multiples of the head width {HEAD_DIM})")
+    p.add_argument("--base-width", type=flag(int, above(0)), default=64, help="µP's model.mup.base_width")
+    p.add_argument("--steps", type=flag(int, above(0)), default=5, help="AdamW steps before measuring")
+    p.add_argument("--lr", type=flag(float, above(0)), default=1e-2, help="peak lr (the base width's, under µP)")
+    p.add_argument("--seeds", type=flag(int, above(0)), default=3, help="seeds averaged per width")
     p.add_argument("--out", type=Path, default=Path("docs/figures/coord_check.png"),
                    help="the plot; the numbers go beside it as .json")
     args = p.parse_args(argv)

@@ -24,6 +24,7 @@ ENTRY_POINTS = {
     "experiments": "experiments.__main__",
     "trajectory report": "pretrain.probes.trajectory.report",
     "launch": "launch.__main__",
+    "coord check": "experiments.coord_check",
 }
 
 
@@ -139,6 +140,11 @@ def test_every_checkpoint_reader_names_a_path_that_is_not_a_checkpoint(scratch, 
     ("launch", ["--hostfile", "{missing}", "configs/tiny.yaml"], "argument --hostfile: '{missing}' is not a file"),
     ("launch", ["--master_port", "99999", "configs/tiny.yaml"], "argument --master_port: 99999 must be in [1, 65535]"),
     ("launch", ["--num_nodes", "2", "configs/tiny.yaml"], "--num_nodes 2 needs --hostfile"),
+    ("coord check", ["--widths", "100", "--out", "{out}/c.png"], "--widths: 100 is not a multiple of the head width"),
+    ("coord check", ["--base-width", "0", "--out", "{out}/c.png"], "--base-width: 0 must be > 0"),
+    ("coord check", ["--steps", "-1", "--out", "{out}/c.png"], "--steps: -1 must be > 0"),
+    ("coord check", ["--lr", "-1", "--out", "{out}/c.png"], "--lr: -1.0 must be > 0"),
+    ("coord check", ["--seeds", "0", "--out", "{out}/c.png"], "--seeds: 0 must be > 0"),
 ])
 def test_flag_and_spec_mistakes_are_named(entry_point, argv, named, scratch, capsys):
     fill = {"missing": scratch / "missing", "out": scratch / "out", "scratch": scratch}
