@@ -293,6 +293,8 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
 
 
 OPTIMIZER_NAMES = {"adamw": "AdamW", "sgd": "SGD", "muon": "Muon"}
+SGD_AND_MUON_ONLY = ("momentum", "nesterov")
+"""Settings AdamW ignores: a value other than the default under AdamW is a mistake."""
 
 
 def _check_optimizer(cfg: Config) -> None:
@@ -302,6 +304,12 @@ def _check_optimizer(cfg: Config) -> None:
         raise ConfigError(f"train.schedule=wsd decays over {wsd_decay_steps(train)} steps, more than the "
                           f"{train.steps - train.warmup_steps} after warmup; lower train.decay_steps or decay_fraction")
     if train.optimizer == "adamw":
+        defaults = TrainConfig()
+        unused = [f"train.{k}={getattr(train, k)}" for k in SGD_AND_MUON_ONLY
+                  if getattr(train, k) != getattr(defaults, k)]
+        if unused:  # AdamW's momentum is beta1
+            raise ConfigError(f"{', '.join(unused)} applies to train.optimizer=sgd or muon, not adamw (whose momentum "
+                              "is train.beta1); drop it, or set train.optimizer")
         return
     name = f"train.optimizer={train.optimizer}"
     if cfg.model.mup is not None:

@@ -116,6 +116,8 @@ def test_a_longer_wsd_run_is_the_same_schedule_until_its_own_decay():
     (["train.optimizer=muon", "train.grad_clip=0", "deepspeed.zero_stage=2",
       "deepspeed.config={zero_optimization: {offload_optimizer: {device: cpu}}}"], "cannot run under ZeRO-Offload"),
     (["train.optimizer=muon", "train.grad_clip=0", "train.momentum=1"], "train.momentum=1.0"),
+    (["train.momentum=0.5"], "train.momentum=0.5 applies to train.optimizer=sgd or muon, not adamw"),  # issue 51
+    (["train.nesterov=true"], "train.nesterov=True applies to train.optimizer=sgd or muon"),
 ])
 def test_optimizer_and_schedule_mistakes_are_named(overrides, named):
     with pytest.raises(ConfigError, match=re.escape(named)):
