@@ -284,10 +284,12 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
             raise ConfigError(_shape_mismatch(merged, layer, source) or f"{source}: {err}") from None
     try:
         cfg: Config = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as err:  # e.g. ${oc.env:VAR} with VAR unset: one line naming the key
+        key = getattr(err, "full_key", None)
+        raise ConfigError(f"config key {key!r}: {str(err).splitlines()[0]}" if key else
+                          f"invalid config: {str(err).splitlines()[0]}") from None
     except (ModelConfigError, DataError, ValueError) as err:  # dataclass __post_init__ validation
         raise ConfigError(str(err)) from None
-    except OmegaConfBaseException as err:
-        raise ConfigError(f"invalid config: {err}") from None
     validate(cfg)
     return cfg
 
@@ -531,6 +533,10 @@ def _shape_mismatch(schema: DictConfig, layer: DictConfig, source: str, prefix: 
 def _explain(err: ConfigKeyError | ValidationError) -> str:
     key = err.full_key or getattr(err, "key", None) or "?"
     if isinstance(err, ConfigKeyError) and "not in" in str(err):
+        if "." not in key and dataclasses.is_dataclass(err.object_type) and err.object_type is not Config:
+            # inside a list of sections (data.sources[i]), where omegaconf loses the path: name the section type
+            return (f"unknown config key {key!r} in a {err.object_type.__name__}; valid keys: "
+                    f"{_fields(err.object_type)}")
         parent = key.rsplit(".", 1)[0] if "." in key else ""
         valid = _fields_at(parent)
         where = f"section {parent!r}" if parent else "the top level"

@@ -38,12 +38,16 @@ TINY = "configs/tiny.yaml"
     (["data.sources={path: x}"], ["data.sources must be a list"]),
     (["monitors=[1]"], ["monitors is a section with keys ['jump', 'trajectory'"]),  # plug-ins may follow
     (["train.steps"], ["key=value"]),
+    # issue 51: the top-level keys were listed, and omegaconf's four-line message shown
+    (["data.sources=[{path: x, wieght: 2}]"], ["'wieght' in a SourceSpec", "'weight'"]),
+    (["run.name=${oc.env:GROWLM_UNSET_IN_TESTS}"], ["config key 'run.name'", "GROWLM_UNSET_IN_TESTS"]),
 ])
 def test_bad_config_names_the_key(override, names):
     with pytest.raises(ConfigError) as err:
         load_config(TINY, override)
     for name in names:
         assert name in str(err.value), (name, str(err.value))
+    assert "\n" not in str(err.value)  # one line: the command prints it as its error
 
 
 def test_overrides_and_presets(tmp_path):
