@@ -37,6 +37,10 @@ def inspect(path: Path) -> dict[str, object]:
     import numpy as np
     from gguf import quants
 
+    if Path(path).is_dir():
+        found = sorted(p.name for p in Path(path).glob("*.gguf"))
+        holds = f" (it holds {found[:5]})" if found else ""
+        raise GgufError(f"{path} is a folder; give the .gguf file itself{holds}")
     if not Path(path).is_file():
         raise GgufError(f"{path} does not exist (give a .gguf file)")
     try:

@@ -69,6 +69,8 @@ def test_bad_input_is_one_error_line_and_writes_nothing(source, tmp_path, capsys
     mine.mkdir()
     (mine / "keep.txt").write_text("a user's file")
     for argv, named in (([str(tmp_path / "missing.gguf"), str(tmp_path / "o")], "missing.gguf does not exist"),
+                        ([str(gguf_file.parent), str(tmp_path / "o")], "is a folder; give the .gguf file itself (it "
+                                                                        "holds ['tiny.gguf'])"),  # issue 51
                         ([str(notes), str(tmp_path / "o")], "notes.txt is not a readable GGUF file"),
                         ([str(gguf_file), str(mine)], "holds ['keep.txt'] and no .growlm-gguf")):
         assert main(argv) == 2
