@@ -27,7 +27,7 @@ from omegaconf import OmegaConf
 from experiments.lag_choice import LagPlan, parse_pool, run_lag
 from experiments.lag_stats import HIT_SHARE, flops_to_reach, horizon_table, seed_result
 from experiments.launcher import check_user_overrides, claim_experiment, exit_code, train_phase, val_curve
-from experiments.spec import KINDS, Kind, check_spec, read_spec
+from experiments.spec import KINDS, Kind, check_spec, missing_config, read_spec
 from settings.fields import an_integer, at_least, count, each, ruled
 from growth import GrowthError
 from growth.folders import resolve_target
@@ -82,8 +82,8 @@ class LagExperiment:
         return spec
 
     def check(self) -> None:
-        if not self.config.is_file():
-            raise GrowthError(f"config {self.config} does not exist")
+        if problem := missing_config(self.config):
+            raise GrowthError(problem)
         ks, m = self.choosing_steps, self.validate_steps
         if ks != sorted(set(ks)) or ks[:1] != [0] or len(ks) < 2 or ks[-1] >= m:
             raise GrowthError(f"choosing_steps={ks} must be increasing, distinct, start at 0 (the loss at growth, the "

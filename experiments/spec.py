@@ -85,6 +85,17 @@ def read_spec(path: Path, keys: set[str], required: set[str],
     return raw
 
 
+def missing_config(config: Path) -> str | None:
+    """Why a spec's run `config` cannot be read, or None: a relative path is read from the working directory,
+    which the message names with the fix when the file is there under the repository root."""
+    if config.is_file():
+        return None
+    if not config.is_absolute() and (ROOT / config).is_file():
+        return (f"config {config} does not exist under the working directory {Path.cwd()}: run from the "
+                f"repository root ({ROOT}), or give the config's absolute path")
+    return f"config {config} does not exist"
+
+
 def check_spec(spec: Any, path: Path, error: type[Exception] = ExperimentError) -> None:
     """A spec dataclass's declared field rules (settings/fields.py), refused as `error` naming the file and key."""
     try:

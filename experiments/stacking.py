@@ -30,7 +30,7 @@ from experiments import stats
 from experiments.lag_choice import parse_pool
 from experiments.lag_stats import flops_to_reach
 from experiments.launcher import claim_experiment, exit_code, train_phase, val_curve
-from experiments.spec import KINDS, Kind, check_spec, read_spec
+from experiments.spec import KINDS, Kind, check_spec, missing_config, read_spec
 from settings.fields import an_integer, count, each, inside, positive, ruled
 from experiments.stacking_run import StackingPlan, Stage, run_stacking
 from growth import GrowthError
@@ -80,8 +80,8 @@ class StackingExperiment:
         return spec
 
     def check(self, path: Path) -> None:
-        if not self.config.is_file():
-            raise GrowthError(f"{path}: config {self.config} does not exist")
+        if problem := missing_config(self.config):
+            raise GrowthError(f"{path}: {problem}")
         if len(parse_pool(self.fixed_pool)) != 1:
             raise GrowthError(f"{path}: fixed_pool={self.fixed_pool!r} must name exactly one operator (the fixed "
                               "schedule's); adaptive_pool is LAG's choice")

@@ -9,6 +9,7 @@ from scipy import stats
 
 from experiments.lag import LagExperiment, plot_by_step, render, scratch_steps
 from experiments.lag_stats import flops_to_reach, horizon_table, lag_flops, s_star, seed_result, spearman_gain
+from experiments.spec import ROOT
 from experiments.stats import mean_ci
 from growth import GrowthError
 from experiments.lag_choice import spearman
@@ -161,3 +162,11 @@ def test_scratch_steps_spend_the_sources_and_the_grown_runs_flops():
     n = scratch_steps(small, big, 64, 200, 100)
     assert n == round(200 * small.flops_per_token(64) / big.flops_per_token(64)) + 100
     assert 100 + 100 < n < 100 + 200  # a 2-layer step costs more than half a 4-layer one (embeddings, head)
+
+
+def test_a_spec_run_from_another_directory_names_the_working_directory_and_the_fix(tmp_path, monkeypatch):
+    """Issue 51: a LAG spec's relative `config` read from elsewhere said only "does not exist"."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(GrowthError, match=r"does not exist under the working directory .*: run from the repository "
+                                          r"root \(.*\), or give the config's absolute path"):
+        LagExperiment.load(ROOT / "configs" / "experiments" / "lag_cpu.yaml")
